@@ -1,0 +1,31 @@
+// The composition root: builds the storage clients, the fabric and the use cases once, from settings.
+import { LocalFabric } from "../shared/fabric/local";
+import { ItemStore } from "../shared/items";
+import { Protection } from "../shared/protection";
+import { loadConfig, type Config } from "../shared/settings";
+import { Storage, TABLES } from "../shared/storage";
+import type { Fabric } from "../shared/fabric/port";
+
+export interface Services {
+  config: Config;
+  storage: Storage;
+  fabric: Fabric;
+  items: ItemStore;
+  protection: Protection;
+}
+
+export function createServices(config: Config, overrides: { fabric?: Fabric; now?: () => Date } = {}): Services {
+  const storage = new Storage(config);
+  const fabric = overrides.fabric ?? new LocalFabric(() => storage.table(TABLES.fabric));
+  const items = new ItemStore(storage);
+  const protection = new Protection({ config, storage, fabric, items, ...(overrides.now ? { now: overrides.now } : {}) });
+  return { config, storage, fabric, items, protection };
+}
+
+let current: Services | undefined;
+
+/** The services of this process, built from process.env on first use. */
+export function services(): Services {
+  current ??= createServices(loadConfig());
+  return current;
+}

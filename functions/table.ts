@@ -1,0 +1,18 @@
+// The one table of functions: the Functions host registers it (index.ts) and the local host drives it.
+import type { Services } from "./compose";
+import type { FunctionSpec } from "./spec";
+import { disableReplication } from "./disableReplication";
+import { enableReplication } from "./enableReplication";
+import { getReplicatedItem } from "./getReplicatedItem";
+import { listReplicatedItems } from "./listReplicatedItems";
+import { registerAgent } from "./registerAgent";
+
+export function functionTable(services: () => Services): FunctionSpec[] {
+  return [
+    enableReplication(services),
+    listReplicatedItems(services),
+    getReplicatedItem(services),
+    disableReplication(services),
+    registerAgent(services),
+  ];
+}

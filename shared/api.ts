@@ -1,0 +1,130 @@
+// What crosses the wire: zod schemas for requests, the types inferred from them, and the 400 they produce.
+import { z } from "zod";
+import { BadRequest, type FieldIssue } from "./errors";
+import { AZURE_REGIONS } from "./regions";
+
+export const MiB = 1024 * 1024;
+export const TiB = 1024 * 1024 * MiB;
+/** A page blob holds at most 8 TiB; the replica adds a 512-byte VHD footer to the disk. */
+export const MAX_DISK_BYTES = 8 * TiB - MiB;
+export const MAX_OS_DISK_BYTES = 4 * TiB;
+export const MAX_DATA_DISKS = 64;
+export const MAX_GROUP_VMS = 16;
+
+const region = z
+  .string()
+  .transform((r) => r.toLowerCase())
+  .refine((r) => AZURE_REGIONS.has(r), { message: "unknown Azure region (use an ARM location name such as eastus)" });
+
+// ARM naming rules, kept to what both a VM and its replica resources accept.
+const vmName = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9_]$|^[A-Za-z0-9]$/, "1-64 letters, digits, '_', '.', '-'; not ending in '.' or '-'");
+const rgName = z
+  .string()
+  .regex(/^[A-Za-z0-9_().-]{0,89}[A-Za-z0-9_()-]$/, "1-90 letters, digits, '_', '(', ')', '.', '-'; not ending in '.'");
+// `-asr` is appended to default target names, so leave room for it.
+const resourceName = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,75}[A-Za-z0-9_]$|^[A-Za-z0-9]$/, "1-77 letters, digits, '_', '.', '-'; starting with a letter or digit");
+const diskId = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, "1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit");
+const ipv4 = z
+  .string()
+  .regex(/^((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/, "an IPv4 address");
+
+const diskSpec = z.object({
+  id: diskId,
+  sizeBytes: z
+    .number()
+    .int()
+    .positive()
+    .refine((n) => n % MiB === 0, { message: "must be a whole number of MiB (1048576 bytes), as Azure managed disks require" })
+    .refine((n) => n <= MAX_DISK_BYTES, { message: `at most ${MAX_DISK_BYTES} bytes (a page blob is at most 8 TiB, footer included)` }),
+});
+
+export const policySchema = z
+  .object({
+    recoveryPointRetentionHours: z.number().int().min(1).max(360).default(24),
+    crashConsistentFrequencySeconds: z.number().int().min(10).max(3600).default(300),
+    appConsistentFrequencyMinutes: z.number().int().min(0).max(1440).default(240),
+  })
+  .strict();
+export type ReplicationPolicy = z.infer<typeof policySchema>;
+
+export const enableRequestSchema = z
+  .object({
+    vm: z
+      .object({
+        name: vmName,
+        region,
+        resourceGroup: rgName,
+        size: z.string().regex(/^[A-Za-z0-9_]{1,64}$/, "an Azure VM size such as Standard_D2s_v5"),
+        network: z
+          .object({ vnet: resourceName, subnet: resourceName, privateIp: ipv4.optional() })
+          .strict(),
+        availabilitySet: resourceName.optional(),
+        disks: z
+          .array(diskSpec)
+          .min(1, "a VM has at least its OS disk")
+          .max(1 + MAX_DATA_DISKS, `at most one OS disk and ${MAX_DATA_DISKS} data disks`)
+          .superRefine((disks, ctx) => {
+            const seen = new Set<string>();
+            disks.forEach((d, i) => {
+              if (seen.has(d.id)) ctx.addIssue({ code: "custom", path: [i, "id"], message: `duplicate disk id '${d.id}'` });
+              seen.add(d.id);
+            });
+            if (disks[0] && disks[0].sizeBytes > MAX_OS_DISK_BYTES) {
+              ctx.addIssue({ code: "custom", path: [0, "sizeBytes"], message: "the OS disk (the first) is at most 4 TiB" });
+            }
+          }),
+      })
+      .strict(),
+    targetRegion: region,
+    target: z
+      .object({
+        resourceGroup: rgName.optional(),
+        vnet: resourceName.optional(),
+        subnet: resourceName.optional(),
+        availabilitySet: resourceName.optional(),
+      })
+      .strict()
+      .optional(),
+    replicationGroup: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$/, "1-80 letters, digits, '_', '.', '-'")
+      .optional(),
+    policy: policySchema.default({ recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 300, appConsistentFrequencyMinutes: 240 }),
+  })
+  .strict()
+  .superRefine((r, ctx) => {
+    if (r.targetRegion === r.vm.region) {
+      ctx.addIssue({ code: "custom", path: ["targetRegion"], message: "must differ from the VM's region" });
+    }
+  });
+export type EnableRequest = z.infer<typeof enableRequestSchema>;
+
+export const registerRequestSchema = z.object({ token: z.string().min(1).max(512) }).strict();
+
+/** Field paths as an operator writes them: `vm.disks[1].sizeBytes`. */
+export function fieldPath(path: readonly PropertyKey[]): string {
+  return path.reduce<string>((acc, p) => (typeof p === "number" ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), "") || "(body)";
+}
+
+export function zodIssues(error: z.ZodError): FieldIssue[] {
+  return error.issues.map((i) => {
+    const base = fieldPath(i.path);
+    if (i.code === "unrecognized_keys") {
+      return { field: i.keys.map((k) => (base === "(body)" ? k : `${base}.${k}`)).join(", "), message: "unknown field" };
+    }
+    const missing = i.code === "invalid_type" && i.input === undefined;
+    return { field: base, message: missing ? "is required" : i.message };
+  });
+}
+
+/** Parses `input` with `schema`, or throws a 400 naming every offending field. */
+export function parseInput<S extends z.ZodType>(schema: S, input: unknown): z.output<S> {
+  const r = schema.safeParse(input);
+  if (r.success) return r.data;
+  const fields = zodIssues(r.error);
+  throw new BadRequest(`invalid request: ${fields.map((f) => `${f.field} ${f.message}`).join("; ")}`, fields);
+}

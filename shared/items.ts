@@ -1,0 +1,207 @@
+// The replicated-item records in Table Storage: items, their disks, the VM claims that keep a VM protected once.
+import type { TableClient } from "@azure/data-tables";
+import { isConflict, isNotFound } from "./errors";
+import type { ReplicationPolicy } from "./api";
+import type { Storage } from "./storage";
+import { TABLES } from "./storage";
+
+export type ItemState =
+  | "Enabling"
+  | "EnableFailed"
+  | "InitialReplication"
+  | "Protected"
+  | "ResyncRequired"
+  | "FailingOver"
+  | "FailedOver"
+  | "FailoverCommitted"
+  | "TestFailover"
+  | "Disabling";
+
+export type HealthStatus = "Healthy" | "Warning" | "Critical";
+
+export interface HealthIssue {
+  code: string;
+  severity: "Warning" | "Critical";
+  message: string;
+  since: string;
+}
+
+export interface TargetResources {
+  resourceGroup: { id: string; name: string };
+  vnet: { id: string; name: string };
+  subnet: string;
+  availabilitySet?: { id: string; name: string };
+  networkMappings: string[];
+}
+
+export interface ReplicatedItem {
+  id: string;
+  state: ItemState;
+  vm: {
+    name: string;
+    region: string;
+    resourceGroup: string;
+    size: string;
+    network: { vnet: string; subnet: string; privateIp?: string };
+    availabilitySet?: string;
+  };
+  targetRegion: string;
+  target?: TargetResources;
+  replicationGroup?: string;
+  policy: ReplicationPolicy;
+  health: { status: HealthStatus; issues: HealthIssue[] };
+  agent?: { registeredAt: string; registrations: number };
+  error?: { code: string; message: string };
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface DiskRecord {
+  itemId: string;
+  id: string;
+  role: "os" | "data";
+  /** Position in the VM's disk list: 0 is the OS disk, data disk n is LUN n-1. */
+  index: number;
+  sizeBytes: number;
+  /** Blob name in the `replicas` container: `<itemId>/<diskId>.vhd`. */
+  replicaBlob: string;
+}
+
+interface ItemEntity {
+  partitionKey: "item";
+  rowKey: string;
+  state: ItemState;
+  body: string;
+}
+interface ClaimEntity {
+  partitionKey: "vm";
+  rowKey: string;
+  itemId: string;
+}
+interface DiskEntity {
+  partitionKey: string;
+  rowKey: string;
+  role: "os" | "data";
+  index: number;
+  sizeBytes: number;
+  replicaBlob: string;
+}
+
+/** The key that makes a VM protectable once: its region, resource group and name, case-insensitive. */
+export function vmKey(vm: { region: string; resourceGroup: string; name: string }): string {
+  return `${vm.region}|${vm.resourceGroup}|${vm.name}`.toLowerCase();
+}
+
+export const replicaBlobName = (itemId: string, diskId: string) => `${itemId}/${diskId}.vhd`;
+export const cacheContainerName = (itemId: string) => `cache-${itemId}`;
+
+export class ItemStore {
+  constructor(private readonly storage: Storage) {}
+
+  private items(): Promise<TableClient> {
+    return this.storage.table(TABLES.items);
+  }
+
+  private disks(): Promise<TableClient> {
+    return this.storage.table(TABLES.disks);
+  }
+
+  async get(id: string): Promise<{ item: ReplicatedItem; etag: string } | undefined> {
+    const t = await this.items();
+    try {
+      const e = await t.getEntity<ItemEntity>("item", id);
+      return { item: JSON.parse(e.body) as ReplicatedItem, etag: e.etag };
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  async list(): Promise<ReplicatedItem[]> {
+    const t = await this.items();
+    const out: ReplicatedItem[] = [];
+    for await (const e of t.listEntities<ItemEntity>({ queryOptions: { filter: "PartitionKey eq 'item'" } })) {
+      out.push(JSON.parse(e.body) as ReplicatedItem);
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+  }
+
+  async create(item: ReplicatedItem): Promise<void> {
+    const t = await this.items();
+    await t.createEntity<ItemEntity>({ partitionKey: "item", rowKey: item.id, state: item.state, body: JSON.stringify(item) });
+  }
+
+  /** Replaces the item; with `etag`, only if nobody changed it since it was read (412 otherwise). */
+  async put(item: ReplicatedItem, etag?: string): Promise<string> {
+    const t = await this.items();
+    const r = await t.updateEntity<ItemEntity>(
+      { partitionKey: "item", rowKey: item.id, state: item.state, body: JSON.stringify(item) },
+      "Replace",
+      { etag: etag ?? "*" },
+    );
+    return r.etag ?? "";
+  }
+
+  async delete(id: string): Promise<void> {
+    const t = await this.items();
+    try {
+      await t.deleteEntity("item", id);
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+    }
+  }
+
+  /** Claims the VM for `itemId`; returns the item that already holds it, if any. */
+  async claimVm(key: string, itemId: string): Promise<string | undefined> {
+    const t = await this.items();
+    try {
+      await t.createEntity<ClaimEntity>({ partitionKey: "vm", rowKey: key, itemId });
+      return undefined;
+    } catch (e) {
+      if (!isConflict(e)) throw e;
+      const held = await t.getEntity<ClaimEntity>("vm", key).catch((err) => (isNotFound(err) ? undefined : Promise.reject(err)));
+      return held ? held.itemId : this.claimVm(key, itemId);
+    }
+  }
+
+  /** Releases the claim only if `itemId` still holds it. */
+  async releaseVm(key: string, itemId: string): Promise<void> {
+    const t = await this.items();
+    try {
+      const held = await t.getEntity<ClaimEntity>("vm", key);
+      if (held.itemId === itemId) await t.deleteEntity("vm", key, { etag: held.etag });
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+    }
+  }
+
+  async putDisks(disks: DiskRecord[]): Promise<void> {
+    if (disks.length === 0) return;
+    const t = await this.disks();
+    // One partition per item and ≤ 65 disks: one transaction, all or nothing.
+    await t.submitTransaction(
+      disks.map((d) => [
+        "upsert",
+        { partitionKey: d.itemId, rowKey: d.id, role: d.role, index: d.index, sizeBytes: d.sizeBytes, replicaBlob: d.replicaBlob } satisfies DiskEntity,
+        "Replace",
+      ]),
+    );
+  }
+
+  async listDisks(itemId: string): Promise<DiskRecord[]> {
+    const t = await this.disks();
+    const out: DiskRecord[] = [];
+    const filter = `PartitionKey eq '${itemId.replace(/'/g, "''")}'`;
+    for await (const e of t.listEntities<DiskEntity>({ queryOptions: { filter } })) {
+      out.push({ itemId, id: e.rowKey, role: e.role, index: Number(e.index), sizeBytes: Number(e.sizeBytes), replicaBlob: e.replicaBlob });
+    }
+    return out.sort((a, b) => a.index - b.index);
+  }
+
+  async deleteDisks(itemId: string): Promise<void> {
+    const disks = await this.listDisks(itemId);
+    if (disks.length === 0) return;
+    const t = await this.disks();
+    await t.submitTransaction(disks.map((d) => ["delete", { partitionKey: itemId, rowKey: d.id }]));
+  }
+}

@@ -1,0 +1,391 @@
+// Protecting a VM: enable replication (target resources, replicas, cache), disable it, and register its agent.
+import { createHash, randomBytes, randomUUID } from "node:crypto";
+import {
+  BlobSASPermissions,
+  generateBlobSASQueryParameters,
+  StorageSharedKeyCredential,
+} from "@azure/storage-blob";
+import {
+  generateQueueSASQueryParameters,
+  QueueSASPermissions,
+  StorageSharedKeyCredential as QueueKeyCredential,
+} from "@azure/storage-queue";
+import type { TableClient } from "@azure/data-tables";
+import { enableRequestSchema, MAX_GROUP_VMS, parseInput, registerRequestSchema, type EnableRequest } from "./api";
+import { Conflict, IllegalState, isNotFound, NotFound, Unauthorized } from "./errors";
+import type { Fabric, FabricResource } from "./fabric/port";
+import {
+  cacheContainerName,
+  ItemStore,
+  replicaBlobName,
+  vmKey,
+  type DiskRecord,
+  type ReplicatedItem,
+  type TargetResources,
+} from "./items";
+import type { Config } from "./settings";
+import { REPLICATION_QUEUE, TABLES, type Storage } from "./storage";
+import { VHD_FOOTER_BYTES, vhdFooter } from "./vhd";
+
+export interface ProtectionDeps {
+  config: Config;
+  storage: Storage;
+  fabric: Fabric;
+  items: ItemStore;
+  now?: () => Date;
+}
+
+/** ASR names target resources after the source with this suffix. */
+export const TARGET_SUFFIX = "-asr";
+
+export interface TargetNames {
+  resourceGroup: string;
+  vnet: string;
+  subnet: string;
+  availabilitySet?: string;
+}
+
+/** Target names: explicit overrides win, else `<source>-asr`; the subnet is matched by name. */
+export function targetNames(req: EnableRequest): TargetNames {
+  const t = req.target ?? {};
+  const as = t.availabilitySet ?? (req.vm.availabilitySet ? `${req.vm.availabilitySet}${TARGET_SUFFIX}` : undefined);
+  return {
+    resourceGroup: t.resourceGroup ?? `${req.vm.resourceGroup}${TARGET_SUFFIX}`,
+    vnet: t.vnet ?? `${req.vm.network.vnet}${TARGET_SUFFIX}`,
+    subnet: t.subnet ?? req.vm.network.subnet,
+    ...(as ? { availabilitySet: as } : {}),
+  };
+}
+
+export const hashToken = (token: string) => createHash("sha256").update(token, "utf8").digest("hex");
+
+interface RegistrationEntity {
+  partitionKey: "token";
+  rowKey: string;
+  itemId: string;
+  expiresAt: string;
+}
+
+/** Steps already done by a failing enable, undone newest first. */
+class Undo {
+  private readonly steps: { what: string; run: () => Promise<unknown> }[] = [];
+  push(what: string, run: () => Promise<unknown>): void {
+    this.steps.push({ what, run });
+  }
+  async run(): Promise<string[]> {
+    const failed: string[] = [];
+    for (const s of this.steps.reverse()) {
+      try {
+        await s.run();
+      } catch (e) {
+        failed.push(`${s.what}: ${(e as Error).message}`);
+      }
+    }
+    return failed;
+  }
+}
+
+export interface EnableResult {
+  item: ReplicatedItem;
+  disks: DiskRecord[];
+  agentRegistration: { token: string; expiresAt: string };
+}
+
+export class Protection {
+  private readonly now: () => Date;
+
+  constructor(private readonly deps: ProtectionDeps) {
+    this.now = deps.now ?? (() => new Date());
+  }
+
+  private registrations(): Promise<TableClient> {
+    return this.deps.storage.table(TABLES.registrations);
+  }
+
+  async enable(body: unknown): Promise<EnableResult> {
+    const req = parseInput(enableRequestSchema, body);
+    const { items } = this.deps;
+    const key = vmKey(req.vm);
+    if (req.replicationGroup) await this.checkGroup(req);
+
+    const itemId = randomUUID();
+    const holder = await items.claimVm(key, itemId);
+    if (holder) {
+      const existing = await items.get(holder);
+      if (existing?.item.state === "EnableFailed") {
+        // A failed enable left a visible item behind: clean it, then take the VM.
+        await this.disable(holder);
+        return this.enable(body);
+      }
+      if (!existing) {
+        await items.releaseVm(key, holder);
+        return this.enable(body);
+      }
+      throw new Conflict("AlreadyProtected", `VM '${req.vm.name}' (${req.vm.region}/${req.vm.resourceGroup}) is already protected by replicated item '${holder}'`, {
+        itemId: holder,
+        state: existing.item.state,
+      });
+    }
+
+    const undo = new Undo();
+    undo.push("release VM claim", () => items.releaseVm(key, itemId));
+    const at = this.now().toISOString();
+    const item: ReplicatedItem = {
+      id: itemId,
+      state: "Enabling",
+      vm: {
+        name: req.vm.name,
+        region: req.vm.region,
+        resourceGroup: req.vm.resourceGroup,
+        size: req.vm.size,
+        network: req.vm.network,
+        ...(req.vm.availabilitySet ? { availabilitySet: req.vm.availabilitySet } : {}),
+      },
+      targetRegion: req.targetRegion,
+      ...(req.replicationGroup ? { replicationGroup: req.replicationGroup } : {}),
+      policy: req.policy,
+      health: { status: "Healthy", issues: [] },
+      createdAt: at,
+      updatedAt: at,
+    };
+    try {
+      await items.create(item);
+      undo.push("delete item record", () => items.delete(itemId));
+
+      item.target = await this.createTargetResources(req, undo);
+      const disks = await this.createReplicas(itemId, req, undo);
+      await this.createCache(itemId, undo);
+      await items.putDisks(disks);
+      undo.push("delete disk records", () => items.deleteDisks(itemId));
+      const agentRegistration = await this.issueToken(itemId, undo);
+
+      item.state = "InitialReplication";
+      item.updatedAt = this.now().toISOString();
+      await items.put(item);
+      return { item, disks, agentRegistration };
+    } catch (error) {
+      const leftovers = await undo.run();
+      if (leftovers.length > 0) {
+        // Rollback itself failed: keep the item visible so that a retry or a disable finishes the job.
+        item.state = "EnableFailed";
+        item.error = { code: "EnableFailed", message: `${(error as Error).message}; not rolled back: ${leftovers.join("; ")}` };
+        item.updatedAt = this.now().toISOString();
+        await items.create(item).catch(() => items.put(item));
+        await this.deps.items.claimVm(key, itemId).catch(() => undefined);
+      }
+      throw error;
+    }
+  }
+
+  /** A replication group holds at most 16 VMs, all from one source region to one target region. */
+  private async checkGroup(req: EnableRequest): Promise<void> {
+    const members = (await this.deps.items.list()).filter((i) => i.replicationGroup === req.replicationGroup);
+    if (members.length >= MAX_GROUP_VMS) {
+      throw new Conflict("ReplicationGroupFull", `replication group '${req.replicationGroup}' already has ${MAX_GROUP_VMS} VMs, the most a group holds`, {
+        field: "replicationGroup",
+        members: members.length,
+      });
+    }
+    const other = members.find((m) => m.vm.region !== req.vm.region || m.targetRegion !== req.targetRegion);
+    if (other) {
+      throw new Conflict(
+        "ReplicationGroupRegionMismatch",
+        `replication group '${req.replicationGroup}' replicates ${other.vm.region} → ${other.targetRegion}; this VM would replicate ${req.vm.region} → ${req.targetRegion}`,
+        { field: "replicationGroup", itemId: other.id },
+      );
+    }
+  }
+
+  private async createTargetResources(req: EnableRequest, undo: Undo): Promise<TargetResources> {
+    const { fabric } = this.deps;
+    const names = targetNames(req);
+    const region = req.targetRegion;
+    const created = (r: { resource: FabricResource; created: boolean }) => {
+      if (r.created) undo.push(`delete ${r.resource.id}`, () => fabric.delete(r.resource.id));
+      return r.resource;
+    };
+
+    const rg = created(await fabric.ensureResourceGroup(region, names.resourceGroup));
+    const source = await fabric.sourceNetwork(req.vm.region, req.vm.resourceGroup, req.vm.network.vnet, req.vm.network.subnet, req.vm.network.privateIp);
+    const sourceSubnet = source.subnets?.find((s) => s.name.toLowerCase() === req.vm.network.subnet.toLowerCase());
+    // The target network mirrors the source's address space so that the VM's IP can be kept.
+    const vnet = created(
+      await fabric.ensureVirtualNetwork(region, names.resourceGroup, names.vnet, {
+        addressSpace: source.addressSpace ?? [],
+        subnets: (source.subnets ?? []).map((s) => (s === sourceSubnet ? { ...s, name: names.subnet } : s)),
+      }),
+    );
+    if (!vnet.subnets?.some((s) => s.name.toLowerCase() === names.subnet.toLowerCase())) {
+      throw new Conflict("TargetSubnetMissing", `target network '${vnet.name}' has no subnet '${names.subnet}'`, { field: "target.subnet" });
+    }
+    const mappings = (await fabric.ensureNetworkMapping(source, vnet)).map(created);
+    const as = names.availabilitySet ? created(await fabric.ensureAvailabilitySet(region, names.resourceGroup, names.availabilitySet)) : undefined;
+    return {
+      resourceGroup: { id: rg.id, name: rg.name },
+      vnet: { id: vnet.id, name: vnet.name },
+      subnet: names.subnet,
+      ...(as ? { availabilitySet: { id: as.id, name: as.name } } : {}),
+      networkMappings: mappings.map((m) => m.id),
+    };
+  }
+
+  /** One page blob per disk: the disk's bytes (sparse, zero) then a fixed-VHD footer; watermark 0. */
+  private async createReplicas(itemId: string, req: EnableRequest, undo: Undo): Promise<DiskRecord[]> {
+    const container = await this.deps.storage.replicas();
+    const disks: DiskRecord[] = req.vm.disks.map((d, index) => ({
+      itemId,
+      id: d.id,
+      role: index === 0 ? "os" : "data",
+      index,
+      sizeBytes: d.sizeBytes,
+      replicaBlob: replicaBlobName(itemId, d.id),
+    }));
+    await Promise.all(
+      disks.map(async (d) => {
+        const blob = container.getPageBlobClient(d.replicaBlob);
+        undo.push(`delete replica ${d.replicaBlob}`, () => blob.deleteIfExists({ deleteSnapshots: "include" }));
+        await blob.create(d.sizeBytes + VHD_FOOTER_BYTES, { blobSequenceNumber: 0, metadata: { itemid: itemId, diskid: d.id } });
+        await blob.uploadPages(vhdFooter(d.sizeBytes), d.sizeBytes, VHD_FOOTER_BYTES);
+      }),
+    );
+    return disks;
+  }
+
+  private async createCache(itemId: string, undo: Undo): Promise<void> {
+    const container = this.deps.storage.cacheBlobs.getContainerClient(cacheContainerName(itemId));
+    undo.push(`delete cache container ${container.containerName}`, () => container.deleteIfExists());
+    await container.create({ metadata: { itemid: itemId } });
+  }
+
+  private async issueToken(itemId: string, undo: Undo): Promise<{ token: string; expiresAt: string }> {
+    const token = randomBytes(32).toString("base64url");
+    const expiresAt = new Date(this.now().getTime() + this.deps.config.agent.tokenTtlHours * 3600_000).toISOString();
+    const t = await this.registrations();
+    const rowKey = hashToken(token);
+    await t.createEntity<RegistrationEntity>({ partitionKey: "token", rowKey, itemId, expiresAt });
+    undo.push("delete registration token", () => t.deleteEntity("token", rowKey));
+    return { token, expiresAt };
+  }
+
+  async get(itemId: string): Promise<ReplicatedItem> {
+    const found = await this.deps.items.get(itemId);
+    if (!found) throw new NotFound("replicatedItem", itemId);
+    return found.item;
+  }
+
+  /** Disables replication: removes the cache, the replicas with their snapshots, the records, and unused target resources. */
+  async disable(itemId: string): Promise<{ id: string; state: "Disabled"; removed: string[] }> {
+    const { items, storage } = this.deps;
+    const found = await items.get(itemId);
+    if (!found) throw new NotFound("replicatedItem", itemId);
+    const { item } = found;
+    if (item.state === "FailingOver" || item.state === "TestFailover") {
+      throw new IllegalState(itemId, item.state, "disable replication");
+    }
+    if (item.state !== "Disabling") {
+      item.state = "Disabling";
+      item.updatedAt = this.now().toISOString();
+      await items.put(item, found.etag);
+    }
+    const removed: string[] = [];
+
+    if (await storage.cacheBlobs.getContainerClient(cacheContainerName(itemId)).deleteIfExists().then((r) => r.succeeded)) {
+      removed.push(`cache container ${cacheContainerName(itemId)}`);
+    }
+    const replicas = await storage.replicas();
+    for await (const b of replicas.listBlobsFlat({ prefix: `${itemId}/` })) {
+      if ((await replicas.getBlobClient(b.name).deleteIfExists({ deleteSnapshots: "include" })).succeeded) removed.push(`replica ${b.name}`);
+    }
+    await this.deleteRegistrations(itemId);
+    removed.push(...(await this.deleteUnusedTargetResources(item)));
+    await items.deleteDisks(itemId);
+    await items.delete(itemId);
+    await items.releaseVm(vmKey(item.vm), itemId);
+    return { id: itemId, state: "Disabled", removed };
+  }
+
+  private async deleteRegistrations(itemId: string): Promise<void> {
+    const t = await this.registrations();
+    const filter = `PartitionKey eq 'token' and itemId eq '${itemId.replace(/'/g, "''")}'`;
+    for await (const e of t.listEntities<RegistrationEntity>({ queryOptions: { filter } })) {
+      await t.deleteEntity("token", e.rowKey).catch((err) => (isNotFound(err) ? undefined : Promise.reject(err)));
+    }
+  }
+
+  /** Target resources site-recovery created and no other item uses go; the rest stay. */
+  private async deleteUnusedTargetResources(item: ReplicatedItem): Promise<string[]> {
+    if (!item.target) return [];
+    const { fabric } = this.deps;
+    const others = (await this.deps.items.list()).filter((i) => i.id !== item.id && i.target);
+    const used = new Set(
+      others.flatMap((o) => [o.target!.resourceGroup.id, o.target!.vnet.id, o.target!.availabilitySet?.id, ...o.target!.networkMappings].filter(Boolean).map((id) => id!.toLowerCase())),
+    );
+    const removed: string[] = [];
+    const drop = async (id: string | undefined) => {
+      if (!id || used.has(id.toLowerCase())) return;
+      const r = await fabric.get(id);
+      if (r?.createdBySiteRecovery && (await fabric.delete(id))) removed.push(`${r.kind} ${r.id}`);
+    };
+    for (const m of item.target.networkMappings) await drop(m);
+    await drop(item.target.availabilitySet?.id);
+    await drop(item.target.vnet.id);
+    // A resource group goes only when nothing site-recovery knows of is left in it.
+    await drop(item.target.resourceGroup.id);
+    return removed;
+  }
+
+  /** Exchanges a registration token for SAS URLs scoped to this item's cache container and the queue. */
+  async registerAgent(body: unknown): Promise<AgentRegistration> {
+    const { token } = parseInput(registerRequestSchema, body);
+    const t = await this.registrations();
+    const reg = await t.getEntity<RegistrationEntity>("token", hashToken(token)).catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
+    if (!reg) throw new Unauthorized("unknown registration token");
+    const now = this.now();
+    if (Date.parse(reg.expiresAt) <= now.getTime()) throw new Unauthorized(`registration token expired at ${reg.expiresAt}`);
+    const found = await this.deps.items.get(reg.itemId);
+    if (!found || found.item.state === "Disabling" || found.item.state === "EnableFailed" || found.item.state === "Enabling") {
+      throw new Unauthorized("the replicated item of this token is not being protected");
+    }
+    const { item, etag } = found;
+    const disks = await this.deps.items.listDisks(item.id);
+    const expiresOn = new Date(now.getTime() + this.deps.config.agent.sasTtlHours * 3600_000);
+    const startsOn = new Date(now.getTime() - 5 * 60_000); // clock skew between the VM and storage
+    const { cache, control } = this.deps.config.storage;
+    const containerName = cacheContainerName(item.id);
+    const blobSas = generateBlobSASQueryParameters(
+      { containerName, permissions: BlobSASPermissions.parse("cw"), startsOn, expiresOn },
+      new StorageSharedKeyCredential(cache.name, cache.key),
+    ).toString();
+    const queueSas = generateQueueSASQueryParameters(
+      { queueName: REPLICATION_QUEUE, permissions: QueueSASPermissions.parse("a"), startsOn, expiresOn },
+      new QueueKeyCredential(control.name, control.key),
+    ).toString();
+    await this.deps.storage.replicationQueue();
+
+    item.agent = { registeredAt: now.toISOString(), registrations: (item.agent?.registrations ?? 0) + 1 };
+    item.updatedAt = now.toISOString();
+    await this.deps.items.put(item, etag).catch(() => undefined); // bookkeeping only: a concurrent update wins
+
+    return {
+      itemId: item.id,
+      vmName: item.vm.name,
+      cache: { containerUrl: `${cache.blobUrl}/${containerName}?${blobSas}`, expiresOn: expiresOn.toISOString() },
+      queue: { url: `${control.queueUrl}/${REPLICATION_QUEUE}?${queueSas}`, messageEncoding: "base64", expiresOn: expiresOn.toISOString() },
+      disks: disks.map((d) => ({ id: d.id, role: d.role, sizeBytes: d.sizeBytes })),
+      policy: item.policy,
+      ...(item.replicationGroup ? { replicationGroup: item.replicationGroup } : {}),
+      peers: [],
+    };
+  }
+}
+
+export interface AgentRegistration {
+  itemId: string;
+  vmName: string;
+  cache: { containerUrl: string; expiresOn: string };
+  queue: { url: string; messageEncoding: "base64"; expiresOn: string };
+  disks: { id: string; role: "os" | "data"; sizeBytes: number }[];
+  policy: ReplicatedItem["policy"];
+  replicationGroup?: string;
+  peers: string[];
+}

@@ -1,0 +1,124 @@
+// Settings: one zod schema over process.env, parsed once at start into a typed Config.
+import { z } from "zod";
+
+/** A storage account as reached through a shared-key connection string. */
+export interface StorageAccount {
+  name: string;
+  key: string;
+  blobUrl: string;
+  queueUrl: string;
+  tableUrl: string;
+  connectionString: string;
+}
+
+export const DEV_ACCOUNT = "devstoreaccount1";
+export const DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/** Parses a storage connection string (shared key, or UseDevelopmentStorage=true); throws a one-line reason. */
+export function parseConnectionString(cs: string): StorageAccount {
+  const parts = new Map<string, string>();
+  for (const piece of cs.split(";")) {
+    const i = piece.indexOf("=");
+    if (i > 0) parts.set(piece.slice(0, i).trim().toLowerCase(), piece.slice(i + 1).trim());
+  }
+  if (parts.get("usedevelopmentstorage")?.toLowerCase() === "true") {
+    const proxy = parts.get("developmentstorageproxyuri") ?? "http://127.0.0.1";
+    return {
+      name: DEV_ACCOUNT,
+      key: DEV_KEY,
+      blobUrl: `${proxy}:10000/${DEV_ACCOUNT}`,
+      queueUrl: `${proxy}:10001/${DEV_ACCOUNT}`,
+      tableUrl: `${proxy}:10002/${DEV_ACCOUNT}`,
+      connectionString: cs,
+    };
+  }
+  const name = parts.get("accountname");
+  const key = parts.get("accountkey");
+  if (!name) throw new Error("has no AccountName");
+  if (!key) throw new Error("has no AccountKey (site-recovery signs agent SAS URLs with the account key)");
+  const protocol = parts.get("defaultendpointsprotocol") ?? "https";
+  const suffix = parts.get("endpointsuffix") ?? "core.windows.net";
+  const endpoint = (service: string) =>
+    (parts.get(`${service}endpoint`) ?? `${protocol}://${name}.${service}.${suffix}`).replace(/\/+$/, "");
+  return {
+    name,
+    key,
+    blobUrl: endpoint("blob"),
+    queueUrl: endpoint("queue"),
+    tableUrl: endpoint("table"),
+    connectionString: cs,
+  };
+}
+
+const emptyIsUnset = (v: unknown) => (typeof v === "string" && v.trim() === "" ? undefined : v);
+
+const connectionString = z.string().transform((cs, ctx) => {
+  try {
+    return parseConnectionString(cs);
+  } catch (e) {
+    ctx.addIssue({ code: "custom", message: `not a usable storage connection string: ${(e as Error).message}` });
+    return z.NEVER;
+  }
+});
+
+const intSetting = (min: number, max: number, dflt: number) =>
+  z.preprocess(emptyIsUnset, z.coerce.number().int().min(min).max(max).default(dflt));
+
+const settingsSchema = z.object({
+  AzureWebJobsStorage: z.preprocess(emptyIsUnset, connectionString),
+  REPLICA_STORAGE: z.preprocess(emptyIsUnset, connectionString.optional()),
+  CACHE_STORAGE: z.preprocess(emptyIsUnset, connectionString.optional()),
+  DURABLE_TASK_HUB: z.preprocess(
+    emptyIsUnset,
+    z.string().regex(/^[A-Za-z][A-Za-z0-9]{2,44}$/, "3-45 letters and digits, starting with a letter").default("siterecovery"),
+  ),
+  AGENT_TOKEN_TTL_HOURS: intSetting(1, 720, 24),
+  AGENT_SAS_TTL_HOURS: intSetting(1, 8760, 168),
+  MAX_REQUEST_BYTES: intSetting(1024, 100 * 1024 * 1024, 1024 * 1024),
+});
+
+export interface Config {
+  storage: {
+    /** Control plane: tables, the replication queue, durable state (target region). */
+    control: StorageAccount;
+    /** Replica and failover disks (target region). */
+    replica: StorageAccount;
+    /** The agents' cache (source region). */
+    cache: StorageAccount;
+  };
+  taskHub: string;
+  agent: { tokenTtlHours: number; sasTtlHours: number };
+  http: { maxRequestBytes: number };
+}
+
+/** Every missing or malformed setting, reported by name, all at once. */
+export class SettingsError extends Error {
+  constructor(readonly problems: { setting: string; message: string }[]) {
+    super(`invalid settings:\n${problems.map((p) => `  ${p.setting}: ${p.message}`).join("\n")}`);
+    this.name = "SettingsError";
+  }
+}
+
+/** Reports each issue under the name of the setting it concerns. */
+export function zodProblems(error: z.ZodError): { setting: string; message: string }[] {
+  return error.issues.map((i) => ({
+    setting: String(i.path[0] ?? "(settings)"),
+    message: i.code === "invalid_type" && i.input === undefined ? "is required but not set" : i.message,
+  }));
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = settingsSchema.safeParse(env);
+  if (!parsed.success) throw new SettingsError(zodProblems(parsed.error));
+  const s = parsed.data;
+  return {
+    storage: {
+      control: s.AzureWebJobsStorage,
+      replica: s.REPLICA_STORAGE ?? s.AzureWebJobsStorage,
+      cache: s.CACHE_STORAGE ?? s.AzureWebJobsStorage,
+    },
+    taskHub: s.DURABLE_TASK_HUB,
+    agent: { tokenTtlHours: s.AGENT_TOKEN_TTL_HOURS, sasTtlHours: s.AGENT_SAS_TTL_HOURS },
+    http: { maxRequestBytes: s.MAX_REQUEST_BYTES },
+  };
+}

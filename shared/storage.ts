@@ -1,0 +1,81 @@
+// Typed storage clients for the three accounts (control, replica, cache), built once from Config.
+import { BlobServiceClient, StorageSharedKeyCredential, ContainerClient } from "@azure/storage-blob";
+import { QueueServiceClient, StorageSharedKeyCredential as QueueKeyCredential, QueueClient } from "@azure/storage-queue";
+import { AzureNamedKeyCredential, TableClient } from "@azure/data-tables";
+import type { Config, StorageAccount } from "./settings";
+
+export const REPLICATION_QUEUE = "replication-batches";
+export const REPLICAS_CONTAINER = "replicas";
+export const FAILOVER_CONTAINER = "failover";
+
+export const TABLES = {
+  items: "ReplicatedItems",
+  disks: "Disks",
+  registrations: "AgentRegistrations",
+  fabric: "FabricResources",
+} as const;
+export type TableName = (typeof TABLES)[keyof typeof TABLES];
+
+const isHttp = (url: string) => url.startsWith("http:");
+
+export function blobService(account: StorageAccount): BlobServiceClient {
+  return new BlobServiceClient(account.blobUrl, new StorageSharedKeyCredential(account.name, account.key));
+}
+
+export function queueService(account: StorageAccount): QueueServiceClient {
+  return new QueueServiceClient(account.queueUrl, new QueueKeyCredential(account.name, account.key));
+}
+
+export function tableClient(account: StorageAccount, table: string): TableClient {
+  return new TableClient(account.tableUrl, table, new AzureNamedKeyCredential(account.name, account.key), {
+    allowInsecureConnection: isHttp(account.tableUrl),
+  });
+}
+
+/** The storage a running app uses; tables and containers are created on first use, once. */
+export class Storage {
+  readonly replicaBlobs: BlobServiceClient;
+  readonly cacheBlobs: BlobServiceClient;
+  readonly controlQueues: QueueServiceClient;
+  private readonly tables = new Map<string, Promise<TableClient>>();
+  private readonly containers = new Map<string, Promise<ContainerClient>>();
+
+  constructor(readonly config: Config) {
+    this.replicaBlobs = blobService(config.storage.replica);
+    this.cacheBlobs = blobService(config.storage.cache);
+    this.controlQueues = queueService(config.storage.control);
+  }
+
+  table(name: TableName): Promise<TableClient> {
+    let t = this.tables.get(name);
+    if (!t) {
+      const client = tableClient(this.config.storage.control, name);
+      t = client.createTable().then(() => client);
+      t.catch(() => this.tables.delete(name));
+      this.tables.set(name, t);
+    }
+    return t;
+  }
+
+  replicas(): Promise<ContainerClient> {
+    return this.ensureContainer(this.replicaBlobs, REPLICAS_CONTAINER);
+  }
+
+  private ensureContainer(service: BlobServiceClient, name: string): Promise<ContainerClient> {
+    const key = `${service.url}|${name}`;
+    let c = this.containers.get(key);
+    if (!c) {
+      const client = service.getContainerClient(name);
+      c = client.createIfNotExists().then(() => client);
+      c.catch(() => this.containers.delete(key));
+      this.containers.set(key, c);
+    }
+    return c;
+  }
+
+  async replicationQueue(): Promise<QueueClient> {
+    const q = this.controlQueues.getQueueClient(REPLICATION_QUEUE);
+    await q.createIfNotExists();
+    return q;
+  }
+}
