@@ -1,0 +1,118 @@
+// The `site-recovery` command: runs the local stack and talks to the HTTP API of a local or deployed app.
+import { readFile } from "node:fs/promises";
+import { Command, InvalidArgumentError, Option } from "commander";
+import { ApiCallError, ApiClient } from "./client";
+
+const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
+
+/** `os=1GiB` → { id: "os", sizeBytes: 1073741824 }. */
+export function parseDiskOption(value: string, previous: { id: string; sizeBytes: number }[] = []) {
+  const m = /^([^=]+)=(\d+)\s*([a-zA-Z]*)$/.exec(value.trim());
+  const unit = m ? SIZE_UNITS[m[3]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new InvalidArgumentError(`expected <diskId>=<size>, e.g. os=1GiB or data0=4096MiB`);
+  return [...previous, { id: m[1]!, sizeBytes: Number(m[2]) * unit }];
+}
+
+interface GlobalOptions {
+  url: string;
+  key?: string;
+}
+
+function client(cmd: Command): ApiClient {
+  const o = cmd.optsWithGlobals<GlobalOptions>();
+  return new ApiClient(o.url, o.key);
+}
+
+const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
+
+export function buildProgram(): Command {
+  const program = new Command("site-recovery")
+    .description("Disaster recovery for Azure VMs: replicate to another region, fail over from any recovery point.")
+    .addOption(new Option("--url <url>", "the site-recovery service").env("SITE_RECOVERY_URL").default("http://localhost:7071"))
+    .addOption(new Option("--key <key>", "function key of a deployed app").env("SITE_RECOVERY_KEY"))
+    .showHelpAfterError();
+
+  program
+    .command("start")
+    .description("run the local stack: embedded Azurite and the local Functions host on :7071")
+    .action(async () => {
+      const { runLocalStack } = await import("../local/start");
+      await runLocalStack();
+    });
+
+  program
+    .command("enable")
+    .description("protect a VM: create target resources, replica disks and the cache; prints the agent's registration token")
+    .option("--file <path>", "the enable request as JSON (see README); other options are then ignored")
+    .option("--name <vm>", "VM name")
+    .option("--region <region>", "source region, e.g. eastus")
+    .option("--resource-group <rg>", "source resource group")
+    .option("--size <size>", "VM size", "Standard_D2s_v5")
+    .option("--vnet <vnet>", "source virtual network")
+    .option("--subnet <subnet>", "source subnet")
+    .option("--ip <address>", "the VM's private IP, kept at failover when free")
+    .option("--availability-set <name>", "source availability set")
+    .option("--disk <id=size>", "a disk, OS disk first (repeat): os=1GiB data0=4GiB", parseDiskOption)
+    .option("--target-region <region>", "target region, e.g. westus")
+    .option("--group <name>", "replication group (multi-VM consistency)")
+    .action(async (o: Record<string, string | undefined> & { disk?: { id: string; sizeBytes: number }[] }, cmd: Command) => {
+      const body = o.file
+        ? (JSON.parse(await readFile(o.file, "utf8")) as unknown)
+        : {
+            vm: {
+              name: o.name,
+              region: o.region,
+              resourceGroup: o.resourceGroup,
+              size: o.size,
+              network: { vnet: o.vnet, subnet: o.subnet, ...(o.ip ? { privateIp: o.ip } : {}) },
+              ...(o.availabilitySet ? { availabilitySet: o.availabilitySet } : {}),
+              disks: o.disk ?? [],
+            },
+            targetRegion: o.targetRegion,
+            ...(o.group ? { replicationGroup: o.group } : {}),
+          };
+      print(await client(cmd).call("POST", "replicated-items", body));
+    });
+
+  program
+    .command("status")
+    .description("list protected VMs, or show one in full")
+    .argument("[itemId]", "a replicated item")
+    .option("--json", "print JSON")
+    .action(async (itemId: string | undefined, o: { json?: boolean }, cmd: Command) => {
+      const api = client(cmd);
+      if (itemId) return print(await api.call("GET", `replicated-items/${encodeURIComponent(itemId)}`));
+      const items = await api.call<{ id: string; state: string; health: { status: string }; vm: { name: string; region: string }; targetRegion: string; disks: unknown[]; rpoSeconds: number | null }[]>("GET", "replicated-items");
+      if (o.json) return print(items);
+      if (items.length === 0) return console.log("No protected VMs. Protect one with: site-recovery enable --help");
+      console.table(
+        items.map((i) => ({ item: i.id, vm: i.vm.name, route: `${i.vm.region} → ${i.targetRegion}`, state: i.state, health: i.health.status, disks: i.disks.length, rpo: i.rpoSeconds ?? "-" })),
+      );
+    });
+
+  program
+    .command("disable")
+    .description("stop protecting a VM and remove its replicas, cache and unused target resources")
+    .argument("<itemId>", "a replicated item")
+    .action(async (itemId: string, _o: unknown, cmd: Command) => {
+      print(await client(cmd).call("DELETE", `replicated-items/${encodeURIComponent(itemId)}`));
+    });
+
+  return program;
+}
+
+export async function main(argv = process.argv): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (e) {
+    if (e instanceof ApiCallError) {
+      console.error(`error ${e.status} ${e.code}: ${e.message}`);
+      if (e.details !== undefined) console.error(JSON.stringify(e.details, null, 2));
+      process.exitCode = 1;
+      return;
+    }
+    throw e;
+  }
+}
+
+if (require.main === module) void main();
