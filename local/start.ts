@@ -2,7 +2,7 @@
 import { resolve } from "node:path";
 import { createServices } from "../functions/compose";
 import { functionTable } from "../functions/table";
-import { loadConfig, SettingsError } from "../shared/settings";
+import { loadConfig, SettingsError, zodProblems } from "../shared/settings";
 import { startAzurite, type LocalStorage } from "./azurite";
 import { LocalFunctionsHost } from "./host";
 import { z } from "zod";
@@ -27,10 +27,16 @@ export interface LocalStack {
 }
 
 export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log: (line: string) => void = console.log): Promise<LocalStack> {
-  const local = localSettings.safeParse(env);
-  if (!local.success) {
-    throw new SettingsError(local.error.issues.map((i) => ({ setting: String(i.path[0]), message: i.message })));
+  // Every bad setting, the host's and the app's, is reported at once, before anything starts.
+  const local = localSettings.safeParse(env, { reportInput: true });
+  const problems = local.success ? [] : zodProblems(local.error);
+  try {
+    loadConfig({ ...env, AzureWebJobsStorage: env.AzureWebJobsStorage?.trim() || "UseDevelopmentStorage=true" });
+  } catch (e) {
+    if (!(e instanceof SettingsError)) throw e;
+    problems.push(...e.problems);
   }
+  if (!local.success || problems.length > 0) throw new SettingsError(problems);
   const s = local.data;
   let storage: LocalStorage | undefined;
   if (!env.AzureWebJobsStorage?.trim()) {

@@ -123,7 +123,7 @@ export function zodIssues(error: z.ZodError): FieldIssue[] {
 
 /** Parses `input` with `schema`, or throws a 400 naming every offending field. */
 export function parseInput<S extends z.ZodType>(schema: S, input: unknown): z.output<S> {
-  const r = schema.safeParse(input);
+  const r = schema.safeParse(input, { reportInput: true });
   if (r.success) return r.data;
   const fields = zodIssues(r.error);
   throw new BadRequest(`invalid request: ${fields.map((f) => `${f.field} ${f.message}`).join("; ")}`, fields);

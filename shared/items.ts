@@ -1,6 +1,6 @@
 // The replicated-item records in Table Storage: items, their disks, the VM claims that keep a VM protected once.
 import type { TableClient } from "@azure/data-tables";
-import { isConflict, isNotFound } from "./errors";
+import { isConflict, isNotFound, storageStatus } from "./errors";
 import type { ReplicationPolicy } from "./api";
 import type { Storage } from "./storage";
 import { TABLES } from "./storage";
@@ -65,6 +65,30 @@ export interface DiskRecord {
   sizeBytes: number;
   /** Blob name in the `replicas` container: `<itemId>/<diskId>.vhd`. */
   replicaBlob: string;
+  /** Replication state of this disk; the watermark itself lives on the replica blob (its sequence number). */
+  state: DiskState;
+  /** Set once the batch that ends initial replication is applied. */
+  initialComplete?: boolean;
+  /** Why and from where this disk needs a resync; cleared when the resync's last batch is applied. */
+  resync?: DiskResync;
+  lastAppliedSeq?: number;
+  /** When the processor last applied a batch (control-plane time). */
+  lastAppliedAt?: string;
+  /** Source time (ms) of the newest write applied. */
+  lastAppliedWriteMs?: number;
+  /** When the sweep last re-announced this disk's pending batches. */
+  lastKickAt?: string;
+}
+
+export type DiskState = "InitialReplication" | "Protected" | "ResyncRequired";
+
+export interface DiskResync {
+  id: string;
+  reason: string;
+  /** `apply`: the processor halted at `baseSeq` (e.g. a corrupt batch); `agent`: the agent lost write order (spool overflow). */
+  origin: "apply" | "agent";
+  baseSeq: number;
+  since: string;
 }
 
 interface ItemEntity {
@@ -81,10 +105,7 @@ interface ClaimEntity {
 interface DiskEntity {
   partitionKey: string;
   rowKey: string;
-  role: "os" | "data";
-  index: number;
-  sizeBytes: number;
-  replicaBlob: string;
+  body: string;
 }
 
 /** The key that makes a VM protectable once: its region, resource group and name, case-insensitive. */
@@ -180,11 +201,7 @@ export class ItemStore {
     const t = await this.disks();
     // One partition per item and ≤ 65 disks: one transaction, all or nothing.
     await t.submitTransaction(
-      disks.map((d) => [
-        "upsert",
-        { partitionKey: d.itemId, rowKey: d.id, role: d.role, index: d.index, sizeBytes: d.sizeBytes, replicaBlob: d.replicaBlob } satisfies DiskEntity,
-        "Replace",
-      ]),
+      disks.map((d) => ["upsert", { partitionKey: d.itemId, rowKey: d.id, body: JSON.stringify(d) } satisfies DiskEntity, "Replace"]),
     );
   }
 
@@ -192,10 +209,60 @@ export class ItemStore {
     const t = await this.disks();
     const out: DiskRecord[] = [];
     const filter = `PartitionKey eq '${itemId.replace(/'/g, "''")}'`;
-    for await (const e of t.listEntities<DiskEntity>({ queryOptions: { filter } })) {
-      out.push({ itemId, id: e.rowKey, role: e.role, index: Number(e.index), sizeBytes: Number(e.sizeBytes), replicaBlob: e.replicaBlob });
-    }
+    for await (const e of t.listEntities<DiskEntity>({ queryOptions: { filter } })) out.push(JSON.parse(e.body) as DiskRecord);
     return out.sort((a, b) => a.index - b.index);
+  }
+
+  async getDisk(itemId: string, diskId: string): Promise<{ disk: DiskRecord; etag: string } | undefined> {
+    const t = await this.disks();
+    try {
+      const e = await t.getEntity<DiskEntity>(itemId, diskId);
+      return { disk: JSON.parse(e.body) as DiskRecord, etag: e.etag };
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  /** Replaces the disk record; with `etag`, only if unchanged since read (412 otherwise). */
+  async putDisk(disk: DiskRecord, etag?: string): Promise<string> {
+    const t = await this.disks();
+    const r = await t.updateEntity<DiskEntity>({ partitionKey: disk.itemId, rowKey: disk.id, body: JSON.stringify(disk) }, "Replace", {
+      etag: etag ?? "*",
+    });
+    return r.etag ?? "";
+  }
+
+  /** Read-modify-write of one disk record, retried when another writer got there first. */
+  async updateDisk(itemId: string, diskId: string, change: (d: DiskRecord) => DiskRecord | undefined): Promise<DiskRecord | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      const found = await this.getDisk(itemId, diskId);
+      if (!found) return undefined;
+      const next = change(structuredClone(found.disk));
+      if (!next) return found.disk;
+      try {
+        await this.putDisk(next, found.etag);
+        return next;
+      } catch (e) {
+        if (storageStatus(e) !== 412 || attempt >= 20) throw e;
+      }
+    }
+  }
+
+  /** Read-modify-write of the item, retried on a concurrent update. */
+  async updateItem(itemId: string, change: (i: ReplicatedItem) => ReplicatedItem | undefined): Promise<ReplicatedItem | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      const found = await this.get(itemId);
+      if (!found) return undefined;
+      const next = change(structuredClone(found.item));
+      if (!next) return found.item;
+      try {
+        await this.put(next, found.etag);
+        return next;
+      } catch (e) {
+        if (storageStatus(e) !== 412 || attempt >= 20) throw e;
+      }
+    }
   }
 
   async deleteDisks(itemId: string): Promise<void> {

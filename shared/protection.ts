@@ -239,6 +239,7 @@ export class Protection {
       index,
       sizeBytes: d.sizeBytes,
       replicaBlob: replicaBlobName(itemId, d.id),
+      state: "InitialReplication",
     }));
     await Promise.all(
       disks.map(async (d) => {

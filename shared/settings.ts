@@ -108,7 +108,7 @@ export function zodProblems(error: z.ZodError): { setting: string; message: stri
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const parsed = settingsSchema.safeParse(env);
+  const parsed = settingsSchema.safeParse(env, { reportInput: true });
   if (!parsed.success) throw new SettingsError(zodProblems(parsed.error));
   const s = parsed.data;
   return {
