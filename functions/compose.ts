@@ -1,4 +1,5 @@
 // The composition root: builds the storage clients, the fabric and the use cases once, from settings.
+import { Agents } from "../shared/agents";
 import { LocalFabric } from "../shared/fabric/local";
 import { ItemStore } from "../shared/items";
 import { Protection } from "../shared/protection";
@@ -12,14 +13,17 @@ export interface Services {
   fabric: Fabric;
   items: ItemStore;
   protection: Protection;
+  agents: Agents;
 }
 
 export function createServices(config: Config, overrides: { fabric?: Fabric; now?: () => Date } = {}): Services {
   const storage = new Storage(config);
   const fabric = overrides.fabric ?? new LocalFabric(() => storage.table(TABLES.fabric));
   const items = new ItemStore(storage);
-  const protection = new Protection({ config, storage, fabric, items, ...(overrides.now ? { now: overrides.now } : {}) });
-  return { config, storage, fabric, items, protection };
+  const clock = overrides.now ? { now: overrides.now } : {};
+  const agents = new Agents({ config, storage, items, ...clock });
+  const protection = new Protection({ config, storage, fabric, items, agents, ...clock });
+  return { config, storage, fabric, items, protection, agents };
 }
 
 let current: Services | undefined;

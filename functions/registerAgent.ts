@@ -12,6 +12,6 @@ export const registerAgent = (services: () => Services): HttpFunctionSpec => ({
   authLevel: "anonymous",
   handler: jsonHandler(async (request) => {
     const s = services();
-    return { body: await s.protection.registerAgent(await readJson(request, s.config.http.maxRequestBytes)) };
+    return { body: await s.agents.register(await readJson(request, s.config.http.maxRequestBytes)) };
   }),
 });

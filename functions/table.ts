@@ -6,6 +6,8 @@ import { enableReplication } from "./enableReplication";
 import { getReplicatedItem } from "./getReplicatedItem";
 import { listReplicatedItems } from "./listReplicatedItems";
 import { registerAgent } from "./registerAgent";
+import { agentCheckin } from "./agentCheckin";
+import { resyncManifest } from "./resyncManifest";
 
 export function functionTable(services: () => Services): FunctionSpec[] {
   return [
@@ -14,5 +16,7 @@ export function functionTable(services: () => Services): FunctionSpec[] {
     getReplicatedItem(services),
     disableReplication(services),
     registerAgent(services),
+    agentCheckin(services),
+    resyncManifest(services),
   ];
 }

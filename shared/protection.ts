@@ -1,18 +1,8 @@
 // Protecting a VM: enable replication (target resources, replicas, cache), disable it, and register its agent.
-import { createHash, randomBytes, randomUUID } from "node:crypto";
-import {
-  BlobSASPermissions,
-  generateBlobSASQueryParameters,
-  StorageSharedKeyCredential,
-} from "@azure/storage-blob";
-import {
-  generateQueueSASQueryParameters,
-  QueueSASPermissions,
-  StorageSharedKeyCredential as QueueKeyCredential,
-} from "@azure/storage-queue";
-import type { TableClient } from "@azure/data-tables";
-import { enableRequestSchema, MAX_GROUP_VMS, parseInput, registerRequestSchema, type EnableRequest } from "./api";
-import { Conflict, IllegalState, isNotFound, NotFound, Unauthorized } from "./errors";
+import { randomUUID } from "node:crypto";
+import { enableRequestSchema, MAX_GROUP_VMS, parseInput, type EnableRequest } from "./api";
+import type { Agents } from "./agents";
+import { Conflict, IllegalState, NotFound } from "./errors";
 import type { Fabric, FabricResource } from "./fabric/port";
 import {
   cacheContainerName,
@@ -24,7 +14,7 @@ import {
   type TargetResources,
 } from "./items";
 import type { Config } from "./settings";
-import { REPLICATION_QUEUE, TABLES, type Storage } from "./storage";
+import type { Storage } from "./storage";
 import { VHD_FOOTER_BYTES, vhdFooter } from "./vhd";
 
 export interface ProtectionDeps {
@@ -32,6 +22,7 @@ export interface ProtectionDeps {
   storage: Storage;
   fabric: Fabric;
   items: ItemStore;
+  agents: Agents;
   now?: () => Date;
 }
 
@@ -55,15 +46,6 @@ export function targetNames(req: EnableRequest): TargetNames {
     subnet: t.subnet ?? req.vm.network.subnet,
     ...(as ? { availabilitySet: as } : {}),
   };
-}
-
-export const hashToken = (token: string) => createHash("sha256").update(token, "utf8").digest("hex");
-
-interface RegistrationEntity {
-  partitionKey: "token";
-  rowKey: string;
-  itemId: string;
-  expiresAt: string;
 }
 
 /** Steps already done by a failing enable, undone newest first. */
@@ -96,10 +78,6 @@ export class Protection {
 
   constructor(private readonly deps: ProtectionDeps) {
     this.now = deps.now ?? (() => new Date());
-  }
-
-  private registrations(): Promise<TableClient> {
-    return this.deps.storage.table(TABLES.registrations);
   }
 
   async enable(body: unknown): Promise<EnableResult> {
@@ -259,12 +237,8 @@ export class Protection {
   }
 
   private async issueToken(itemId: string, undo: Undo): Promise<{ token: string; expiresAt: string }> {
-    const token = randomBytes(32).toString("base64url");
-    const expiresAt = new Date(this.now().getTime() + this.deps.config.agent.tokenTtlHours * 3600_000).toISOString();
-    const t = await this.registrations();
-    const rowKey = hashToken(token);
-    await t.createEntity<RegistrationEntity>({ partitionKey: "token", rowKey, itemId, expiresAt });
-    undo.push("delete registration token", () => t.deleteEntity("token", rowKey));
+    const { token, expiresAt, revoke } = await this.deps.agents.issueToken(itemId);
+    undo.push("delete registration token", revoke);
     return { token, expiresAt };
   }
 
@@ -297,20 +271,12 @@ export class Protection {
     for await (const b of replicas.listBlobsFlat({ prefix: `${itemId}/` })) {
       if ((await replicas.getBlobClient(b.name).deleteIfExists({ deleteSnapshots: "include" })).succeeded) removed.push(`replica ${b.name}`);
     }
-    await this.deleteRegistrations(itemId);
+    await this.deps.agents.forget(itemId);
     removed.push(...(await this.deleteUnusedTargetResources(item)));
     await items.deleteDisks(itemId);
     await items.delete(itemId);
     await items.releaseVm(vmKey(item.vm), itemId);
     return { id: itemId, state: "Disabled", removed };
-  }
-
-  private async deleteRegistrations(itemId: string): Promise<void> {
-    const t = await this.registrations();
-    const filter = `PartitionKey eq 'token' and itemId eq '${itemId.replace(/'/g, "''")}'`;
-    for await (const e of t.listEntities<RegistrationEntity>({ queryOptions: { filter } })) {
-      await t.deleteEntity("token", e.rowKey).catch((err) => (isNotFound(err) ? undefined : Promise.reject(err)));
-    }
   }
 
   /** Target resources site-recovery created and no other item uses go; the rest stay. */
@@ -334,59 +300,4 @@ export class Protection {
     await drop(item.target.resourceGroup.id);
     return removed;
   }
-
-  /** Exchanges a registration token for SAS URLs scoped to this item's cache container and the queue. */
-  async registerAgent(body: unknown): Promise<AgentRegistration> {
-    const { token } = parseInput(registerRequestSchema, body);
-    const t = await this.registrations();
-    const reg = await t.getEntity<RegistrationEntity>("token", hashToken(token)).catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
-    if (!reg) throw new Unauthorized("unknown registration token");
-    const now = this.now();
-    if (Date.parse(reg.expiresAt) <= now.getTime()) throw new Unauthorized(`registration token expired at ${reg.expiresAt}`);
-    const found = await this.deps.items.get(reg.itemId);
-    if (!found || found.item.state === "Disabling" || found.item.state === "EnableFailed" || found.item.state === "Enabling") {
-      throw new Unauthorized("the replicated item of this token is not being protected");
-    }
-    const { item, etag } = found;
-    const disks = await this.deps.items.listDisks(item.id);
-    const expiresOn = new Date(now.getTime() + this.deps.config.agent.sasTtlHours * 3600_000);
-    const startsOn = new Date(now.getTime() - 5 * 60_000); // clock skew between the VM and storage
-    const { cache, control } = this.deps.config.storage;
-    const containerName = cacheContainerName(item.id);
-    const blobSas = generateBlobSASQueryParameters(
-      { containerName, permissions: BlobSASPermissions.parse("cw"), startsOn, expiresOn },
-      new StorageSharedKeyCredential(cache.name, cache.key),
-    ).toString();
-    const queueSas = generateQueueSASQueryParameters(
-      { queueName: REPLICATION_QUEUE, permissions: QueueSASPermissions.parse("a"), startsOn, expiresOn },
-      new QueueKeyCredential(control.name, control.key),
-    ).toString();
-    await this.deps.storage.replicationQueue();
-
-    item.agent = { registeredAt: now.toISOString(), registrations: (item.agent?.registrations ?? 0) + 1 };
-    item.updatedAt = now.toISOString();
-    await this.deps.items.put(item, etag).catch(() => undefined); // bookkeeping only: a concurrent update wins
-
-    return {
-      itemId: item.id,
-      vmName: item.vm.name,
-      cache: { containerUrl: `${cache.blobUrl}/${containerName}?${blobSas}`, expiresOn: expiresOn.toISOString() },
-      queue: { url: `${control.queueUrl}/${REPLICATION_QUEUE}?${queueSas}`, messageEncoding: "base64", expiresOn: expiresOn.toISOString() },
-      disks: disks.map((d) => ({ id: d.id, role: d.role, sizeBytes: d.sizeBytes })),
-      policy: item.policy,
-      ...(item.replicationGroup ? { replicationGroup: item.replicationGroup } : {}),
-      peers: [],
-    };
-  }
-}
-
-export interface AgentRegistration {
-  itemId: string;
-  vmName: string;
-  cache: { containerUrl: string; expiresOn: string };
-  queue: { url: string; messageEncoding: "base64"; expiresOn: string };
-  disks: { id: string; role: "os" | "data"; sizeBytes: number }[];
-  policy: ReplicatedItem["policy"];
-  replicationGroup?: string;
-  peers: string[];
 }

@@ -74,6 +74,7 @@ const settingsSchema = z.object({
   ),
   AGENT_TOKEN_TTL_HOURS: intSetting(1, 720, 24),
   AGENT_SAS_TTL_HOURS: intSetting(1, 8760, 168),
+  AGENT_CHECKIN_SECONDS: intSetting(1, 3600, 30),
   MAX_REQUEST_BYTES: intSetting(1024, 100 * 1024 * 1024, 1024 * 1024),
 });
 
@@ -87,7 +88,7 @@ export interface Config {
     cache: StorageAccount;
   };
   taskHub: string;
-  agent: { tokenTtlHours: number; sasTtlHours: number };
+  agent: { tokenTtlHours: number; sasTtlHours: number; checkinSeconds: number };
   http: { maxRequestBytes: number };
 }
 
@@ -118,7 +119,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       cache: s.CACHE_STORAGE ?? s.AzureWebJobsStorage,
     },
     taskHub: s.DURABLE_TASK_HUB,
-    agent: { tokenTtlHours: s.AGENT_TOKEN_TTL_HOURS, sasTtlHours: s.AGENT_SAS_TTL_HOURS },
+    agent: { tokenTtlHours: s.AGENT_TOKEN_TTL_HOURS, sasTtlHours: s.AGENT_SAS_TTL_HOURS, checkinSeconds: s.AGENT_CHECKIN_SECONDS },
     http: { maxRequestBytes: s.MAX_REQUEST_BYTES },
   };
 }

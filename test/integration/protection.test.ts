@@ -8,31 +8,10 @@ import { join } from "node:path";
 import { ContainerClient, BlockBlobClient } from "@azure/storage-blob";
 import { QueueClient } from "@azure/storage-queue";
 import { startTestStack, type TestStack } from "../support/stack";
+import { enableBody } from "../support/requests";
 import { isValidFixedVhdFooter } from "../../shared/vhd";
 import { cacheContainerName } from "../../shared/items";
 import type { Fabric } from "../../shared/fabric/port";
-
-const MiB = 1024 * 1024;
-
-export function enableBody(name = "web-1", extra: Record<string, unknown> = {}) {
-  return {
-    vm: {
-      name,
-      region: "eastus",
-      resourceGroup: "prod-rg",
-      size: "Standard_D2s_v5",
-      network: { vnet: "prod-vnet", subnet: "web", privateIp: "10.0.1.4" },
-      availabilitySet: "web-as",
-      disks: [
-        { id: "os", sizeBytes: 16 * MiB },
-        { id: "data0", sizeBytes: 8 * MiB },
-      ],
-    },
-    targetRegion: "westus",
-    policy: { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 300, appConsistentFrequencyMinutes: 240 },
-    ...extra,
-  };
-}
 
 /** A SAS-authorised call's HTTP status (2xx on success). */
 async function statusOf(call: () => Promise<unknown>): Promise<number> {

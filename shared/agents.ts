@@ -1,0 +1,214 @@
+// The control plane's side of the agent: registration, check-ins (SAS renewal, resync commands), resync manifests.
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { crc32c } from "@node-rs/crc32";
+import { BlobSASPermissions, generateBlobSASQueryParameters, StorageSharedKeyCredential } from "@azure/storage-blob";
+import { generateQueueSASQueryParameters, QueueSASPermissions, StorageSharedKeyCredential as QueueKeyCredential } from "@azure/storage-queue";
+import type { TableClient } from "@azure/data-tables";
+import { parseInput, registerRequestSchema } from "./api";
+import {
+  checkinRequestSchema,
+  manifestRequestSchema,
+  RESYNC_BLOCK_BYTES,
+  type CheckinResponse,
+  type ManifestResponse,
+  type RegistrationResponse,
+  type ResyncCommand,
+} from "./agent-protocol";
+import { seqOfBlobName } from "./batch";
+import { BadRequest, Conflict, isNotFound, NotFound, Unauthorized } from "./errors";
+import { cacheContainerName, ItemStore, type DiskRecord, type ReplicatedItem } from "./items";
+import type { Config } from "./settings";
+import { REPLICATION_QUEUE, TABLES, type Storage } from "./storage";
+
+export const hashSecret = (secret: string) => createHash("sha256").update(secret, "utf8").digest("hex");
+
+/** A registration token, by its hash: which item it enables and until when. */
+export interface TokenEntity {
+  partitionKey: "token";
+  rowKey: string;
+  itemId: string;
+  expiresAt: string;
+}
+
+/** The item's current agent: the hash of its key (a re-registration replaces it and fences the old agent out). */
+interface AgentEntity {
+  partitionKey: "agent";
+  rowKey: string;
+  keyHash: string;
+  registeredAt: string;
+}
+
+export interface AgentsDeps {
+  config: Config;
+  storage: Storage;
+  items: ItemStore;
+  now?: () => Date;
+}
+
+const NOT_PROTECTED = new Set(["Enabling", "EnableFailed", "Disabling"]);
+
+export class Agents {
+  private readonly now: () => Date;
+
+  constructor(private readonly deps: AgentsDeps) {
+    this.now = deps.now ?? (() => new Date());
+  }
+
+  private table(): Promise<TableClient> {
+    return this.deps.storage.table(TABLES.registrations);
+  }
+
+  /** Issues the one-time registration token for a new item (only its hash is kept). */
+  async issueToken(itemId: string): Promise<{ token: string; expiresAt: string; revoke: () => Promise<void> }> {
+    const token = randomBytes(32).toString("base64url");
+    const expiresAt = new Date(this.now().getTime() + this.deps.config.agent.tokenTtlHours * 3600_000).toISOString();
+    const t = await this.table();
+    const rowKey = hashSecret(token);
+    await t.createEntity<TokenEntity>({ partitionKey: "token", rowKey, itemId, expiresAt });
+    return { token, expiresAt, revoke: () => t.deleteEntity("token", rowKey).then(() => undefined) };
+  }
+
+  /** Forgets every token and agent key of an item (disable). */
+  async forget(itemId: string): Promise<void> {
+    const t = await this.table();
+    const id = itemId.replace(/'/g, "''");
+    for await (const e of t.listEntities<TokenEntity>({ queryOptions: { filter: `PartitionKey eq 'token' and itemId eq '${id}'` } })) {
+      await t.deleteEntity("token", e.rowKey).catch((err) => (isNotFound(err) ? undefined : Promise.reject(err)));
+    }
+    await t.deleteEntity("agent", itemId).catch((err) => (isNotFound(err) ? undefined : Promise.reject(err)));
+  }
+
+  /** Exchanges a registration token for an agent key and SAS URLs scoped to this item's cache container and the queue. */
+  async register(body: unknown): Promise<RegistrationResponse> {
+    const { token } = parseInput(registerRequestSchema, body);
+    const t = await this.table();
+    const reg = await t.getEntity<TokenEntity>("token", hashSecret(token)).catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
+    if (!reg) throw new Unauthorized("unknown registration token");
+    const now = this.now();
+    if (Date.parse(reg.expiresAt) <= now.getTime()) throw new Unauthorized(`registration token expired at ${reg.expiresAt}`);
+    const item = await this.protectedItem(reg.itemId);
+
+    const agentKey = randomBytes(32).toString("base64url");
+    await t.upsertEntity<AgentEntity>({ partitionKey: "agent", rowKey: item.id, keyHash: hashSecret(agentKey), registeredAt: now.toISOString() }, "Replace");
+    await this.deps.items.updateItem(item.id, (i) => {
+      i.agent = { registeredAt: now.toISOString(), registrations: (i.agent?.registrations ?? 0) + 1 };
+      i.updatedAt = now.toISOString();
+      return i;
+    });
+    const disks = await this.deps.items.listDisks(item.id);
+    return {
+      itemId: item.id,
+      vmName: item.vm.name,
+      agentKey,
+      ...(await this.endpoints(item)),
+      disks: await Promise.all(disks.map(async (d) => ({ id: d.id, role: d.role, sizeBytes: d.sizeBytes, nextSeq: await this.nextSeq(d) }))),
+      policy: item.policy,
+      ...(item.replicationGroup ? { replicationGroup: item.replicationGroup } : {}),
+      // Replication-group peers (the multi-VM consistency protocol) are not handed out yet.
+      peers: [],
+      checkinIntervalSeconds: this.deps.config.agent.checkinSeconds,
+    };
+  }
+
+  /** Renews the agent's SAS URLs, records resyncs it reports, and hands it the resyncs the control plane needs. */
+  async checkin(body: unknown): Promise<CheckinResponse> {
+    const req = parseInput(checkinRequestSchema, body);
+    const item = await this.authenticate(req.itemId, req.agentKey);
+    const at = this.now().toISOString();
+    for (const r of req.resyncRequired ?? []) {
+      const disk = await this.deps.items.updateDisk(item.id, r.diskId, (d) => {
+        if (d.resync?.id === r.resyncId) return undefined;
+        d.state = "ResyncRequired";
+        d.resync = { id: r.resyncId, reason: r.reason, origin: "agent", baseSeq: d.lastAppliedSeq ?? 0, since: at };
+        return d;
+      });
+      if (!disk) throw new BadRequest(`disk '${r.diskId}' is not a disk of this item`, [{ field: "resyncRequired.diskId", message: "unknown disk" }]);
+      await this.deps.items.updateItem(item.id, (i) => {
+        if (i.health.issues.some((h) => h.code === "ResyncRequired" && h.message.includes(r.resyncId))) return undefined;
+        i.health.issues.push({ code: "ResyncRequired", severity: "Warning", message: `disk ${r.diskId}: ${r.reason} (resync ${r.resyncId})`, since: at });
+        i.health.status = i.health.status === "Critical" ? "Critical" : "Warning";
+        if (i.state === "Protected" || i.state === "InitialReplication") i.state = "ResyncRequired";
+        i.updatedAt = at;
+        return i;
+      });
+    }
+    const disks = await this.deps.items.listDisks(item.id);
+    const resync: ResyncCommand[] = disks
+      .filter((d) => d.state === "ResyncRequired" && d.resync?.origin === "apply")
+      .map((d) => ({ diskId: d.id, resyncId: d.resync!.id, baseSeq: d.resync!.baseSeq, reason: d.resync!.reason }));
+    return { ...(await this.endpoints(item)), policy: item.policy, resync, checkinIntervalSeconds: this.deps.config.agent.checkinSeconds };
+  }
+
+  /** CRC32C of each 64 KiB block of the replica at the resync's base watermark, for a differential resync. */
+  async resyncManifest(body: unknown): Promise<ManifestResponse> {
+    const req = parseInput(manifestRequestSchema, body);
+    const item = await this.authenticate(req.itemId, req.agentKey);
+    const found = await this.deps.items.getDisk(item.id, req.diskId);
+    if (!found) throw new NotFound("disk", req.diskId);
+    const disk = found.disk;
+    if (disk.resync?.id !== req.resyncId || disk.resync.origin !== "apply") {
+      throw new Conflict("NoSuchResync", `disk '${disk.id}' has no resync '${req.resyncId}' in progress`, { diskId: disk.id, resync: disk.resync ?? null });
+    }
+    if (req.offset + req.length > disk.sizeBytes) {
+      throw new BadRequest(`range ends past the disk's ${disk.sizeBytes} bytes`, [{ field: "length", message: `offset + length must be ≤ ${disk.sizeBytes}` }]);
+    }
+    const blob = (await this.deps.storage.replicas()).getPageBlobClient(disk.replicaBlob);
+    const watermark = (await blob.getProperties()).blobSequenceNumber ?? 0;
+    if (watermark !== disk.resync.baseSeq) {
+      throw new Conflict("ReplicaMoved", `replica of disk '${disk.id}' is at batch ${watermark}, not the resync's base ${disk.resync.baseSeq}`, { watermark });
+    }
+    const checksums: number[] = [];
+    const chunk = 4 * 1024 * 1024;
+    for (let at = req.offset; at < req.offset + req.length; at += chunk) {
+      const n = Math.min(chunk, req.offset + req.length - at);
+      const bytes = await blob.downloadToBuffer(at, n);
+      for (let b = 0; b < n; b += RESYNC_BLOCK_BYTES) checksums.push(crc32c(bytes.subarray(b, b + RESYNC_BLOCK_BYTES)));
+    }
+    return { diskId: disk.id, resyncId: req.resyncId, baseSeq: watermark, offset: req.offset, blockBytes: RESYNC_BLOCK_BYTES, checksums };
+  }
+
+  private async protectedItem(itemId: string): Promise<ReplicatedItem> {
+    const found = await this.deps.items.get(itemId);
+    if (!found || NOT_PROTECTED.has(found.item.state)) throw new Unauthorized("the replicated item of this agent is not being protected");
+    return found.item;
+  }
+
+  private async authenticate(itemId: string, agentKey: string): Promise<ReplicatedItem> {
+    const t = await this.table();
+    const agent = await t.getEntity<AgentEntity>("agent", itemId).catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
+    const given = Buffer.from(hashSecret(agentKey), "hex");
+    if (!agent || !timingSafeEqual(given, Buffer.from(agent.keyHash, "hex"))) throw new Unauthorized("unknown agent or wrong agent key");
+    return this.protectedItem(itemId);
+  }
+
+  /** SAS URLs: create+write on the item's cache container only, add-only on the replication queue. */
+  private async endpoints(item: ReplicatedItem): Promise<Pick<RegistrationResponse, "cache" | "queue">> {
+    const now = this.now();
+    const expiresOn = new Date(now.getTime() + this.deps.config.agent.sasTtlHours * 3600_000);
+    const startsOn = new Date(now.getTime() - 5 * 60_000); // clock skew between the VM and storage
+    const { cache, control } = this.deps.config.storage;
+    const containerName = cacheContainerName(item.id);
+    const blobSas = generateBlobSASQueryParameters(
+      { containerName, permissions: BlobSASPermissions.parse("cw"), startsOn, expiresOn },
+      new StorageSharedKeyCredential(cache.name, cache.key),
+    ).toString();
+    const queueSas = generateQueueSASQueryParameters(
+      { queueName: REPLICATION_QUEUE, permissions: QueueSASPermissions.parse("a"), startsOn, expiresOn },
+      new QueueKeyCredential(control.name, control.key),
+    ).toString();
+    await this.deps.storage.replicationQueue();
+    return {
+      cache: { containerUrl: `${cache.blobUrl}/${containerName}?${blobSas}`, expiresOn: expiresOn.toISOString() },
+      queue: { url: `${control.queueUrl}/${REPLICATION_QUEUE}?${queueSas}`, messageEncoding: "base64", expiresOn: expiresOn.toISOString() },
+    };
+  }
+
+  /** Above everything applied (the replica's watermark) and everything waiting in the cache: a new agent never reuses a seq. */
+  private async nextSeq(disk: DiskRecord): Promise<number> {
+    const replica = (await this.deps.storage.replicas()).getPageBlobClient(disk.replicaBlob);
+    let highest = (await replica.getProperties()).blobSequenceNumber ?? 0;
+    const cache = this.deps.storage.cacheBlobs.getContainerClient(cacheContainerName(disk.itemId));
+    for await (const b of cache.listBlobsFlat({ prefix: `${disk.id}/` })) highest = Math.max(highest, seqOfBlobName(b.name) ?? 0);
+    return highest + 1;
+  }
+}
