@@ -25,6 +25,12 @@ function client(cmd: Command): ApiClient {
 
 const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
 
+/** Columns padded to their widest cell, like kubectl and az table output. */
+export function formatTable(header: string[], rows: string[][]): string {
+  const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => (r[c] ?? "").length)));
+  return [header, ...rows].map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join("  ").trimEnd()).join("\n");
+}
+
 export function buildProgram(): Command {
   const program = new Command("site-recovery")
     .description("Disaster recovery for Azure VMs: replicate to another region, fail over from any recovery point.")
@@ -85,8 +91,11 @@ export function buildProgram(): Command {
       const items = await api.call<{ id: string; state: string; health: { status: string }; vm: { name: string; region: string }; targetRegion: string; disks: unknown[]; rpoSeconds: number | null }[]>("GET", "replicated-items");
       if (o.json) return print(items);
       if (items.length === 0) return console.log("No protected VMs. Protect one with: site-recovery enable --help");
-      console.table(
-        items.map((i) => ({ item: i.id, vm: i.vm.name, route: `${i.vm.region} → ${i.targetRegion}`, state: i.state, health: i.health.status, disks: i.disks.length, rpo: i.rpoSeconds ?? "-" })),
+      console.log(
+        formatTable(
+          ["ITEM", "VM", "ROUTE", "STATE", "HEALTH", "DISKS", "RPO"],
+          items.map((i) => [i.id, i.vm.name, `${i.vm.region} → ${i.targetRegion}`, i.state, i.health.status, String(i.disks.length), i.rpoSeconds === null ? "-" : `${i.rpoSeconds}s`]),
+        ),
       );
     });
 
