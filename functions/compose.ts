@@ -3,6 +3,7 @@ import { Agents } from "../shared/agents";
 import { LocalFabric } from "../shared/fabric/local";
 import { ItemStore } from "../shared/items";
 import { Protection } from "../shared/protection";
+import { RecoveryPoints } from "../shared/recovery-points";
 import { loadConfig, type Config } from "../shared/settings";
 import { Storage, TABLES } from "../shared/storage";
 import type { Fabric } from "../shared/fabric/port";
@@ -14,6 +15,7 @@ export interface Services {
   items: ItemStore;
   protection: Protection;
   agents: Agents;
+  points: RecoveryPoints;
 }
 
 export function createServices(config: Config, overrides: { fabric?: Fabric; now?: () => Date } = {}): Services {
@@ -23,7 +25,8 @@ export function createServices(config: Config, overrides: { fabric?: Fabric; now
   const clock = overrides.now ? { now: overrides.now } : {};
   const agents = new Agents({ config, storage, items, ...clock });
   const protection = new Protection({ config, storage, fabric, items, agents, ...clock });
-  return { config, storage, fabric, items, protection, agents };
+  const points = new RecoveryPoints({ storage, items, ...clock });
+  return { config, storage, fabric, items, protection, agents, points };
 }
 
 let current: Services | undefined;

@@ -18,6 +18,9 @@ export interface BatchTag {
   /** Source time of the tag, ISO 8601. */
   time: string;
   scope: "vm" | "group";
+  /** Group tags: the replication group, and the items that took part in the barrier (all must reach the tag). */
+  group?: string;
+  members?: string[];
 }
 
 export interface Extent {

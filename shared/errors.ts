@@ -87,3 +87,17 @@ export function isTransient(e: unknown): boolean {
   }
   return s === 408 || s === 429 || s >= 500;
 }
+
+/** Another processor holds the replica's lease (409 LeaseAlreadyPresent, or its lease is being broken): not a failure, the work is someone else's. */
+export function isLeaseHeld(e: unknown): boolean {
+  const code = storageCode(e);
+  return storageStatus(e) === 409 && (code === "LeaseAlreadyPresent" || code === "LeaseIsBreakingAndCannotBeAcquired");
+}
+
+/**
+ * A write refused by its fence (412: our lease was broken or taken, or the replica's sequence number is not the
+ * watermark we read): this processor is stale and must stop, never retry.
+ */
+export function isFenced(e: unknown): boolean {
+  return storageStatus(e) === 412;
+}

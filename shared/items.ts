@@ -24,6 +24,33 @@ export interface HealthIssue {
   severity: "Warning" | "Critical";
   message: string;
   since: string;
+  /** The disk the issue is about, so that it can be cleared when that disk recovers. */
+  diskId?: string;
+  /** The batch the issue is about, where there is one. */
+  seq?: number;
+}
+
+/** The item's health follows its worst open issue. */
+export function healthStatusOf(issues: HealthIssue[]): HealthStatus {
+  if (issues.some((i) => i.severity === "Critical")) return "Critical";
+  return issues.length > 0 ? "Warning" : "Healthy";
+}
+
+/** Adds or replaces the issue with the same code and disk (one open issue per cause), keeping when it began. */
+export function raiseIssue(item: ReplicatedItem, issue: HealthIssue): void {
+  const issues = item.health.issues;
+  const i = issues.findIndex((x) => x.code === issue.code && x.diskId === issue.diskId);
+  if (i >= 0) issues[i] = { ...issue, since: issues[i].since };
+  else issues.push(issue);
+  item.health.status = healthStatusOf(issues);
+}
+
+/** Removes the issues that match; true when any was removed. */
+export function clearIssues(item: ReplicatedItem, match: (issue: HealthIssue) => boolean): boolean {
+  const kept = item.health.issues.filter((x) => !match(x));
+  const removed = kept.length !== item.health.issues.length;
+  item.health = { status: healthStatusOf(kept), issues: kept };
+  return removed;
 }
 
 export interface TargetResources {
@@ -89,6 +116,21 @@ export interface DiskResync {
   origin: "apply" | "agent";
   baseSeq: number;
   since: string;
+  /**
+   * `apply` resyncs: batches baseSeq+1 … supersededThrough were dropped unapplied (the resync rewrites what
+   * they held); the resync's first batch must be supersededThrough+1, so a gap never passes for a start.
+   */
+  supersededThrough?: number;
+}
+
+/** Replication states the apply side moves an item between; other states (failover, disabling) it leaves alone. */
+const REPLICATING: ReadonlySet<ItemState> = new Set(["InitialReplication", "Protected", "ResyncRequired"]);
+
+/** The item's replication state as its disks say: any disk to resync wins, then any disk still copying. */
+export function replicationStateOf(item: ReplicatedItem, disks: DiskRecord[]): ItemState {
+  if (!REPLICATING.has(item.state) || disks.length === 0) return item.state;
+  if (disks.some((d) => d.state === "ResyncRequired")) return "ResyncRequired";
+  return disks.every((d) => d.initialComplete && d.state === "Protected") ? "Protected" : "InitialReplication";
 }
 
 interface ItemEntity {
@@ -255,6 +297,29 @@ export class ItemStore {
       const found = await this.get(itemId);
       if (!found) return undefined;
       const next = change(structuredClone(found.item));
+      if (!next) return found.item;
+      try {
+        await this.put(next, found.etag);
+        return next;
+      } catch (e) {
+        if (storageStatus(e) !== 412 || attempt >= 20) throw e;
+      }
+    }
+  }
+
+  /**
+   * Read-modify-write of the item with its disks read after the item, retried on a concurrent update: two disks
+   * finishing at once each see the other's record on some attempt, so the item never keeps a stale state.
+   */
+  async updateItemWithDisks(
+    itemId: string,
+    change: (i: ReplicatedItem, disks: DiskRecord[]) => ReplicatedItem | undefined,
+  ): Promise<ReplicatedItem | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      const found = await this.get(itemId);
+      if (!found) return undefined;
+      const disks = await this.listDisks(itemId);
+      const next = change(structuredClone(found.item), disks);
       if (!next) return found.item;
       try {
         await this.put(next, found.etag);

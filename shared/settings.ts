@@ -1,4 +1,5 @@
 // Settings: one zod schema over process.env, parsed once at start into a typed Config.
+import { Cron } from "croner";
 import { z } from "zod";
 
 /** A storage account as reached through a shared-key connection string. */
@@ -64,6 +65,27 @@ const connectionString = z.string().transform((cs, ctx) => {
 const intSetting = (min: number, max: number, dflt: number) =>
   z.preprocess(emptyIsUnset, z.coerce.number().int().min(min).max(max).default(dflt));
 
+/** An NCRONTAB expression as the Functions timer trigger takes it: six fields, seconds first, evaluated in UTC. */
+const ncrontab = (dflt: string) =>
+  z.preprocess(
+    emptyIsUnset,
+    z
+      .string()
+      .trim()
+      .default(dflt)
+      .superRefine((expr, ctx) => {
+        if (expr.split(/\s+/).length !== 6) {
+          ctx.addIssue({ code: "custom", message: "a six-field NCRONTAB expression (seconds first), e.g. */30 * * * * *" });
+          return;
+        }
+        try {
+          new Cron(expr, { paused: true, legacyMode: false, timezone: "UTC" }).stop();
+        } catch (e) {
+          ctx.addIssue({ code: "custom", message: `not a valid NCRONTAB expression: ${(e as Error).message}` });
+        }
+      }),
+  );
+
 const settingsSchema = z.object({
   AzureWebJobsStorage: z.preprocess(emptyIsUnset, connectionString),
   REPLICA_STORAGE: z.preprocess(emptyIsUnset, connectionString.optional()),
@@ -76,6 +98,8 @@ const settingsSchema = z.object({
   AGENT_SAS_TTL_HOURS: intSetting(1, 8760, 168),
   AGENT_CHECKIN_SECONDS: intSetting(1, 3600, 30),
   MAX_REQUEST_BYTES: intSetting(1024, 100 * 1024 * 1024, 1024 * 1024),
+  SWEEP_SCHEDULE: ncrontab("*/30 * * * * *"),
+  SWEEP_STALL_SECONDS: intSetting(0, 86400, 30),
 });
 
 export interface Config {
@@ -90,6 +114,8 @@ export interface Config {
   taskHub: string;
   agent: { tokenTtlHours: number; sasTtlHours: number; checkinSeconds: number };
   http: { maxRequestBytes: number };
+  /** The cache sweep: how often it runs, and how long a disk with batches waiting may make no progress before it is re-kicked. */
+  sweep: { schedule: string; stallSeconds: number };
 }
 
 /** Every missing or malformed setting, reported by name, all at once. */
@@ -121,5 +147,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     taskHub: s.DURABLE_TASK_HUB,
     agent: { tokenTtlHours: s.AGENT_TOKEN_TTL_HOURS, sasTtlHours: s.AGENT_SAS_TTL_HOURS, checkinSeconds: s.AGENT_CHECKIN_SECONDS },
     http: { maxRequestBytes: s.MAX_REQUEST_BYTES },
+    sweep: { schedule: s.SWEEP_SCHEDULE, stallSeconds: s.SWEEP_STALL_SECONDS },
   };
+}
+
+/** Timer schedules, as the function table needs them before (and without) the rest of the settings. */
+export interface TimerSchedules {
+  sweep: string;
+}
+
+/**
+ * Reads only the schedule settings, with the same defaults and checks as loadConfig: the function table is built
+ * without touching storage settings, and a literal schedule registers on any host, even one whose app settings
+ * lack the entry (an unresolvable `%NAME%` would leave the timer in error under `func start`).
+ */
+export function timerSchedules(env: NodeJS.ProcessEnv = process.env): TimerSchedules {
+  const parsed = settingsSchema.pick({ SWEEP_SCHEDULE: true }).safeParse(env, { reportInput: true });
+  if (!parsed.success) throw new SettingsError(zodProblems(parsed.error));
+  return { sweep: parsed.data.SWEEP_SCHEDULE };
 }

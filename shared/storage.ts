@@ -5,6 +5,8 @@ import { AzureNamedKeyCredential, TableClient } from "@azure/data-tables";
 import type { Config, StorageAccount } from "./settings";
 
 export const REPLICATION_QUEUE = "replication-batches";
+/** Where the Functions host moves a replication message after maxDequeueCount failed attempts. */
+export const REPLICATION_POISON_QUEUE = `${REPLICATION_QUEUE}-poison`;
 export const REPLICAS_CONTAINER = "replicas";
 export const FAILOVER_CONTAINER = "failover";
 
@@ -13,10 +15,19 @@ export const TABLES = {
   disks: "Disks",
   registrations: "AgentRegistrations",
   fabric: "FabricResources",
+  recoveryPoints: "RecoveryPoints",
+  tagArrivals: "TagArrivals",
 } as const;
 export type TableName = (typeof TABLES)[keyof typeof TABLES];
 
 const isHttp = (url: string) => url.startsWith("http:");
+
+/** Queue-trigger messages are base64 of JSON (host.json messageEncoding); Azure caps the text at 64 KiB. */
+export function queueMessageText(value: unknown): string {
+  const text = Buffer.from(JSON.stringify(value), "utf8").toString("base64");
+  if (text.length > 65536) throw new RangeError(`queue message of ${text.length} characters exceeds 64 KiB`);
+  return text;
+}
 
 export function blobService(account: StorageAccount): BlobServiceClient {
   return new BlobServiceClient(account.blobUrl, new StorageSharedKeyCredential(account.name, account.key));
@@ -39,6 +50,7 @@ export class Storage {
   readonly controlQueues: QueueServiceClient;
   private readonly tables = new Map<string, Promise<TableClient>>();
   private readonly containers = new Map<string, Promise<ContainerClient>>();
+  private queue: Promise<QueueClient> | undefined;
 
   constructor(readonly config: Config) {
     this.replicaBlobs = blobService(config.storage.replica);
@@ -73,9 +85,13 @@ export class Storage {
     return c;
   }
 
-  async replicationQueue(): Promise<QueueClient> {
-    const q = this.controlQueues.getQueueClient(REPLICATION_QUEUE);
-    await q.createIfNotExists();
-    return q;
+  /** Created on first use, once per process: every re-announced batch would otherwise pay a round trip. */
+  replicationQueue(): Promise<QueueClient> {
+    if (!this.queue) {
+      const q = this.controlQueues.getQueueClient(REPLICATION_QUEUE);
+      this.queue = q.createIfNotExists().then(() => q);
+      this.queue.catch(() => (this.queue = undefined));
+    }
+    return this.queue;
   }
 }

@@ -1,0 +1,124 @@
+// Sealing tags into recovery points (per VM and per group), listing them, and pruning them with their snapshots.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { startTestStack, type TestStack } from "../support/stack";
+import { enableBody } from "../support/requests";
+import type { BatchTag } from "../../shared/batch";
+import { sealRecoveryPoints } from "../../shared/sealing";
+
+const HOUR = 3600_000;
+
+describe("recovery points", () => {
+  let stack: TestStack;
+  before(async () => {
+    stack = await startTestStack();
+  });
+  after(async () => {
+    await stack?.stop();
+  });
+
+  async function enable(name: string, extra: Record<string, unknown> = {}): Promise<string> {
+    const r = await stack.api("POST", "replicated-items", enableBody(name, extra));
+    assert.equal(r.status, 201, JSON.stringify(r.body));
+    return r.body.id;
+  }
+
+  /** Snapshots a replica (as apply does at a tag) and records the arrival. */
+  async function arrive(itemId: string, diskId: string, tag: BatchTag, seq = 1) {
+    const replicas = await stack.services.storage.replicas();
+    const blob = replicas.getPageBlobClient(`${itemId}/${diskId}.vhd`);
+    await blob.uploadPages(Buffer.alloc(512, seq % 256), 0, 512);
+    const { snapshot } = await blob.createSnapshot();
+    const sealed = await stack.services.points.recordArrival({ itemId, diskId, snapshot: snapshot!, seq, tag });
+    return { snapshot: snapshot!, sealed };
+  }
+
+  async function snapshotExists(itemId: string, diskId: string, snapshot: string): Promise<boolean> {
+    const replicas = await stack.services.storage.replicas();
+    return replicas.getPageBlobClient(`${itemId}/${diskId}.vhd`).withSnapshot(snapshot).exists();
+  }
+
+  const tag = (over: Partial<BatchTag> = {}): BatchTag => ({ id: randomUUID(), kind: "crash", time: new Date().toISOString(), scope: "vm", ...over });
+
+  test("a tag becomes a VM point only when every disk of the VM reached it", async () => {
+    const id = await enable("rp-1");
+    const t = tag();
+    const os = await arrive(id, "os", t);
+    assert.deepEqual(os.sealed, []);
+    const data = await arrive(id, "data0", t);
+    assert.equal(data.sealed.length, 1);
+    const point = data.sealed[0]!;
+    assert.equal(point.scope, "vm");
+    assert.deepEqual(point.disks.map((d) => [d.diskId, d.snapshot]), [["os", os.snapshot], ["data0", data.snapshot]]);
+    const item = (await stack.services.items.get(id))!.item;
+    const listed = await stack.services.points.listForItem(item);
+    assert.deepEqual(listed.map((p) => p.id), [t.id]);
+    // Arriving again (a retried apply) seals nothing twice.
+    assert.deepEqual((await arrive(id, "data0", t)).sealed, []);
+  });
+
+  test("points are listed newest first", async () => {
+    const id = await enable("rp-2");
+    const times = [3, 1, 2].map((m) => new Date(Date.now() - m * 60_000).toISOString());
+    for (const time of times) {
+      const t = tag({ time });
+      await arrive(id, "os", t);
+      await arrive(id, "data0", t);
+    }
+    const item = (await stack.services.items.get(id))!.item;
+    const listed = await stack.services.points.listForItem(item);
+    assert.deepEqual(listed.map((p) => p.time), [...times].sort().reverse());
+  });
+
+  test("a group point needs every disk of every member; its snapshots outlive the VM points that share them", async () => {
+    const ids = [await enable("g-1", { replicationGroup: "tier" }), await enable("g-2", { replicationGroup: "tier" }), await enable("g-3", { replicationGroup: "tier" })];
+    const t = tag({ scope: "group", group: "tier", members: ids, time: new Date(Date.now() - 3 * HOUR).toISOString() });
+    const snaps: { id: string; disk: string; snapshot: string }[] = [];
+    let sealed: unknown[] = [];
+    for (const id of ids) {
+      for (const disk of ["os", "data0"]) {
+        const a = await arrive(id, disk, t);
+        snaps.push({ id, disk, snapshot: a.snapshot });
+        sealed = a.sealed;
+      }
+      const item = (await stack.services.items.get(id))!.item;
+      const scopes = (await stack.services.points.listForItem(item)).map((p) => p.scope);
+      assert.deepEqual(scopes, id === ids[2] ? ["group", "vm"] : ["vm"], "the group point waits for the last member");
+    }
+    assert.equal(sealed.length, 2, "the last arrival sealed the VM point and the group point");
+
+    // Retention of 1 hour: the 3-hour-old VM point of g-1 is pruned, but its snapshots stay for the group point.
+    const g1 = (await stack.services.items.get(ids[0]!))!.item;
+    g1.policy.recoveryPointRetentionHours = 1;
+    assert.equal((await stack.services.points.prune(g1)).length, 1);
+    for (const s of snaps.filter((x) => x.id === ids[0])) assert.ok(await snapshotExists(s.id, s.disk, s.snapshot));
+    // Pruning the group point drops g-1's snapshots (no VM point left) and keeps g-2's (its VM point remains).
+    assert.equal((await stack.services.points.pruneGroup("tier", g1.policy)).length, 1);
+    for (const s of snaps) assert.equal(await snapshotExists(s.id, s.disk, s.snapshot), s.id !== ids[0], `${s.id}/${s.disk}`);
+  });
+
+  test("the sealing pass prunes by policy and deletes pruned snapshots from storage", async () => {
+    const id = await enable("rp-3", { policy: { recoveryPointRetentionHours: 1, crashConsistentFrequencySeconds: 300, appConsistentFrequencyMinutes: 0 } });
+    const old = tag({ time: new Date(Date.now() - 2 * HOUR).toISOString() });
+    const fresh = tag();
+    const oldSnaps = [await arrive(id, "os", old), await arrive(id, "data0", old)];
+    await arrive(id, "os", fresh);
+    await arrive(id, "data0", fresh);
+    const report = await sealRecoveryPoints({ items: stack.services.items, points: stack.services.points, rpoCriticalMinutes: 60 });
+    assert.ok(report.pruned >= 1);
+    const item = (await stack.services.items.get(id))!.item;
+    assert.deepEqual((await stack.services.points.listForItem(item)).map((p) => p.id), [fresh.id]);
+    assert.equal(await snapshotExists(id, "os", oldSnaps[0]!.snapshot), false);
+    assert.equal(await snapshotExists(id, "data0", oldSnaps[1]!.snapshot), false);
+  });
+
+  test("a group tag a member never reaches expires with its orphan snapshots", async () => {
+    const a = await enable("x-1", { replicationGroup: "pair" });
+    const b = await enable("x-2", { replicationGroup: "pair" });
+    const t = tag({ scope: "group", group: "pair", members: [a, b], time: new Date(Date.now() - HOUR).toISOString() });
+    const os = await arrive(a, "os", t);
+    assert.equal(await stack.services.points.expireArrivals(a, Date.now()), 1);
+    assert.equal(await snapshotExists(a, "os", os.snapshot), false);
+  });
+});
