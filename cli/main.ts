@@ -2,6 +2,7 @@
 import { readFile } from "node:fs/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { ApiCallError, ApiClient } from "./client";
+import { agentCommand } from "./agent";
 
 const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
 
@@ -106,6 +107,8 @@ export function buildProgram(): Command {
     .action(async (itemId: string, _o: unknown, cmd: Command) => {
       print(await client(cmd).call("DELETE", `replicated-items/${encodeURIComponent(itemId)}`));
     });
+
+  agentCommand(program);
 
   return program;
 }

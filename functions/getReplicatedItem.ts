@@ -1,8 +1,9 @@
-// GET /api/replicated-items/{itemId}: one item's state, health, target resources and disks.
+// GET /api/replicated-items/{itemId}: one item's state, health, target resources, and each disk's live replication status.
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
 import { itemView } from "./views";
+import { readReplicationStatus } from "../shared/status";
 
 export const getReplicatedItem = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",
@@ -13,6 +14,7 @@ export const getReplicatedItem = (services: () => Services): HttpFunctionSpec =>
   handler: jsonHandler(async (request) => {
     const s = services();
     const item = await s.protection.get(request.params.itemId ?? "");
-    return { body: itemView(item, await s.items.listDisks(item.id)) };
+    const disks = await s.items.listDisks(item.id);
+    return { body: itemView(item, disks, await readReplicationStatus(s.storage, item.id, disks)) };
   }),
 });

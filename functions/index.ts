@@ -1,5 +1,6 @@
-// The Functions host's entry point (package.json main): registers every function of the table with app.*.
+// The Functions host's entry point (package.json main): registers every function of the table with app.* / df.app.*.
 import { app } from "@azure/functions";
+import * as df from "durable-functions";
 import { services } from "./compose";
 import type { FunctionSpec } from "./spec";
 import { functionTable } from "./table";
@@ -8,13 +9,21 @@ export function registerAll(table: FunctionSpec[]): void {
   for (const f of table) {
     switch (f.kind) {
       case "http":
-        app.http(f.name, { route: f.route, methods: f.methods, authLevel: f.authLevel, handler: f.handler });
+        // df.app.client.http adds the durableClient input binding and hands the handler a DurableClient.
+        if (f.durableClient) df.app.client.http(f.name, { route: f.route, methods: f.methods, authLevel: f.authLevel, handler: f.handler });
+        else app.http(f.name, { route: f.route, methods: f.methods, authLevel: f.authLevel, handler: f.handler });
         break;
       case "queue":
         app.storageQueue(f.name, { queueName: f.queueName, connection: f.connection, handler: f.handler });
         break;
       case "timer":
         app.timer(f.name, { schedule: f.schedule, runOnStartup: f.runOnStartup ?? false, handler: f.handler });
+        break;
+      case "orchestration":
+        df.app.orchestration(f.name, f.handler);
+        break;
+      case "activity":
+        df.app.activity(f.name, { handler: f.handler });
         break;
     }
   }

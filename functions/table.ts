@@ -8,8 +8,13 @@ import { listReplicatedItems } from "./listReplicatedItems";
 import { registerAgent } from "./registerAgent";
 import { agentCheckin } from "./agentCheckin";
 import { resyncManifest } from "./resyncManifest";
+import { applyBatches } from "./applyBatches";
+import { recordPoison } from "./recordPoison";
+import { sweepCache } from "./sweepCache";
+import { timerSchedules, type TimerSchedules } from "../shared/settings";
 
-export function functionTable(services: () => Services): FunctionSpec[] {
+/** `schedules` default to process.env's (the Functions host's app settings); the local host passes its own env's. */
+export function functionTable(services: () => Services, schedules: TimerSchedules = timerSchedules()): FunctionSpec[] {
   return [
     enableReplication(services),
     listReplicatedItems(services),
@@ -18,5 +23,8 @@ export function functionTable(services: () => Services): FunctionSpec[] {
     registerAgent(services),
     agentCheckin(services),
     resyncManifest(services),
+    applyBatches(services),
+    recordPoison(services),
+    sweepCache(services, schedules.sweep),
   ];
 }

@@ -1,4 +1,4 @@
-// Stands in for `func start`: serves the table's HTTP functions, polls its storage queues and fires its timers the way the Functions host does, with no business logic.
+// Stands in for `func start`: serves the table's HTTP functions, polls its storage queues, fires its timers and runs its durable orchestrations the way the Functions host does, with no business logic.
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -8,10 +8,31 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream as NodeReadableStream } from "node:stream/web";
 import { format } from "node:util";
-import { HttpRequest, HttpResponse, InvocationContext, type Cookie, type HttpResponseInit, type LogLevel, type Timer } from "@azure/functions";
+import {
+  HttpRequest,
+  HttpResponse,
+  InvocationContext,
+  type Cookie,
+  type FunctionInput,
+  type HttpResponseInit,
+  type LogHandler,
+  type LogLevel,
+  type Timer,
+} from "@azure/functions";
 import { QueueClient, type ReceivedMessageItem } from "@azure/storage-queue";
 import { Cron } from "croner";
-import type { FunctionSpec, HttpFunctionSpec, QueueFunctionSpec, TimerFunctionSpec } from "../functions/spec";
+import * as df from "durable-functions";
+import type {
+  ActivityFunctionSpec,
+  FunctionSpec,
+  HttpFunctionSpec,
+  OrchestrationFunctionSpec,
+  QueueFunctionSpec,
+  TimerFunctionSpec,
+} from "../functions/spec";
+import { durableBase, DurableHttpApi } from "./durableHttp";
+import { DurableRuntime } from "./durableRuntime";
+import { DurableStore } from "./durableStore";
 
 // ---------------------------------------------------------------------------------------------
 // host.json: the single source of the trigger settings, shared with Azure.
@@ -27,6 +48,11 @@ export interface HostJson {
       batchSize?: number;
       newBatchThreshold?: number;
       maxPollingInterval?: string;
+    };
+    durableTask?: {
+      hubName?: string;
+      maxConcurrentActivityFunctions?: number;
+      maxConcurrentOrchestratorFunctions?: number;
     };
   };
 }
@@ -103,6 +129,21 @@ export interface LocalHostOptions {
   queueOverrides?: Partial<QueueSettings>;
   /** Tests only: another host.json. */
   hostJsonPath?: string;
+  /** Durable runtime settings (used when the table has orchestrations, activities or durable-client functions). */
+  durable?: DurableHostOptions;
+}
+
+export interface DurableHostOptions {
+  /** Task hub; default host.json `durableTask.hubName` with `%SETTING%` resolved from `env`. */
+  taskHub?: string;
+  /** App setting naming the storage for durable state; default AzureWebJobsStorage. */
+  connection?: string;
+  /** Default host.json `maxConcurrentActivityFunctions`, else 10. */
+  maxConcurrentActivities?: number;
+  /** Default host.json `maxConcurrentOrchestratorFunctions`, else 10. */
+  maxConcurrentOrchestrations?: number;
+  /** Compare timer times and inputs on replay too (default true). */
+  strictReplayCheck?: boolean;
 }
 
 type ErrorCode = "NotFound" | "MethodNotAllowed" | "PayloadTooLarge" | "Unauthorized" | "InternalError";
@@ -119,6 +160,8 @@ class HttpFailure extends Error {
 }
 
 const DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024;
+/** What the Durable extension calls a task hub it was given no name for, when running locally. */
+const DEFAULT_TASK_HUB = "TestHubName";
 const DRAIN_POLL_MS = 50;
 
 export class LocalFunctionsHost {
@@ -134,6 +177,11 @@ export class LocalFunctionsHost {
   private server: Server | undefined;
   private port = 0;
   private started = false;
+  private readonly hostJson: HostJson;
+  private readonly durableTable: { orchestrations: OrchestrationFunctionSpec[]; activities: ActivityFunctionSpec[]; clients: number };
+  private durable: { runtime: DurableRuntime; api: DurableHttpApi } | undefined;
+  /** WEBSITE_HOSTNAME as it was before start() set it, to restore on stop(). */
+  private savedHostname: { value: string | undefined } | undefined;
 
   constructor(
     private readonly table: FunctionSpec[],
@@ -145,6 +193,12 @@ export class LocalFunctionsHost {
       names.add(f.name.toLowerCase());
     }
     const hostJson = loadHostJson(options.hostJsonPath);
+    this.hostJson = hostJson;
+    this.durableTable = {
+      orchestrations: table.filter((f): f is OrchestrationFunctionSpec => f.kind === "orchestration"),
+      activities: table.filter((f): f is ActivityFunctionSpec => f.kind === "activity"),
+      clients: table.filter((f) => f.kind === "http" && f.durableClient).length,
+    };
     this.queueSettings = { ...queueSettingsFrom(hostJson), ...options.queueOverrides };
     this.routePrefix = (hostJson.extensions?.http?.routePrefix ?? "api").replace(/^\/+|\/+$/g, "");
     this.log = options.log ?? ((line) => console.log(line));
@@ -165,6 +219,7 @@ export class LocalFunctionsHost {
     // Resolve everything that can be misconfigured before binding anything, so a bad setting fails fast.
     for (const l of this.listeners) l.connect();
     for (const t of this.timers) t.prepare();
+    this.prepareDurable();
     const server = createServer((req, res) => {
       const p = this.serve(req, res);
       this.track(p);
@@ -180,9 +235,61 @@ export class LocalFunctionsHost {
     this.server = server;
     this.port = (server.address() as AddressInfo).port;
     this.started = true;
+    if (this.durable) {
+      // Without WEBSITE_HOSTNAME, df.getClient rewrites the binding's URLs to localhost:7071; with it set they are used as given.
+      const current = process.env.WEBSITE_HOSTNAME;
+      if (!current || current.includes("0.0.0.0")) {
+        this.savedHostname = { value: current };
+        process.env.WEBSITE_HOSTNAME = `${this.loopbackHost()}:${this.port}`;
+      }
+      await this.durable.runtime.start();
+    }
     for (const l of this.listeners) l.start();
     for (const t of this.timers) t.start();
     return { port: this.port };
+  }
+
+  /** The durable runtime, when the table has durable functions (tests and tools). */
+  get durableRuntime(): DurableRuntime | undefined {
+    return this.durable?.runtime;
+  }
+
+  /** Builds the durable runtime when the table needs one; throws naming the setting that is missing. */
+  private prepareDurable(): void {
+    const t = this.durableTable;
+    if (this.durable || (t.orchestrations.length === 0 && t.activities.length === 0 && t.clients === 0)) return;
+    const d = this.options.durable ?? {};
+    const setting = d.connection || "AzureWebJobsStorage";
+    const cs = this.env[setting] || this.env[`AzureWebJobs${setting}`];
+    if (!cs) throw new Error(`durable functions: connection setting '${setting}' is not set`);
+    const taskHub = d.taskHub ?? this.hubFromHostJson();
+    const dt = this.hostJson.extensions?.durableTask ?? {};
+    const store = new DurableStore(cs, taskHub);
+    const runtime = new DurableRuntime({
+      store,
+      orchestrations: t.orchestrations,
+      activities: t.activities,
+      invoke: (name, run, meta) => this.invoke(name, run, meta),
+      logHandler: (name) => this.logHandler(name),
+      log: this.log,
+      maxConcurrentActivities: d.maxConcurrentActivities ?? dt.maxConcurrentActivityFunctions ?? 10,
+      maxConcurrentOrchestrations: d.maxConcurrentOrchestrations ?? dt.maxConcurrentOrchestratorFunctions ?? 10,
+      strictReplayCheck: d.strictReplayCheck ?? true,
+    });
+    this.durable = { runtime, api: new DurableHttpApi(runtime, { taskHub, ...(this.options.functionKey ? { functionKey: this.options.functionKey } : {}) }) };
+  }
+
+  /** host.json's hubName, `%SETTING%` resolved; the extension's local default when it is absent or resolves to nothing. */
+  private hubFromHostJson(): string {
+    const raw = this.hostJson.extensions?.durableTask?.hubName?.trim() ?? "";
+    const setting = /^%([^%]+)%$/.exec(raw);
+    const value = setting ? (this.env[setting[1]]?.trim() ?? "") : raw;
+    return value || DEFAULT_TASK_HUB;
+  }
+
+  private loopbackHost(): string {
+    const h = this.options.host ?? "127.0.0.1";
+    return h === "0.0.0.0" || h === "::" ? "127.0.0.1" : h;
   }
 
   /** Stops accepting requests, polling and timers, then waits for every running invocation. */
@@ -195,6 +302,12 @@ export class LocalFunctionsHost {
     server?.closeIdleConnections();
     for (const t of this.timers) t.stop();
     await Promise.all(this.listeners.map((l) => l.stop()));
+    await this.durable?.runtime.stop();
+    if (this.savedHostname) {
+      if (this.savedHostname.value === undefined) delete process.env.WEBSITE_HOSTNAME;
+      else process.env.WEBSITE_HOSTNAME = this.savedHostname.value;
+      this.savedHostname = undefined;
+    }
     while (this.inFlight.size) await Promise.allSettled([...this.inFlight]);
     // Keep-alive sockets whose responses are done would otherwise hold close() open until their timeout.
     server?.closeAllConnections();
@@ -209,9 +322,7 @@ export class LocalFunctionsHost {
       const what =
         f.kind === "http"
           ? `[${f.methods.join(",")}] ${base}/${[this.routePrefix, f.route.replace(/^\/+/, "")].filter(Boolean).join("/")}`
-          : f.kind === "queue"
-            ? "queueTrigger"
-            : "timerTrigger";
+          : `${f.kind}Trigger`;
       lines.push(`        ${f.name}: ${what}`, "");
     }
     return lines.join("\n");
@@ -256,15 +367,22 @@ export class LocalFunctionsHost {
   // -------------------------------------------------------------------------------------------
   // Invocation: one InvocationContext per call, one log line per outcome.
 
-  private invoke(functionName: string, run: (context: InvocationContext) => Promise<void>, triggerMetadata?: Record<string, unknown>): Promise<void> {
+  private invoke(
+    functionName: string,
+    run: (context: InvocationContext) => Promise<void>,
+    triggerMetadata?: Record<string, unknown>,
+    extraInputs: [FunctionInput, unknown][] = [],
+  ): Promise<void> {
     const invocationId = randomUUID();
     const context = new InvocationContext({
       functionName,
       invocationId,
       triggerMetadata,
-      logHandler: (level: LogLevel, ...args: unknown[]) =>
-        this.log(`[${new Date().toISOString()}] ${functionName}: ${levelPrefix(level)}${format(...args)}`),
+      logHandler: this.logHandler(functionName),
+      ...(extraInputs.length ? { options: { trigger: { type: "unknown", name: "trigger" }, extraInputs: extraInputs.map(([input]) => input), extraOutputs: [] } } : {}),
     });
+    // What the extension does for input bindings (here: the durable client's binding data).
+    for (const [input, value] of extraInputs) context.extraInputs.set(input, value);
     const startedAt = performance.now();
     const done = (outcome: "Succeeded" | "Failed") =>
       this.log(
@@ -284,6 +402,10 @@ export class LocalFunctionsHost {
     return p;
   }
 
+  private logHandler(functionName: string): LogHandler {
+    return (level: LogLevel, ...args: unknown[]) => this.log(`[${new Date().toISOString()}] ${functionName}: ${levelPrefix(level)}${format(...args)}`);
+  }
+
   private track(p: Promise<unknown>): void {
     this.inFlight.add(p);
     const forget = () => this.inFlight.delete(p);
@@ -297,6 +419,8 @@ export class LocalFunctionsHost {
     try {
       const url = new URL(req.url ?? "/", `http://${req.headers.host ?? `${this.options.host ?? "127.0.0.1"}:${this.port}`}`);
       const method = (req.method ?? "GET").toUpperCase();
+      const base = this.durable ? durableBase(url.pathname) : undefined;
+      if (base) return await this.serveDurable(req, res, url, method, base);
       const { spec, params } = this.route(url.pathname, method);
       this.authorize(spec, req, url);
       const body = await this.readBody(req, res);
@@ -313,10 +437,13 @@ export class LocalFunctionsHost {
               // `{ bytes }` keeps binary bodies intact; a bare string would be dropped by HttpRequest.
               ...(body.length ? { body: { bytes: body } } : {}),
             });
-            const result: HttpResponseInit | HttpResponse | undefined = await spec.handler(request, context);
+            const result: HttpResponseInit | HttpResponse | undefined = spec.durableClient
+              ? await spec.handler(request, df.getClient(context), context)
+              : await spec.handler(request, context);
             response = result instanceof HttpResponse ? result : new HttpResponse(result ?? {});
           },
           { ...params },
+          spec.durableClient ? [[df.input.durableClient(), this.durable!.api.bindingData(this.origin(url))]] : [],
         );
       } catch {
         // Already logged with its stack by invoke(); the caller only learns that it failed.
@@ -329,6 +456,30 @@ export class LocalFunctionsHost {
       this.log(`[${new Date().toISOString()}] HTTP host error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
       sendError(res, new HttpFailure(500, "InternalError", "internal error"));
     }
+  }
+
+  /** The Durable management API: the webhook base needs the key when one is set; the rpc base is for this machine only. */
+  private async serveDurable(req: IncomingMessage, res: ServerResponse, url: URL, method: string, base: "webhook" | "rpc"): Promise<void> {
+    const key = this.options.functionKey;
+    if (key && base === "webhook") {
+      const header = req.headers["x-functions-key"];
+      const given = (Array.isArray(header) ? header[0] : header) ?? url.searchParams.get("code") ?? "";
+      if (!sameSecret(given, key)) throw new HttpFailure(401, "Unauthorized", "missing or invalid key (x-functions-key header or ?code=)");
+    }
+    if (key && base === "rpc" && !isLoopback(req.socket.remoteAddress)) {
+      throw new HttpFailure(401, "Unauthorized", "the durable client endpoint only answers this machine");
+    }
+    const body = await this.readBody(req, res);
+    const headers = flattenHeaders(req);
+    const r = await this.durable!.api.handle({ method, url, body, origin: this.origin(url), headers }, base);
+    const text = r.body === undefined ? "" : JSON.stringify(r.body);
+    res.writeHead(r.status, { ...r.headers, ...(text ? { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(text) } : { "content-length": 0 }) });
+    res.end(text);
+  }
+
+  /** This host as the caller reached it, so the URLs handed back work from there (e.g. the real ephemeral port). */
+  private origin(url: URL): string {
+    return `${url.protocol}//${url.host}`;
   }
 
   private route(pathname: string, method: string): { spec: HttpFunctionSpec; params: Record<string, string> } {
@@ -554,6 +705,10 @@ function serializeCookie(c: Cookie): string {
   if (c.httpOnly) parts.push("HttpOnly");
   if (c.sameSite) parts.push(`SameSite=${c.sameSite}`);
   return parts.join("; ");
+}
+
+function isLoopback(address: string | undefined): boolean {
+  return address === "127.0.0.1" || address === "::1" || address === "::ffff:127.0.0.1";
 }
 
 function levelPrefix(level: LogLevel): string {

@@ -2,7 +2,7 @@
 import { resolve } from "node:path";
 import { createServices } from "../functions/compose";
 import { functionTable } from "../functions/table";
-import { loadConfig, SettingsError, zodProblems } from "../shared/settings";
+import { loadConfig, SettingsError, timerSchedules, zodProblems } from "../shared/settings";
 import { startAzurite, type LocalStorage } from "./azurite";
 import { LocalFunctionsHost } from "./host";
 import { z } from "zod";
@@ -51,9 +51,10 @@ export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log:
   try {
     const config = loadConfig(env);
     const services = createServices(config);
-    const host = new LocalFunctionsHost(functionTable(() => services), {
+    const host = new LocalFunctionsHost(functionTable(() => services, timerSchedules(env)), {
       port: s.FUNCTIONS_HTTP_PORT,
       maxRequestBytes: config.http.maxRequestBytes,
+      durable: { taskHub: config.taskHub },
       env,
       log,
       ...(s.FUNCTIONS_KEY ? { functionKey: s.FUNCTIONS_KEY } : {}),

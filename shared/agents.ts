@@ -16,7 +16,7 @@ import {
 } from "./agent-protocol";
 import { seqOfBlobName } from "./batch";
 import { BadRequest, Conflict, isNotFound, NotFound, Unauthorized } from "./errors";
-import { cacheContainerName, ItemStore, type DiskRecord, type ReplicatedItem } from "./items";
+import { cacheContainerName, ItemStore, raiseIssue, type DiskRecord, type ReplicatedItem } from "./items";
 import type { Config } from "./settings";
 import { REPLICATION_QUEUE, TABLES, type Storage } from "./storage";
 
@@ -117,16 +117,18 @@ export class Agents {
     const at = this.now().toISOString();
     for (const r of req.resyncRequired ?? []) {
       const disk = await this.deps.items.updateDisk(item.id, r.diskId, (d) => {
-        if (d.resync?.id === r.resyncId) return undefined;
+        // A resync the control plane started (a corrupt batch) covers the whole disk already and must stay: replacing
+        // it would un-halt the disk past the batch that was never applied.
+        if (d.resync?.id === r.resyncId || d.resync?.origin === "apply") return undefined;
         d.state = "ResyncRequired";
         d.resync = { id: r.resyncId, reason: r.reason, origin: "agent", baseSeq: d.lastAppliedSeq ?? 0, since: at };
         return d;
       });
       if (!disk) throw new BadRequest(`disk '${r.diskId}' is not a disk of this item`, [{ field: "resyncRequired.diskId", message: "unknown disk" }]);
+      if (disk.resync?.id !== r.resyncId) continue;
       await this.deps.items.updateItem(item.id, (i) => {
-        if (i.health.issues.some((h) => h.code === "ResyncRequired" && h.message.includes(r.resyncId))) return undefined;
-        i.health.issues.push({ code: "ResyncRequired", severity: "Warning", message: `disk ${r.diskId}: ${r.reason} (resync ${r.resyncId})`, since: at });
-        i.health.status = i.health.status === "Critical" ? "Critical" : "Warning";
+        if (i.health.issues.some((h) => h.code === "ResyncRequired" && h.diskId === r.diskId)) return undefined;
+        raiseIssue(i, { code: "ResyncRequired", severity: "Warning", diskId: r.diskId, message: `disk ${r.diskId}: ${r.reason} (resync ${r.resyncId})`, since: at });
         if (i.state === "Protected" || i.state === "InitialReplication") i.state = "ResyncRequired";
         i.updatedAt = at;
         return i;

@@ -269,7 +269,10 @@ export class Protection {
     }
     const replicas = await storage.replicas();
     for await (const b of replicas.listBlobsFlat({ prefix: `${itemId}/` })) {
-      if ((await replicas.getBlobClient(b.name).deleteIfExists({ deleteSnapshots: "include" })).succeeded) removed.push(`replica ${b.name}`);
+      const blob = replicas.getBlobClient(b.name);
+      // An apply run may hold the replica's lease; disabling wins (the run is fenced out and finds the item gone).
+      await blob.getBlobLeaseClient().breakLease(0).catch(() => undefined);
+      if ((await blob.deleteIfExists({ deleteSnapshots: "include" })).succeeded) removed.push(`replica ${b.name}`);
     }
     await this.deps.agents.forget(itemId);
     removed.push(...(await this.deleteUnusedTargetResources(item)));

@@ -2,8 +2,8 @@
 import { AzureNamedKeyCredential, TableServiceClient } from "@azure/data-tables";
 import { createServices, type Services } from "../../functions/compose";
 import { functionTable } from "../../functions/table";
-import { LocalFunctionsHost } from "../../local/host";
-import { loadConfig } from "../../shared/settings";
+import { LocalFunctionsHost, type QueueSettings } from "../../local/host";
+import { loadConfig, timerSchedules } from "../../shared/settings";
 import { blobService, queueService, tableClient } from "../../shared/storage";
 import type { Fabric } from "../../shared/fabric/port";
 import { startTestStorage } from "./storage";
@@ -27,7 +27,19 @@ export interface TestStack {
   stop(): Promise<void>;
 }
 
-export async function startTestStack(opts: { functionKey?: string; fabric?: (inner: Fabric) => Fabric; env?: NodeJS.ProcessEnv } = {}): Promise<TestStack> {
+export interface TestStackOptions {
+  functionKey?: string;
+  fabric?: (inner: Fabric) => Fabric;
+  env?: NodeJS.ProcessEnv;
+  /** Shorter retries or polling for tests of queue delivery; host.json otherwise. */
+  queueOverrides?: Partial<QueueSettings>;
+  /** The host's log lines (invocations, handler logs); dropped by default. */
+  log?: (line: string) => void;
+  /** false: the host polls no queue, so a test delivers messages itself (in any order, twice, or not at all). */
+  queues?: boolean;
+}
+
+export async function startTestStack(opts: TestStackOptions = {}): Promise<TestStack> {
   const storage = await startTestStorage();
   const env: NodeJS.ProcessEnv = { AzureWebJobsStorage: storage.control, CACHE_STORAGE: storage.cache, ...opts.env };
   const config = loadConfig(env);
@@ -35,11 +47,14 @@ export async function startTestStack(opts: { functionKey?: string; fabric?: (inn
   const now = () => new Date(Date.now() + clock.offsetMs);
   const base = createServices(config, { now });
   const services = opts.fabric ? createServices(config, { now, fabric: opts.fabric(base.fabric) }) : base;
-  const host = new LocalFunctionsHost(functionTable(() => services), {
+  const table = functionTable(() => services, timerSchedules(env)).filter((f) => opts.queues !== false || f.kind !== "queue");
+  const host = new LocalFunctionsHost(table, {
     port: 0,
     env,
     maxRequestBytes: config.http.maxRequestBytes,
-    log: () => {},
+    durable: { taskHub: config.taskHub },
+    log: opts.log ?? (() => {}),
+    ...(opts.queueOverrides ? { queueOverrides: opts.queueOverrides } : {}),
     ...(opts.functionKey ? { functionKey: opts.functionKey } : {}),
   });
   const { port } = await host.start();

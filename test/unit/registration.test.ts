@@ -2,6 +2,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import Module from "node:module";
+import { HttpRequest, InvocationContext } from "@azure/functions";
+import type { DurableClient, OrchestrationContext } from "durable-functions";
+import type { FunctionSpec } from "../../functions/spec";
 
 interface Binding {
   type: string;
@@ -63,6 +66,7 @@ test("every function of the table is registered with the host, with the same tri
         assert.deepEqual(trigger.methods, f.methods, `${f.name} methods`);
         assert.equal(trigger.authLevel, f.authLevel, `${f.name} authLevel`);
         assert.ok(Object.values(r.metadata.bindings).some((b) => b.type === "http" && b.direction === "out"), `${f.name} returns HTTP`);
+        assert.equal(hasDurableClient(r), f.durableClient === true, `${f.name} durable client input`);
         break;
       case "queue":
         assert.equal(trigger.type, "queueTrigger");
@@ -73,9 +77,19 @@ test("every function of the table is registered with the host, with the same tri
         assert.equal(trigger.type, "timerTrigger");
         assert.equal(trigger.schedule, f.schedule);
         break;
+      case "orchestration":
+        assert.equal(trigger.type, "orchestrationTrigger");
+        break;
+      case "activity":
+        assert.equal(trigger.type, "activityTrigger");
+        break;
     }
   }
 });
+
+function hasDurableClient(r: Registered): boolean {
+  return Object.values(r.metadata.bindings).some((b) => b.type === "durableClient" && b.direction === "in");
+}
 
 test("no two HTTP functions answer the same method on the same route", async () => {
   const { functionTable } = await import("../../functions/table");
@@ -88,4 +102,91 @@ test("no two HTTP functions answer the same method on the same route", async () 
       seen.add(key);
     }
   }
+});
+
+test("orchestrations, activities and durable-client HTTP functions register with their durable bindings, and the callbacks run the table's handlers", async () => {
+  const { registerAll } = await import("../../functions/index");
+  let clientSeen: DurableClient | undefined;
+  const tiny: FunctionSpec[] = [
+    {
+      kind: "orchestration",
+      name: "tinyOrchestration",
+      handler: function* (context: OrchestrationContext) {
+        return yield context.df.callActivity("tinyActivity", "hello");
+      },
+    },
+    { kind: "activity", name: "tinyActivity", handler: async (input) => `got ${String(input)}` },
+    {
+      kind: "http",
+      durableClient: true,
+      name: "tinyStarter",
+      route: "tiny/{name}",
+      methods: ["POST"],
+      authLevel: "function",
+      handler: async (_request, client) => {
+        clientSeen = client;
+        return { status: 202 };
+      },
+    },
+    { kind: "http", name: "tinyPlain", route: "tiny-plain", methods: ["GET"], authLevel: "anonymous", handler: async () => ({ status: 204 }) },
+  ];
+  const from = registered.length;
+  registerAll(tiny);
+  const mine = registered.slice(from);
+  assert.deepEqual(mine.map((r) => r.metadata.name), tiny.map((f) => f.name));
+  const byName = (name: string) => mine.find((r) => r.metadata.name === name)!;
+  const triggerOf = (r: Registered) => Object.values(r.metadata.bindings).find((b) => /Trigger$/.test(b.type))!;
+
+  assert.equal(triggerOf(byName("tinyOrchestration")).type, "orchestrationTrigger");
+  assert.equal(triggerOf(byName("tinyActivity")).type, "activityTrigger");
+  const starter = byName("tinyStarter");
+  assert.equal(triggerOf(starter).type, "httpTrigger");
+  assert.equal(triggerOf(starter).route, "tiny/{name}");
+  assert.equal(triggerOf(starter).authLevel, "function");
+  assert.ok(hasDurableClient(starter), "the registration code adds the durableClient input binding");
+  assert.ok(!hasDurableClient(byName("tinyPlain")), "a plain HTTP function gets none");
+
+  // The orchestration callback is the SDK's replay engine around the table's generator.
+  const orchestrate = byName("tinyOrchestration").callback as (trigger: unknown, context: InvocationContext) => Promise<{ actions: { functionName: string }[][] }>;
+  const { DummyOrchestrationContext } = await import("durable-functions");
+  const at = new Date().toISOString();
+  const state = await orchestrate(
+    {
+      history: [
+        { EventType: 12, EventId: -1, IsPlayed: false, Timestamp: at },
+        { EventType: 0, EventId: -1, IsPlayed: false, Timestamp: at },
+      ],
+      input: null,
+      instanceId: "i",
+      isReplaying: false,
+      parentInstanceId: null,
+      upperSchemaVersion: 1,
+      upperSchemaVersionNew: 2,
+      longRunningTimerIntervalDuration: "3.00:00:00",
+      maximumShortTimerDuration: "6.00:00:00",
+      defaultHttpAsyncRequestSleepTimeMillseconds: 30000,
+    },
+    new DummyOrchestrationContext(),
+  );
+  assert.equal(state.actions[0][0].functionName, "tinyActivity");
+
+  const activity = byName("tinyActivity").callback as (input: unknown, context: InvocationContext) => Promise<unknown>;
+  assert.equal(await activity("x", new InvocationContext()), "got x");
+
+  // The durable-client callback builds a DurableClient from the binding data the extension passes.
+  const input = Object.entries(starter.metadata.bindings).find(([, b]) => b.type === "durableClient")!;
+  const clientInput = { name: input[0], type: "durableClient" };
+  const context = new InvocationContext({ options: { trigger: { name: "request", type: "httpTrigger" }, extraInputs: [clientInput], extraOutputs: [] } });
+  context.extraInputs.set(clientInput, {
+    taskHubName: "TinyHub",
+    creationUrls: { createNewInstancePostUri: "http://127.0.0.1:1/x", createAndWaitOnNewInstancePostUri: "http://127.0.0.1:1/x" },
+    managementUrls: { id: "INSTANCEID", statusQueryGetUri: "http://127.0.0.1:1/instances/INSTANCEID" },
+    baseUrl: "http://127.0.0.1:1/runtime/webhooks/durabletask",
+    requiredQueryStringParameters: "",
+    rpcBaseUrl: "http://127.0.0.1:1/durabletask/",
+  });
+  const call = starter.callback as (request: HttpRequest, context: InvocationContext) => Promise<{ status: number }>;
+  const response = await call(new HttpRequest({ method: "POST", url: "http://127.0.0.1:1/api/tiny/x" }), context);
+  assert.equal(response.status, 202);
+  assert.equal(clientSeen?.taskHubName, "TinyHub");
 });

@@ -1,0 +1,373 @@
+// The agent (ASR's Mobility service): registers once, tracks or scans its disks, spools and ships batches, checks in, and reports a heartbeat. It only ever calls out.
+import { createHash, randomUUID } from "node:crypto";
+import { mkdir } from "node:fs/promises";
+import { resolve } from "node:path";
+import type { CheckinResponse, Heartbeat } from "../shared/agent-protocol";
+import type { BatchTag, TagKind } from "../shared/batch";
+import { ControlPlane, ControlPlaneError } from "./control-plane";
+import { DEFAULT_TUNING, type DiskContext, type DiskSpec, type DiskTuning, type ReplicatedDisk } from "./disk";
+import { lockStateDir, readJsonFile, writeFileAtomic } from "./files";
+import { Signal } from "./gate";
+import { Health } from "./health";
+import { backoffMs, describe } from "./retry";
+import { ScannedDisk } from "./scanned-disk";
+import { Shipper } from "./shipper";
+import { Spool } from "./spool";
+import { agentStateSchema, statePaths, type AgentState } from "./state";
+import { TrackedDisk } from "./tracked-disk";
+
+export const AGENT_VERSION = "0.1.0";
+
+export interface AgentDiskOption {
+  /** The disk's id in the replicated item (the enable request's `vm.disks[].id`). */
+  id: string;
+  /** An image file or a block device. */
+  path: string;
+  /** `tracked`: written through `agent.trackedDisk(id).write(...)`; `scanned`: written by other programs, found by scanning. */
+  kind: "tracked" | "scanned";
+}
+
+export interface AgentOptions {
+  /** The site-recovery service, e.g. http://localhost:7071. */
+  url: string;
+  /** The registration token from enable; needed only on the first start (the state directory remembers the rest). */
+  token?: string;
+  /** Function key of a deployed app (the agent routes are anonymous there, so usually unneeded). */
+  functionKey?: string;
+  stateDir: string;
+  disks: AgentDiskOption[];
+  /** Scanned disks: seconds between the end of a pass and the start of the next (default 30). */
+  scanIntervalSeconds?: number;
+  /** The spool's bound over all disks; beyond it a disk switches to bitmap mode (default 1 GiB). */
+  spoolMaxBytes?: number;
+  maxBatchBytes?: number;
+  sealIntervalMs?: number;
+  /** Batches uploading at once (default 4). */
+  uploadConcurrency?: number;
+  /** Default 5 s; the heartbeat is also written soon after a change. */
+  heartbeatIntervalMs?: number;
+  /** Overrides the service's check-in interval (tests). */
+  checkinIntervalMs?: number;
+  /** Overrides the policy's crash-consistent frequency (tests). */
+  tagIntervalMs?: number;
+  log?: (line: string) => void;
+}
+
+export const DEFAULT_STATE_DIR = ".site-recovery-agent";
+export const DEFAULT_SPOOL_MAX_BYTES = 1024 * 1024 * 1024;
+
+const hashToken = (t: string) => createHash("sha256").update(t, "utf8").digest("hex");
+
+export class Agent {
+  private readonly disks = new Map<string, ReplicatedDisk>();
+  private readonly checkinSignal = new Signal();
+  private readonly heartbeatSignal = new Signal();
+  private readonly tagSignal = new Signal();
+  private lastTag: BatchTag | undefined;
+  private readonly loops: Promise<void>[] = [];
+  private closed = false;
+  private lastCheckin: { at: string; ok: boolean } | undefined;
+  private checkinsInFlight: Promise<void> | undefined;
+
+  private constructor(
+    private state: AgentState,
+    private readonly opts: AgentOptions,
+    private readonly control: ControlPlane,
+    private readonly spool: Spool,
+    private readonly shipper: Shipper,
+    readonly health: Health,
+    private readonly unlock: () => void,
+    private readonly log: (line: string) => void,
+  ) {}
+
+  /** Registers (first start) or resumes from the state directory, recovers every disk, and starts replicating. */
+  static async start(opts: AgentOptions): Promise<Agent> {
+    const log = opts.log ?? (() => {});
+    const stateDir = resolve(opts.stateDir);
+    const paths = statePaths(stateDir);
+    await mkdir(stateDir, { recursive: true });
+    const unlock = lockStateDir(paths.lock);
+    try {
+      const control = new ControlPlane(opts.url, opts.functionKey);
+      const state = await Agent.registration(opts, stateDir, control, log);
+      const tuning: DiskTuning = {
+        ...DEFAULT_TUNING,
+        ...(opts.maxBatchBytes ? { maxBatchBytes: opts.maxBatchBytes } : {}),
+        ...(opts.sealIntervalMs ? { sealIntervalMs: opts.sealIntervalMs } : {}),
+      };
+      const spool = new Spool(stateDir, opts.spoolMaxBytes ?? DEFAULT_SPOOL_MAX_BYTES);
+      let agent: Agent | undefined;
+      const health = new Health(() => agent?.heartbeatSignal.notify());
+      const shipper = new Shipper(
+        { itemId: state.itemId, spool, health, concurrency: opts.uploadConcurrency ?? 4, onCredentialsRefused: () => agent?.checkinSignal.notify(), log },
+        { containerUrl: state.cache.containerUrl, queueUrl: state.queue.url },
+      );
+      agent = new Agent(state, { ...opts, stateDir }, control, spool, shipper, health, unlock, log);
+      try {
+        await agent.openDisks(tuning);
+      } catch (e) {
+        await Promise.all([...agent.disks.values()].map((d) => d.close().catch(() => undefined)));
+        throw e;
+      }
+      agent.loops.push(agent.checkinLoop(), agent.heartbeatLoop(), agent.tagLoop());
+      for (const d of agent.disks.values()) d.start();
+      return agent;
+    } catch (e) {
+      unlock();
+      throw e;
+    }
+  }
+
+  /** The saved registration, or a new one (which needs the token). A token for another item never reuses this state. */
+  private static async registration(opts: AgentOptions, stateDir: string, control: ControlPlane, log: (l: string) => void): Promise<AgentState> {
+    const path = statePaths(stateDir).agent;
+    const saved = await readJsonFile(path, agentStateSchema);
+    if (saved) {
+      if (opts.token && hashToken(opts.token) !== saved.tokenHash) {
+        throw new Error(`${stateDir} holds the state of item ${saved.itemId}, registered with another token: use another --state-dir for another item (or delete it to start over)`);
+      }
+      if (saved.url !== opts.url) log(`service is now ${opts.url} (registered with ${saved.url})`);
+      return { ...saved, url: opts.url };
+    }
+    if (!opts.token) throw new Error(`${stateDir} holds no registration: the first start needs the registration token (--token) from enable`);
+    const reg = await control.register(opts.token);
+    const state: AgentState = { ...reg, v: 1, url: opts.url, tokenHash: hashToken(opts.token), registeredAt: new Date().toISOString() };
+    await writeFileAtomic(path, JSON.stringify(state, null, 2), { mode: 0o600 });
+    log(`registered as the agent of ${reg.vmName} (item ${reg.itemId}), disks ${reg.disks.map((d) => d.id).join(", ")}`);
+    return state;
+  }
+
+  private async openDisks(tuning: DiskTuning): Promise<void> {
+    const ctx: DiskContext = {
+      itemId: this.state.itemId,
+      stateDir: this.opts.stateDir,
+      spool: this.spool,
+      shipper: this.shipper,
+      health: this.health,
+      tuning,
+      log: this.log,
+      manifest: (diskId, resyncId, offset, length) =>
+        this.control.manifest({ itemId: this.state.itemId, agentKey: this.state.agentKey, diskId, resyncId, offset, length }),
+      changed: (o) => {
+        this.heartbeatSignal.notify();
+        if (o?.checkin) this.checkinSignal.notify();
+      },
+    };
+    const seen = new Set<string>();
+    for (const d of this.opts.disks) {
+      const reg = this.state.disks.find((r) => r.id === d.id);
+      if (!reg) throw new Error(`disk '${d.id}' is not a disk of ${this.state.vmName} (its disks: ${this.state.disks.map((r) => r.id).join(", ")})`);
+      if (seen.has(d.id)) throw new Error(`disk '${d.id}' is given twice`);
+      seen.add(d.id);
+      const spec: DiskSpec = { id: d.id, sizeBytes: reg.sizeBytes, path: resolve(d.path), registeredNextSeq: reg.nextSeq };
+      const disk = d.kind === "tracked" ? await TrackedDisk.open(ctx, spec) : await ScannedDisk.open(ctx, spec, (this.opts.scanIntervalSeconds ?? 30) * 1000);
+      const spooled = await this.spool.open(d.id, disk.heartbeat().nextSeq);
+      this.disks.set(d.id, disk);
+      if (disk instanceof ScannedDisk) await disk.repairFingerprints(spooled);
+      for (const seq of spooled) this.shipper.add(d.id, seq);
+      if (spooled.length > 0) this.log(`disk ${d.id}: ${spooled.length} batch(es) in the spool from the last run`);
+    }
+    const missing = this.state.disks.filter((r) => !seen.has(r.id)).map((r) => r.id);
+    if (missing.length > 0) this.log(`not replicating disk(s) ${missing.join(", ")}: no --disk given for them`);
+    this.spool.onChange = () => {
+      for (const d of this.disks.values()) d.poke();
+    };
+  }
+
+  get itemId(): string {
+    return this.state.itemId;
+  }
+
+  get vmName(): string {
+    return this.state.vmName;
+  }
+
+  diskIds(): string[] {
+    return [...this.disks.keys()];
+  }
+
+  disk(id: string): ReplicatedDisk {
+    const d = this.disks.get(id);
+    if (!d) throw new Error(`the agent does not replicate a disk '${id}' (it has ${this.diskIds().join(", ")})`);
+    return d;
+  }
+
+  /** The write API of a tracked disk: `await agent.trackedDisk("os").write(offset, bytes)`. */
+  trackedDisk(id: string): TrackedDisk {
+    const d = this.disk(id);
+    if (!(d instanceof TrackedDisk)) throw new Error(`disk '${id}' is scanned, not tracked`);
+    return d;
+  }
+
+  scannedDisk(id: string): ScannedDisk {
+    const d = this.disk(id);
+    if (!(d instanceof ScannedDisk)) throw new Error(`disk '${id}' is tracked, not scanned`);
+    return d;
+  }
+
+  /** Every disk: everything written before the call is sealed and durable in the spool (scanned disks: a pass). */
+  async flush(): Promise<void> {
+    await Promise.all([...this.disks.values()].map((d) => d.flush()));
+  }
+
+  /** Every disk: everything written before the call is in the cache and announced. */
+  async drain(): Promise<void> {
+    await Promise.all([...this.disks.values()].map((d) => d.drain()));
+  }
+
+  /** Resolves when every disk is idle: initial replication and resyncs done, nothing dirty, the spool empty. */
+  async waitIdle(timeoutMs = 0): Promise<void> {
+    const all = Promise.all([...this.disks.values()].map((d) => d.waitIdle())).then(() => undefined);
+    if (!timeoutMs) return all;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`agent not idle after ${timeoutMs} ms: ${JSON.stringify(this.status().disks)}`)), timeoutMs);
+    });
+    try {
+      await Promise.race([all, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Scanned disks: a pass now; resolves when it is durable in the spool. */
+  async scanNow(): Promise<void> {
+    await Promise.all([...this.disks.values()].filter((d): d is ScannedDisk => d instanceof ScannedDisk).map((d) => d.scanNow()));
+  }
+
+  /**
+   * Cuts a tag on every disk at one instant (see TrackedDisk.cutTag): the replicas at the tagged batches form a
+   * recovery point. `app` is for a caller that quiesced the workload first (e.g. fsfreeze). Only when every disk is a
+   * tracked disk in journal mode with its initial replication done; otherwise nothing is cut and undefined is returned.
+   */
+  async cutTag(kind: TagKind = "crash"): Promise<BatchTag | undefined> {
+    const disks = [...this.disks.values()];
+    const tracked = disks.filter((d): d is TrackedDisk => d instanceof TrackedDisk);
+    if (tracked.length === 0 || tracked.length !== disks.length) return undefined;
+    const tag = await TrackedDisk.cutTag(tracked, { id: randomUUID(), kind, scope: "vm" });
+    if (tag) this.lastTag = tag;
+    return tag;
+  }
+
+  /** Crash-consistent tags at the policy's frequency (tracked disks only: a scan pass is no instant). */
+  private async tagLoop(): Promise<void> {
+    while (!this.closed) {
+      await this.tagSignal.wait(this.opts.tagIntervalMs ?? this.state.policy.crashConsistentFrequencySeconds * 1000);
+      if (this.closed) break;
+      await this.cutTag("crash").catch((e) => this.log(`tag failed: ${describe(e)}`));
+    }
+  }
+
+  /** Stops uploading (the spool fills; past its bound disks switch to bitmap mode). For maintenance windows and tests. */
+  pauseShipping(): void {
+    this.shipper.pause();
+  }
+
+  resumeShipping(): void {
+    this.shipper.resume();
+  }
+
+  /** What the heartbeat blob says now. */
+  status(): Heartbeat {
+    const disks: Heartbeat["disks"] = {};
+    for (const [id, d] of this.disks) disks[id] = d.heartbeat();
+    const status = this.health.status;
+    return {
+      agentVersion: AGENT_VERSION,
+      time: new Date().toISOString(),
+      disks,
+      health: { status, issues: this.health.list().map(({ code, message, since }) => ({ code, message, since })) },
+    };
+  }
+
+  /** Checks in now (SAS renewal, overflow reports, resync commands); resolves when done, throws if it failed. */
+  checkin(): Promise<void> {
+    this.checkinsInFlight ??= this.checkinOnce().finally(() => (this.checkinsInFlight = undefined));
+    return this.checkinsInFlight;
+  }
+
+  private async checkinOnce(): Promise<void> {
+    const reports = [...this.disks.values()].map((d) => d.unreportedOverflow()).filter((r) => r !== undefined);
+    let res: CheckinResponse;
+    try {
+      res = await this.control.checkin({ itemId: this.state.itemId, agentKey: this.state.agentKey, ...(reports.length ? { resyncRequired: reports } : {}) });
+    } catch (e) {
+      this.lastCheckin = { at: new Date().toISOString(), ok: false };
+      if (e instanceof ControlPlaneError && e.status === 401) {
+        this.health.set("AgentKeyRejected", "Critical", `the service refused this agent's key (${e.message}): replication was disabled, or another agent registered for ${this.state.vmName}`);
+      } else {
+        this.health.set("ControlPlaneUnreachable", "Warning", `check-in failed: ${describe(e)}`);
+      }
+      throw e;
+    }
+    this.lastCheckin = { at: new Date().toISOString(), ok: true };
+    this.health.clear("AgentKeyRejected");
+    this.health.clear("ControlPlaneUnreachable");
+    this.state = { ...this.state, cache: res.cache, queue: res.queue, policy: res.policy, checkinIntervalSeconds: res.checkinIntervalSeconds };
+    this.shipper.setEndpoints({ containerUrl: res.cache.containerUrl, queueUrl: res.queue.url });
+    await writeFileAtomic(statePaths(this.opts.stateDir).agent, JSON.stringify(this.state, null, 2), { mode: 0o600 });
+    for (const r of reports) this.disks.get(r.diskId)?.markOverflowReported(r.resyncId);
+    for (const cmd of res.resync) {
+      const disk = this.disks.get(cmd.diskId);
+      if (disk) disk.acceptResync(cmd);
+      else this.log(`resync ${cmd.resyncId} asked for disk ${cmd.diskId}, which this agent does not replicate`);
+    }
+  }
+
+  private async checkinLoop(): Promise<void> {
+    for (let failures = 0; !this.closed; ) {
+      const interval = this.opts.checkinIntervalMs ?? this.state.checkinIntervalSeconds * 1000;
+      // A freshly registered agent has fresh SAS URLs; one resuming from its state checks in at once to renew them.
+      await this.checkinSignal.wait(failures > 0 ? Math.min(interval, backoffMs(failures - 1, 1000, 60_000)) : this.lastCheckin || this.isFresh() ? interval : 0);
+      if (this.closed) break;
+      try {
+        await this.checkin();
+        failures = 0;
+      } catch (e) {
+        if (failures % 10 === 0) this.log(`check-in failed: ${describe(e)}`);
+        failures++;
+      }
+    }
+  }
+
+  private isFresh(): boolean {
+    return Date.now() - Date.parse(this.state.registeredAt) < 60_000;
+  }
+
+  private async heartbeatLoop(): Promise<void> {
+    const interval = this.opts.heartbeatIntervalMs ?? 5000;
+    let last = 0;
+    while (!this.closed) {
+      // On change, but at most every 250 ms; otherwise every interval.
+      await this.heartbeatSignal.wait(Math.max(0, interval - (Date.now() - last)));
+      if (this.closed) break;
+      const since = Date.now() - last;
+      if (since < 250) await new Promise((r) => setTimeout(r, 250 - since).unref?.());
+      last = Date.now();
+      await this.writeHeartbeat();
+    }
+  }
+
+  private async writeHeartbeat(): Promise<boolean> {
+    return this.shipper.uploadHeartbeat(JSON.stringify({ ...this.status(), lastCheckin: this.lastCheckin, lastTag: this.lastTag }));
+  }
+
+  /**
+   * Stops cleanly: jobs finish their step, every tracked write is sealed into the spool (or the bitmap), uploads in
+   * flight get `graceMs` to finish; what is not shipped stays in the spool for the next start.
+   */
+  async stop(graceMs = 5000): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.control.abort();
+    this.checkinSignal.notify();
+    this.heartbeatSignal.notify();
+    this.tagSignal.notify();
+    this.spool.interrupt();
+    await Promise.all([...this.disks.values()].map((d) => d.close()));
+    await Promise.race([this.writeHeartbeat(), new Promise((r) => setTimeout(r, 1000).unref?.())]);
+    await this.shipper.stop(graceMs);
+    await Promise.all(this.loops);
+    this.unlock();
+  }
+}

@@ -1,0 +1,156 @@
+// The per-disk write-ahead log of dirty ranges: a range is appended before the image is written, so that a restarted agent knows what to ship again.
+import { closeSync, fsyncSync, openSync, readdirSync, readFileSync, write } from "node:fs";
+import { unlink } from "node:fs/promises";
+import { join } from "node:path";
+import { crc32c } from "@node-rs/crc32";
+import type { Range } from "./ranges";
+
+/** One record: offset u64, length u32, crc32c of the 12 bytes before it (a torn tail is recognised and ignored). */
+export const DIRTY_RECORD_BYTES = 16;
+
+export function encodeDirtyRecord(offset: number, length: number, into = Buffer.alloc(DIRTY_RECORD_BYTES)): Buffer {
+  into.writeBigUInt64LE(BigInt(offset), 0);
+  into.writeUInt32LE(length, 8);
+  into.writeUInt32LE(crc32c(into.subarray(0, 12)), 12);
+  return into;
+}
+
+/** The ranges of a log's bytes, up to the first record that is torn or not a record. */
+export function parseDirtyLog(buf: Buffer): Range[] {
+  const out: Range[] = [];
+  for (let at = 0; at + DIRTY_RECORD_BYTES <= buf.length; at += DIRTY_RECORD_BYTES) {
+    if (crc32c(buf.subarray(at, at + 12)) !== buf.readUInt32LE(at + 12)) break;
+    const start = Number(buf.readBigUInt64LE(at));
+    out.push({ start, end: start + buf.readUInt32LE(at + 8) });
+  }
+  return out;
+}
+
+const LOG_NAME = /^dirty\.(\d+)\.log$/;
+const logName = (gen: number) => `dirty.${gen}.log`;
+
+function writeAll(fd: number, data: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number) =>
+      write(fd, data, done, data.length - done, null, (err, n) => {
+        if (err) reject(err);
+        else if (done + n < data.length) step(done + n);
+        else resolve();
+      });
+    step(0);
+  });
+}
+
+/**
+ * Generations of log files: a seal rotates to a new generation under the disk's write lock, and a generation's file is
+ * removed once the batch that carries its ranges is durable in the spool. Appends are group-committed: concurrent
+ * writers share one write, and each waits for it before writing the image (in the kernel once it returns: the process
+ * may die, the range is not lost). Nothing is fsynced but on flush: the agent protects against its own death, not power loss.
+ */
+export class DirtyLog {
+  private fd: number;
+  private records = 0;
+  private pending: Buffer[] = [];
+  private waiting: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private writing: Promise<void> | undefined;
+  private readonly gens: Set<number>;
+
+  private constructor(
+    private readonly dir: string,
+    private gen: number,
+    existing: number[],
+  ) {
+    this.fd = openSync(join(dir, logName(gen)), "a");
+    this.gens = new Set([...existing, gen]);
+  }
+
+  /** Opens the log in `dir`: the ranges of every generation left by a previous run, and a fresh generation to append to. */
+  static open(dir: string): { log: DirtyLog; replayed: Range[]; replayedGens: number[] } {
+    const gens = readdirSync(dir)
+      .map((n) => LOG_NAME.exec(n))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => Number(m[1]))
+      .sort((a, b) => a - b);
+    const replayed = gens.flatMap((g) => parseDirtyLog(readFileSync(join(dir, logName(g)))));
+    return { log: new DirtyLog(dir, (gens[gens.length - 1] ?? 0) + 1, gens), replayed, replayedGens: gens };
+  }
+
+  get generation(): number {
+    return this.gen;
+  }
+
+  /** Records appended to the current generation. */
+  get length(): number {
+    return this.records;
+  }
+
+  /** Appends a range; resolves once it is written (with whatever else was appended meanwhile). */
+  append(offset: number, length: number): Promise<void> {
+    this.pending.push(encodeDirtyRecord(offset, length));
+    this.records++;
+    const done = new Promise<void>((resolve, reject) => this.waiting.push({ resolve, reject }));
+    this.kick();
+    return done;
+  }
+
+  /** Undefined when every append so far is written; otherwise resolves once they are. */
+  settled(): Promise<void> | undefined {
+    if (!this.writing && this.pending.length === 0) return undefined;
+    return new Promise<void>((resolve, reject) => {
+      if (this.pending.length > 0) this.waiting.push({ resolve, reject });
+      else this.writing!.then(resolve, reject);
+    });
+  }
+
+  private kick(): void {
+    if (this.writing || this.pending.length === 0) return;
+    const data = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending);
+    const waiting = this.waiting;
+    this.pending = [];
+    this.waiting = [];
+    this.writing = writeAll(this.fd, data).then(
+      () => {
+        this.writing = undefined;
+        for (const w of waiting) w.resolve();
+        this.kick();
+      },
+      (e: Error) => {
+        this.writing = undefined;
+        for (const w of waiting) w.reject(e);
+        this.kick();
+      },
+    );
+  }
+
+  /**
+   * Starts a new generation; returns the one that ended (remove it, and every older one, once its ranges are durable
+   * elsewhere). Called under the write lock: every writer has waited for its append, so none is in flight.
+   */
+  rotate(): number {
+    if (this.writing || this.pending.length > 0) throw new Error("dirty log rotated with appends in flight");
+    const ended = this.gen;
+    closeSync(this.fd);
+    this.gen++;
+    this.fd = openSync(join(this.dir, logName(this.gen)), "a");
+    this.gens.add(this.gen);
+    this.records = 0;
+    return ended;
+  }
+
+  /** Removes the files of generations ≤ `gen`. */
+  async removeThrough(gen: number): Promise<void> {
+    for (const g of [...this.gens]) {
+      if (g > gen || g === this.gen) continue;
+      this.gens.delete(g);
+      await unlink(join(this.dir, logName(g))).catch((e: NodeJS.ErrnoException) => (e.code === "ENOENT" ? undefined : Promise.reject(e)));
+    }
+  }
+
+  sync(): void {
+    fsyncSync(this.fd);
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}

@@ -1,0 +1,215 @@
+// Ships spooled batches: upload to the item's cache container, announce on the queue, then drop from the spool; retries forever.
+import { AnonymousCredential, ContainerClient } from "@azure/storage-blob";
+import { AnonymousCredential as QueueAnonymousCredential, QueueClient } from "@azure/storage-queue";
+import { batchBlobName, decodeBatch, type BatchMessage } from "../shared/batch";
+import { HEARTBEAT_BLOB } from "../shared/agent-protocol";
+import type { Health } from "./health";
+import { backoffMs, classify, describe, sleep } from "./retry";
+import type { Spool } from "./spool";
+
+export interface Endpoints {
+  containerUrl: string;
+  queueUrl: string;
+}
+
+export interface ShipperOptions {
+  itemId: string;
+  spool: Spool;
+  health: Health;
+  /** Uploads in flight at once (memory: this many batches). */
+  concurrency: number;
+  /** The SAS was refused: renew it (a check-in) before the next attempt. */
+  onCredentialsRefused: () => void;
+  log: (line: string) => void;
+}
+
+// Our own backoff decides retries; each SDK call makes one attempt, bounded in time so a hung connection is retried.
+const clientOptions = { retryOptions: { maxTries: 1, tryTimeoutInMs: 120_000 } };
+
+/** Base64 of the JSON message, as the Functions queue trigger expects. */
+export function encodeBatchMessage(m: BatchMessage): string {
+  return Buffer.from(JSON.stringify(m), "utf8").toString("base64");
+}
+
+export class Shipper {
+  private container!: ContainerClient;
+  private queue!: QueueClient;
+  /** Per disk: seqs committed and not yet acknowledged (waiting or in flight), ascending. */
+  private readonly outstanding = new Map<string, number[]>();
+  private readonly inFlight = new Set<string>();
+  private readonly waiters: { diskId: string; seq: number; resolve: () => void }[] = [];
+  private readonly stopping = new AbortController();
+  private readonly running = new Set<Promise<void>>();
+  private paused = false;
+  private nextDisk = 0;
+  private failures = 0;
+  /** Batches acknowledged by the cache since start. */
+  shipped = 0;
+  shippedBytes = 0;
+
+  constructor(
+    private readonly opts: ShipperOptions,
+    endpoints: Endpoints,
+  ) {
+    this.setEndpoints(endpoints);
+  }
+
+  /** New SAS URLs (a check-in renewed them): uploads from now on use them. */
+  setEndpoints(e: Endpoints): void {
+    this.container = new ContainerClient(e.containerUrl, new AnonymousCredential(), clientOptions);
+    this.queue = new QueueClient(e.queueUrl, new QueueAnonymousCredential(), clientOptions);
+  }
+
+  /** A batch is committed to the spool: ship it. */
+  add(diskId: string, seq: number): void {
+    let q = this.outstanding.get(diskId);
+    if (!q) {
+      q = [];
+      this.outstanding.set(diskId, q);
+    }
+    if (q.length > 0 && q[q.length - 1]! > seq) {
+      q.push(seq);
+      q.sort((a, b) => a - b);
+    } else q.push(seq);
+    this.pump();
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.pump();
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
+  }
+
+  /** Batches of a disk not yet acknowledged by the cache. */
+  pending(diskId: string): number {
+    return this.outstanding.get(diskId)?.length ?? 0;
+  }
+
+  /** Resolves once every batch of the disk up to `seq` is in the cache and announced. */
+  waitShipped(diskId: string, seq: number): Promise<void> {
+    if (!this.hasOutstandingThrough(diskId, seq)) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ diskId, seq, resolve }));
+  }
+
+  private hasOutstandingThrough(diskId: string, seq: number): boolean {
+    const q = this.outstanding.get(diskId);
+    return q !== undefined && q.length > 0 && q[0]! <= seq;
+  }
+
+  private pump(): void {
+    if (this.paused || this.stopping.signal.aborted) return;
+    const disks = [...this.outstanding.keys()];
+    let idle = 0;
+    // Round robin over disks, lowest waiting seq of each first.
+    while (this.running.size < this.opts.concurrency && idle < disks.length) {
+      const diskId = disks[this.nextDisk++ % disks.length]!;
+      const seq = this.outstanding.get(diskId)!.find((s) => !this.inFlight.has(`${diskId}/${s}`));
+      if (seq === undefined) {
+        idle++;
+        continue;
+      }
+      idle = 0;
+      const key = `${diskId}/${seq}`;
+      this.inFlight.add(key);
+      const task = this.ship(diskId, seq).finally(() => {
+        this.inFlight.delete(key);
+        this.running.delete(task);
+        this.pump();
+      });
+      this.running.add(task);
+    }
+  }
+
+  private async ship(diskId: string, seq: number): Promise<void> {
+    const { spool, health, itemId } = this.opts;
+    for (let attempt = 0; !this.stopping.signal.aborted; attempt++) {
+      try {
+        const data = await spool.read(diskId, seq);
+        const times = writeTimes(data);
+        await this.container.getBlockBlobClient(batchBlobName(diskId, seq)).upload(data, data.length, {
+          metadata: { firstwritems: String(times.first), lastwritems: String(times.last) },
+          blobHTTPHeaders: { blobContentType: "application/octet-stream" },
+          abortSignal: this.stopping.signal,
+        });
+        await this.queue.sendMessage(encodeBatchMessage({ v: 1, itemId, diskId, seq }), { abortSignal: this.stopping.signal });
+        await spool.remove(diskId, seq);
+        this.acknowledged(diskId, seq, data.length);
+        return;
+      } catch (e) {
+        if (this.stopping.signal.aborted) return;
+        this.failures++;
+        const kind = classify(e);
+        if (kind === "credentials") this.opts.onCredentialsRefused();
+        const what = kind === "gone" ? "the cache container or queue is gone (replication disabled?)" : "cannot reach the cache";
+        health.set("CacheUnreachable", kind === "gone" ? "Critical" : "Warning", `${what}: ${describe(e)}; ${this.backlog()} batch(es) waiting in the spool`);
+        if (attempt === 0 || attempt % 10 === 0) this.opts.log(`upload of ${diskId} batch ${seq} failed (attempt ${attempt + 1}): ${describe(e)}`);
+        await sleep(backoffMs(attempt, 500, kind === "gone" ? 60_000 : 30_000), this.stopping.signal);
+      }
+    }
+  }
+
+  private backlog(): number {
+    let n = 0;
+    for (const q of this.outstanding.values()) n += q.length;
+    return n;
+  }
+
+  private acknowledged(diskId: string, seq: number, bytes: number): void {
+    const q = this.outstanding.get(diskId)!;
+    q.splice(q.indexOf(seq), 1);
+    this.shipped++;
+    this.shippedBytes += bytes;
+    if (this.opts.health.has("CacheUnreachable")) {
+      this.opts.health.clear("CacheUnreachable");
+      this.opts.log(`cache reachable again after ${this.failures} failed attempt(s)`);
+      this.failures = 0;
+    }
+    for (let i = this.waiters.length - 1; i >= 0; i--) {
+      const w = this.waiters[i]!;
+      if (!this.hasOutstandingThrough(w.diskId, w.seq)) {
+        this.waiters.splice(i, 1);
+        w.resolve();
+      }
+    }
+  }
+
+  /** Writes the heartbeat blob; false (and nothing thrown) when the cache cannot be reached. */
+  async uploadHeartbeat(body: string): Promise<boolean> {
+    try {
+      await this.container.getBlockBlobClient(HEARTBEAT_BLOB).upload(body, Buffer.byteLength(body), {
+        blobHTTPHeaders: { blobContentType: "application/json" },
+        abortSignal: this.stopping.signal,
+      });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Stops shipping: uploads in flight get `graceMs` to finish, then are abandoned (their batches stay in the spool). */
+  async stop(graceMs: number): Promise<void> {
+    this.paused = true;
+    const all = Promise.all([...this.running]);
+    const timer = new Promise<void>((r) => setTimeout(r, graceMs).unref?.());
+    await Promise.race([all, timer]);
+    this.stopping.abort();
+    await all;
+  }
+}
+
+/** The write times a batch's header carries (a batch that does not decode is shipped anyway: the apply side quarantines it). */
+function writeTimes(data: Buffer): { first: number; last: number } {
+  try {
+    const { header } = decodeBatch(data);
+    return { first: Math.round(header.firstWriteMs), last: Math.round(header.lastWriteMs) };
+  } catch {
+    return { first: 0, last: 0 };
+  }
+}

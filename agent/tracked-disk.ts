@@ -1,0 +1,414 @@
+// A disk whose writes go through the agent (the stand-in for ASR's filter driver): each write lands in the image file and in the replication stream, in order.
+import { readSync } from "node:fs";
+import { open, readFile, stat, type FileHandle } from "node:fs/promises";
+import { randomUUID } from "node:crypto";
+import { BlockBitmap } from "./bitmap";
+import { DirtyLog } from "./dirty-log";
+import { ReplicatedDisk, loadDiskState, type DiskContext, type DiskSpec, type ExtraRequest, type SealedBatch, type SealResult } from "./disk";
+import { removeIfExists, writeFileAtomic } from "./files";
+import { WriteGate } from "./gate";
+import { alignOut, RangeSet } from "./ranges";
+import { statePaths, type DiskState } from "./state";
+import { SECTOR, type BatchTag } from "../shared/batch";
+
+/** In bitmap mode the dirty log is folded into the bitmap file after this many records (or the seal interval). */
+const FOLD_RECORDS = 64 * 1024;
+
+type Plan =
+  | { kind: "none" }
+  | { kind: "fold"; gen: number; overflow?: NonNullable<DiskState["overflow"]> }
+  | { kind: "batch"; batch: SealedBatch; gen: number; taken: boolean; onCommit?: (s: DiskState) => void; bitmap?: "persist" | "remove" };
+
+export class TrackedDisk extends ReplicatedDisk {
+  private readonly gate = new WriteGate();
+  /** Journal mode: the open batch's dirty ranges, in the dirty log's current generation. */
+  private dirty = new RangeSet();
+  /** Bitmap mode: every dirty block since the spool overflowed (the dirty set is then unused). */
+  private bitmap: BlockBitmap | undefined;
+  private bitmapUnpersisted = false;
+  private overflowPeak = 0;
+  private firstWriteMs = 0;
+  private lastWriteMs = 0;
+  private sealTimer: NodeJS.Timeout | undefined;
+  private sizeSeal: Promise<SealResult> | undefined;
+  private payloadBuffer = Buffer.alloc(0);
+
+  private constructor(
+    ctx: DiskContext,
+    state: DiskState,
+    private readonly fh: FileHandle,
+    private readonly log: DirtyLog,
+  ) {
+    super(ctx, state);
+  }
+
+  /** Opens the image (created sparse at the disk's size if missing) and recovers what a previous run left: dirty log, bitmap, spool. */
+  static async open(ctx: DiskContext, spec: DiskSpec): Promise<TrackedDisk> {
+    const { state } = await loadDiskState(ctx.stateDir, spec, "tracked");
+    if (state.source.kind !== "tracked") {
+      throw new Error(`disk ${spec.id} was replicated by scanning ${state.source.path} from this state directory; write tracking needs a fresh state directory (and a new registration)`);
+    }
+    if (state.source.path !== spec.path) ctx.log(`disk ${spec.id}: image is now ${spec.path} (was ${state.source.path})`);
+    state.source.path = spec.path;
+    const st = await stat(spec.path).catch(() => undefined);
+    const device = st?.isBlockDevice() ?? false;
+    const size = st ? st.size : -1;
+    if (!device && size > spec.sizeBytes) throw new Error(`image ${spec.path} is ${size} bytes, larger than disk ${spec.id} (${spec.sizeBytes} bytes)`);
+    const fh = await open(spec.path, size < 0 ? "w+" : "r+");
+    // An image shorter than the disk is extended (sparse); a block device is taken at the registered size.
+    if (!device && size < spec.sizeBytes) await fh.truncate(spec.sizeBytes);
+
+    const paths = statePaths(ctx.stateDir);
+    const { log, replayed } = DirtyLog.open(paths.disk(spec.id));
+    const disk = new TrackedDisk(ctx, state, fh, log);
+    if (state.mode === "bitmap") {
+      const bits = await readFile(paths.bitmap(spec.id)).catch(() => undefined);
+      disk.bitmap = new BlockBitmap(spec.sizeBytes, undefined, bits);
+      // A bitmap lost from under the agent: every block is suspect.
+      if (!bits) disk.bitmap.mark(0, spec.sizeBytes);
+      for (const r of replayed) disk.bitmap.mark(r.start, r.end);
+      disk.bitmapUnpersisted = !bits || replayed.length > 0;
+      disk.overflowPeak = disk.bitmap.dirtyBytes;
+    } else {
+      // Left over from a drain that finished (its last batch is committed): nothing in it is unshipped.
+      await removeIfExists(paths.bitmap(spec.id));
+      for (const r of replayed) disk.dirty.add(r.start, r.end);
+      if (replayed.length > 0) disk.firstWriteMs = disk.lastWriteMs = Date.now();
+    }
+    if (replayed.length > 0) ctx.log(`disk ${spec.id}: ${replayed.length} dirty range(s) recovered from the write-ahead log`);
+    return disk;
+  }
+
+  get mode(): "journal" | "bitmap" {
+    return this.bitmap ? "bitmap" : "journal";
+  }
+
+  dirtyBytes(): number {
+    return this.bitmap ? this.bitmap.dirtyBytes : this.dirty.bytes;
+  }
+
+  /** Writes `data` at `offset`; resolves once it is in the image and tracked (durable against the agent's death). */
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    if (this.closed) throw new Error(`disk ${this.id} is closed`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + data.length > this.sizeBytes) {
+      throw new RangeError(`write of ${data.length} bytes at ${offset} is outside disk ${this.id} (${this.sizeBytes} bytes)`);
+    }
+    if (data.length === 0) return;
+    const max = this.ctx.tuning.maxBatchBytes;
+    const { start, end } = alignOut(offset, data.length);
+    if (end - start > max) {
+      // A write larger than a batch lands as consecutive pieces, like a disk splitting a large I/O; each piece's
+      // enclosing sectors fit in a batch.
+      for (let at = 0; at < data.length; ) {
+        const n = Math.min(data.length - at, max - ((offset + at) % SECTOR));
+        await this.write(offset + at, data.subarray(at, at + n));
+        at += n;
+      }
+      return;
+    }
+    for (;;) {
+      const entering = this.gate.enterShared();
+      if (entering) await entering;
+      if (this.bitmap || this.dirty.bytes === 0 || this.dirty.bytes + (end - start) <= max || this.dirty.covers(start, end)) break;
+      // The open batch is full: seal it first, so that no batch exceeds the bound.
+      this.gate.leaveShared();
+      await this.sealForSize();
+    }
+    try {
+      const logged = this.track(start, end);
+      if (logged) await logged;
+      let done = 0;
+      while (done < data.length) done += (await this.fh.write(data, done, data.length - done, offset + done)).bytesWritten;
+    } finally {
+      this.gate.leaveShared();
+    }
+    if (this.bitmap ? this.log.length >= FOLD_RECORDS : this.dirty.bytes >= max) void this.sealForSize();
+    else this.armSealTimer();
+  }
+
+  /** Reads the image (what the workload would read back). */
+  async read(offset: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done < length ? buf.fill(0, done) : buf;
+  }
+
+  /**
+   * Write-ahead: the range is in the dirty log before the image is written (the caller awaits the promise). A range
+   * already tracked is not logged again, but its write still waits for appends in flight (one of them may be its range's).
+   */
+  private track(start: number, end: number): Promise<void> | undefined {
+    const now = Date.now();
+    this.lastWriteMs = now;
+    if (this.bitmap) {
+      if (this.bitmap.covers(start, end)) return this.log.settled();
+      this.bitmap.mark(start, end);
+      return this.log.append(start, end - start);
+    }
+    if (this.dirty.covers(start, end)) return this.log.settled();
+    if (this.dirty.isEmpty) this.firstWriteMs = now;
+    this.dirty.add(start, end);
+    return this.log.append(start, end - start);
+  }
+
+  private armSealTimer(): void {
+    if (this.sealTimer || this.closed) return;
+    this.sealTimer = setTimeout(() => {
+      this.sealTimer = undefined;
+      this.sealAttempt().catch((e) => this.ctx.log(`disk ${this.id}: seal failed: ${(e as Error).message}`));
+    }, this.ctx.tuning.sealIntervalMs);
+    // The agent does not hold its process open by itself: an unsealed batch is in the dirty log for the next start.
+    this.sealTimer.unref();
+  }
+
+  private sealForSize(): Promise<SealResult> {
+    this.sizeSeal ??= this.sealAttempt().finally(() => (this.sizeSeal = undefined));
+    return this.sizeSeal;
+  }
+
+  async flush(): Promise<void> {
+    const r = await this.sealAttempt();
+    await r.committed;
+    await this.settled();
+    await this.fh.datasync();
+  }
+
+  protected readUnlocked(offset: number, length: number): Promise<Buffer> {
+    return this.read(offset, length);
+  }
+
+  protected ownJob(): (() => Promise<void>) | undefined {
+    if (!this.bitmap || !this.drainAllowed()) return undefined;
+    return async () => {
+      const r = await this.sealAttempt();
+      await r.committed;
+    };
+  }
+
+  /** The bitmap is shipped once the control plane knows write order was lost, and while the spool has room. */
+  private drainAllowed(): boolean {
+    return this.state.overflow?.reported === true && this.ctx.spool.usedBytes <= this.spoolLowWater();
+  }
+
+  protected override overflowProgress() {
+    const o = this.state.overflow;
+    if (!o || !this.bitmap) return {};
+    this.overflowPeak = Math.max(this.overflowPeak, this.bitmap.dirtyBytes);
+    return { resync: { id: o.resyncId, doneBytes: this.overflowPeak - this.bitmap.dirtyBytes, totalBytes: this.overflowPeak } };
+  }
+
+  /** Seals the open batch (with a job's extra ranges); see planUnderLock for what that means in each mode. */
+  protected sealAttempt(extra?: ExtraRequest): Promise<SealResult> {
+    return this.sealMutex.run(async () => {
+      await this.readyToSeal();
+      await this.gate.enterExclusive();
+      let plan: Plan;
+      try {
+        plan = this.planUnderLock(extra);
+      } finally {
+        this.gate.leaveExclusive();
+      }
+      const committed = this.carryOut(plan);
+      committed.catch(() => undefined);
+      return { committed, taken: plan.kind === "batch" && plan.taken };
+    });
+  }
+
+  /** Bitmap mode persists the bitmap at each commit: one at a time. Journal mode pipelines the spool writes. */
+  private async readyToSeal(): Promise<void> {
+    if (this.bitmap) await this.settled();
+    else await this.pipelineRoom();
+  }
+
+  /** A tag means something once the replica is whole and write order is kept. */
+  get canTag(): boolean {
+    return this.state.initial.complete && !this.state.resync && !this.bitmap && !this.closed;
+  }
+
+  /**
+   * Cuts one tag on every disk at the same instant: every disk's write lock is held at once (taken in the given
+   * order), each disk's open batch is sealed carrying the tag (an empty batch if nothing is dirty), then all are
+   * released. The replicas at these batches are the disks at that instant: a crash-consistent recovery point.
+   * Resolves once the tagged batches are durable in the spool; false (nothing cut) if a disk cannot carry a tag.
+   */
+  static async cutTag(disks: TrackedDisk[], tag: Omit<BatchTag, "time">): Promise<BatchTag | undefined> {
+    const locked = async (i: number): Promise<{ committed: Promise<void>[]; tag?: BatchTag }> => {
+      if (i < disks.length) return disks[i]!.sealMutex.run(() => locked(i + 1));
+      for (const d of disks) await d.readyToSeal();
+      for (const d of disks) await d.gate.enterExclusive();
+      const plans: Plan[] = [];
+      let cut: BatchTag | undefined;
+      try {
+        if (disks.every((d) => d.canTag)) {
+          cut = { ...tag, time: new Date().toISOString() };
+          for (const d of disks) plans.push(d.planUnderLock(undefined, cut));
+        }
+      } finally {
+        for (const d of disks) d.gate.leaveExclusive();
+      }
+      // A disk that overflowed at this very seal folds instead: the tag is then incomplete, and no point comes of it.
+      const complete = cut !== undefined && plans.every((p) => p.kind === "batch" && p.batch.tag === cut);
+      return { committed: plans.map((p, j) => disks[j]!.carryOut(p)), ...(complete ? { tag: cut } : {}) };
+    };
+    const { committed, tag: cut } = await locked(0);
+    await Promise.all(committed);
+    return cut;
+  }
+
+  /**
+   * Under the write lock (no write in flight): decides and snapshots.
+   * - journal mode, spool has room: the dirty set (plus the job's extra ranges) becomes a batch of the bytes read now;
+   * - journal mode, spool full: switch to bitmap mode (write order is given up until the bitmap is shipped);
+   * - bitmap mode, drain allowed: the next dirty blocks become a batch flagged with the overflow's resync id;
+   * - bitmap mode otherwise: fold the dirty log into the bitmap file.
+   */
+  private planUnderLock(extra?: ExtraRequest, tag?: BatchTag): Plan {
+    clearTimeout(this.sealTimer);
+    this.sealTimer = undefined;
+    const now = Date.now();
+    const { spool, tuning } = this.ctx;
+    if (!this.bitmap) {
+      if (!this.dirty.isEmpty && spool.usedBytes + this.dirty.bytes > spool.maxBytes) return this.overflow(now);
+      const taken = extra?.take(Math.max(0, tuning.maxBatchBytes - this.dirty.bytes));
+      if (this.dirty.isEmpty && !taken && !tag) return { kind: "none" };
+      const ranges = this.dirty;
+      const wrote = !ranges.isEmpty;
+      this.dirty = new RangeSet();
+      if (taken) ranges.addAll(taken.ranges);
+      const gen = this.log.length > 0 ? this.log.rotate() : this.log.generation - 1;
+      const batch: SealedBatch = {
+        extents: ranges.toExtents(),
+        payload: this.readRanges(ranges),
+        flags: taken?.flags ?? {},
+        firstWriteMs: wrote ? this.firstWriteMs : now,
+        lastWriteMs: wrote ? this.lastWriteMs : now,
+        ...(tag ? { tag } : {}),
+      };
+      return { kind: "batch", batch, gen, taken: taken !== undefined || tag !== undefined, ...(taken?.onCommit ? { onCommit: taken.onCommit } : {}) };
+    }
+    const overflow = this.state.overflow!;
+    if (this.drainAllowed()) {
+      const ranges = RangeSet.of(this.bitmap.take(tuning.maxBatchBytes));
+      const complete = this.bitmap.count === 0;
+      const gen = this.log.length > 0 ? this.log.rotate() : this.log.generation - 1;
+      const batch: SealedBatch = {
+        extents: ranges.toExtents(),
+        payload: this.readRanges(ranges),
+        flags: { resyncId: overflow.resyncId, ...(complete ? { resyncComplete: true } : {}) },
+        firstWriteMs: now,
+        lastWriteMs: now,
+      };
+      if (!complete) return { kind: "batch", batch, gen, taken: false, bitmap: "persist" };
+      this.bitmap = undefined;
+      this.overflowPeak = 0;
+      return {
+        kind: "batch",
+        batch,
+        gen,
+        taken: false,
+        bitmap: "remove",
+        onCommit: (s) => {
+          s.mode = "journal";
+          s.overflow = undefined;
+        },
+      };
+    }
+    if (this.log.length === 0 && !this.bitmapUnpersisted) return { kind: "none" };
+    this.bitmapUnpersisted = false;
+    return { kind: "fold", gen: this.log.length > 0 ? this.log.rotate() : this.log.generation - 1 };
+  }
+
+  private overflow(now: number): Plan {
+    const { spool } = this.ctx;
+    const bitmap = new BlockBitmap(this.sizeBytes);
+    for (const r of this.dirty) bitmap.mark(r.start, r.end);
+    this.bitmap = bitmap;
+    this.overflowPeak = bitmap.dirtyBytes;
+    this.dirty = new RangeSet();
+    const mib = (n: number) => `${Math.round(n / 1024 / 1024)} MiB`;
+    const reason = `spool full (${mib(spool.usedBytes)} of ${mib(spool.maxBytes)}): tracking dirty blocks, write order lost until they are shipped`;
+    return {
+      kind: "fold",
+      gen: this.log.length > 0 ? this.log.rotate() : this.log.generation - 1,
+      overflow: { resyncId: randomUUID(), reason, since: new Date(now).toISOString(), reported: false },
+    };
+  }
+
+  private carryOut(plan: Plan): Promise<void> {
+    const bitmapPath = statePaths(this.ctx.stateDir).bitmap(this.id);
+    if (plan.kind === "none") return this.settled();
+    if (plan.kind === "fold") {
+      if (plan.overflow) {
+        this.ctx.log(`disk ${this.id}: ${plan.overflow.reason} (resync ${plan.overflow.resyncId})`);
+        this.ctx.health.set(`SpoolOverflow:${this.id}`, "Warning", `disk ${this.id}: ${plan.overflow.reason}`);
+      }
+      const committed = this.chain(async () => {
+        // The bitmap as it is now: a superset of what the removed log generations hold.
+        const bits = this.bitmap?.snapshot();
+        if (bits) await this.retrying("StateWriteFailed", `saving the bitmap of disk ${this.id}`, () => writeFileAtomic(bitmapPath, bits));
+        if (plan.overflow) {
+          this.state.mode = "bitmap";
+          this.state.overflow = plan.overflow;
+          await this.persist();
+        }
+        await this.log.removeThrough(plan.gen);
+      });
+      if (plan.overflow) this.ctx.changed({ checkin: true });
+      return committed;
+    }
+    return this.emit(plan.batch, plan.onCommit, async () => {
+      if (plan.bitmap === "remove") {
+        await removeIfExists(bitmapPath);
+        this.ctx.health.clear(`SpoolOverflow:${this.id}`);
+        this.ctx.log(`disk ${this.id}: dirty blocks shipped, back to journal mode`);
+        this.ctx.changed();
+      } else if (plan.bitmap === "persist") {
+        const bits = this.bitmap?.snapshot();
+        if (bits) await this.retrying("StateWriteFailed", `saving the bitmap of disk ${this.id}`, () => writeFileAtomic(bitmapPath, bits));
+      }
+      await this.log.removeThrough(plan.gen);
+    });
+  }
+
+  /**
+   * The current bytes of `ranges`, read synchronously: the caller holds the write lock, and page-cache reads take
+   * microseconds. Read into the disk's one payload buffer: encodeBatch copies it before the next seal can start.
+   */
+  private readRanges(ranges: RangeSet): Buffer {
+    if (this.payloadBuffer.length < ranges.bytes) this.payloadBuffer = Buffer.allocUnsafe(Math.max(ranges.bytes, this.ctx.tuning.maxBatchBytes));
+    const payload = this.payloadBuffer.subarray(0, ranges.bytes);
+    let at = 0;
+    for (const r of ranges) {
+      const len = r.end - r.start;
+      let done = 0;
+      while (done < len) {
+        const n = readSync(this.fh.fd, payload, at + done, len - done, r.start + done);
+        if (n === 0) {
+          payload.fill(0, at + done, at + len);
+          break;
+        }
+        done += n;
+      }
+      at += len;
+    }
+    return payload;
+  }
+
+  override async close(): Promise<void> {
+    if (this.closed) return;
+    clearTimeout(this.sealTimer);
+    await super.close();
+    // What was written is sealed into the spool (or, in bitmap mode, folded into the bitmap) before the agent stops.
+    const r = await this.sealAttempt();
+    await r.committed;
+    await this.settled();
+    await this.fh.datasync().catch(() => undefined);
+    this.log.close();
+    await this.fh.close();
+  }
+}

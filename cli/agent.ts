@@ -1,0 +1,116 @@
+// `site-recovery agent`: runs the agent on a VM — registers with a token once, then scans the given disks and ships their changes until stopped.
+import { Command, InvalidArgumentError, Option } from "commander";
+import { Agent, DEFAULT_STATE_DIR } from "../agent";
+import type { Heartbeat } from "../shared/agent-protocol";
+
+/** `os=/dev/sda` → { id: "os", path: "/dev/sda" } (repeatable). */
+export function parseDiskPath(value: string, previous: { id: string; path: string }[] = []) {
+  const m = /^([a-z0-9][a-z0-9_-]{0,62})=(.+)$/.exec(value.trim());
+  if (!m) throw new InvalidArgumentError("expected <diskId>=<path>, e.g. os=/dev/sda or data0=./data0.img");
+  return [...previous, { id: m[1]!, path: m[2]! }];
+}
+
+const positiveInt = (what: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${what} must be a positive whole number`);
+  return n;
+};
+
+const mib = (n: number) => `${(n / 1024 / 1024).toFixed(n < 10 * 1024 * 1024 ? 1 : 0)} MiB`;
+
+/** One line: per disk its phase (initial %, resync, bitmap, or replicating), next seq and spool backlog; then open issues. */
+export function progressLine(h: Heartbeat): string {
+  const disks = Object.entries(h.disks).map(([id, d]) => {
+    const i = d.initialReplication;
+    const phase = !i.complete
+      ? `initial ${Math.floor((100 * i.doneBytes) / Math.max(1, i.totalBytes))}%`
+      : d.resync
+        ? `resync ${Math.floor((100 * d.resync.doneBytes) / Math.max(1, d.resync.totalBytes))}%`
+        : "replicating";
+    const mode = d.mode === "bitmap" ? ` · BITMAP (${mib(d.dirtyBytes)} dirty)` : "";
+    return `${id}: ${phase} · seq ${d.nextSeq - 1} · backlog ${d.spoolBatches} (${mib(d.spoolBytes)})${mode}`;
+  });
+  const issues = h.health.issues.map((i) => i.message);
+  return [disks.join(" | "), ...(issues.length ? [`${h.health.status}: ${issues.join("; ")}`] : [])].join(" — ");
+}
+
+interface AgentCliOptions {
+  token?: string;
+  disk?: { id: string; path: string }[];
+  stateDir: string;
+  scanInterval: number;
+  spoolMaxMb: number;
+  uploadConcurrency: number;
+  progressInterval: number;
+}
+
+/** Adds the `agent` subcommand to the program. */
+export function agentCommand(program: Command): Command {
+  return program
+    .command("agent")
+    .description("replicate this VM's disks (image files or block devices): register with the token once, then scan and ship changes until stopped")
+    .option("--token <token>", "registration token from enable (first start only: the state directory keeps the registration)")
+    .option("--disk <id=path>", "a disk of the item and its image file or block device (repeat)", parseDiskPath)
+    .addOption(new Option("--state-dir <dir>", "registration, progress and spool (keep it across restarts)").env("SITE_RECOVERY_AGENT_STATE").default(DEFAULT_STATE_DIR))
+    .option("--scan-interval <seconds>", "seconds between scan passes", positiveInt("--scan-interval"), 30)
+    .option("--spool-max-mb <mib>", "local spool bound; beyond it a disk tracks dirty blocks (bitmap mode) until the spool drains", positiveInt("--spool-max-mb"), 1024)
+    .option("--upload-concurrency <n>", "batches uploading at once", positiveInt("--upload-concurrency"), 4)
+    .option("--progress-interval <seconds>", "seconds between progress lines (printed when something changed)", positiveInt("--progress-interval"), 2)
+    .action(async (o: AgentCliOptions, cmd: Command) => {
+      const { url, key } = cmd.optsWithGlobals<{ url: string; key?: string }>();
+      if (!o.disk?.length) throw new InvalidArgumentError("give at least one --disk <id=path>");
+      const log = (line: string) => console.log(`${new Date().toISOString()} ${line}`);
+      let agent: Agent;
+      try {
+        agent = await Agent.start({
+          url,
+          ...(o.token ? { token: o.token } : {}),
+          ...(key ? { functionKey: key } : {}),
+          stateDir: o.stateDir,
+          disks: o.disk.map((d) => ({ ...d, kind: "scanned" as const })),
+          scanIntervalSeconds: o.scanInterval,
+          spoolMaxBytes: o.spoolMaxMb * 1024 * 1024,
+          uploadConcurrency: o.uploadConcurrency,
+          log,
+        });
+      } catch (e) {
+        console.error(`agent: ${(e as Error).message}`);
+        process.exitCode = 1;
+        return;
+      }
+      log(`replicating ${agent.vmName} (item ${agent.itemId}): ${agent.diskIds().join(", ")}; state in ${o.stateDir}; Ctrl-C stops`);
+
+      let last = "";
+      const progress = setInterval(() => {
+        const line = progressLine(agent.status());
+        if (line !== last) log((last = line));
+      }, o.progressInterval * 1000);
+
+      await new Promise<void>((resolve) => {
+        let stopping = false;
+        const stop = (signal: string) => {
+          if (stopping) {
+            console.error(`${signal} again: exiting now (the spool and the state directory keep what was not shipped)`);
+            process.exit(1);
+          }
+          stopping = true;
+          log(`${signal}: stopping — sealing what was read into the spool`);
+          clearInterval(progress);
+          agent
+            .stop()
+            .then(() => {
+              const h = agent.status();
+              const left = Object.values(h.disks).reduce((n, d) => n + d.spoolBatches, 0);
+              log(`stopped; ${left} batch(es) left in the spool for the next start`);
+            })
+            .catch((e: Error) => {
+              console.error(`agent: stop failed: ${e.message}`);
+              process.exitCode = 1;
+            })
+            .finally(resolve);
+        };
+        process.on("SIGINT", () => stop("SIGINT"));
+        process.on("SIGTERM", () => stop("SIGTERM"));
+      });
+    });
+}

@@ -1,0 +1,69 @@
+// The local host in a process of its own (`site-recovery start` against given storage): for crash tests and benchmarks.
+import { spawn, type ChildProcess } from "node:child_process";
+import { createServer } from "node:net";
+import { resolve } from "node:path";
+
+const CLI = resolve(__dirname, "..", "cli", "main.js");
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolveP, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const a = s.address();
+      const port = typeof a === "object" && a ? a.port : 0;
+      s.close(() => resolveP(port));
+    });
+  });
+}
+
+export interface HostProcess {
+  url: string;
+  port: number;
+  child: ChildProcess;
+  /** The last 20 kB the process printed. */
+  output(): string;
+  /** SIGKILL: no cleanup at all, as a crashed machine. */
+  kill(): Promise<void>;
+  /** SIGTERM: the graceful stop. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `site-recovery start` with `AzureWebJobsStorage` (and the rest) from `env`, so no Azurite of its own,
+ * and resolves once its HTTP functions answer.
+ */
+export async function startHostProcess(env: NodeJS.ProcessEnv, opts: { port?: number; timeoutMs?: number } = {}): Promise<HostProcess> {
+  const port = opts.port ?? (await freePort());
+  const child = spawn(process.execPath, [CLI, "start"], {
+    env: { ...process.env, ...env, FUNCTIONS_HTTP_PORT: String(port) },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  const keep = (c: Buffer) => (output = (output + c.toString()).slice(-20_000));
+  child.stdout!.on("data", keep);
+  child.stderr!.on("data", keep);
+  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the local host exited: ${output}`);
+    try {
+      if ((await fetch(`${url}/api/replicated-items`)).status < 500) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`the local host did not start: ${output}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const end = async (signal: NodeJS.Signals) => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    await exited;
+  };
+  return { url, port, child, output: () => output, kill: () => end("SIGKILL"), stop: () => end("SIGTERM") };
+}
+
+

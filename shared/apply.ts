@@ -1,0 +1,729 @@
+// Applies a disk's cached batches to its replica in sequence order, under a lease and fenced by the replica's sequence number (the watermark).
+import { randomUUID } from "node:crypto";
+import type { BlobLeaseClient, ContainerClient, PageBlobClient } from "@azure/storage-blob";
+import { z } from "zod";
+import {
+  batchBlobName,
+  checkExtents,
+  CorruptBatchError,
+  decodeBatch,
+  MAX_PAGE_WRITE,
+  pageWrites,
+  seqOfBlobName,
+  type Batch,
+  type BatchHeader,
+  type BatchMessage,
+  type BatchTag,
+} from "./batch";
+import { isFenced, isLeaseHeld, isNotFound, isTransient } from "./errors";
+import {
+  cacheContainerName,
+  clearIssues,
+  raiseIssue,
+  replicaBlobName,
+  replicationStateOf,
+  type DiskRecord,
+  type HealthIssue,
+  type ItemStore,
+  type ReplicatedItem,
+} from "./items";
+import type { Config } from "./settings";
+import { queueMessageText, REPLICATION_POISON_QUEUE, type Storage } from "./storage";
+
+const MiB = 1024 * 1024;
+
+/** Health issue the cache sweep raises when a disk's cached batches wait too long; a run that moves the disk clears it. */
+export const STALLED = "ReplicationStalled";
+
+/** The announcement of a batch on the replication queue; ids are checked because they become blob names. */
+export const batchMessageSchema = z.object({
+  v: z.literal(1),
+  itemId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/, "an item id (letters, digits, '-')"),
+  // The enable request's rule for disk ids.
+  diskId: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, "a disk id (lowercase letters, digits, '_', '-')"),
+  seq: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
+}) satisfies z.ZodType<BatchMessage>;
+
+export interface ApplyLimits {
+  /** One invocation's time budget; past it the run re-announces the disk and returns, far from the function timeout. */
+  maxRunMs: number;
+  maxBatchesPerRun: number;
+  /** Lease on the replica, renewed at a third of it while the run lasts. */
+  leaseSeconds: number;
+  /** Delay of a message re-announced because another processor holds the lease. */
+  busyRetrySeconds: number;
+  /**
+   * Downloads run this far ahead of the batch being written: enough to keep writes busy (more only competes with
+   * them for the storage account), and small because a Function App instance runs many disks at once.
+   */
+  prefetchBytes: number;
+  prefetchBatches: number;
+  /** Page writes of one batch in flight at once (safe: a batch's extents are disjoint). */
+  writeConcurrency: number;
+  /**
+   * Page writes are cut to at most this (≤ 4 MiB) so that a batch of one large extent still has several writes in
+   * flight: a blob takes concurrent writes far faster than one long one (Azurite: 4 MiB sequential ~130 MB/s,
+   * concurrent ~225).
+   */
+  writeChunkBytes: number;
+  /** How often a long run records its progress on the disk record (table writes cost). */
+  progressEveryMs: number;
+}
+
+export const DEFAULT_APPLY_LIMITS: ApplyLimits = {
+  maxRunMs: 120_000,
+  maxBatchesPerRun: 50_000,
+  leaseSeconds: 30,
+  busyRetrySeconds: 5,
+  prefetchBytes: 16 * MiB,
+  prefetchBatches: 4,
+  writeConcurrency: 8,
+  writeChunkBytes: MiB,
+  progressEveryMs: 5_000,
+};
+
+/** What issue 4 (recovery points) receives when a tagged batch has been applied. */
+export interface TagApplied {
+  item: ReplicatedItem;
+  disk: DiskRecord;
+  seq: number;
+  tag: BatchTag;
+  header: BatchHeader;
+  /** The replica at exactly the state after `seq`; nothing later is written until the hook returns. */
+  replica: PageBlobClient;
+  leaseId: string;
+}
+
+export interface ApplyDeps {
+  storage: Storage;
+  items: ItemStore;
+  config: Config;
+  now?: () => Date;
+  log?: (line: string) => void;
+  limits?: Partial<ApplyLimits>;
+  /**
+   * RECOVERY-POINT HOOK (issue 4, not implemented here): called under the lease after a tagged batch is applied
+   * and before its cache blob is deleted. It must be idempotent: after a crash it runs again for the same batch
+   * (the batch is then still cached at the watermark). Tags of superseded batches (resync) never reach it.
+   */
+  onTagApplied?: (applied: TagApplied) => Promise<void>;
+}
+
+/** Why a leased run ended. */
+export type ApplyStop =
+  | "caughtUp" // nothing left in the cache
+  | "gap" // the next batch is not in the cache yet: it waits
+  | "bound" // run budget used up; the disk was re-announced
+  | "corrupt" // a batch failed verification; the disk is halted for a resync
+  | "awaitingResync" // halted, and the resync's first batch has not arrived
+  | "fenced" // our lease or watermark went stale: another processor owns the disk
+  | "disabled" // the item is being disabled
+  | "gone"; // the item, disk, replica or cache no longer exists
+
+export interface ApplyOutcome {
+  /** `noop`: nothing to do for this message; `busy`: another processor holds the lease, message re-announced; `ran`: this call held the lease. */
+  result: "noop" | "busy" | "ran";
+  /** The watermark when the call ended (undefined when the replica does not exist). */
+  watermark?: number;
+  /** Batches written by this call. */
+  applied: number;
+  stop?: ApplyStop;
+}
+
+/** Announces a batch (or re-kicks a disk) on the replication queue, base64 JSON like every producer. */
+export async function announceBatch(storage: Storage, message: BatchMessage, delaySeconds = 0): Promise<void> {
+  const queue = await storage.replicationQueue();
+  await queue.sendMessage(queueMessageText(message), delaySeconds > 0 ? { visibilityTimeout: delaySeconds } : {});
+}
+
+/** The replica's watermark: its blob sequence number; undefined when the replica does not exist. */
+export async function readWatermark(replica: PageBlobClient, leaseId?: string): Promise<number | undefined> {
+  try {
+    const p = await replica.getProperties(leaseId ? { conditions: { leaseId } } : {});
+    return p.blobSequenceNumber ?? 0;
+  } catch (e) {
+    if (isNotFound(e)) return undefined;
+    throw e;
+  }
+}
+
+/**
+ * Writes one batch's pages (each ≤ 4 MiB, 512-aligned), every write fenced by the lease and by the watermark it
+ * must follow: a processor whose lease was taken, or that read a watermark since moved, gets 412 and writes nothing.
+ * On a failure the writes already in flight finish before the error is thrown, so none outlives the call.
+ */
+export async function writeBatch(
+  replica: PageBlobClient,
+  batch: Batch,
+  fence: { leaseId: string; watermark: number },
+  tuning: Pick<ApplyLimits, "writeConcurrency" | "writeChunkBytes"> = DEFAULT_APPLY_LIMITS,
+): Promise<void> {
+  const writes = splitWrites(pageWrites(batch), Math.min(tuning.writeChunkBytes, MAX_PAGE_WRITE));
+  const concurrency = tuning.writeConcurrency;
+  const conditions = { leaseId: fence.leaseId, ifSequenceNumberEqualTo: fence.watermark };
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const worker = async () => {
+    while (!failure && next < writes.length) {
+      const w = writes[next++];
+      try {
+        await replica.uploadPages(w.data, w.offset, w.data.length, { conditions });
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, writes.length)) }, worker));
+  if (failure) throw failure.error;
+}
+
+/** Cuts writes to `chunk` bytes (a multiple of 512, so alignment holds). */
+function splitWrites(writes: { offset: number; data: Buffer }[], chunk: number): { offset: number; data: Buffer }[] {
+  const out: { offset: number; data: Buffer }[] = [];
+  for (const w of writes) {
+    for (let at = 0; at < w.data.length; at += chunk) out.push({ offset: w.offset + at, data: w.data.subarray(at, at + chunk) });
+  }
+  return out;
+}
+
+/**
+ * Applies every contiguous batch above the replica's watermark for the message's disk. Never throws for a lost
+ * race (another processor holds the lease, or fenced us out) or a corrupt batch; rethrows storage failures so the
+ * host retries the message.
+ */
+export async function applyBatches(deps: ApplyDeps, message: BatchMessage): Promise<ApplyOutcome> {
+  const limits = { ...DEFAULT_APPLY_LIMITS, ...deps.limits };
+  const log = deps.log ?? (() => undefined);
+  const { itemId, diskId } = message;
+  const replica = (await deps.storage.replicas()).getPageBlobClient(replicaBlobName(itemId, diskId));
+  const cache = deps.storage.cacheBlobs.getContainerClient(cacheContainerName(itemId));
+
+  // Cheap no-op first: late and duplicate messages end here with two HEAD requests and no table read.
+  const watermark = await readWatermark(replica);
+  if (watermark === undefined) {
+    log(`${itemId}/${diskId}: no replica (item disabled or unknown); batch ${message.seq} ignored`);
+    return { result: "noop", applied: 0, stop: "gone" };
+  }
+  if (message.seq <= watermark && !(await cache.getBlobClient(batchBlobName(diskId, message.seq)).exists())) {
+    return { result: "noop", watermark, applied: 0 };
+  }
+  // Past here: work above the watermark, or a batch still cached at or below it (a crash between advancing the
+  // watermark and deleting the batch, or an agent re-upload), which the leased run finishes and removes.
+
+  const lease = replica.getBlobLeaseClient(randomUUID());
+  try {
+    await lease.acquireLease(limits.leaseSeconds);
+  } catch (e) {
+    if (isLeaseHeld(e)) {
+      // Throwing would walk the message toward the poison queue; a fresh, delayed copy is a no-op if the holder applies it.
+      await announceBatch(deps.storage, message, limits.busyRetrySeconds);
+      log(`${itemId}/${diskId}: replica leased by another processor; batch ${message.seq} re-announced in ${limits.busyRetrySeconds}s`);
+      return { result: "busy", watermark, applied: 0 };
+    }
+    if (isNotFound(e)) return { result: "noop", applied: 0, stop: "gone" };
+    throw e;
+  }
+  const keeper = new LeaseKeeper(lease, limits.leaseSeconds);
+  try {
+    return await new ApplyRun(deps, limits, log, message, replica, cache, lease.leaseId, keeper).run();
+  } finally {
+    keeper.stop();
+    await lease.releaseLease().catch(() => undefined);
+  }
+}
+
+/** Renews the lease at a third of its duration; notes when it was lost so the run stops before its writes are refused. */
+class LeaseKeeper {
+  lost = false;
+  private readonly timer: NodeJS.Timeout;
+  private renewing: Promise<unknown> | undefined;
+
+  constructor(lease: BlobLeaseClient, seconds: number) {
+    this.timer = setInterval(() => {
+      if (this.renewing) return;
+      this.renewing = lease
+        .renewLease()
+        .catch((e: unknown) => {
+          // A transient failure leaves two more tries before the lease lapses; anything else means it is gone.
+          if (!isTransient(e)) this.lost = true;
+        })
+        .finally(() => (this.renewing = undefined));
+    }, (seconds * 1000) / 3);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}
+
+interface ListedBatch {
+  name: string;
+  bytes: number;
+}
+
+/** One leased pass over a disk: finish leftovers, skip superseded batches of a halted disk, apply what is contiguous. */
+class ApplyRun {
+  private readonly itemId: string;
+  private readonly diskId: string;
+  private readonly now: () => Date;
+  private readonly startedAt = Date.now();
+  private item!: ReplicatedItem;
+  private disk!: DiskRecord;
+  private watermark = 0;
+  private listing = new Map<number, ListedBatch>();
+  private readonly prefetched = new Map<number, Promise<Buffer>>();
+  private prefetchedBytes = 0;
+  private readonly deletes: Promise<void>[] = [];
+  private applied = 0;
+  private maxWriteMs: number | undefined;
+  private recordedAt = Date.now();
+  private recordedWatermark = -1;
+
+  constructor(
+    private readonly deps: ApplyDeps,
+    private readonly limits: ApplyLimits,
+    private readonly log: (line: string) => void,
+    message: BatchMessage,
+    private readonly replica: PageBlobClient,
+    private readonly cache: ContainerClient,
+    private readonly leaseId: string,
+    private readonly keeper: LeaseKeeper,
+  ) {
+    this.itemId = message.itemId;
+    this.diskId = message.diskId;
+    this.now = deps.now ?? (() => new Date());
+  }
+
+  async run(): Promise<ApplyOutcome> {
+    const watermark = await readWatermark(this.replica, this.leaseId);
+    if (watermark === undefined) return this.end("gone");
+    this.watermark = watermark;
+    this.recordedWatermark = watermark;
+    const [item, disk] = await Promise.all([this.deps.items.get(this.itemId), this.deps.items.getDisk(this.itemId, this.diskId)]);
+    if (!item || !disk) {
+      this.log(`${this.itemId}/${this.diskId}: replica without an item or disk record; nothing applied`);
+      return this.end("gone");
+    }
+    if (item.item.state === "Disabling") {
+      this.log(`${this.itemId}/${this.diskId}: item is being disabled; nothing applied`);
+      return this.end("disabled");
+    }
+    this.item = item.item;
+    this.disk = disk.disk;
+
+    if (!(await this.relist())) return this.end("gone");
+    await this.finishLeftovers();
+    let first: Batch | undefined;
+    if (this.halted()) {
+      const resumed = await this.skipSuperseded();
+      if (!("batch" in resumed)) return this.end(resumed.stop);
+      first = resumed.batch;
+    }
+    return this.end(await this.applyContiguous(first));
+  }
+
+  /** Stopped at a corrupt batch: the watermark still sits at the resync's base, nothing of the resync applied yet. */
+  private halted(): boolean {
+    const r = this.disk.resync;
+    return this.disk.state === "ResyncRequired" && r?.origin === "apply" && this.watermark === r.baseSeq;
+  }
+
+  /** Batches at or below this were applied (or superseded by the resync) and only need deleting. */
+  private floor(): number {
+    const r = this.disk.resync;
+    return this.halted() && r?.supersededThrough !== undefined ? Math.max(this.watermark, r.supersededThrough) : this.watermark;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The cache listing and downloads
+
+  /** Lists the disk's batches; false when the cache container is gone (the item is being disabled). */
+  private async relist(): Promise<boolean> {
+    const listing = new Map<number, ListedBatch>();
+    try {
+      for await (const b of this.cache.listBlobsFlat({ prefix: `${this.diskId}/` })) {
+        const seq = seqOfBlobName(b.name);
+        if (seq !== undefined && b.name === batchBlobName(this.diskId, seq)) listing.set(seq, { name: b.name, bytes: b.properties.contentLength ?? 0 });
+      }
+    } catch (e) {
+      if (isNotFound(e)) return false;
+      throw e;
+    }
+    this.listing = listing;
+    return true;
+  }
+
+  /** Whether batch `seq` is cached, re-listing once when the listing does not have it (it may have arrived since). */
+  private async has(seq: number): Promise<boolean> {
+    if (this.listing.has(seq)) return true;
+    if (!(await this.relist())) return false;
+    return this.listing.has(seq);
+  }
+
+  private download(seq: number): Promise<Buffer> {
+    const p = downloadBlob(this.cache, batchBlobName(this.diskId, seq));
+    // Held for later: a failure is seen by whoever awaits it, never as an unhandled rejection.
+    p.catch(() => undefined);
+    return p;
+  }
+
+  /** Starts downloads of the batches after the watermark, within the prefetch budget. */
+  private prefetchAhead(): void {
+    for (let seq = this.watermark + 1; ; seq++) {
+      if (this.prefetched.size >= this.limits.prefetchBatches || this.prefetchedBytes >= this.limits.prefetchBytes) return;
+      const listed = this.listing.get(seq);
+      if (!listed) return;
+      if (this.prefetched.has(seq)) continue;
+      this.prefetched.set(seq, this.download(seq));
+      this.prefetchedBytes += listed.bytes;
+    }
+  }
+
+  private fetch(seq: number): Promise<Buffer> {
+    const p = this.prefetched.get(seq);
+    if (!p) return this.download(seq);
+    this.prefetched.delete(seq);
+    this.prefetchedBytes -= this.listing.get(seq)?.bytes ?? 0;
+    return p;
+  }
+
+  /**
+   * The batch, verified. A copy damaged on its way here must not cost the disk a resync: a batch that fails
+   * verification is downloaded once more, and only a second failure is corruption.
+   */
+  private async fetchBatch(seq: number): Promise<Batch> {
+    try {
+      return this.decode(seq, await this.fetch(seq));
+    } catch (e) {
+      if (!(e instanceof CorruptBatchError)) throw e;
+      return this.decode(seq, await this.download(seq));
+    }
+  }
+
+  /** Decodes and checks a batch against its name and the disk; any mismatch is corruption. */
+  private decode(seq: number, bytes: Buffer): Batch {
+    const batch = decodeBatch(bytes);
+    const h = batch.header;
+    if (h.itemId !== this.itemId || h.diskId !== this.diskId || h.seq !== seq) {
+      throw new CorruptBatchError(`header names ${h.itemId}/${h.diskId} batch ${h.seq}, but the blob is ${this.itemId}/${this.diskId} batch ${seq}`);
+    }
+    checkExtents(h.extents, this.disk.sizeBytes);
+    return batch;
+  }
+
+  /** Deletes in the background: a batch left behind is finished and removed by the next run. */
+  private deleteLater(seq: number): void {
+    this.listing.delete(seq);
+    this.deletes.push(
+      this.cache
+        .getBlobClient(batchBlobName(this.diskId, seq))
+        .deleteIfExists()
+        .then(
+          () => undefined,
+          (e: unknown) => this.log(`${this.itemId}/${this.diskId}: could not delete batch ${seq} (left for the next run): ${(e as Error).message}`),
+        ),
+    );
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Leftovers, superseded batches, corruption
+
+  /**
+   * Batches at or below the floor. The one at the watermark may be a crash between advancing the watermark and
+   * recording its flags or tag, so it is finished again (idempotently) before it goes; lower ones were finished.
+   */
+  private async finishLeftovers(): Promise<void> {
+    const floor = this.floor();
+    for (const seq of [...this.listing.keys()].filter((s) => s <= floor).sort((a, b) => a - b)) {
+      if (seq === this.watermark && seq > 0) {
+        try {
+          const batch = this.decode(seq, await downloadBlob(this.cache, this.listing.get(seq)!.name));
+          await this.finishBatch(batch.header);
+        } catch (e) {
+          if (!(e instanceof CorruptBatchError) && !isNotFound(e)) throw e;
+          // Already applied once: a copy that no longer verifies (or vanished) has nothing left to record.
+        }
+      }
+      this.deleteLater(seq);
+    }
+  }
+
+  /**
+   * A halted disk waits for its resync's first batch. Batches in between carry no `resyncId` of this resync and
+   * are superseded (the resync rewrites what they held), skipped in order from the last one skipped: the first
+   * batch of the resync is only recognised right after a skipped one, so an upload still in flight (a gap) is
+   * never mistaken for the start of the resync.
+   */
+  private async skipSuperseded(): Promise<{ batch: Batch } | { stop: ApplyStop }> {
+    const resync = this.disk.resync!;
+    const skipped: number[] = [];
+    let through = this.floor();
+    let initialComplete = false;
+    /** False when the resync changed under us: then nothing skipped is deleted, the next run decides afresh. */
+    const settle = async (): Promise<boolean> => {
+      if (skipped.length === 0) return true;
+      let same = false;
+      // Recorded before the blobs go, so a crash in between leaves them below the floor, not as a gap.
+      await this.deps.items.updateDisk(this.itemId, this.diskId, (d) => {
+        same = d.resync?.id === resync.id;
+        if (!d.resync || !same) return undefined;
+        d.resync.supersededThrough = Math.max(d.resync.supersededThrough ?? 0, through);
+        // The agent had finished its first copy; the resync makes the replica whole, so the copy counts as done.
+        if (initialComplete) d.initialComplete = true;
+        return d;
+      });
+      if (!same) {
+        this.log(`${this.itemId}/${this.diskId}: resync ${resync.id} was replaced while batches were skipped; leaving them for the next run`);
+        return false;
+      }
+      for (const seq of skipped) this.deleteLater(seq);
+      return true;
+    };
+    for (;;) {
+      const seq = through + 1;
+      if (this.overBudget()) {
+        await settle();
+        await announceBatch(this.deps.storage, { v: 1, itemId: this.itemId, diskId: this.diskId, seq });
+        return { stop: "bound" };
+      }
+      if (!(await this.has(seq))) {
+        await settle();
+        return { stop: "awaitingResync" };
+      }
+      let batch: Batch;
+      try {
+        batch = await this.fetchBatch(seq);
+      } catch (e) {
+        if (isNotFound(e)) {
+          await settle();
+          return { stop: "awaitingResync" };
+        }
+        if (!(e instanceof CorruptBatchError)) throw e;
+        // It might have been the resync's first batch: only a new resync is safe.
+        await this.halt(seq, e.message, skipped);
+        return { stop: "corrupt" };
+      }
+      if (batch.header.resyncId === resync.id) {
+        if (!(await settle())) return { stop: "awaitingResync" };
+        if (seq - 1 !== this.watermark) {
+          await this.replica.updateSequenceNumber("update", seq - 1, { conditions: { leaseId: this.leaseId } });
+          this.log(`${this.itemId}/${this.diskId}: resync ${resync.id} starts at batch ${seq}; batches ${this.watermark + 1}-${seq - 1} superseded`);
+          this.watermark = seq - 1;
+        }
+        return { batch };
+      }
+      if (batch.header.initialComplete) initialComplete = true;
+      skipped.push(seq);
+      through = seq;
+    }
+  }
+
+  /** Never writes the batch: halts the disk at the watermark for a resync, records why, and removes the batch. */
+  private async halt(seq: number, reason: string, alsoSuperseded: number[]): Promise<void> {
+    const at = this.now().toISOString();
+    const baseSeq = this.watermark;
+    const resync = { id: randomUUID(), reason: `batch ${seq} is corrupt: ${reason}`, origin: "apply" as const, baseSeq, since: at, supersededThrough: seq };
+    await this.deps.items.updateDisk(this.itemId, this.diskId, (d) => {
+      d.state = "ResyncRequired";
+      d.resync = resync;
+      return d;
+    });
+    await this.deps.items.updateItemWithDisks(this.itemId, (item, disks) => {
+      raiseIssue(item, {
+        code: "CorruptBatch",
+        severity: "Critical",
+        diskId: this.diskId,
+        seq,
+        since: at,
+        message: `disk '${this.diskId}': batch ${seq} is corrupt (${reason}) and was not applied; replication of this disk is halted at batch ${baseSeq} until the agent resyncs it (resync ${resync.id})`,
+      });
+      item.state = replicationStateOf(item, disks);
+      item.updatedAt = at;
+      return item;
+    });
+    this.log(`${this.itemId}/${this.diskId}: batch ${seq} is corrupt (${reason}); disk halted at ${baseSeq} for resync ${resync.id}`);
+    for (const s of [...alsoSuperseded, seq]) this.deleteLater(s);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Applying
+
+  private overBudget(): boolean {
+    return this.applied >= this.limits.maxBatchesPerRun || Date.now() - this.startedAt >= this.limits.maxRunMs;
+  }
+
+  private async applyContiguous(first: Batch | undefined): Promise<ApplyStop> {
+    for (;;) {
+      const seq = this.watermark + 1;
+      if (this.keeper.lost) return this.fencedOut(seq, "the lease could not be renewed");
+      if (this.overBudget()) {
+        // The rest is for a fresh invocation, announced now rather than waiting for the sweep.
+        await announceBatch(this.deps.storage, { v: 1, itemId: this.itemId, diskId: this.diskId, seq });
+        return "bound";
+      }
+      let batch = first?.header.seq === seq ? first : undefined;
+      if (!batch) {
+        if (!(await this.has(seq))) return [...this.listing.keys()].some((s) => s > seq) ? "gap" : "caughtUp";
+        this.prefetchAhead();
+        try {
+          batch = await this.fetchBatch(seq);
+        } catch (e) {
+          if (isNotFound(e)) return "gap";
+          if (!(e instanceof CorruptBatchError)) throw e;
+          await this.halt(seq, e.message, []);
+          return "corrupt";
+        }
+      }
+      this.prefetchAhead();
+      try {
+        await writeBatch(this.replica, batch, { leaseId: this.leaseId, watermark: this.watermark }, this.limits);
+        // Only now, with every page of the batch written, does the watermark move (crash safety).
+        await this.replica.updateSequenceNumber("update", seq, { conditions: { leaseId: this.leaseId } });
+      } catch (e) {
+        if (isFenced(e)) return this.fencedOut(seq, (e as Error).message);
+        throw e;
+      }
+      this.watermark = seq;
+      this.applied++;
+      this.maxWriteMs = Math.max(this.maxWriteMs ?? 0, batch.header.lastWriteMs);
+      await this.finishBatch(batch.header);
+      this.deleteLater(seq);
+      if (Date.now() - this.recordedAt >= this.limits.progressEveryMs) {
+        await this.recordProgress();
+        if (await this.disabling()) return "disabled";
+      }
+    }
+  }
+
+  /** Another processor owns the disk now (or nobody, if our lease lapsed): re-announce so the work is picked up either way. */
+  private async fencedOut(seq: number, why: string): Promise<ApplyStop> {
+    this.log(`${this.itemId}/${this.diskId}: fenced out before batch ${seq} (${why}); stopping`);
+    await announceBatch(this.deps.storage, { v: 1, itemId: this.itemId, diskId: this.diskId, seq }, this.limits.busyRetrySeconds);
+    return "fenced";
+  }
+
+  private async disabling(): Promise<boolean> {
+    const found = await this.deps.items.get(this.itemId);
+    return !found || found.item.state === "Disabling";
+  }
+
+  /**
+   * What an applied batch changes beyond the replica: its tag (issue 4), the end of initial replication, the end of
+   * a resync. Runs before the batch's blob is deleted and is idempotent, so a crash in between only repeats it.
+   */
+  private async finishBatch(h: BatchHeader): Promise<void> {
+    if (h.tag && this.deps.onTagApplied) {
+      await this.deps.onTagApplied({ item: this.item, disk: this.disk, seq: h.seq, tag: h.tag, header: h, replica: this.replica, leaseId: this.leaseId });
+    }
+    const endsResync = Boolean(h.resyncComplete && h.resyncId);
+    if (!h.initialComplete && !endsResync) return;
+    const at = this.now().toISOString();
+    const disk = await this.deps.items.updateDisk(this.itemId, this.diskId, (d) => {
+      let changed = false;
+      if (h.initialComplete && !d.initialComplete) {
+        d.initialComplete = true;
+        if (d.state === "InitialReplication") d.state = "Protected";
+        changed = true;
+      }
+      if (endsResync && d.resync?.id === h.resyncId) {
+        // A control-plane resync compared the whole disk: the replica now equals the source, so initial
+        // replication is complete even if the batch that said so was the one lost.
+        if (d.resync?.origin === "apply") d.initialComplete = true;
+        delete d.resync;
+        d.state = d.initialComplete ? "Protected" : "InitialReplication";
+        changed = true;
+      }
+      if (!changed) return undefined;
+      this.progressFields(d, at);
+      return d;
+    });
+    if (disk) this.disk = disk;
+    await this.deps.items.updateItemWithDisks(this.itemId, (item, disks) => {
+      let changed = false;
+      const mine = disks.find((d) => d.id === this.diskId);
+      if (endsResync && mine && !mine.resync) {
+        // The agent's own resync report may predate `diskId` on issues: it names the resync in its message.
+        changed = clearIssues(item, (i) => i.diskId === this.diskId || (h.resyncId !== undefined && i.message.includes(h.resyncId)));
+      }
+      const state = replicationStateOf(item, disks);
+      if (state !== item.state) {
+        this.log(`${this.itemId}: ${item.state} → ${state} (disk ${this.diskId}, batch ${h.seq})`);
+        item.state = state;
+        changed = true;
+      }
+      if (!changed) return undefined;
+      item.updatedAt = at;
+      return item;
+    });
+  }
+
+  private progressFields(d: DiskRecord, at: string): void {
+    if (this.applied === 0) return;
+    d.lastAppliedSeq = Math.max(d.lastAppliedSeq ?? 0, this.watermark);
+    d.lastAppliedAt = at;
+    if (this.maxWriteMs !== undefined) d.lastAppliedWriteMs = Math.max(d.lastAppliedWriteMs ?? 0, this.maxWriteMs);
+  }
+
+  /** Progress on the disk record: once per run, or every few seconds of a long one. */
+  private async recordProgress(): Promise<void> {
+    this.recordedAt = Date.now();
+    if (this.applied === 0 || this.recordedWatermark === this.watermark) return;
+    const at = this.now().toISOString();
+    await this.deps.items.updateDisk(this.itemId, this.diskId, (d) => {
+      this.progressFields(d, at);
+      return d;
+    });
+    this.recordedWatermark = this.watermark;
+  }
+
+  private async end(stop: ApplyStop): Promise<ApplyOutcome> {
+    await Promise.all(this.deletes);
+    if (this.item) {
+      await this.recordProgress();
+      const moving = this.applied > 0 || stop === "caughtUp";
+      // A poison message is resolved once the watermark has passed its batch; a stall, once the disk moves again.
+      const resolved = (i: HealthIssue) =>
+        i.diskId === this.diskId && ((i.code === "PoisonMessage" && (i.seq ?? 0) <= this.watermark) || (i.code === STALLED && moving));
+      if (this.item.health.issues.some(resolved)) {
+        await this.deps.items.updateItem(this.itemId, (item) => (clearIssues(item, resolved) ? { ...item, updatedAt: this.now().toISOString() } : undefined));
+      }
+    }
+    return { result: "ran", watermark: this.watermark, applied: this.applied, stop };
+  }
+}
+
+/** One GET of the whole blob; a body shorter than announced is a failed download (retried), never a batch to verify. */
+async function downloadBlob(cache: ContainerClient, name: string): Promise<Buffer> {
+  const r = await cache.getBlobClient(name).download(0);
+  const body = r.readableStreamBody;
+  if (!body) throw new Error(`download of ${name} returned no body`);
+  const chunks: Buffer[] = [];
+  for await (const chunk of body) chunks.push(chunk as Buffer);
+  const bytes = Buffer.concat(chunks);
+  if (r.contentLength !== undefined && bytes.length !== r.contentLength) {
+    throw new Error(`download of ${name} ended after ${bytes.length} of ${r.contentLength} bytes`);
+  }
+  return bytes;
+}
+
+/** Records a message the host gave up on (moved to the poison queue) as a warning on its item; false for an unknown item. */
+export async function recordPoisonMessage(deps: { items: ItemStore; now?: () => Date }, message: BatchMessage): Promise<boolean> {
+  const at = (deps.now ?? (() => new Date()))().toISOString();
+  const item = await deps.items.updateItem(message.itemId, (i) => {
+    if (i.state === "Disabling") return undefined;
+    const open = i.health.issues.find((x) => x.code === "PoisonMessage" && x.diskId === message.diskId);
+    raiseIssue(i, {
+      code: "PoisonMessage",
+      severity: "Warning",
+      diskId: message.diskId,
+      // The highest failed batch: the issue clears once the disk's watermark passes it.
+      seq: Math.max(open?.seq ?? 0, message.seq),
+      since: at,
+      message: `disk '${message.diskId}': applying batch ${message.seq} failed on every delivery and its message was moved to ${REPLICATION_POISON_QUEUE}; the cache sweep keeps re-announcing the disk, see the function log for the error`,
+    });
+    i.updatedAt = at;
+    return i;
+  });
+  return item !== undefined && item.state !== "Disabling";
+}

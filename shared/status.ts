@@ -1,0 +1,97 @@
+// Live replication status of an item's disks, read from storage: watermarks, what waits in the cache, the agent's heartbeat.
+import { heartbeatSchema, HEARTBEAT_BLOB, type Heartbeat } from "./agent-protocol";
+import { batchBlobName, seqOfBlobName } from "./batch";
+import { isNotFound } from "./errors";
+import { cacheContainerName, type DiskRecord } from "./items";
+import type { Storage } from "./storage";
+
+export interface DiskReplicationStatus {
+  /** Last fully applied batch (the replica's sequence number); null when the replica is missing. */
+  watermark: number | null;
+  /** Batches above the watermark waiting in the cache, and their size. */
+  pendingBatches: number;
+  pendingBytes: number;
+  /** Age of the oldest write not yet applied (0 when nothing waits). */
+  lagSeconds: number;
+  /** The agent's first full copy: 100% once its last batch is applied, else what the heartbeat reports shipped. */
+  initialReplication: { percent: number; doneBytes: number; totalBytes: number };
+}
+
+export interface ReplicationStatus {
+  disks: Record<string, DiskReplicationStatus>;
+  /** The agent's last heartbeat, or null when it never wrote a valid one. */
+  agent: { time: string; agentVersion: string; health: Heartbeat["health"] } | null;
+}
+
+/** Batch metadata the agent sets on upload (source ms of the batch's first and last write); blob times are the fallback. */
+const FIRST_WRITE_META = "firstwritems";
+
+/** Reads each disk's replica and cache listing, and the heartbeat, all at once. */
+export async function readReplicationStatus(storage: Storage, itemId: string, disks: DiskRecord[], now: Date = new Date()): Promise<ReplicationStatus> {
+  const cache = storage.cacheBlobs.getContainerClient(cacheContainerName(itemId));
+  const replicas = await storage.replicas();
+  const [heartbeat, ...perDisk] = await Promise.all([
+    readHeartbeat(storage, itemId),
+    ...disks.map(async (d) => {
+      const watermark = await replicas
+        .getPageBlobClient(d.replicaBlob)
+        .getProperties()
+        .then((p) => p.blobSequenceNumber ?? 0)
+        .catch((e: unknown) => (isNotFound(e) ? null : Promise.reject(e)));
+      let pendingBatches = 0;
+      let pendingBytes = 0;
+      let oldestWriteMs: number | undefined;
+      try {
+        for await (const b of cache.listBlobsFlat({ prefix: `${d.id}/`, includeMetadata: true })) {
+          const seq = seqOfBlobName(b.name);
+          if (seq === undefined || b.name !== batchBlobName(d.id, seq) || seq <= (watermark ?? 0)) continue;
+          pendingBatches++;
+          pendingBytes += b.properties.contentLength ?? 0;
+          // Listed in seq order: the first pending batch holds the oldest unapplied write.
+          if (oldestWriteMs === undefined) {
+            const meta = Number(b.metadata?.[FIRST_WRITE_META]);
+            oldestWriteMs = Number.isFinite(meta) && meta > 0 ? meta : b.properties.lastModified.getTime();
+          }
+        }
+      } catch (e) {
+        if (!isNotFound(e)) throw e;
+      }
+      return { disk: d, watermark, pendingBatches, pendingBytes, oldestWriteMs };
+    }),
+  ]);
+  const status: ReplicationStatus = {
+    disks: {},
+    agent: heartbeat ? { time: heartbeat.time, agentVersion: heartbeat.agentVersion, health: heartbeat.health } : null,
+  };
+  for (const p of perDisk) {
+    status.disks[p.disk.id] = {
+      watermark: p.watermark,
+      pendingBatches: p.pendingBatches,
+      pendingBytes: p.pendingBytes,
+      lagSeconds: p.oldestWriteMs === undefined ? 0 : Math.max(0, Math.round((now.getTime() - p.oldestWriteMs) / 100) / 10),
+      initialReplication: initialProgress(p.disk, heartbeat),
+    };
+  }
+  return status;
+}
+
+function initialProgress(disk: DiskRecord, heartbeat: Heartbeat | undefined): DiskReplicationStatus["initialReplication"] {
+  const reported = heartbeat?.disks[disk.id]?.initialReplication;
+  const totalBytes = reported && reported.totalBytes > 0 ? reported.totalBytes : disk.sizeBytes;
+  if (disk.initialComplete) return { percent: 100, doneBytes: totalBytes, totalBytes };
+  if (!reported) return { percent: 0, doneBytes: 0, totalBytes };
+  const doneBytes = Math.min(reported.doneBytes, totalBytes);
+  return { percent: Math.floor((doneBytes / totalBytes) * 1000) / 10, doneBytes, totalBytes };
+}
+
+/** The heartbeat blob, or undefined when absent or not what the agent protocol says it is. */
+async function readHeartbeat(storage: Storage, itemId: string): Promise<Heartbeat | undefined> {
+  try {
+    const text = (await storage.cacheBlobs.getContainerClient(cacheContainerName(itemId)).getBlobClient(HEARTBEAT_BLOB).downloadToBuffer()).toString("utf8");
+    const parsed = heartbeatSchema.safeParse(JSON.parse(text));
+    return parsed.success ? parsed.data : undefined;
+  } catch (e) {
+    if (isNotFound(e) || e instanceof SyntaxError) return undefined;
+    throw e;
+  }
+}
