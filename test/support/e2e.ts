@@ -15,6 +15,9 @@ import type { TestStack } from "./stack";
 
 const MiB = 1024 * 1024;
 
+/** What the helpers need of a stack: its API and its storage (an in-process stack or a host in another process). */
+export type StackLike = Pick<TestStack, "url" | "services" | "api">;
+
 export function e2eEnableBody(name: string, diskMiB = 64) {
   return {
     vm: {
@@ -44,7 +47,7 @@ export interface E2eVm {
 }
 
 /** Enables a VM through the API and prepares its image files; the agent is started on demand. */
-export async function protectVm(stack: TestStack, name: string, diskMiB = 64): Promise<E2eVm> {
+export async function protectVm(stack: StackLike, name: string, diskMiB = 64): Promise<E2eVm> {
   const res = await stack.api("POST", "replicated-items", e2eEnableBody(name, diskMiB));
   assert.equal(res.status, 201, JSON.stringify(res.body));
   const dir = mkdtempSync(join(tmpdir(), `e2e-${name}-`));
@@ -99,7 +102,7 @@ export async function runWorkload(agent: Agent, diskIds: string[], seed: number,
 }
 
 /** Asserts that the replica's disk bytes (the VHD footer aside) equal the source image file. */
-export async function assertReplicaEqualsSource(stack: TestStack, vm: E2eVm, diskId: string): Promise<void> {
+export async function assertReplicaEqualsSource(stack: StackLike, vm: E2eVm, diskId: string): Promise<void> {
   const source = await readFile(vm.images[diskId]!);
   const replicas = await stack.services.storage.replicas();
   const replica = await replicas.getPageBlobClient(replicaBlobName(vm.itemId, diskId)).downloadToBuffer(0, source.length);
@@ -111,7 +114,7 @@ export async function assertReplicaEqualsSource(stack: TestStack, vm: E2eVm, dis
 }
 
 /** Waits until a disk's replica watermark reaches `seq`. */
-export async function waitForWatermark(stack: TestStack, vm: E2eVm, diskId: string, seq: number, timeoutMs = 60_000): Promise<void> {
+export async function waitForWatermark(stack: StackLike, vm: E2eVm, diskId: string, seq: number, timeoutMs = 60_000): Promise<void> {
   const replicas = await stack.services.storage.replicas();
   const blob = replicas.getPageBlobClient(replicaBlobName(vm.itemId, diskId));
   const deadline = Date.now() + timeoutMs;
@@ -129,7 +132,7 @@ export function lastSeq(agent: Agent, diskId: string): number {
 }
 
 /** Delivers messages to the applyBatches function as the host would: one at a time, in the order given. */
-export async function deliver(stack: TestStack, messages: BatchMessage[]): Promise<void> {
+export async function deliver(stack: StackLike, messages: BatchMessage[]): Promise<void> {
   const apply = functionTable(() => stack.services).find((f): f is QueueFunctionSpec => f.kind === "queue" && f.name === "applyBatches");
   assert.ok(apply, "applyBatches is in the table");
   for (const m of messages) {
