@@ -24,8 +24,8 @@ export function createServices(config: Config, overrides: { fabric?: Fabric; now
   const items = new ItemStore(storage);
   const clock = overrides.now ? { now: overrides.now } : {};
   const agents = new Agents({ config, storage, items, ...clock });
-  const protection = new Protection({ config, storage, fabric, items, agents, ...clock });
   const points = new RecoveryPoints({ storage, items, ...clock });
+  const protection = new Protection({ config, storage, fabric, items, agents, points, ...clock });
   return { config, storage, fabric, items, protection, agents, points };
 }
 

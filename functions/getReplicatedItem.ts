@@ -15,6 +15,7 @@ export const getReplicatedItem = (services: () => Services): HttpFunctionSpec =>
     const s = services();
     const item = await s.protection.get(request.params.itemId ?? "");
     const disks = await s.items.listDisks(item.id);
-    return { body: itemView(item, disks, await readReplicationStatus(s.storage, item.id, disks)) };
+    const [status, points] = await Promise.all([readReplicationStatus(s.storage, item.id, disks), s.points.summary(item)]);
+    return { body: itemView(item, disks, status, points) };
   }),
 });

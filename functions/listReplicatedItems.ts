@@ -13,7 +13,7 @@ export const listReplicatedItems = (services: () => Services): HttpFunctionSpec 
   handler: jsonHandler(async () => {
     const s = services();
     const items = await s.items.list();
-    const views = await Promise.all(items.map(async (i) => itemView(i, await s.items.listDisks(i.id))));
+    const views = await Promise.all(items.map(async (i) => itemView(i, await s.items.listDisks(i.id), undefined, await s.points.summary(i))));
     return { body: views };
   }),
 });

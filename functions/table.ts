@@ -11,6 +11,9 @@ import { resyncManifest } from "./resyncManifest";
 import { applyBatches } from "./applyBatches";
 import { recordPoison } from "./recordPoison";
 import { sweepCache } from "./sweepCache";
+import { sealRecoveryPoints } from "./sealRecoveryPoints";
+import { listRecoveryPoints } from "./listRecoveryPoints";
+import { updateReplicatedItem } from "./updateReplicatedItem";
 import { timerSchedules, type TimerSchedules } from "../shared/settings";
 
 /** `schedules` default to process.env's (the Functions host's app settings); the local host passes its own env's. */
@@ -19,12 +22,15 @@ export function functionTable(services: () => Services, schedules: TimerSchedule
     enableReplication(services),
     listReplicatedItems(services),
     getReplicatedItem(services),
+    updateReplicatedItem(services),
     disableReplication(services),
+    listRecoveryPoints(services),
     registerAgent(services),
     agentCheckin(services),
     resyncManifest(services),
     applyBatches(services),
     recordPoison(services),
     sweepCache(services, schedules.sweep),
+    sealRecoveryPoints(services, schedules.seal),
   ];
 }

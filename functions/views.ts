@@ -1,6 +1,28 @@
 // How a replicated item is shown over the API: the stored record plus its disks, without secrets.
 import type { DiskRecord, ReplicatedItem } from "../shared/items";
 import type { DiskReplicationStatus, ReplicationStatus } from "../shared/status";
+import type { RecoveryPoint } from "../shared/recovery-points";
+
+/** A recovery point as the API shows it; a group point lists the item's own disks and the group's members. */
+export function pointView(p: RecoveryPoint, itemId?: string) {
+  return {
+    id: p.id,
+    kind: p.kind,
+    time: p.time,
+    scope: p.scope,
+    ...(p.group ? { group: p.group } : {}),
+    ...(p.members ? { members: p.members } : {}),
+    disks: p.disks.filter((d) => !itemId || d.itemId === itemId).map((d) => ({ ...(itemId ? {} : { itemId: d.itemId }), diskId: d.diskId, snapshot: d.snapshot, seq: d.seq })),
+    sealedAt: p.sealedAt,
+  };
+}
+
+/** What the item view says of its recovery points: the newest of each kind, and the RPO they give. */
+export interface PointsSummary {
+  latest?: RecoveryPoint;
+  latestApp?: RecoveryPoint;
+  nowMs: number;
+}
 
 /** A disk as the table knows it; with `live` (GET of one item) also what storage says right now. */
 function diskView(d: DiskRecord, live: DiskReplicationStatus | undefined) {
@@ -26,7 +48,7 @@ function diskView(d: DiskRecord, live: DiskReplicationStatus | undefined) {
 }
 
 /** The list stays light (table data only); `status` adds the per-disk storage reads of a single item's GET. */
-export function itemView(item: ReplicatedItem, disks: DiskRecord[], status?: ReplicationStatus) {
+export function itemView(item: ReplicatedItem, disks: DiskRecord[], status?: ReplicationStatus, points?: PointsSummary) {
   const views = disks.map((d) => diskView(d, status?.disks[d.id]));
   return {
     id: item.id,
@@ -46,8 +68,14 @@ export function itemView(item: ReplicatedItem, disks: DiskRecord[], status?: Rep
           lagSeconds: Math.max(0, ...Object.values(status.disks).map((s) => s.lagSeconds)),
         }
       : {}),
-    // No recovery point is sealed yet in this version: RPO is unknown until one is.
-    rpoSeconds: null,
+    ...(points
+      ? {
+          latestRecoveryPoint: points.latest ? pointView(points.latest, item.id) : null,
+          latestAppConsistentRecoveryPoint: points.latestApp ? pointView(points.latestApp, item.id) : null,
+        }
+      : {}),
+    // The data-loss window if the source region failed now: the age of the newest recovery point (null before the first).
+    rpoSeconds: points?.latest ? Math.max(0, Math.round((points.nowMs - Date.parse(points.latest.time)) / 1000)) : null,
     ...(item.error ? { error: item.error } : {}),
     createdAt: item.createdAt,
     updatedAt: item.updatedAt,

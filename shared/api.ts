@@ -32,6 +32,8 @@ const ipv4 = z
   .string()
   .regex(/^((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/, "an IPv4 address");
 
+const groupName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$/, "1-80 letters, digits, '_', '.', '-'");
+
 const diskSpec = z.object({
   id: diskId,
   sizeBytes: z
@@ -89,10 +91,7 @@ export const enableRequestSchema = z
       })
       .strict()
       .optional(),
-    replicationGroup: z
-      .string()
-      .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$/, "1-80 letters, digits, '_', '.', '-'")
-      .optional(),
+    replicationGroup: groupName.optional(),
     policy: policySchema.default({ recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 300, appConsistentFrequencyMinutes: 240 }),
   })
   .strict()
@@ -102,6 +101,9 @@ export const enableRequestSchema = z
     }
   });
 export type EnableRequest = z.infer<typeof enableRequestSchema>;
+
+/** PATCH of an item: the replication group to join, or null to leave it. */
+export const updateRequestSchema = z.object({ replicationGroup: groupName.nullable() }).strict();
 
 export const registerRequestSchema = z.object({ token: z.string().min(1).max(512) }).strict();
 

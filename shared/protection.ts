@@ -1,7 +1,8 @@
 // Protecting a VM: enable replication (target resources, replicas, cache), disable it, and register its agent.
 import { randomUUID } from "node:crypto";
-import { enableRequestSchema, MAX_GROUP_VMS, parseInput, type EnableRequest } from "./api";
+import { enableRequestSchema, MAX_GROUP_VMS, parseInput, updateRequestSchema, type EnableRequest } from "./api";
 import type { Agents } from "./agents";
+import type { RecoveryPoints } from "./recovery-points";
 import { Conflict, IllegalState, NotFound } from "./errors";
 import type { Fabric, FabricResource } from "./fabric/port";
 import {
@@ -23,6 +24,7 @@ export interface ProtectionDeps {
   fabric: Fabric;
   items: ItemStore;
   agents: Agents;
+  points: RecoveryPoints;
   now?: () => Date;
 }
 
@@ -84,7 +86,7 @@ export class Protection {
     const req = parseInput(enableRequestSchema, body);
     const { items } = this.deps;
     const key = vmKey(req.vm);
-    if (req.replicationGroup) await this.checkGroup(req);
+    if (req.replicationGroup) await this.checkGroup(req.replicationGroup, req.vm.region, req.targetRegion);
 
     const itemId = randomUUID();
     const holder = await items.claimVm(key, itemId);
@@ -156,22 +158,43 @@ export class Protection {
   }
 
   /** A replication group holds at most 16 VMs, all from one source region to one target region. */
-  private async checkGroup(req: EnableRequest): Promise<void> {
-    const members = (await this.deps.items.list()).filter((i) => i.replicationGroup === req.replicationGroup);
+  private async checkGroup(group: string, sourceRegion: string, targetRegion: string, joiningItemId?: string): Promise<void> {
+    const members = (await this.deps.items.list()).filter((i) => i.replicationGroup === group && i.id !== joiningItemId);
     if (members.length >= MAX_GROUP_VMS) {
-      throw new Conflict("ReplicationGroupFull", `replication group '${req.replicationGroup}' already has ${MAX_GROUP_VMS} VMs, the most a group holds`, {
+      throw new Conflict("ReplicationGroupFull", `replication group '${group}' already has ${MAX_GROUP_VMS} VMs, the most a group holds`, {
         field: "replicationGroup",
         members: members.length,
       });
     }
-    const other = members.find((m) => m.vm.region !== req.vm.region || m.targetRegion !== req.targetRegion);
+    const other = members.find((m) => m.vm.region !== sourceRegion || m.targetRegion !== targetRegion);
     if (other) {
       throw new Conflict(
         "ReplicationGroupRegionMismatch",
-        `replication group '${req.replicationGroup}' replicates ${other.vm.region} → ${other.targetRegion}; this VM would replicate ${req.vm.region} → ${req.targetRegion}`,
+        `replication group '${group}' replicates ${other.vm.region} → ${other.targetRegion}; this VM would replicate ${sourceRegion} → ${targetRegion}`,
         { field: "replicationGroup", itemId: other.id },
       );
     }
+  }
+
+  /**
+   * Joins or leaves a replication group without re-enabling replication (ASR requires a re-enable). The item's group
+   * points start at the first group tag it takes part in; its VM points are unaffected.
+   */
+  async update(itemId: string, body: unknown): Promise<ReplicatedItem> {
+    const req = parseInput(updateRequestSchema, body);
+    const found = await this.deps.items.get(itemId);
+    if (!found) throw new NotFound("replicatedItem", itemId);
+    const { item } = found;
+    if (!["InitialReplication", "Protected", "ResyncRequired"].includes(item.state)) throw new IllegalState(itemId, item.state, "change its replication group");
+    if (req.replicationGroup) await this.checkGroup(req.replicationGroup, item.vm.region, item.targetRegion, itemId);
+    const updated = await this.deps.items.updateItem(itemId, (i) => {
+      if (req.replicationGroup) i.replicationGroup = req.replicationGroup;
+      else delete i.replicationGroup;
+      i.updatedAt = this.now().toISOString();
+      return i;
+    });
+    if (!updated) throw new NotFound("replicatedItem", itemId);
+    return updated;
   }
 
   private async createTargetResources(req: EnableRequest, undo: Undo): Promise<TargetResources> {
@@ -275,6 +298,7 @@ export class Protection {
       if ((await blob.deleteIfExists({ deleteSnapshots: "include" })).succeeded) removed.push(`replica ${b.name}`);
     }
     await this.deps.agents.forget(itemId);
+    await this.deps.points.deleteAllOf(item);
     removed.push(...(await this.deleteUnusedTargetResources(item)));
     await items.deleteDisks(itemId);
     await items.delete(itemId);

@@ -153,6 +153,32 @@ export class RecoveryPoints {
     }
   }
 
+  private async get(partition: string, tag: Pick<BatchTag, "id" | "time">): Promise<RecoveryPoint | undefined> {
+    const t = await this.points();
+    try {
+      return JSON.parse((await t.getEntity<Row>(partition, pointRowKey(Date.parse(tag.time), tag.id))).body) as RecoveryPoint;
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  /** The arrival already recorded for a disk and tag (a re-run of apply after a crash), if any. */
+  async arrival(itemId: string, diskId: string, tagId: string): Promise<TagArrival | undefined> {
+    const t = await this.arrivals();
+    try {
+      return JSON.parse((await t.getEntity<Row>(itemId, `${tagId}|${diskId}`)).body) as TagArrival;
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  /** True when the item's VM point of this tag exists (sealed before a crash re-ran the apply). */
+  async sealed(itemId: string, tag: BatchTag): Promise<boolean> {
+    return this.exists(vmPartition(itemId), tag);
+  }
+
   private async exists(partition: string, tag: BatchTag): Promise<boolean> {
     const t = await this.points();
     try {
@@ -183,6 +209,13 @@ export class RecoveryPoints {
     const own = await this.listPartition(vmPartition(item.id));
     const group = item.replicationGroup ? (await this.listPartition(groupPartition(item.replicationGroup))).filter((p) => p.members?.includes(item.id)) : [];
     return [...own, ...group].sort((a, b) => Date.parse(b.time) - Date.parse(a.time) || (a.scope === b.scope ? 0 : a.scope === "group" ? -1 : 1));
+  }
+
+  /** The newest point and the newest app-consistent one, for the item's view and its RPO. */
+  async summary(item: ReplicatedItem): Promise<{ latest?: RecoveryPoint; latestApp?: RecoveryPoint; nowMs: number }> {
+    const points = await this.listForItem(item);
+    const latestApp = points.find((p) => p.kind === "app");
+    return { ...(points[0] ? { latest: points[0] } : {}), ...(latestApp ? { latestApp } : {}), nowMs: this.now().getTime() };
   }
 
   /** Thins the item's points per its policy; a pruned point's snapshots go unless another point of the same tag still uses them. */
@@ -240,7 +273,8 @@ export class RecoveryPoints {
     let n = 0;
     for (const a of await this.arrivalsOf(itemId)) {
       if (Date.parse(a.tag.time) >= olderThanMs) continue;
-      if (!(await this.exists(vmPartition(itemId), a.tag))) await this.deleteSnapshot(a);
+      const point = await this.get(vmPartition(itemId), a.tag);
+      if (!point?.disks.some((d) => d.diskId === a.diskId && d.snapshot === a.snapshot)) await this.deleteSnapshot(a);
       await t.deleteEntity(itemId, `${a.tag.id}|${a.diskId}`).catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
       n++;
     }

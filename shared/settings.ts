@@ -100,6 +100,8 @@ const settingsSchema = z.object({
   MAX_REQUEST_BYTES: intSetting(1024, 100 * 1024 * 1024, 1024 * 1024),
   SWEEP_SCHEDULE: ncrontab("*/30 * * * * *"),
   SWEEP_STALL_SECONDS: intSetting(0, 86400, 30),
+  SEAL_SCHEDULE: ncrontab("*/15 * * * * *"),
+  RPO_CRITICAL_MINUTES: intSetting(1, 1440, 60),
 });
 
 export interface Config {
@@ -116,6 +118,8 @@ export interface Config {
   http: { maxRequestBytes: number };
   /** The cache sweep: how often it runs, and how long a disk with batches waiting may make no progress before it is re-kicked. */
   sweep: { schedule: string; stallSeconds: number };
+  /** The sealing pass (thinning, pruning, RPO health); points themselves are sealed as tags arrive. */
+  recoveryPoints: { sealSchedule: string; rpoCriticalMinutes: number };
 }
 
 /** Every missing or malformed setting, reported by name, all at once. */
@@ -148,12 +152,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     agent: { tokenTtlHours: s.AGENT_TOKEN_TTL_HOURS, sasTtlHours: s.AGENT_SAS_TTL_HOURS, checkinSeconds: s.AGENT_CHECKIN_SECONDS },
     http: { maxRequestBytes: s.MAX_REQUEST_BYTES },
     sweep: { schedule: s.SWEEP_SCHEDULE, stallSeconds: s.SWEEP_STALL_SECONDS },
+    recoveryPoints: { sealSchedule: s.SEAL_SCHEDULE, rpoCriticalMinutes: s.RPO_CRITICAL_MINUTES },
   };
 }
 
 /** Timer schedules, as the function table needs them before (and without) the rest of the settings. */
 export interface TimerSchedules {
   sweep: string;
+  seal: string;
 }
 
 /**
@@ -162,7 +168,7 @@ export interface TimerSchedules {
  * lack the entry (an unresolvable `%NAME%` would leave the timer in error under `func start`).
  */
 export function timerSchedules(env: NodeJS.ProcessEnv = process.env): TimerSchedules {
-  const parsed = settingsSchema.pick({ SWEEP_SCHEDULE: true }).safeParse(env, { reportInput: true });
+  const parsed = settingsSchema.pick({ SWEEP_SCHEDULE: true, SEAL_SCHEDULE: true }).safeParse(env, { reportInput: true });
   if (!parsed.success) throw new SettingsError(zodProblems(parsed.error));
-  return { sweep: parsed.data.SWEEP_SCHEDULE };
+  return { sweep: parsed.data.SWEEP_SCHEDULE, seal: parsed.data.SEAL_SCHEDULE };
 }

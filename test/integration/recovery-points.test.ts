@@ -121,4 +121,55 @@ describe("recovery points", () => {
     assert.equal(await stack.services.points.expireArrivals(a, Date.now()), 1);
     assert.equal(await snapshotExists(a, "os", os.snapshot), false);
   });
+
+  test("the API lists an item's points newest first, and the item shows its latest points and its RPO", async () => {
+    const id = await enable("rp-api");
+    const older = tag({ time: new Date(Date.now() - 120_000).toISOString(), kind: "app" });
+    const newer = tag({ time: new Date(Date.now() - 30_000).toISOString() });
+    for (const t of [older, newer]) {
+      await arrive(id, "os", t);
+      await arrive(id, "data0", t);
+    }
+    const list = await stack.api("GET", `replicated-items/${id}/recovery-points`);
+    assert.equal(list.status, 200);
+    assert.deepEqual(list.body.map((p: { id: string; kind: string; scope: string }) => [p.id, p.kind, p.scope]), [[newer.id, "crash", "vm"], [older.id, "app", "vm"]]);
+    assert.deepEqual(list.body[0].disks.map((d: { diskId: string }) => d.diskId), ["os", "data0"]);
+    const item = await stack.api("GET", `replicated-items/${id}`);
+    assert.equal(item.body.latestRecoveryPoint.id, newer.id);
+    assert.equal(item.body.latestAppConsistentRecoveryPoint.id, older.id);
+    assert.ok(item.body.rpoSeconds >= 29 && item.body.rpoSeconds < 120, `rpo ${item.body.rpoSeconds}`);
+    assert.equal((await stack.api("GET", "replicated-items/nope/recovery-points")).status, 404);
+  });
+
+  test("a protected VM joins and leaves a replication group without re-enabling replication", async () => {
+    const a = await enable("join-1", { replicationGroup: "join-tier" });
+    const b = await enable("join-2");
+    const joined = await stack.api("PATCH", `replicated-items/${b}`, { replicationGroup: "join-tier" });
+    assert.equal(joined.status, 200, JSON.stringify(joined.body));
+    assert.equal(joined.body.replicationGroup, "join-tier");
+    const bad = await stack.api("PATCH", `replicated-items/${b}`, { replicationGroup: "no spaces allowed" });
+    assert.equal(bad.status, 400);
+    assert.deepEqual(bad.body.error.details.map((d: { field: string }) => d.field), ["replicationGroup"]);
+    assert.equal((await stack.api("PATCH", `replicated-items/${b}`, { colour: "red" })).status, 400);
+    assert.equal((await stack.api("PATCH", "replicated-items/nope", { replicationGroup: null })).status, 404);
+    const left = await stack.api("PATCH", `replicated-items/${b}`, { replicationGroup: null });
+    assert.equal(left.status, 200);
+    assert.equal(left.body.replicationGroup, null);
+    // A member elsewhere: a group is one route between regions.
+    const far = await stack.api("POST", "replicated-items", { ...enableBody("join-3"), targetRegion: "centralus" });
+    const mismatch = await stack.api("PATCH", `replicated-items/${far.body.id}`, { replicationGroup: "join-tier" });
+    assert.equal(mismatch.status, 409);
+    assert.equal(mismatch.body.error.code, "ReplicationGroupRegionMismatch");
+    assert.equal(mismatch.body.error.details.itemId, a);
+  });
+
+  test("disabling an item removes its recovery points and their snapshots", async () => {
+    const id = await enable("rp-del");
+    const t = tag();
+    const os = await arrive(id, "os", t);
+    await arrive(id, "data0", t);
+    assert.equal((await stack.api("DELETE", `replicated-items/${id}`)).status, 202);
+    assert.deepEqual(await stack.services.points.listPartition(`vm|${id}`), []);
+    assert.equal(await snapshotExists(id, "os", os.snapshot), false);
+  });
 });

@@ -58,7 +58,7 @@ test("a batch message names an item, a disk and a positive seq; ids that could e
 test("the sweep runs every 30 s and re-kicks after 30 s by default; a bad schedule is named with the other settings", () => {
   const base = { AzureWebJobsStorage: "UseDevelopmentStorage=true" };
   assert.deepEqual(loadConfig(base).sweep, { schedule: "*/30 * * * * *", stallSeconds: 30 });
-  assert.deepEqual(timerSchedules({}), { sweep: "*/30 * * * * *" }, "the table's schedule needs no other setting");
+  assert.deepEqual(timerSchedules({}), { sweep: "*/30 * * * * *", seal: "*/15 * * * * *" }, "the table's schedule needs no other setting");
   assert.deepEqual(loadConfig({ ...base, SWEEP_SCHEDULE: " 0 */5 * * * * ", SWEEP_STALL_SECONDS: "120" }).sweep, { schedule: "0 */5 * * * *", stallSeconds: 120 });
   assert.equal(timerSchedules({ SWEEP_SCHEDULE: "" }).sweep, "*/30 * * * * *", "empty counts as unset");
   try {

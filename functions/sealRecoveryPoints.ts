@@ -1,0 +1,16 @@
+// Timer: thins and prunes recovery points, expires tags that can no longer complete, and judges RPO health.
+import type { Services } from "./compose";
+import type { TimerFunctionSpec } from "./spec";
+import { sealRecoveryPoints as seal } from "../shared/sealing";
+
+/** `schedule` is the resolved SEAL_SCHEDULE setting (see shared/settings.ts timerSchedules). */
+export const sealRecoveryPoints = (services: () => Services, schedule: string): TimerFunctionSpec => ({
+  kind: "timer",
+  name: "sealRecoveryPoints",
+  schedule,
+  handler: async (_timer, context) => {
+    const s = services();
+    const report = await seal({ items: s.items, points: s.points, rpoCriticalMinutes: s.config.recoveryPoints.rpoCriticalMinutes });
+    if (report.pruned || report.expiredArrivals) context.log(`pruned ${report.pruned} recovery point(s), expired ${report.expiredArrivals} tag arrival(s)`);
+  },
+});
