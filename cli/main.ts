@@ -110,6 +110,18 @@ export function buildProgram(): Command {
 
   agentCommand(program);
 
+  program
+    .command("bench")
+    .description("measure against the local stack (not a test): writes JSON under bench/results and prints a table")
+    .argument("<name>", "replication")
+    .option("--seconds <s>", "length of each measured phase", (v) => Number(v), 30)
+    .action(async (name: string, o: { seconds: number }) => {
+      const { runBenchmark } = await import("../bench");
+      await runBenchmark(name, { seconds: o.seconds });
+      // The benchmark's clients keep sockets alive; its work is done.
+      process.exit(0);
+    });
+
   return program;
 }
 
