@@ -15,6 +15,9 @@ import { Shipper } from "./shipper";
 import { Spool } from "./spool";
 import { agentStateSchema, statePaths, type AgentState } from "./state";
 import { TrackedDisk } from "./tracked-disk";
+import { GroupLink } from "./group-link";
+import type { GroupTagOutcome } from "./group";
+import { APP_CONSISTENCY_FAILED, appConsistentTag, DEFAULT_FREEZE_TIMEOUT_MS, MAX_FREEZE_TIMEOUT_MS } from "./app-consistency";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -50,6 +53,30 @@ export interface AgentOptions {
   checkinIntervalMs?: number;
   /** Overrides the policy's crash-consistent frequency (tests). */
   tagIntervalMs?: number;
+  /** Replication groups: the barrier's TCP port (default 20004; 0 = ephemeral). */
+  groupPort?: number;
+  /** Replication groups: the barrier's listening address (default 0.0.0.0). */
+  groupHost?: string;
+  /** Replication groups: the address the group's other agents reach this one at (default: groupHost, or this host's first IPv4). */
+  groupAdvertiseHost?: string;
+  /** Replication groups: writes are never held longer than this for a group tag (default 50 ms). */
+  groupHoldBoundMs?: number;
+  /** Tests: runs before this agent holds its writes for a group tag (e.g. to stall it past the bound). */
+  groupBeforeHold?: () => Promise<void>;
+  /** Tests: runs synchronously when this agent cuts a group tag, while its writes are still held (the disks are at the tag). */
+  groupOnCut?: (tag: BatchTag) => void;
+  /**
+   * App-consistent tags: the command run (argv, no shell) to quiesce the workload before an `app` tag, e.g.
+   * ["fsfreeze", "-f", "/data"]. Without it no app tag is cut. If it fails or outlasts the freeze bound, a crash tag is
+   * cut instead and the `AppConsistencyFailed` warning is raised (the item's health shows it after the next check-in).
+   */
+  preFreeze?: string[];
+  /** Run after every app tag whose pre-freeze succeeded, at the latest when the freeze bound ends, e.g. ["fsfreeze", "-u", "/data"]. */
+  postThaw?: string[];
+  /** The freeze bound (default 10 s, at most 60 s): for the pre-freeze, for the tag while frozen, and for the post-thaw. */
+  freezeTimeoutMs?: number;
+  /** Overrides the policy's app-consistent frequency (tests); 0 = no app tags. */
+  appTagIntervalMs?: number;
   log?: (line: string) => void;
 }
 
@@ -63,7 +90,10 @@ export class Agent {
   private readonly checkinSignal = new Signal();
   private readonly heartbeatSignal = new Signal();
   private readonly tagSignal = new Signal();
+  private readonly appTagSignal = new Signal();
+  private appTagInFlight: Promise<BatchTag | undefined> | undefined;
   private lastTag: BatchTag | undefined;
+  private group!: GroupLink;
   private readonly loops: Promise<void>[] = [];
   private closed = false;
   private lastCheckin: { at: string; ok: boolean } | undefined;
@@ -83,6 +113,9 @@ export class Agent {
   /** Registers (first start) or resumes from the state directory, recovers every disk, and starts replicating. */
   static async start(opts: AgentOptions): Promise<Agent> {
     const log = opts.log ?? (() => {});
+    const freeze = opts.freezeTimeoutMs ?? DEFAULT_FREEZE_TIMEOUT_MS;
+    if (!(freeze > 0 && freeze <= MAX_FREEZE_TIMEOUT_MS)) throw new Error(`the freeze timeout must be above 0 and at most ${MAX_FREEZE_TIMEOUT_MS / 1000} s`);
+    if (opts.preFreeze?.length === 0 || opts.postThaw?.length === 0) throw new Error("an empty pre-freeze or post-thaw command");
     const stateDir = resolve(opts.stateDir);
     const paths = statePaths(stateDir);
     await mkdir(stateDir, { recursive: true });
@@ -109,7 +142,25 @@ export class Agent {
         await Promise.all([...agent.disks.values()].map((d) => d.close().catch(() => undefined)));
         throw e;
       }
+      const self = agent;
+      agent.group = new GroupLink({
+        itemId: state.itemId,
+        ...(opts.groupPort !== undefined ? { port: opts.groupPort } : {}),
+        ...(opts.groupHost ? { host: opts.groupHost } : {}),
+        ...(opts.groupAdvertiseHost ? { advertiseHost: opts.groupAdvertiseHost } : {}),
+        ...(opts.groupHoldBoundMs ? { holdBoundMs: opts.groupHoldBoundMs } : {}),
+        ...(opts.groupBeforeHold ? { beforeHold: opts.groupBeforeHold } : {}),
+        disks: () => self.trackedDisks(),
+        onTag: (t) => {
+          self.lastTag = t;
+          opts.groupOnCut?.(t);
+        },
+        log,
+      });
+      await agent.group.update(state.group);
+      if (agent.group.listenAddress()) agent.checkinSignal.notify();
       agent.loops.push(agent.checkinLoop(), agent.heartbeatLoop(), agent.tagLoop());
+      agent.loops.push(agent.appTagLoop());
       for (const d of agent.disks.values()) d.start();
       return agent;
     } catch (e) {
@@ -249,13 +300,98 @@ export class Agent {
     return tag;
   }
 
-  /** Crash-consistent tags at the policy's frequency (tracked disks only: a scan pass is no instant). */
+  /**
+   * Crash-consistent tags at the policy's frequency (tracked disks only: a scan pass is no instant). In a replication
+   * group the coordinator cuts group tags through the barrier and a connected member cuts none of its own; without a
+   * coordinator (or cut off from it) the agent cuts VM tags.
+   */
   private async tagLoop(): Promise<void> {
     while (!this.closed) {
       await this.tagSignal.wait(this.opts.tagIntervalMs ?? this.state.policy.crashConsistentFrequencySeconds * 1000);
       if (this.closed) break;
+      const role = this.group.role;
+      if (role === "member") continue;
+      if (role === "coordinator") {
+        const out = await this.groupTag("crash").catch((e) => void this.log(`group tag failed: ${describe(e)}`));
+        if (out?.committed) continue;
+        // Aborted (a member missed the bound): this VM still gets its point at this instant.
+        if (out) this.log(`group tag ${out.tagId} aborted: ${out.reason ?? "?"}`);
+      }
       await this.cutTag("crash").catch((e) => this.log(`tag failed: ${describe(e)}`));
     }
+  }
+
+  /** Every disk, if all are tracked (a group tag holds them all at once). */
+  private trackedDisks(): TrackedDisk[] | undefined {
+    const disks = [...this.disks.values()];
+    const tracked = disks.filter((d): d is TrackedDisk => d instanceof TrackedDisk);
+    return tracked.length > 0 && tracked.length === disks.length ? tracked : undefined;
+  }
+
+  /** Replication groups: this agent's role now (coordinator, connected member, or none: VM tags). */
+  get groupRole(): "coordinator" | "member" | "none" {
+    return this.group.role;
+  }
+
+  /** Replication groups, coordinator only: the members connected to its barrier. */
+  groupMembersConnected(): string[] {
+    return this.group.connectedMembers();
+  }
+
+  /** Replication groups, coordinator only: one group tag through the barrier now; undefined if not the coordinator. */
+  groupTag(kind: TagKind = "crash"): Promise<GroupTagOutcome | undefined> {
+    return this.group.tag(kind);
+  }
+
+  /** Replication groups: how long each group tag held this agent's writes (ms), most recent last. */
+  groupHoldsMs(): number[] {
+    return [...this.group.participant.holds];
+  }
+
+  /**
+   * App-consistent tags at the policy's frequency (0 = off), when a pre-freeze command is configured: pre-freeze,
+   * an `app` tag, post-thaw, the freeze bounded (see appConsistentTag). A failing pre-freeze yields a crash tag.
+   */
+  private async appTagLoop(): Promise<void> {
+    while (!this.closed) {
+      const interval = this.opts.appTagIntervalMs ?? this.state.policy.appConsistentFrequencyMinutes * 60_000;
+      // Off (or no pre-freeze): look again in a minute, the policy may change at a check-in.
+      const on = interval > 0 && this.opts.preFreeze !== undefined;
+      await this.appTagSignal.wait(on ? interval : 60_000);
+      if (this.closed || !on) continue;
+      await this.cutAppTag().catch((e) => this.log(`app-consistent tag failed: ${describe(e)}`));
+    }
+  }
+
+  /**
+   * One app-consistent attempt now (the app tag loop's step; tests call it directly). Needs a pre-freeze command.
+   * Calls during an attempt share it: the workload is never frozen twice at once.
+   */
+  cutAppTag(): Promise<BatchTag | undefined> {
+    this.appTagInFlight ??= this.appTagOnce().finally(() => (this.appTagInFlight = undefined));
+    return this.appTagInFlight;
+  }
+
+  private async appTagOnce(): Promise<BatchTag | undefined> {
+    if (!this.opts.preFreeze) throw new Error("no pre-freeze command is configured");
+    // Nothing is frozen for a tag that cannot be cut (scanned disks, initial replication, resync, bitmap mode).
+    const all = [...this.disks.values()];
+    if (all.length === 0 || !all.every((d) => d instanceof TrackedDisk && d.canTag)) return undefined;
+    return appConsistentTag({
+      preFreeze: this.opts.preFreeze,
+      ...(this.opts.postThaw ? { postThaw: this.opts.postThaw } : {}),
+      freezeTimeoutMs: this.opts.freezeTimeoutMs ?? DEFAULT_FREEZE_TIMEOUT_MS,
+      health: this.health,
+      log: this.log,
+      cut: async (kindAtCut) => {
+        const disks = [...this.disks.values()];
+        const tracked = disks.filter((d): d is TrackedDisk => d instanceof TrackedDisk);
+        if (tracked.length === 0 || tracked.length !== disks.length || this.closed) return undefined;
+        const tag = await TrackedDisk.cutTag(tracked, { id: randomUUID(), kind: "app", scope: "vm" }, kindAtCut);
+        if (tag) this.lastTag = tag;
+        return tag;
+      },
+    });
   }
 
   /** Stops uploading (the spool fills; past its bound disks switch to bitmap mode). For maintenance windows and tests. */
@@ -288,9 +424,11 @@ export class Agent {
 
   private async checkinOnce(): Promise<void> {
     const reports = [...this.disks.values()].map((d) => d.unreportedOverflow()).filter((r) => r !== undefined);
+    // Every check-in reports every open warning the item should show (so a lost check-in loses nothing).
+    const warnings = this.health.list().filter((i) => i.code === APP_CONSISTENCY_FAILED).map(({ code, message }) => ({ code, message: message.slice(0, 1000) }));
     let res: CheckinResponse;
     try {
-      res = await this.control.checkin({ itemId: this.state.itemId, agentKey: this.state.agentKey, ...(reports.length ? { resyncRequired: reports } : {}) });
+      res = await this.control.checkin({ itemId: this.state.itemId, agentKey: this.state.agentKey, ...(reports.length ? { resyncRequired: reports } : {}), warnings, ...this.groupListen() });
     } catch (e) {
       this.lastCheckin = { at: new Date().toISOString(), ok: false };
       if (e instanceof ControlPlaneError && e.status === 401) {
@@ -303,7 +441,13 @@ export class Agent {
     this.lastCheckin = { at: new Date().toISOString(), ok: true };
     this.health.clear("AgentKeyRejected");
     this.health.clear("ControlPlaneUnreachable");
+    const hadGroup = this.group.listenAddress() !== undefined;
     this.state = { ...this.state, cache: res.cache, queue: res.queue, policy: res.policy, checkinIntervalSeconds: res.checkinIntervalSeconds };
+    if (res.group) this.state.group = res.group;
+    else delete this.state.group;
+    await this.group.update(res.group);
+    // Just joined a group: tell the control plane where this agent listens without waiting for the next interval.
+    if (!hadGroup && this.group.listenAddress()) this.checkinSignal.notify();
     this.shipper.setEndpoints({ containerUrl: res.cache.containerUrl, queueUrl: res.queue.url });
     await writeFileAtomic(statePaths(this.opts.stateDir).agent, JSON.stringify(this.state, null, 2), { mode: 0o600 });
     for (const r of reports) this.disks.get(r.diskId)?.markOverflowReported(r.resyncId);
@@ -328,6 +472,11 @@ export class Agent {
         failures++;
       }
     }
+  }
+
+  private groupListen(): { groupListen?: { host: string; port: number } } {
+    const at = this.group.listenAddress();
+    return at ? { groupListen: at } : {};
   }
 
   private isFresh(): boolean {
@@ -363,6 +512,8 @@ export class Agent {
     this.checkinSignal.notify();
     this.heartbeatSignal.notify();
     this.tagSignal.notify();
+    this.appTagSignal.notify();
+    await this.group.close().catch(() => undefined);
     this.spool.interrupt();
     await Promise.all([...this.disks.values()].map((d) => d.close()));
     await Promise.race([this.writeHeartbeat(), new Promise((r) => setTimeout(r, 1000).unref?.())]);

@@ -116,6 +116,7 @@ export class GroupCoordinator {
   private server?: Server;
   private readonly members = new Map<string, Channel>();
   private running: Promise<GroupTagOutcome> | undefined;
+  private allowed: Set<string> | undefined;
 
   constructor(
     private readonly opts: { itemId: string; secret: string; port?: number; host?: string; holdBoundMs?: number; participant: BarrierParticipant },
@@ -124,6 +125,12 @@ export class GroupCoordinator {
   get port(): number {
     const a = this.server?.address();
     return typeof a === "object" && a ? a.port : 0;
+  }
+
+  /** The group's current members (from the control plane): others are refused, and dropped if connected. */
+  setMembers(ids: string[]): void {
+    this.allowed = new Set(ids);
+    for (const [id, ch] of this.members) if (!this.allowed.has(id)) ch.close();
   }
 
   memberIds(): string[] {
@@ -142,6 +149,10 @@ export class GroupCoordinator {
   private async accept(ch: Channel): Promise<void> {
     const hello = await ch.next(5_000);
     if (hello?.type !== "hello" || !sameMac(hello.mac, mac(this.opts.secret, "hello", hello.itemId, hello.nonce))) {
+      ch.close();
+      return;
+    }
+    if (this.allowed && !this.allowed.has(hello.itemId)) {
       ch.close();
       return;
     }
@@ -170,7 +181,12 @@ export class GroupCoordinator {
       return { tagId, committed: false, members: [], holdMs: performance.now() - started, reason };
     };
     for (const [, ch] of peers) ch.send({ type: "prepare", tagId, kind, holdMs: bound });
-    await this.opts.participant.hold();
+    try {
+      await this.opts.participant.hold();
+    } catch (e) {
+      for (const [, ch] of peers) ch.send({ type: "abort", tagId, reason: "the coordinator cannot hold" });
+      return { tagId, committed: false, members: [], holdMs: performance.now() - started, reason: `the coordinator cannot hold: ${(e as Error).message}` };
+    }
     const acks = await Promise.all(
       peers.map(async ([id, ch]) => {
         const left = Math.max(0, bound - (performance.now() - started));
@@ -207,14 +223,20 @@ export class GroupMember {
   private ch?: Channel;
   private holding: { tagId: string; timer: NodeJS.Timeout } | undefined;
 
-  constructor(private readonly opts: { itemId: string; secret: string; host: string; port: number; participant: BarrierParticipant; onTag?: (o: GroupTagOutcome) => void }) {}
+  constructor(
+    private readonly opts: { itemId: string; secret: string; host: string; port: number; participant: BarrierParticipant; onTag?: (o: GroupTagOutcome) => void; onClose?: () => void },
+  ) {}
 
   async connect(): Promise<void> {
     const socket = connect({ host: this.opts.host, port: this.opts.port });
+    // An unreachable coordinator (packets dropped) fails the attempt instead of hanging it; a dead one is noticed.
+    socket.setTimeout(5_000, () => socket.destroy(new Error(`no connection to ${this.opts.host}:${this.opts.port} within 5 s`)));
     await new Promise<void>((resolve, reject) => {
       socket.once("connect", () => resolve());
       socket.once("error", reject);
     });
+    socket.setTimeout(0);
+    socket.setKeepAlive(true, 10_000);
     const ch = new Channel(socket);
     const nonce = randomBytes(16).toString("hex");
     ch.send({ type: "hello", itemId: this.opts.itemId, nonce, mac: mac(this.opts.secret, "hello", this.opts.itemId, nonce) });
@@ -225,6 +247,11 @@ export class GroupMember {
     }
     this.ch = ch;
     ch.onMessage = (m) => void this.handle(m);
+    ch.socket.on("close", () => {
+      // A lost coordinator must not leave writes held.
+      if (this.holding) this.letGo(this.holding.tagId);
+      this.opts.onClose?.();
+    });
   }
 
   get connected(): boolean {
@@ -234,7 +261,11 @@ export class GroupMember {
   private async handle(m: Message): Promise<void> {
     const ch = this.ch!;
     if (m.type === "prepare") {
-      await this.opts.participant.hold();
+      try {
+        await this.opts.participant.hold();
+      } catch {
+        return; // no ack: the coordinator aborts the tag at its bound
+      }
       // Never hold writes past the bound, whatever the coordinator does.
       const timer = setTimeout(() => this.letGo(m.tagId), m.holdMs);
       this.holding = { tagId: m.tagId, timer };

@@ -19,6 +19,16 @@ type Plan =
   | { kind: "fold"; gen: number; overflow?: NonNullable<DiskState["overflow"]> }
   | { kind: "batch"; batch: SealedBatch; gen: number; taken: boolean; onCommit?: (s: DiskState) => void; bitmap?: "persist" | "remove" };
 
+/** Every disk's writes held at once (TrackedDisk.hold). */
+export interface DiskHold {
+  canTag(): boolean;
+  /** Seals every disk carrying the tag; the tag if every disk carries it, otherwise undefined (no point comes of it). */
+  cut(tag: BatchTag): BatchTag | undefined;
+  release(): void;
+  /** The tagged batches are durable in the spool. */
+  done: Promise<void>;
+}
+
 export class TrackedDisk extends ReplicatedDisk {
   private readonly gate = new WriteGate();
   /** Journal mode: the open batch's dirty ranges, in the dirty log's current generation. */
@@ -236,7 +246,7 @@ export class TrackedDisk extends ReplicatedDisk {
    * released. The replicas at these batches are the disks at that instant: a crash-consistent recovery point.
    * Resolves once the tagged batches are durable in the spool; false (nothing cut) if a disk cannot carry a tag.
    */
-  static async cutTag(disks: TrackedDisk[], tag: Omit<BatchTag, "time">): Promise<BatchTag | undefined> {
+  static async cutTag(disks: TrackedDisk[], tag: Omit<BatchTag, "time">, kindAtCut?: () => BatchTag["kind"]): Promise<BatchTag | undefined> {
     const locked = async (i: number): Promise<{ committed: Promise<void>[]; tag?: BatchTag }> => {
       if (i < disks.length) return disks[i]!.sealMutex.run(() => locked(i + 1));
       for (const d of disks) await d.readyToSeal();
@@ -245,7 +255,8 @@ export class TrackedDisk extends ReplicatedDisk {
       let cut: BatchTag | undefined;
       try {
         if (disks.every((d) => d.canTag)) {
-          cut = { ...tag, time: new Date().toISOString() };
+          // The kind may be decided at the instant itself (an app tag past its freeze bound is only crash-consistent).
+          cut = { ...tag, ...(kindAtCut ? { kind: kindAtCut() } : {}), time: new Date().toISOString() };
           for (const d of disks) plans.push(d.planUnderLock(undefined, cut));
         }
       } finally {
@@ -258,6 +269,48 @@ export class TrackedDisk extends ReplicatedDisk {
     const { committed, tag: cut } = await locked(0);
     await Promise.all(committed);
     return cut;
+  }
+
+  /**
+   * The group barrier's three steps (see group.ts) on every disk at once: `hold` takes every disk's seal mutex and
+   * write lock (as cutTag does) and keeps them; `cut` seals each disk's open batch carrying the tag, still holding;
+   * `release` lets writes go and hands the sealed batches to the spool. `done` resolves once they are durable there.
+   */
+  static async hold(disks: TrackedDisk[]): Promise<DiskHold> {
+    let letGo!: () => void;
+    const released = new Promise<void>((r) => (letGo = r));
+    let entered!: () => void;
+    const holding = new Promise<void>((r) => (entered = r));
+    let plans: Plan[] = [];
+    let committed: Promise<void>[] = [];
+    let open = true;
+    const locked = async (i: number): Promise<void> => {
+      if (i < disks.length) return disks[i]!.sealMutex.run(() => locked(i + 1));
+      for (const d of disks) await d.readyToSeal();
+      for (const d of disks) await d.gate.enterExclusive();
+      entered();
+      await released;
+    };
+    const all = locked(0);
+    await Promise.race([holding, all]);
+    const handle: DiskHold = {
+      canTag: () => disks.every((d) => d.canTag),
+      cut: (tag) => {
+        if (!open || plans.length > 0 || !disks.every((d) => d.canTag)) return undefined;
+        plans = disks.map((d) => d.planUnderLock(undefined, tag));
+        return plans.every((p) => p.kind === "batch" && p.batch.tag === tag) ? tag : undefined;
+      },
+      release: () => {
+        if (!open) return;
+        open = false;
+        for (const d of disks) d.gate.leaveExclusive();
+        // Still under every disk's seal mutex: the sealed batches enter each disk's pipeline in order.
+        committed = plans.map((p, j) => disks[j]!.carryOut(p));
+        letGo();
+      },
+      done: all.then(() => Promise.all(committed)).then(() => undefined),
+    };
+    return handle;
   }
 
   /**

@@ -1,14 +1,27 @@
 // The benchmarks behind `npm run bench -- <name>`: each writes JSON under bench/results and prints a table.
 import { benchReplication } from "./replication";
+import { benchRecoveryPoints } from "./recovery-points";
 
-export const BENCHMARKS = ["replication"] as const;
+export const BENCHMARKS = ["replication", "recovery-points"] as const;
 export type BenchmarkName = (typeof BENCHMARKS)[number];
 
 export async function runBenchmark(name: string, options: { seconds?: number; log?: (line: string) => void } = {}): Promise<unknown> {
   const log = options.log ?? console.log;
   switch (name) {
     case "replication":
-      return benchReplication({ seconds: options.seconds ?? 30, ratePerDiskMBps: 20, disks: 2, diskSizeMiB: 1024, writeKiB: 64, maxBacklogMiB: 256, log });
+      return benchReplication({ seconds: options.seconds ?? 30, ratePerDiskMBps: 20, disks: 2, diskSizeMiB: 1024, writeKiB: 64, sequentialWriteKiB: 1024, maxBacklogMiB: 256, log });
+    case "recovery-points":
+      // Several tags at the crash-consistent frequency: the run is at least 5 of them.
+      return benchRecoveryPoints({
+        seconds: Math.max(options.seconds ?? 0, 5 * 30),
+        ratePerDiskMBps: 20,
+        disks: 2,
+        diskSizeMiB: 512,
+        writeKiB: 64,
+        crashFrequencySeconds: 30,
+        holdBoundMs: 50,
+        log,
+      });
     default:
       throw new Error(`unknown benchmark '${name}': one of ${BENCHMARKS.join(", ")}`);
   }

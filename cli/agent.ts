@@ -16,6 +16,19 @@ const positiveInt = (what: string) => (v: string) => {
   return n;
 };
 
+/** `--pre-freeze "fsfreeze -f /data"` → ["fsfreeze", "-f", "/data"]: split on whitespace, run without a shell (no quoting). */
+export function parseCommandLine(value: string): string[] {
+  const argv = value.trim().split(/\s+/).filter((a) => a.length > 0);
+  if (argv.length === 0) throw new InvalidArgumentError("expected a command, e.g. \"fsfreeze -f /data\"");
+  return argv;
+}
+
+const freezeSeconds = (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0 || n > 60) throw new InvalidArgumentError("--freeze-timeout must be above 0 and at most 60 seconds");
+  return n;
+};
+
 const mib = (n: number) => `${(n / 1024 / 1024).toFixed(n < 10 * 1024 * 1024 ? 1 : 0)} MiB`;
 
 /** One line: per disk its phase (initial %, resync, bitmap, or replicating), next seq and spool backlog; then open issues. */
@@ -42,6 +55,9 @@ interface AgentCliOptions {
   spoolMaxMb: number;
   uploadConcurrency: number;
   progressInterval: number;
+  preFreeze?: string[];
+  postThaw?: string[];
+  freezeTimeout: number;
 }
 
 /** Adds the `agent` subcommand to the program. */
@@ -55,6 +71,14 @@ export function agentCommand(program: Command): Command {
     .option("--scan-interval <seconds>", "seconds between scan passes", positiveInt("--scan-interval"), 30)
     .option("--spool-max-mb <mib>", "local spool bound; beyond it a disk tracks dirty blocks (bitmap mode) until the spool drains", positiveInt("--spool-max-mb"), 1024)
     .option("--upload-concurrency <n>", "batches uploading at once", positiveInt("--upload-concurrency"), 4)
+    .option(
+      "--pre-freeze <command>",
+      "app-consistent tags: quiesce the workload before each one, e.g. \"fsfreeze -f /data\" (split on whitespace, run without a shell; " +
+        "exit 0 = frozen; a failure or timeout yields a crash-consistent tag and an AppConsistencyFailed warning). Tags need tracked disks",
+      parseCommandLine,
+    )
+    .option("--post-thaw <command>", "run after each app tag whose pre-freeze succeeded, e.g. \"fsfreeze -u /data\" (split on whitespace, no shell)", parseCommandLine)
+    .option("--freeze-timeout <seconds>", "bound on the pre-freeze, the frozen time and the post-thaw (at most 60)", freezeSeconds, 10)
     .option("--progress-interval <seconds>", "seconds between progress lines (printed when something changed)", positiveInt("--progress-interval"), 2)
     .action(async (o: AgentCliOptions, cmd: Command) => {
       const { url, key } = cmd.optsWithGlobals<{ url: string; key?: string }>();
@@ -71,6 +95,9 @@ export function agentCommand(program: Command): Command {
           scanIntervalSeconds: o.scanInterval,
           spoolMaxBytes: o.spoolMaxMb * 1024 * 1024,
           uploadConcurrency: o.uploadConcurrency,
+          ...(o.preFreeze ? { preFreeze: o.preFreeze } : {}),
+          ...(o.postThaw ? { postThaw: o.postThaw } : {}),
+          freezeTimeoutMs: Math.round(o.freezeTimeout * 1000),
           log,
         });
       } catch (e) {
@@ -78,6 +105,7 @@ export function agentCommand(program: Command): Command {
         process.exitCode = 1;
         return;
       }
+      if (o.preFreeze) log("note: --pre-freeze acts on app-consistent tags, which need tracked disks; scanned disks take no tags, so it is not run");
       log(`replicating ${agent.vmName} (item ${agent.itemId}): ${agent.diskIds().join(", ")}; state in ${o.stateDir}; Ctrl-C stops`);
 
       let last = "";

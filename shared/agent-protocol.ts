@@ -14,6 +14,17 @@ const sasEndpoints = {
   queue: z.object({ url: z.string().url(), messageEncoding: z.literal("base64"), expiresOn: z.string() }),
 };
 
+/** The agent's replication group: its secret (HMAC of the barrier's hello), the coordinator, the current members. */
+export const groupInfoSchema = z.object({
+  name: z.string(),
+  secret: z.string(),
+  /** The member with the smallest item id among those that reported where they listen; null while none has. */
+  coordinator: z.object({ itemId: z.string(), host: z.string(), port: z.number().int() }).nullable(),
+  /** Item ids currently in the group. */
+  members: z.array(z.string()),
+});
+export type GroupInfo = z.infer<typeof groupInfoSchema>;
+
 export const registrationResponseSchema = z.object({
   itemId: z.string(),
   vmName: z.string(),
@@ -32,6 +43,7 @@ export const registrationResponseSchema = z.object({
   policy: policySchema,
   replicationGroup: z.string().optional(),
   peers: z.array(z.string()),
+  group: groupInfoSchema.optional(),
   checkinIntervalSeconds: z.number().int().positive(),
 });
 export type RegistrationResponse = z.infer<typeof registrationResponseSchema>;
@@ -45,6 +57,16 @@ export const checkinRequestSchema = z
       .array(z.object({ diskId: z.string().min(1).max(64), resyncId: z.string().min(1).max(64), reason: z.string().max(1000) }).strict())
       .max(65)
       .optional(),
+    /**
+     * The agent's open warnings the item's health should show (e.g. `AppConsistencyFailed`: a pre-freeze script failed).
+     * Every check-in reports all of them: a known code absent from it is cleared on the item.
+     */
+    warnings: z
+      .array(z.object({ code: z.string().regex(/^[A-Za-z][A-Za-z0-9]{0,63}$/), message: z.string().min(1).max(1000) }).strict())
+      .max(16)
+      .optional(),
+    /** Where this agent's group barrier listens (reported by every agent of a group; the coordinator is chosen among them). */
+    groupListen: z.object({ host: z.string().min(1).max(255), port: z.number().int().min(1).max(65535) }).strict().optional(),
   })
   .strict();
 export type CheckinRequest = z.infer<typeof checkinRequestSchema>;
@@ -63,6 +85,7 @@ export const checkinResponseSchema = z.object({
   policy: policySchema,
   /** Differential resyncs the control plane asks for (a corrupt or lost batch halted a disk). */
   resync: z.array(resyncCommandSchema),
+  group: groupInfoSchema.optional(),
   checkinIntervalSeconds: z.number().int().positive(),
 });
 export type CheckinResponse = z.infer<typeof checkinResponseSchema>;

@@ -10,13 +10,14 @@ import {
   manifestRequestSchema,
   RESYNC_BLOCK_BYTES,
   type CheckinResponse,
+  type GroupInfo,
   type ManifestResponse,
   type RegistrationResponse,
   type ResyncCommand,
 } from "./agent-protocol";
 import { seqOfBlobName } from "./batch";
-import { BadRequest, Conflict, isNotFound, NotFound, Unauthorized } from "./errors";
-import { cacheContainerName, ItemStore, raiseIssue, type DiskRecord, type ReplicatedItem } from "./items";
+import { BadRequest, Conflict, isConflict, isNotFound, NotFound, Unauthorized } from "./errors";
+import { cacheContainerName, clearIssues, ItemStore, raiseIssue, type DiskRecord, type ReplicatedItem } from "./items";
 import type { Config } from "./settings";
 import { REPLICATION_QUEUE, TABLES, type Storage } from "./storage";
 
@@ -38,6 +39,22 @@ interface AgentEntity {
   registeredAt: string;
 }
 
+/** A replication group's barrier secret (partition: the group). */
+interface GroupSecretEntity {
+  partitionKey: string;
+  rowKey: "secret";
+  secret: string;
+}
+
+/** Where a group member's agent listens (partition: the group, row: `member|<itemId>`). */
+interface GroupMemberEntity {
+  partitionKey: string;
+  rowKey: string;
+  host: string;
+  port: number;
+  reportedAt: string;
+}
+
 export interface AgentsDeps {
   config: Config;
   storage: Storage;
@@ -46,6 +63,9 @@ export interface AgentsDeps {
 }
 
 const NOT_PROTECTED = new Set(["Enabling", "EnableFailed", "Disabling"]);
+
+/** Agent warnings the item's health shows (Warning severity); other codes an agent reports are ignored. */
+export const AGENT_WARNING_CODES: ReadonlySet<string> = new Set(["AppConsistencyFailed"]);
 
 export class Agents {
   private readonly now: () => Date;
@@ -104,8 +124,9 @@ export class Agents {
       disks: await Promise.all(disks.map(async (d) => ({ id: d.id, role: d.role, sizeBytes: d.sizeBytes, nextSeq: await this.nextSeq(d) }))),
       policy: item.policy,
       ...(item.replicationGroup ? { replicationGroup: item.replicationGroup } : {}),
-      // Replication-group peers (the multi-VM consistency protocol) are not handed out yet.
+      // The group's agents find each other through `group` (its coordinator and members).
       peers: [],
+      ...(item.replicationGroup ? { group: await this.groupInfo(item) } : {}),
       checkinIntervalSeconds: this.deps.config.agent.checkinSeconds,
     };
   }
@@ -134,11 +155,78 @@ export class Agents {
         return i;
       });
     }
+    await this.syncWarnings(item.id, req.warnings ?? [], at);
     const disks = await this.deps.items.listDisks(item.id);
     const resync: ResyncCommand[] = disks
       .filter((d) => d.state === "ResyncRequired" && d.resync?.origin === "apply")
       .map((d) => ({ diskId: d.id, resyncId: d.resync!.id, baseSeq: d.resync!.baseSeq, reason: d.resync!.reason }));
-    return { ...(await this.endpoints(item)), policy: item.policy, resync, checkinIntervalSeconds: this.deps.config.agent.checkinSeconds };
+    if (item.replicationGroup && req.groupListen) await this.recordListen(item.replicationGroup, item.id, req.groupListen);
+    return {
+      ...(await this.endpoints(item)),
+      policy: item.policy,
+      resync,
+      ...(item.replicationGroup ? { group: await this.groupInfo(item) } : {}),
+      checkinIntervalSeconds: this.deps.config.agent.checkinSeconds,
+    };
+  }
+
+  private groups(): Promise<TableClient> {
+    return this.deps.storage.table(TABLES.replicationGroups);
+  }
+
+  /**
+   * Where an agent of the group listens, and when it last said so (each check-in): the row is kept per group, so a
+   * member that moved groups is not reused.
+   */
+  private async recordListen(group: string, itemId: string, at: { host: string; port: number }): Promise<void> {
+    const t = await this.groups();
+    await t.upsertEntity<GroupMemberEntity>({ partitionKey: group, rowKey: `member|${itemId}`, host: at.host, port: at.port, reportedAt: this.now().toISOString() }, "Replace");
+  }
+
+  /** The group's secret (256 random bits, created on first need), its members, and its coordinator. */
+  async groupInfo(item: ReplicatedItem): Promise<GroupInfo> {
+    const name = item.replicationGroup!;
+    const t = await this.groups();
+    let secret: string | undefined = (await t.getEntity<GroupSecretEntity>(name, "secret").catch((e) => (isNotFound(e) ? undefined : Promise.reject(e))))?.secret;
+    if (!secret) {
+      const fresh = randomBytes(32).toString("base64url");
+      // Two agents asking at once: the first insert wins, the other reads it.
+      secret = await t.createEntity<GroupSecretEntity>({ partitionKey: name, rowKey: "secret", secret: fresh }).then(
+        () => fresh,
+        async (e) => (isConflict(e) ? (await t.getEntity<GroupSecretEntity>(name, "secret")).secret : Promise.reject(e)),
+      );
+    }
+    const members = (await this.deps.items.list())
+      .filter((i) => i.replicationGroup === name && !NOT_PROTECTED.has(i.state))
+      .map((i) => i.id)
+      .sort();
+    const listening = new Map<string, GroupMemberEntity>();
+    const id = name.replace(/'/g, "''");
+    // An agent that stopped checking in (three intervals) is not a coordinator: the group moves on to the next one.
+    const alive = this.now().getTime() - 3 * this.deps.config.agent.checkinSeconds * 1000;
+    for await (const e of t.listEntities<GroupMemberEntity>({ queryOptions: { filter: `PartitionKey eq '${id}' and RowKey ge 'member|' and RowKey lt 'member|~'` } })) {
+      if (Date.parse(e.reportedAt) >= alive) listening.set(e.rowKey.slice("member|".length), e);
+    }
+    // Deterministic: the member with the smallest item id among the live ones that said where they listen.
+    const first = members.find((m) => listening.has(m));
+    const at = first ? listening.get(first)! : undefined;
+    return { name, secret: secret!, coordinator: first && at ? { itemId: first, host: at.host, port: at.port } : null, members };
+  }
+
+  /**
+   * The item's agent-warning issues follow the check-in: each reported known code is raised (or reworded), each known
+   * code not reported is cleared. The item is written only when its health changes, so repeated check-ins are no-ops.
+   */
+  private async syncWarnings(itemId: string, warnings: { code: string; message: string }[], at: string): Promise<void> {
+    const reported = new Map(warnings.filter((w) => AGENT_WARNING_CODES.has(w.code)).map((w) => [w.code, w.message]));
+    await this.deps.items.updateItem(itemId, (i) => {
+      const before = JSON.stringify(i.health);
+      clearIssues(i, (x) => AGENT_WARNING_CODES.has(x.code) && x.diskId === undefined && !reported.has(x.code));
+      for (const [code, message] of reported) raiseIssue(i, { code, severity: "Warning", message: `agent: ${message}`, since: at });
+      if (JSON.stringify(i.health) === before) return undefined;
+      i.updatedAt = at;
+      return i;
+    });
   }
 
   /** CRC32C of each 64 KiB block of the replica at the resync's base watermark, for a differential resync. */

@@ -121,8 +121,11 @@ export type ApplyStop =
   | "gone"; // the item, disk, replica or cache no longer exists
 
 export interface ApplyOutcome {
-  /** `noop`: nothing to do for this message; `busy`: another processor holds the lease, message re-announced; `ran`: this call held the lease. */
-  result: "noop" | "busy" | "ran";
+  /**
+   * `noop`: nothing to do for this message; `busy`: another processor holds the lease, message re-announced;
+   * `ran`: this call held the lease; `joined`: a run for the disk was already going in this process, which will look again.
+   */
+  result: "noop" | "busy" | "ran" | "joined";
   /** The watermark when the call ended (undefined when the replica does not exist). */
   watermark?: number;
   /** Batches written by this call. */
@@ -186,12 +189,45 @@ function splitWrites(writes: { offset: number; data: Buffer }[], chunk: number):
   return out;
 }
 
+/** Runs in progress in this process, per disk: a message for a disk already being applied asks that run to look again. */
+const running = new Map<string, { again: boolean; seq: number }>();
+/** Stops after which looking again at once is pointless (or wrong). */
+const FINAL_STOPS: ReadonlySet<ApplyStop | undefined> = new Set(["corrupt", "fenced", "disabled", "gone", "bound"]);
+
 /**
  * Applies every contiguous batch above the replica's watermark for the message's disk. Never throws for a lost
  * race (another processor holds the lease, or fenced us out) or a corrupt batch; rethrows storage failures so the
  * host retries the message.
+ *
+ * Messages for one disk arrive in bursts (one per batch) and the host runs them concurrently: within a process they
+ * join the run already going instead of contending for the lease, which would only re-announce them and wait.
  */
 export async function applyBatches(deps: ApplyDeps, message: BatchMessage): Promise<ApplyOutcome> {
+  const key = `${message.itemId}/${message.diskId}`;
+  const current = running.get(key);
+  if (current) {
+    current.again = true;
+    current.seq = Math.max(current.seq, message.seq);
+    return { result: "joined", applied: 0 };
+  }
+  const slot = { again: false, seq: message.seq };
+  running.set(key, slot);
+  try {
+    let applied = 0;
+    for (;;) {
+      slot.again = false;
+      // The highest batch announced so far: a run for it applies everything contiguous below it too.
+      const outcome = await applyOnce(deps, { ...message, seq: slot.seq });
+      applied += outcome.applied;
+      // Checked and left in one synchronous step: a message arriving after this either sets `again` first or starts a new run.
+      if (!slot.again || outcome.result === "busy" || FINAL_STOPS.has(outcome.stop)) return { ...outcome, applied };
+    }
+  } finally {
+    running.delete(key);
+  }
+}
+
+async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyOutcome> {
   const limits = { ...DEFAULT_APPLY_LIMITS, ...deps.limits };
   const log = deps.log ?? (() => undefined);
   const { itemId, diskId } = message;

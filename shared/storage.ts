@@ -17,6 +17,7 @@ export const TABLES = {
   fabric: "FabricResources",
   recoveryPoints: "RecoveryPoints",
   tagArrivals: "TagArrivals",
+  replicationGroups: "ReplicationGroups",
 } as const;
 export type TableName = (typeof TABLES)[keyof typeof TABLES];
 

@@ -74,6 +74,24 @@ describe("agent check-in and resync manifests", () => {
     assert.equal(unknown.status, 400);
   });
 
+  test("agent warnings: a reported AppConsistencyFailed becomes an item Warning, others are ignored, a check-in without it clears it", async () => {
+    const { item, reg } = await registered("ck-warn");
+    const checkin = (warnings?: unknown) => stack.api("POST", "agents/checkin", { itemId: item.id, agentKey: reg.agentKey, ...(warnings ? { warnings } : {}) });
+    const issues = async () => (await stack.api("GET", `replicated-items/${item.id}`)).body.health;
+    assert.equal((await checkin([{ code: "AppConsistencyFailed", message: "pre-freeze exited with code 1" }, { code: "SomethingElse", message: "x" }])).status, 200);
+    const raised = await issues();
+    assert.equal(raised.status, "Warning");
+    assert.deepEqual(raised.issues.map((i: { code: string; severity: string }) => [i.code, i.severity]), [["AppConsistencyFailed", "Warning"]]);
+    assert.match(raised.issues[0].message, /code 1/);
+    assert.equal((await checkin([{ code: "AppConsistencyFailed", message: "pre-freeze exited with code 1" }])).status, 200);
+    assert.deepEqual(await issues(), raised, "the same report again changes nothing");
+    for (const bad of [[{ code: "AppConsistencyFailed", message: "x".repeat(1001) }], [{ code: "AppConsistencyFailed", message: "m", extra: 1 }], Array(17).fill({ code: "A", message: "m" }), [{ code: "no spaces", message: "m" }]]) {
+      assert.equal((await checkin(bad)).status, 400, JSON.stringify(bad).slice(0, 80));
+    }
+    assert.equal((await checkin()).status, 200);
+    assert.deepEqual(await issues(), { status: "Healthy", issues: [] });
+  });
+
   test("a halted disk is handed to the agent as a resync, with the replica's block checksums at its base", async () => {
     const { item, reg } = await registered("ck-4");
     const replica = (await stack.services.storage.replicas()).getPageBlobClient(`${item.id}/data0.vhd`);

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import assert from "node:assert/strict";
 import { InvocationContext } from "@azure/functions";
-import { Agent } from "../../agent";
+import { Agent, type AgentOptions } from "../../agent";
 import type { BatchMessage } from "../../shared/batch";
 import { replicaBlobName } from "../../shared/items";
 import { functionTable } from "../../functions/table";
@@ -42,7 +42,8 @@ export interface E2eVm {
   images: Record<string, string>;
   stateDir: string;
   agent?: Agent;
-  startAgent(opts?: { checkinIntervalMs?: number }): Promise<Agent>;
+  /** Options beyond the defaults below (check-in interval, tag intervals, freeze commands, ...). */
+  startAgent(opts?: Partial<Omit<AgentOptions, "url" | "token" | "stateDir" | "disks">>): Promise<Agent>;
   cleanup(): Promise<void>;
 }
 
@@ -65,8 +66,9 @@ export async function protectVm(stack: StackLike, name: string, diskMiB = 64): P
         disks: Object.entries(vm.images).map(([id, path]) => ({ id, path, kind: "tracked" as const })),
         sealIntervalMs: 100,
         maxBatchBytes: 1 * MiB,
-        checkinIntervalMs: opts.checkinIntervalMs ?? 500,
         heartbeatIntervalMs: 500,
+        ...opts,
+        checkinIntervalMs: opts.checkinIntervalMs ?? 500,
       });
       return vm.agent;
     },
