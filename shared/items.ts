@@ -158,6 +158,29 @@ export function vmKey(vm: { region: string; resourceGroup: string; name: string 
 export const replicaBlobName = (itemId: string, diskId: string) => `${itemId}/${diskId}.vhd`;
 export const cacheContainerName = (itemId: string) => `cache-${itemId}`;
 
+/**
+ * Optimistic concurrency on one entity: read it with its ETag, change a copy, write it only if unchanged (412
+ * otherwise, then again). `change` returning undefined means "nothing to write".
+ */
+async function readModifyWrite<T>(
+  read: () => Promise<{ value: T; etag: string } | undefined>,
+  write: (value: T, etag: string) => Promise<unknown>,
+  change: (value: T) => T | undefined,
+): Promise<T | undefined> {
+  for (let attempt = 0; ; attempt++) {
+    const found = await read();
+    if (!found) return undefined;
+    const next = change(structuredClone(found.value));
+    if (!next) return found.value;
+    try {
+      await write(next, found.etag);
+      return next;
+    } catch (e) {
+      if (storageStatus(e) !== 412 || attempt >= 20) throw e;
+    }
+  }
+}
+
 export class ItemStore {
   constructor(private readonly storage: Storage) {}
 
@@ -276,58 +299,48 @@ export class ItemStore {
   }
 
   /** Read-modify-write of one disk record, retried when another writer got there first. */
-  async updateDisk(itemId: string, diskId: string, change: (d: DiskRecord) => DiskRecord | undefined): Promise<DiskRecord | undefined> {
-    for (let attempt = 0; ; attempt++) {
-      const found = await this.getDisk(itemId, diskId);
-      if (!found) return undefined;
-      const next = change(structuredClone(found.disk));
-      if (!next) return found.disk;
-      try {
-        await this.putDisk(next, found.etag);
-        return next;
-      } catch (e) {
-        if (storageStatus(e) !== 412 || attempt >= 20) throw e;
-      }
-    }
+  updateDisk(itemId: string, diskId: string, change: (d: DiskRecord) => DiskRecord | undefined): Promise<DiskRecord | undefined> {
+    return readModifyWrite(
+      async () => {
+        const f = await this.getDisk(itemId, diskId);
+        return f && { value: f.disk, etag: f.etag };
+      },
+      (d, etag) => this.putDisk(d, etag),
+      change,
+    );
   }
 
   /** Read-modify-write of the item, retried on a concurrent update. */
-  async updateItem(itemId: string, change: (i: ReplicatedItem) => ReplicatedItem | undefined): Promise<ReplicatedItem | undefined> {
-    for (let attempt = 0; ; attempt++) {
-      const found = await this.get(itemId);
-      if (!found) return undefined;
-      const next = change(structuredClone(found.item));
-      if (!next) return found.item;
-      try {
-        await this.put(next, found.etag);
-        return next;
-      } catch (e) {
-        if (storageStatus(e) !== 412 || attempt >= 20) throw e;
-      }
-    }
+  updateItem(itemId: string, change: (i: ReplicatedItem) => ReplicatedItem | undefined): Promise<ReplicatedItem | undefined> {
+    return readModifyWrite(
+      async () => {
+        const f = await this.get(itemId);
+        return f && { value: f.item, etag: f.etag };
+      },
+      (i, etag) => this.put(i, etag),
+      change,
+    );
   }
 
   /**
    * Read-modify-write of the item with its disks read after the item, retried on a concurrent update: two disks
    * finishing at once each see the other's record on some attempt, so the item never keeps a stale state.
    */
-  async updateItemWithDisks(
+  updateItemWithDisks(
     itemId: string,
     change: (i: ReplicatedItem, disks: DiskRecord[]) => ReplicatedItem | undefined,
   ): Promise<ReplicatedItem | undefined> {
-    for (let attempt = 0; ; attempt++) {
-      const found = await this.get(itemId);
-      if (!found) return undefined;
-      const disks = await this.listDisks(itemId);
-      const next = change(structuredClone(found.item), disks);
-      if (!next) return found.item;
-      try {
-        await this.put(next, found.etag);
-        return next;
-      } catch (e) {
-        if (storageStatus(e) !== 412 || attempt >= 20) throw e;
-      }
-    }
+    let disks: DiskRecord[] = [];
+    return readModifyWrite(
+      async () => {
+        const f = await this.get(itemId);
+        if (!f) return undefined;
+        disks = await this.listDisks(itemId);
+        return { value: f.item, etag: f.etag };
+      },
+      (i, etag) => this.put(i, etag),
+      (i) => change(i, disks),
+    );
   }
 
   async deleteDisks(itemId: string): Promise<void> {
