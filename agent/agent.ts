@@ -377,7 +377,9 @@ export class Agent {
     // Nothing is frozen for a tag that cannot be cut (scanned disks, initial replication, resync, bitmap mode).
     const all = [...this.disks.values()];
     if (all.length === 0 || !all.every((d) => d instanceof TrackedDisk && d.canTag)) return undefined;
-    return appConsistentTag({
+    const warning = () => this.health.list().find((i) => i.code === APP_CONSISTENCY_FAILED)?.message;
+    const before = warning();
+    const tag = await appConsistentTag({
       preFreeze: this.opts.preFreeze,
       ...(this.opts.postThaw ? { postThaw: this.opts.postThaw } : {}),
       freezeTimeoutMs: this.opts.freezeTimeoutMs ?? DEFAULT_FREEZE_TIMEOUT_MS,
@@ -392,6 +394,9 @@ export class Agent {
         return tag;
       },
     });
+    // The item's health should not wait for the next interval to show (or drop) the warning.
+    if (warning() !== before) this.checkinSignal.notify();
+    return tag;
   }
 
   /** Stops uploading (the spool fills; past its bound disks switch to bitmap mode). For maintenance windows and tests. */

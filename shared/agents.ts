@@ -155,7 +155,7 @@ export class Agents {
         return i;
       });
     }
-    await this.syncWarnings(item.id, req.warnings ?? [], at);
+    await this.syncWarnings(item, req.warnings ?? [], at);
     const disks = await this.deps.items.listDisks(item.id);
     const resync: ResyncCommand[] = disks
       .filter((d) => d.state === "ResyncRequired" && d.resync?.origin === "apply")
@@ -217,9 +217,11 @@ export class Agents {
    * The item's agent-warning issues follow the check-in: each reported known code is raised (or reworded), each known
    * code not reported is cleared. The item is written only when its health changes, so repeated check-ins are no-ops.
    */
-  private async syncWarnings(itemId: string, warnings: { code: string; message: string }[], at: string): Promise<void> {
+  private async syncWarnings(item: ReplicatedItem, warnings: { code: string; message: string }[], at: string): Promise<void> {
     const reported = new Map(warnings.filter((w) => AGENT_WARNING_CODES.has(w.code)).map((w) => [w.code, w.message]));
-    await this.deps.items.updateItem(itemId, (i) => {
+    // The usual check-in: nothing reported, nothing open — no second read of the item.
+    if (reported.size === 0 && !item.health.issues.some((x) => AGENT_WARNING_CODES.has(x.code))) return;
+    await this.deps.items.updateItem(item.id, (i) => {
       const before = JSON.stringify(i.health);
       clearIssues(i, (x) => AGENT_WARNING_CODES.has(x.code) && x.diskId === undefined && !reported.has(x.code));
       for (const [code, message] of reported) raiseIssue(i, { code, severity: "Warning", message: `agent: ${message}`, since: at });
