@@ -84,6 +84,7 @@ export async function benchRecoveryPoints(o: RecoveryPointsBenchOptions) {
   const work = mkdtempSync(join(stack.dir, "vms-"));
   const agents: Agent[] = [];
   const group = "bench-group";
+  let aborted = 0;
   try {
     const items = [await enable(stack, o, "bench-a", "10.1.0.4", group), await enable(stack, o, "bench-b", "10.1.0.5", group)];
     for (const [i, item] of items.entries()) {
@@ -96,6 +97,10 @@ export async function benchRecoveryPoints(o: RecoveryPointsBenchOptions) {
           groupPort: 0,
           groupHost: "127.0.0.1",
           groupHoldBoundMs: o.holdBoundMs,
+          log: (line) => {
+            if (/group tag .* aborted/.test(line)) aborted++;
+            if (/group|tag/.test(line)) o.log(`  agent ${i}: ${line}`);
+          },
         }),
       );
     }
@@ -106,6 +111,7 @@ export async function benchRecoveryPoints(o: RecoveryPointsBenchOptions) {
       await new Promise((r) => setTimeout(r, 100));
     }
     const startedAt = new Date();
+    aborted = 0;
     const holdsBefore = agents.map((a) => a.groupHoldsMs().length);
     const meter = new ProcessMeter();
     const end = performance.now() + o.seconds * 1000;
@@ -135,6 +141,8 @@ export async function benchRecoveryPoints(o: RecoveryPointsBenchOptions) {
       options: { ...o, log: undefined },
       writtenMB: round(written / 1e6, 1),
       groupPoints: points.length,
+      /** Group tags aborted (a member's prepare ack missed the hold bound): the coordinator cut a VM tag instead. */
+      abortedGroupTags: aborted,
       cadence: { policySeconds: o.crashFrequencySeconds, meanSeconds: intervals.length ? round(intervals.reduce((a, b) => a + b, 0) / intervals.length, 1) : null, maxSeconds: intervals.length ? round(Math.max(...intervals), 1) : null },
       sealLag: { p50s: round(percentile(lags, 50), 2), p99s: round(percentile(lags, 99), 2) },
       writeHold: { samples: holds.length, p50ms: round(percentile(holds, 50), 2), p99ms: round(percentile(holds, 99), 2), maxMs: round(Math.max(0, ...holds), 2), boundMs: o.holdBoundMs },
@@ -144,10 +152,11 @@ export async function benchRecoveryPoints(o: RecoveryPointsBenchOptions) {
     const file = writeResults("recovery-points", result);
     o.log(
       table(
-        ["group points", "cadence mean s (policy)", "seal lag p50 s", "seal lag p99 s", "write hold p50 ms", "write hold p99 ms", "hold bound ms"],
+        ["group points", "aborted tags", "cadence mean s (policy)", "seal lag p50 s", "seal lag p99 s", "write hold p50 ms", "write hold p99 ms", "hold bound ms"],
         [
           [
             result.groupPoints,
+            result.abortedGroupTags,
             `${result.cadence.meanSeconds ?? "-"} (${o.crashFrequencySeconds})`,
             result.sealLag.p50s,
             result.sealLag.p99s,
