@@ -11,6 +11,8 @@ import { machine, percentile, ProcessMeter, round, startBenchStack, table, write
 const MiB = 1024 * 1024;
 /** The last MiB of each disk holds the lag marker; the workload writes below it. */
 const MARKER_REGION = MiB;
+/** Writers per disk, so that a write never waits on another's acknowledgement alone. */
+const WRITERS_PER_DISK = 2;
 
 export interface ReplicationBenchOptions {
   seconds: number;
@@ -152,7 +154,8 @@ async function phase(
     let cursor = Math.floor((stream * slots) / 2);
     while (performance.now() < end) {
       if (paced) {
-        const due = t0 + (mine / (o.ratePerDiskMBps * 1e6)) * 1000;
+        // Two writers share a disk's rate.
+        const due = t0 + (mine / ((o.ratePerDiskMBps * 1e6) / WRITERS_PER_DISK)) * 1000;
         const wait = due - performance.now();
         if (wait > 0) await new Promise((r) => setTimeout(r, wait));
       } else {
@@ -166,7 +169,7 @@ async function phase(
     }
   };
   // Two writers per disk, so a write never waits on another's acknowledgement alone.
-  await Promise.all(diskIds.flatMap((id) => [writer(id, 0), writer(id, 1)]));
+  await Promise.all(diskIds.flatMap((id) => Array.from({ length: WRITERS_PER_DISK }, (_, i) => writer(id, i))));
   const last = await probe.mark();
   const appliedAt = await probe.reached(last, 600_000);
   const usage = meter.stop();
