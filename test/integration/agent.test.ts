@@ -7,6 +7,7 @@ import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Agent } from "../../agent";
+import { randomBytes, rng } from "../support/batches";
 import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
 import { crc32c } from "@node-rs/crc32";
@@ -18,24 +19,10 @@ import { assertContiguous, readHeartbeat, replayBatches, replayDisk, spoolBatche
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-/** Deterministic bytes (xorshift), so that a failure replays. */
-export function prng(seed: number) {
-  let x = seed >>> 0 || 1;
-  const next = () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 2 ** 32;
-  };
-  const bytes = (n: number) => {
-    const b = Buffer.alloc(n);
-    for (let i = 0; i + 4 <= n; i += 4) b.writeUInt32LE(Math.floor(next() * 2 ** 32), i);
-    for (let i = n - (n % 4); i < n; i++) b[i] = Math.floor(next() * 256);
-    return b;
-  };
-  return { next, bytes, int: (n: number) => Math.floor(next() * n) };
+/** Deterministic numbers and bytes, so that a failure replays. */
+function prng(seed: number) {
+  const next = rng(seed);
+  return { next, bytes: (n: number) => randomBytes(next, n), int: (n: number) => Math.floor(next() * n) };
 }
 
 function writeAt(path: string, offset: number, data: Buffer): void {

@@ -1,5 +1,6 @@
 // A process that writes through a tracked disk as fast as it can, for tests that kill it mid-stream (run with --agent-writer).
 import { Agent } from "../../agent";
+import { rng } from "./batches";
 
 const KiB = 1024;
 
@@ -13,21 +14,14 @@ async function main(url: string, token: string, stateDir: string, image: string,
     maxBatchBytes: 256 * KiB,
     checkinIntervalMs: 1000,
   });
-  let x = seed >>> 0 || 1;
-  const next = () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 2 ** 32;
-  };
+  const next = rng(seed);
   const disk = agent.trackedDisk("os");
   console.log("started");
   for (let round = 1; ; round++) {
     await Promise.all(
       Array.from({ length: 8 }, () => {
-        const len = 1 + Math.floor(next() * 32 * KiB);
+        // At least 4 bytes: each write carries its round number.
+        const len = 4 + Math.floor(next() * (32 * KiB - 4));
         const data = Buffer.alloc(len, Math.floor(next() * 256));
         data.writeUInt32LE(round, 0);
         return disk.write(Math.floor(next() * (disk.sizeBytes - len)), data);

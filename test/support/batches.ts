@@ -19,7 +19,8 @@ export function rng(seed: number): () => number {
 
 export function randomBytes(next: () => number, n: number): Buffer {
   const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i += 4) b.writeUInt32LE(Math.floor(next() * 4294967296), i);
+  for (let i = 0; i + 4 <= n; i += 4) b.writeUInt32LE(Math.floor(next() * 4294967296), i);
+  for (let i = n - (n % 4); i < n; i++) b[i] = Math.floor(next() * 256);
   return b;
 }
 
