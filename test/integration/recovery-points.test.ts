@@ -172,4 +172,38 @@ describe("recovery points", () => {
     assert.deepEqual(await stack.services.points.listPartition(`vm|${id}`), []);
     assert.equal(await snapshotExists(id, "os", os.snapshot), false);
   });
+
+  test("RPO health: Critical without a point for RPO_CRITICAL_MINUTES, Warning when app-consistent points are overdue, both clear", async () => {
+    const id = await enable("rp-health", { policy: { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 300, appConsistentFrequencyMinutes: 60 } });
+    await stack.services.items.updateItem(id, (i) => ({ ...i, state: "Protected" }));
+    const item = (await stack.services.items.get(id))!.item;
+    const seal = (atMs: number) =>
+      sealRecoveryPoints({ items: stack.services.items, points: stack.services.points, rpoCriticalMinutes: 60, now: () => new Date(atMs) });
+    const health = async () => (await stack.api("GET", `replicated-items/${id}`)).body.health;
+
+    // Two hours after protection began with no point at all: Critical, and app-consistent points are overdue (2 × 60 min).
+    const later = Date.parse(item.createdAt) + 121 * 60_000;
+    await seal(later);
+    let h = await health();
+    assert.equal(h.status, "Critical");
+    assert.deepEqual(h.issues.map((i: { code: string }) => i.code).sort(), ["AppConsistentPointOverdue", "NoRecentRecoveryPoint"]);
+
+    // A fresh crash-consistent point clears the Critical; the app-consistent warning stays.
+    const crash = tag({ time: new Date(later - 60_000).toISOString() });
+    await arrive(id, "os", crash);
+    await arrive(id, "data0", crash);
+    await seal(later);
+    h = await health();
+    assert.equal(h.status, "Warning");
+    assert.deepEqual(h.issues.map((i: { code: string }) => i.code), ["AppConsistentPointOverdue"]);
+
+    // An app-consistent point clears the warning.
+    const app = tag({ kind: "app", time: new Date(later - 30_000).toISOString() });
+    await arrive(id, "os", app);
+    await arrive(id, "data0", app);
+    await seal(later);
+    h = await health();
+    assert.equal(h.status, "Healthy");
+    assert.deepEqual(h.issues, []);
+  });
 });
