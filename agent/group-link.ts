@@ -36,6 +36,13 @@ class DisksParticipant implements BarrierParticipant {
 
   constructor(private readonly link: GroupLink) {}
 
+  /** Waits out seals in progress and spool room on every disk, holding nothing, so that `hold` only stops writes. */
+  async ready(): Promise<void> {
+    const disks = this.link.opts.disks();
+    if (!disks) throw new Error("some disk is scanned: no instant to cut");
+    await TrackedDisk.ready(disks);
+  }
+
   async hold(): Promise<void> {
     await this.link.opts.beforeHold?.();
     const disks = this.link.opts.disks();

@@ -7,6 +7,11 @@ export const GROUP_PORT = 20004;
 
 /** What a member does at each phase; `hold` must stop new writes from being acknowledged until `release`. */
 export interface BarrierParticipant {
+  /**
+   * Gets ready to hold without holding anything (waits out a seal in progress, spool room): so that `hold`, whose
+   * time is bounded, only has to stop writes.
+   */
+  ready?(): Promise<void>;
   hold(): Promise<void>;
   /** Seals every disk with the tag, still holding writes. */
   cut(tag: { id: string; kind: TagKind; time: string; members: string[] }): Promise<void>;
@@ -16,6 +21,8 @@ export interface BarrierParticipant {
 type Message =
   | { type: "hello"; itemId: string; nonce: string; mac: string }
   | { type: "welcome"; mac: string }
+  | { type: "ready"; tagId: string }
+  | { type: "readied"; tagId: string }
   | { type: "prepare"; tagId: string; kind: TagKind; holdMs: number }
   | { type: "prepared"; tagId: string }
   | { type: "commit"; tagId: string; kind: TagKind; time: string; members: string[] }
@@ -119,7 +126,17 @@ export class GroupCoordinator {
   private allowed: Set<string> | undefined;
 
   constructor(
-    private readonly opts: { itemId: string; secret: string; port?: number; host?: string; holdBoundMs?: number; participant: BarrierParticipant },
+    private readonly opts: {
+      itemId: string;
+      secret: string;
+      port?: number;
+      host?: string;
+      /** Writes are held at most this long (prepare → release). */
+      holdBoundMs?: number;
+      /** Getting ready (no writes held) may take this long before the tag is aborted. */
+      readyBoundMs?: number;
+      participant: BarrierParticipant;
+    },
   ) {}
 
   get port(): number {
@@ -174,12 +191,28 @@ export class GroupCoordinator {
     const bound = this.opts.holdBoundMs ?? 50;
     const tagId = randomUUID();
     const peers = [...this.members.entries()];
-    const started = performance.now();
+    let started = performance.now();
     const abort = (reason: string): GroupTagOutcome => {
       for (const [, ch] of peers) ch.send({ type: "abort", tagId, reason });
       this.opts.participant.release();
       return { tagId, committed: false, members: [], holdMs: performance.now() - started, reason };
     };
+    // Phase 0, unbounded by the hold bound: everyone gets ready, nobody holds writes yet.
+    for (const [, ch] of peers) ch.send({ type: "ready", tagId });
+    const readyBound = this.opts.readyBoundMs ?? 2_000;
+    try {
+      await this.opts.participant.ready?.();
+    } catch (e) {
+      for (const [, ch] of peers) ch.send({ type: "abort", tagId, reason: "the coordinator cannot get ready" });
+      return { tagId, committed: false, members: [], holdMs: 0, reason: `the coordinator cannot get ready: ${(e as Error).message}` };
+    }
+    const readied = await Promise.all(peers.map(([, ch]) => ch.expect((x) => x.type === "readied" && x.tagId === tagId, readyBound)));
+    const unready = peers.filter((_, i) => !readied[i]).map(([id]) => id);
+    if (unready.length > 0) {
+      for (const [, ch] of peers) ch.send({ type: "abort", tagId, reason: "not every member got ready" });
+      return { tagId, committed: false, members: [], holdMs: 0, reason: `not ready within ${readyBound} ms: ${unready.join(", ")}` };
+    }
+    started = performance.now();
     for (const [, ch] of peers) ch.send({ type: "prepare", tagId, kind, holdMs: bound });
     try {
       await this.opts.participant.hold();
@@ -260,7 +293,14 @@ export class GroupMember {
 
   private async handle(m: Message): Promise<void> {
     const ch = this.ch!;
-    if (m.type === "prepare") {
+    if (m.type === "ready") {
+      try {
+        await this.opts.participant.ready?.();
+      } catch {
+        return; // no ack: the coordinator aborts the tag
+      }
+      ch.send({ type: "readied", tagId: m.tagId });
+    } else if (m.type === "prepare") {
       try {
         await this.opts.participant.hold();
       } catch {

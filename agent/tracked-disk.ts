@@ -276,6 +276,14 @@ export class TrackedDisk extends ReplicatedDisk {
    * write lock (as cutTag does) and keeps them; `cut` seals each disk's open batch carrying the tag, still holding;
    * `release` lets writes go and hands the sealed batches to the spool. `done` resolves once they are durable there.
    */
+  /** Resolves when no seal is in progress on any disk and each has spool room: a hold that follows is quick. Holds nothing. */
+  static async ready(disks: TrackedDisk[]): Promise<void> {
+    for (const d of disks) {
+      await d.sealMutex.run(async () => {});
+      await d.readyToSeal();
+    }
+  }
+
   static async hold(disks: TrackedDisk[]): Promise<DiskHold> {
     let letGo!: () => void;
     const released = new Promise<void>((r) => (letGo = r));
