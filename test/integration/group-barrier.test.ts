@@ -7,6 +7,12 @@ class Recorder implements BarrierParticipant {
   holds: { from: number; to?: number }[] = [];
   cuts: { id: string; time: string; members: string[] }[] = [];
   holdDelayMs = 0;
+  readyDelayMs = 0;
+  readies = 0;
+  async ready() {
+    if (this.readyDelayMs) await new Promise((r) => setTimeout(r, this.readyDelayMs));
+    this.readies++;
+  }
   async hold() {
     if (this.holdDelayMs) await new Promise((r) => setTimeout(r, this.holdDelayMs));
     this.holds.push({ from: performance.now() });
@@ -63,6 +69,24 @@ test("a member that stalls in prepare aborts the tag for all, nobody cuts, write
     g.parts[2]!.holdDelayMs = 0;
     const next = await g.coordinator.tag("crash");
     assert.equal(next.committed, true, next.reason);
+  } finally {
+    await g.close();
+  }
+});
+
+test("a member slow to get ready (holding nothing) does not abort the tag, and nobody's writes wait for it", async () => {
+  const bound = 100;
+  const g = await group(3, bound);
+  try {
+    g.parts[1]!.readyDelayMs = 300;
+    const out = await g.coordinator.tag("crash");
+    assert.equal(out.committed, true, out.reason);
+    for (let i = 0; i < 100 && g.parts.some((p) => p.cuts.length === 0); i++) await new Promise((r) => setTimeout(r, 10));
+    for (const p of g.parts) {
+      assert.equal(p.readies, 1, "every member got ready first");
+      assert.equal(p.cuts[0]?.id, out.tagId);
+      assert.ok(p.heldLongestMs() <= bound + 50, `held ${p.heldLongestMs()} ms`);
+    }
   } finally {
     await g.close();
   }
