@@ -284,6 +284,12 @@ export class RecoveryPoints {
   /** Everything of an item (disable, commit): its points and arrivals; group points that include it lose it. */
   async deleteAllOf(item: ReplicatedItem): Promise<void> {
     for (const p of await this.listPartition(vmPartition(item.id))) await this.deletePoint(vmPartition(item.id), p);
+    // A group point without one of its members can no longer bring the group back: it goes too (the other
+    // members keep their snapshots where their own VM points still use them).
+    if (item.replicationGroup) {
+      const partition = groupPartition(item.replicationGroup);
+      for (const p of await this.listPartition(partition)) if (p.members?.includes(item.id)) await this.deletePoint(partition, p);
+    }
     await this.expireArrivals(item.id, MAX_TIME);
   }
 }

@@ -163,6 +163,25 @@ describe("recovery points", () => {
     assert.equal(mismatch.body.error.details.itemId, a);
   });
 
+  test("disabling a group member removes the group points it was part of; the others keep their VM points and snapshots", async () => {
+    const a = await enable("del-g1", { replicationGroup: "del-tier" });
+    const b = await enable("del-g2", { replicationGroup: "del-tier" });
+    const t = tag({ scope: "group", group: "del-tier", members: [a, b] });
+    const bSnaps: { disk: string; snapshot: string }[] = [];
+    for (const id of [a, b]) {
+      for (const disk of ["os", "data0"]) {
+        const r = await arrive(id, disk, t);
+        if (id === b) bSnaps.push({ disk, snapshot: r.snapshot });
+      }
+    }
+    assert.equal((await stack.services.points.listPartition("group|del-tier")).length, 1);
+    assert.equal((await stack.api("DELETE", `replicated-items/${a}`)).status, 202);
+    assert.deepEqual(await stack.services.points.listPartition("group|del-tier"), []);
+    const bItem = (await stack.services.items.get(b))!.item;
+    assert.deepEqual((await stack.services.points.listForItem(bItem)).map((p) => [p.id, p.scope]), [[t.id, "vm"]]);
+    for (const s of bSnaps) assert.ok(await snapshotExists(b, s.disk, s.snapshot), `${s.disk} snapshot kept for b's VM point`);
+  });
+
   test("disabling an item removes its recovery points and their snapshots", async () => {
     const id = await enable("rp-del");
     const t = tag();
