@@ -65,5 +65,3 @@ export async function startHostProcess(env: NodeJS.ProcessEnv, opts: { port?: nu
   };
   return { url, port, child, output: () => output, kill: () => end("SIGKILL"), stop: () => end("SIGTERM") };
 }
-
-
