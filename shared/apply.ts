@@ -212,19 +212,26 @@ export async function applyBatches(deps: ApplyDeps, message: BatchMessage): Prom
   }
   const slot = { again: false, seq: message.seq };
   running.set(key, slot);
+  let applied = 0;
+  let outcome: ApplyOutcome;
   try {
-    let applied = 0;
     for (;;) {
       slot.again = false;
       // The highest batch announced so far: a run for it applies everything contiguous below it too.
-      const outcome = await applyOnce(deps, { ...message, seq: slot.seq });
+      outcome = await applyOnce(deps, { ...message, seq: slot.seq });
       applied += outcome.applied;
-      // Checked and left in one synchronous step: a message arriving after this either sets `again` first or starts a new run.
-      if (!slot.again || outcome.result === "busy" || FINAL_STOPS.has(outcome.stop)) return { ...outcome, applied };
+      if (!slot.again || outcome.result === "busy" || FINAL_STOPS.has(outcome.stop)) break;
     }
   } finally {
+    // Left in the same synchronous step as the check above: a message arriving later starts a run of its own.
     running.delete(key);
   }
+  if (slot.again && outcome.stop !== "gone" && outcome.stop !== "disabled") {
+    // A message joined a run that then stopped without looking again (lease lost, budget used up, a halt):
+    // hand it back to the queue rather than swallow it. A duplicate announcement is a no-op.
+    await announceBatch(deps.storage, { ...message, seq: slot.seq });
+  }
+  return { ...outcome, applied };
 }
 
 async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyOutcome> {
