@@ -347,15 +347,21 @@ export abstract class ReplicatedDisk {
     }
   }
 
+  /** The next ranges a sweep ships (at most `budget` bytes, never past what it has scanned), and whether it reaches the end. */
+  private takeFromSweep(sw: Sweep, budget: number): { ranges: RangeSet; progress: number; complete: boolean } {
+    const t = takePrefix(sw.found, budget, sw.scannedTo);
+    sw.found = t.rest;
+    sw.cursor = t.progress;
+    return { ranges: t.ranges, progress: t.progress, complete: t.progress >= this.sizeBytes };
+  }
+
   private async initialStep(): Promise<void> {
     const sw = (this.initialSweep ??= { cursor: this.state.initial.doneBytes, found: new RangeSet(), scannedTo: this.state.initial.doneBytes });
     if (sw.found.bytes < this.ctx.tuning.maxBatchBytes && sw.scannedTo < this.sizeBytes) await this.findUsed(sw, this.state.freshReplica);
     const result = await this.sealAttempt({
       take: (budget) => {
-        const t = takePrefix(sw.found, budget, sw.scannedTo);
-        sw.found = t.rest;
-        sw.cursor = t.progress;
-        const complete = t.progress >= this.sizeBytes;
+        const t = this.takeFromSweep(sw, budget);
+        const complete = t.complete;
         return {
           ranges: t.ranges,
           flags: { initial: true, ...(complete ? { initialComplete: true } : {}) },
@@ -421,10 +427,8 @@ export abstract class ReplicatedDisk {
     const initialDone = this.state.initial.complete;
     await this.sealAttempt({
       take: (budget) => {
-        const t = takePrefix(sw.found, budget, sw.scannedTo);
-        sw.found = t.rest;
-        sw.cursor = t.progress;
-        const complete = t.progress >= this.sizeBytes;
+        const t = this.takeFromSweep(sw, budget);
+        const complete = t.complete;
         return {
           ranges: t.ranges,
           // A resync compares every block with the replica: it also completes an unfinished initial copy.
