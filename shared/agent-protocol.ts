@@ -87,6 +87,11 @@ export const checkinResponseSchema = z.object({
   resync: z.array(resyncCommandSchema),
   group: groupInfoSchema.optional(),
   checkinIntervalSeconds: z.number().int().positive(),
+  /**
+   * Planned failover: the source VM is shutting down. The agent refuses new writes, waits for those in flight, cuts
+   * a crash tag with this id on every disk and ships everything up to it. Absent again (a failover rolled back): writes resume.
+   */
+  shutdown: z.object({ tagId: z.string().min(1).max(64) }).optional(),
 });
 export type CheckinResponse = z.infer<typeof checkinResponseSchema>;
 

@@ -79,8 +79,37 @@ export interface ReplicatedItem {
   health: { status: HealthStatus; issues: HealthIssue[] };
   agent?: { registeredAt: string; registrations: number };
   error?: { code: string; message: string };
+  /** The failover the item is in, or the last one it went through (set when a failover locks the item). */
+  failover?: FailoverRecord;
+  /**
+   * Planned failover: the source VM is being shut down. Its agent learns it at check-in, refuses new writes, cuts
+   * this final tag on every disk and ships everything before it; the failover waits for the tag's point.
+   */
+  sourceShutdown?: { tagId: string; instanceId: string; requestedAt: string };
   createdAt: string;
   updatedAt: string;
+}
+
+export type FailoverType = "test" | "planned" | "unplanned";
+
+export interface FailoverRecord {
+  /** The durable orchestration running (or that ran) the failover. */
+  instanceId: string;
+  type: FailoverType;
+  /** The recovery point as requested: latest, latest-processed, latest-app-consistent or an id. */
+  requestedPoint: string;
+  startedAt: string;
+  /** The state to return to when the failover is rolled back (or, for a test failover, cleaned up). */
+  previousState: ItemState;
+  /** The point the failover disks were copied from. */
+  point?: { id: string; kind: "crash" | "app"; time: string; scope: "vm" | "group" };
+  /** What the failover created in the target region, recorded as it is made (cleanup and rollback remove it). */
+  resources: { disks: string[]; nicId?: string; privateIp?: string; vmId?: string; testNetworkId?: string };
+  completedAt?: string;
+  durationSeconds?: number;
+  /** Something the operator should know, e.g. `latest` fell back to the latest processed point. */
+  note?: string;
+  error?: { code: string; message: string };
 }
 
 export interface DiskRecord {

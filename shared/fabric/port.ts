@@ -1,6 +1,8 @@
 // The fabric port: how site-recovery creates and finds the target region's resources (ARM in Azure).
 
-export type ResourceKind = "resourceGroup" | "virtualNetwork" | "availabilitySet" | "networkMapping";
+export type ResourceKind = "resourceGroup" | "virtualNetwork" | "availabilitySet" | "networkMapping" | "networkInterface" | "virtualMachine";
+
+export type PowerState = "running" | "deallocated";
 
 export interface Subnet {
   name: string;
@@ -21,6 +23,54 @@ export interface FabricResource {
   /** Network mapping: the vnet this one maps to. */
   sourceId?: string;
   targetId?: string;
+  /** Network interface: its vnet, subnet and private address. */
+  vnetId?: string;
+  subnet?: string;
+  privateIp?: string;
+  /** Virtual machine: size, NIC, availability set, disks (VHD blob URLs, OS first) and power state. */
+  size?: string;
+  nicId?: string;
+  availabilitySetId?: string;
+  osDisk?: VmDisk;
+  dataDisks?: VmDisk[];
+  powerState?: PowerState;
+  /** ARM tags, e.g. the failover that made the resource. */
+  tags?: Record<string, string>;
+}
+
+export interface VmDisk {
+  name: string;
+  /** The VHD page blob the disk is made from (a failover disk). */
+  vhdUri: string;
+  /** Data disks only. */
+  lun?: number;
+}
+
+export interface NetworkInterfaceSpec {
+  region: string;
+  resourceGroup: string;
+  name: string;
+  vnetId: string;
+  subnet: string;
+  /**
+   * `retain`: the preferred address if free in the subnet, else the next free one after it (failover);
+   * `fromEnd`: the highest free address of the subnet (test failover), the preferred one ignored.
+   */
+  allocation: "retain" | "fromEnd";
+  preferredIp?: string;
+  tags?: Record<string, string>;
+}
+
+export interface VirtualMachineSpec {
+  region: string;
+  resourceGroup: string;
+  name: string;
+  size: string;
+  nicId: string;
+  availabilitySetId?: string;
+  osDisk: VmDisk;
+  dataDisks: VmDisk[];
+  tags?: Record<string, string>;
 }
 
 export interface Ensured {
@@ -45,8 +95,34 @@ export interface Fabric {
   get(id: string): Promise<FabricResource | undefined>;
   /** Mappings that name `vnetId` as source or target. */
   mappingsOf(vnetId: string): Promise<FabricResource[]>;
-  /** Deletes a resource; false when it did not exist. */
+  /** Deletes a resource; false when it did not exist. A NIC's address is free again once it is deleted. */
   delete(id: string): Promise<boolean>;
+  /**
+   * Creates the NIC unless one with that id exists (then returns it unchanged: its address is never re-chosen). The
+   * address is taken atomically: two NICs created at once never get the same one. Throws FabricError
+   * `SubnetFull` when no address is free, `NotFound` when the vnet or subnet does not exist.
+   */
+  ensureNetworkInterface(spec: NetworkInterfaceSpec): Promise<Ensured>;
+  /** Creates the VM (deallocated) unless one with that id exists. Throws FabricError `NotFound` for a missing NIC or availability set. */
+  ensureVirtualMachine(spec: VirtualMachineSpec): Promise<Ensured>;
+  /**
+   * Sets a VM's power state (start, or shut down and deallocate). A source VM the fabric has not seen yet is
+   * recorded as it is found (LocalFabric: created on first sight, `createdBySiteRecovery: false`).
+   */
+  setPowerState(region: string, resourceGroup: string, name: string, state: PowerState): Promise<FabricResource>;
+  /** Every resource of a kind (tests, cleanup checks, the demo's report). */
+  list(kind: ResourceKind): Promise<FabricResource[]>;
+}
+
+/** A fabric call refused for a reason the caller can name (not a transient failure). */
+export class FabricError extends Error {
+  constructor(
+    readonly code: "SubnetFull" | "NotFound" | "Conflict",
+    message: string,
+  ) {
+    super(message);
+    this.name = "FabricError";
+  }
 }
 
 const SUBSCRIPTION = "00000000-0000-0000-0000-000000000000";
@@ -62,5 +138,9 @@ export function resourceId(kind: ResourceKind, resourceGroup: string, name = "",
       return `${rg}/providers/Microsoft.Compute/availabilitySets/${name}`;
     case "networkMapping":
       return `${rg}/providers/Microsoft.RecoveryServices/networkMappings/${name}${extra}`;
+    case "networkInterface":
+      return `${rg}/providers/Microsoft.Network/networkInterfaces/${name}`;
+    case "virtualMachine":
+      return `${rg}/providers/Microsoft.Compute/virtualMachines/${name}`;
   }
 }
