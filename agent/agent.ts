@@ -1,4 +1,5 @@
 // The agent (ASR's Mobility service): registers once, tracks or scans its disks, spools and ships batches, checks in, and reports a heartbeat. It only ever calls out.
+// A planned failover shuts the VM down through it: writes are refused, one final tag is cut, and everything up to it is shipped.
 import { createHash, randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
@@ -7,7 +8,7 @@ import type { BatchTag, TagKind } from "../shared/batch";
 import { ControlPlane, ControlPlaneError } from "./control-plane";
 import { DEFAULT_TUNING, type DiskContext, type DiskSpec, type DiskTuning, type ReplicatedDisk } from "./disk";
 import { lockStateDir, readJsonFile, writeFileAtomic } from "./files";
-import { Signal } from "./gate";
+import { Mutex, Signal } from "./gate";
 import { Health } from "./health";
 import { backoffMs, describe } from "./retry";
 import { ScannedDisk } from "./scanned-disk";
@@ -15,6 +16,11 @@ import { Shipper } from "./shipper";
 import { Spool } from "./spool";
 import { agentStateSchema, statePaths, type AgentState } from "./state";
 import { TrackedDisk } from "./tracked-disk";
+
+/** What a write started during a planned failover's shutdown is rejected with (the disk id follows). */
+export const SHUTDOWN_REFUSAL = "the VM is shutting down for a planned failover: writes are refused";
+/** How often the final tag is tried again while some disk cannot carry it (initial replication, resync, bitmap mode). */
+const SHUTDOWN_RETRY_MS = 500;
 import { GroupLink } from "./group-link";
 import type { GroupTagOutcome } from "./group";
 import { APP_CONSISTENCY_FAILED, appConsistentTag, DEFAULT_FREEZE_TIMEOUT_MS, MAX_FREEZE_TIMEOUT_MS } from "./app-consistency";
@@ -91,6 +97,9 @@ export class Agent {
   private readonly heartbeatSignal = new Signal();
   private readonly tagSignal = new Signal();
   private readonly appTagSignal = new Signal();
+  private readonly shutdownSignal = new Signal();
+  /** agent.json is replaced by the check-in and by the shutdown loop: one at a time (they share the temp file). */
+  private readonly stateMutex = new Mutex();
   private appTagInFlight: Promise<BatchTag | undefined> | undefined;
   private lastTag: BatchTag | undefined;
   private group!: GroupLink;
@@ -157,10 +166,15 @@ export class Agent {
         },
         log,
       });
-      await agent.group.update(state.group);
+      // A restart during a planned shutdown: writes stay refused from the first instant, and the barrier stays left.
+      if (state.shutdown) {
+        agent.refuseWrites();
+        log(`planned failover in progress: writes are refused${state.shutdown.tagCut ? ` (final tag ${state.shutdown.tagId} cut already)` : `; final tag ${state.shutdown.tagId} still to cut`}`);
+      }
+      await agent.group.update(state.shutdown ? undefined : state.group);
       if (agent.group.listenAddress()) agent.checkinSignal.notify();
       agent.loops.push(agent.checkinLoop(), agent.heartbeatLoop(), agent.tagLoop());
-      agent.loops.push(agent.appTagLoop());
+      agent.loops.push(agent.appTagLoop(), agent.shutdownLoop());
       for (const d of agent.disks.values()) d.start();
       return agent;
     } catch (e) {
@@ -290,12 +304,13 @@ export class Agent {
    * Cuts a tag on every disk at one instant (see TrackedDisk.cutTag): the replicas at the tagged batches form a
    * recovery point. `app` is for a caller that quiesced the workload first (e.g. fsfreeze). Only when every disk is a
    * tracked disk in journal mode with its initial replication done; otherwise nothing is cut and undefined is returned.
+   * `id` is the recovery point's id (default: a new UUID); a planned failover names its final tag.
    */
-  async cutTag(kind: TagKind = "crash"): Promise<BatchTag | undefined> {
+  async cutTag(kind: TagKind = "crash", id: string = randomUUID()): Promise<BatchTag | undefined> {
     const disks = [...this.disks.values()];
     const tracked = disks.filter((d): d is TrackedDisk => d instanceof TrackedDisk);
     if (tracked.length === 0 || tracked.length !== disks.length) return undefined;
-    const tag = await TrackedDisk.cutTag(tracked, { id: randomUUID(), kind, scope: "vm" });
+    const tag = await TrackedDisk.cutTag(tracked, { id, kind, scope: "vm" });
     if (tag) this.lastTag = tag;
     return tag;
   }
@@ -309,6 +324,8 @@ export class Agent {
     while (!this.closed) {
       await this.tagSignal.wait(this.opts.tagIntervalMs ?? this.state.policy.crashConsistentFrequencySeconds * 1000);
       if (this.closed) break;
+      // Shutting down for a planned failover: its final tag is the last one (see shutdownLoop).
+      if (this.state.shutdown) continue;
       const role = this.group.role;
       if (role === "member") continue;
       if (role === "coordinator") {
@@ -358,7 +375,7 @@ export class Agent {
       // Off (or no pre-freeze): look again in a minute, the policy may change at a check-in.
       const on = interval > 0 && this.opts.preFreeze !== undefined;
       await this.appTagSignal.wait(on ? interval : 60_000);
-      if (this.closed || !on) continue;
+      if (this.closed || !on || this.state.shutdown) continue;
       await this.cutAppTag().catch((e) => this.log(`app-consistent tag failed: ${describe(e)}`));
     }
   }
@@ -399,6 +416,94 @@ export class Agent {
     return tag;
   }
 
+  /** A planned failover is shutting the VM down: the final tag's id, and whether it is cut. Undefined otherwise. */
+  get shuttingDown(): { tagId: string; tagCut: boolean } | undefined {
+    const s = this.state.shutdown;
+    return s ? { tagId: s.tagId, tagCut: s.tagCut } : undefined;
+  }
+
+  /**
+   * Follows the check-in's `shutdown`. A new tag id: refuse writes at once (before the check-in resolves) and have the
+   * shutdown loop cut the final tag. Absent while shutting down (the failover was rolled back): accept writes again;
+   * the tag loops resume and the next group update rejoins the barrier.
+   */
+  private followShutdown(given: { tagId: string } | undefined): void {
+    const current = this.state.shutdown;
+    if (given) {
+      if (current?.tagId === given.tagId) return;
+      this.state.shutdown = { tagId: given.tagId, tagCut: false };
+      this.refuseWrites();
+      this.log(`planned failover: the VM is shutting down; writes are refused, final tag ${given.tagId} to cut`);
+    } else if (current) {
+      delete this.state.shutdown;
+      for (const d of this.disks.values()) if (d instanceof TrackedDisk) d.acceptWrites();
+      this.log(`planned failover rolled back (final tag ${current.tagId}${current.tagCut ? " was cut" : " was not cut"}): writes are accepted again`);
+    } else {
+      return;
+    }
+    this.shutdownSignal.notify();
+    this.heartbeatSignal.notify();
+  }
+
+  private refuseWrites(): void {
+    for (const d of this.disks.values()) if (d instanceof TrackedDisk) d.refuseWrites(SHUTDOWN_REFUSAL);
+  }
+
+  /**
+   * Cuts a planned failover's final tag: once the shutdown is persisted (a restart keeps refusing writes) and every
+   * write accepted before the refusal is acknowledged, one crash tag with the control plane's id on every disk at one
+   * instant. While a disk cannot carry a tag (initial replication, resync, bitmap mode) it tries again every 500 ms:
+   * the failover waits for this point. The shipper then carries everything up to it to the cache as usual.
+   */
+  private async shutdownLoop(): Promise<void> {
+    let lastWhy = "";
+    let saved: AgentState["shutdown"];
+    while (!this.closed) {
+      const s = this.state.shutdown;
+      if (!s || s.tagCut) {
+        lastWhy = "";
+        await this.shutdownSignal.wait(60_000);
+        continue;
+      }
+      let why: string;
+      try {
+        if (saved !== s) {
+          await this.saveState();
+          saved = s;
+        }
+        const tracked = this.trackedDisks();
+        if (!tracked) {
+          why = "some disk is scanned: there is no instant at which to cut a tag";
+        } else {
+          await Promise.all(tracked.map((d) => d.writesSettled()));
+          // Rolled back (or another failover's tag) meanwhile: decide again.
+          if (this.state.shutdown !== s || this.closed) continue;
+          const tag = await this.cutTag("crash", s.tagId);
+          if (tag) {
+            if (this.state.shutdown === s) {
+              s.tagCut = true;
+              await this.saveState();
+            }
+            this.log(`planned failover: final tag ${tag.id} cut on every disk; shipping everything up to it`);
+            this.heartbeatSignal.notify();
+            continue;
+          }
+          why = tracked.map((d) => (d.tagBlocker ? `disk ${d.id}: ${d.tagBlocker}` : "")).filter(Boolean).join("; ") || "a disk overflowed at the cut";
+        }
+      } catch (e) {
+        why = describe(e);
+      }
+      if (why !== lastWhy) this.log(`planned failover: cannot cut final tag ${s.tagId} yet (${why}); trying again every ${SHUTDOWN_RETRY_MS} ms`);
+      lastWhy = why;
+      await this.shutdownSignal.wait(SHUTDOWN_RETRY_MS);
+    }
+  }
+
+  /** Replaces agent.json with the state now (mode 0600: it holds the agent key). */
+  private saveState(): Promise<void> {
+    return this.stateMutex.run(() => writeFileAtomic(statePaths(this.opts.stateDir).agent, JSON.stringify(this.state, null, 2), { mode: 0o600 }));
+  }
+
   /** Stops uploading (the spool fills; past its bound disks switch to bitmap mode). For maintenance windows and tests. */
   pauseShipping(): void {
     this.shipper.pause();
@@ -418,6 +523,7 @@ export class Agent {
       time: new Date().toISOString(),
       disks,
       health: { status, issues: this.health.list().map(({ code, message, since }) => ({ code, message, since })) },
+      ...(this.state.shutdown ? { shutdown: this.shuttingDown! } : {}),
     };
   }
 
@@ -450,11 +556,15 @@ export class Agent {
     this.state = { ...this.state, cache: res.cache, queue: res.queue, policy: res.policy, checkinIntervalSeconds: res.checkinIntervalSeconds };
     if (res.group) this.state.group = res.group;
     else delete this.state.group;
-    await this.group.update(res.group);
+    // Synchronously, before any await: once this check-in resolves, a write that starts is refused (or accepted again).
+    this.followShutdown(res.shutdown);
+    // Shutting down, the agent leaves its group's barrier: it neither holds nor cuts for the group any more, and the
+    // others go on without it (the control plane drops it as coordinator once it stops reporting where it listens).
+    await this.group.update(this.state.shutdown ? undefined : res.group);
     // Just joined a group: tell the control plane where this agent listens without waiting for the next interval.
     if (!hadGroup && this.group.listenAddress()) this.checkinSignal.notify();
     this.shipper.setEndpoints({ containerUrl: res.cache.containerUrl, queueUrl: res.queue.url });
-    await writeFileAtomic(statePaths(this.opts.stateDir).agent, JSON.stringify(this.state, null, 2), { mode: 0o600 });
+    await this.saveState();
     for (const r of reports) this.disks.get(r.diskId)?.markOverflowReported(r.resyncId);
     for (const cmd of res.resync) {
       const disk = this.disks.get(cmd.diskId);
@@ -518,6 +628,7 @@ export class Agent {
     this.heartbeatSignal.notify();
     this.tagSignal.notify();
     this.appTagSignal.notify();
+    this.shutdownSignal.notify();
     await this.group.close().catch(() => undefined);
     this.spool.interrupt();
     await Promise.all([...this.disks.values()].map((d) => d.close()));

@@ -5,7 +5,7 @@ import { registrationResponseSchema } from "../shared/agent-protocol";
 
 /**
  * Layout (every JSON file replaced atomically: temp file + rename):
- *   agent.json                    registration: item, agent key, SAS URLs, disks, policy (mode 0600: holds the key)
+ *   agent.json                    registration: item, agent key, SAS URLs, disks, policy (mode 0600: holds the key); a planned shutdown
  *   agent.lock                    pid of the agent using the directory
  *   disks/<disk>/disk.json        next sequence number, source, initial-replication and resync progress, mode
  *   disks/<disk>/dirty.<gen>.log  write-ahead dirty ranges of the open batch (tracked disks)
@@ -32,6 +32,11 @@ export const agentStateSchema = registrationResponseSchema.extend({
   /** SHA-256 of the registration token: a different token means a different item, never this state. */
   tokenHash: z.string(),
   registeredAt: z.string(),
+  /**
+   * A planned failover shuts the VM down (a check-in said so): writes are refused, and the final tag with this id is
+   * cut once (`tagCut`). Kept here so that a restarted agent keeps refusing writes and never cuts the tag twice.
+   */
+  shutdown: z.object({ tagId: z.string().min(1), tagCut: z.boolean() }).optional(),
 });
 export type AgentState = z.infer<typeof agentStateSchema>;
 

@@ -29,8 +29,18 @@ export interface DiskHold {
   done: Promise<void>;
 }
 
+/** A write refused because the VM is shutting down for a planned failover: it was not acknowledged, nothing of it is on the disk. */
+export class WritesRefusedError extends Error {
+  override readonly name = "WritesRefusedError";
+}
+
 export class TrackedDisk extends ReplicatedDisk {
   private readonly gate = new WriteGate();
+  /** Why new writes are refused (a planned failover shuts the VM down); undefined while they are accepted. */
+  private refusal: string | undefined;
+  /** Writes accepted and not yet acknowledged, each counted once (a write split into pieces too). */
+  private writesInFlight = 0;
+  private writesSettledWaiters: (() => void)[] = [];
   /** Journal mode: the open batch's dirty ranges, in the dirty log's current generation. */
   private dirty = new RangeSet();
   /** Bitmap mode: every dirty block since the spool overflowed (the dirty set is then unused). */
@@ -97,13 +107,52 @@ export class TrackedDisk extends ReplicatedDisk {
     return this.bitmap ? this.bitmap.dirtyBytes : this.dirty.bytes;
   }
 
-  /** Writes `data` at `offset`; resolves once it is in the image and tracked (durable against the agent's death). */
+  /**
+   * Writes `data` at `offset`; resolves once it is in the image and tracked (durable against the agent's death).
+   * Rejects with WritesRefusedError while the VM shuts down for a planned failover (see refuseWrites).
+   */
   async write(offset: number, data: Uint8Array): Promise<void> {
     if (this.closed) throw new Error(`disk ${this.id} is closed`);
+    if (this.refusal !== undefined) throw new WritesRefusedError(`${this.refusal} (disk ${this.id})`);
     if (!Number.isSafeInteger(offset) || offset < 0 || offset + data.length > this.sizeBytes) {
       throw new RangeError(`write of ${data.length} bytes at ${offset} is outside disk ${this.id} (${this.sizeBytes} bytes)`);
     }
     if (data.length === 0) return;
+    // Counted from here to the acknowledgement: a final tag waits for exactly the writes accepted before the refusal.
+    this.writesInFlight++;
+    try {
+      await this.writeAccepted(offset, data);
+    } finally {
+      if (--this.writesInFlight === 0) for (const w of this.writesSettledWaiters.splice(0)) w();
+    }
+  }
+
+  /**
+   * From now on a write that starts is rejected (the workload sees it was not acknowledged); writes already accepted
+   * complete normally (writesSettled waits for them). For a planned failover's final tag: nothing written after it can
+   * be lost with the source VM.
+   */
+  refuseWrites(reason: string): void {
+    this.refusal = reason;
+  }
+
+  /** Writes are accepted again (a planned failover was rolled back). */
+  acceptWrites(): void {
+    this.refusal = undefined;
+  }
+
+  get refusingWrites(): boolean {
+    return this.refusal !== undefined;
+  }
+
+  /** Resolves when no accepted write is in flight (at once if none is). */
+  writesSettled(): Promise<void> {
+    if (this.writesInFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.writesSettledWaiters.push(resolve));
+  }
+
+  /** A write already admitted (range checked, counted); a write larger than a batch lands as pieces. */
+  private async writeAccepted(offset: number, data: Uint8Array): Promise<void> {
     const max = this.ctx.tuning.maxBatchBytes;
     const { start, end } = alignOut(offset, data.length);
     if (end - start > max) {
@@ -111,7 +160,7 @@ export class TrackedDisk extends ReplicatedDisk {
       // enclosing sectors fit in a batch.
       for (let at = 0; at < data.length; ) {
         const n = Math.min(data.length - at, max - ((offset + at) % SECTOR));
-        await this.write(offset + at, data.subarray(at, at + n));
+        await this.writeAccepted(offset + at, data.subarray(at, at + n));
         at += n;
       }
       return;
@@ -237,7 +286,17 @@ export class TrackedDisk extends ReplicatedDisk {
 
   /** A tag means something once the replica is whole and write order is kept. */
   get canTag(): boolean {
-    return this.state.initial.complete && !this.state.resync && !this.bitmap && !this.closed;
+    return this.tagBlocker === undefined;
+  }
+
+  /** Why no tag can be cut on this disk now (for logs), or undefined if one can. */
+  get tagBlocker(): string | undefined {
+    if (this.closed) return "the disk is closed";
+    const initial = this.state.initial;
+    if (!initial.complete) return `initial replication not complete (${initial.doneBytes} of ${initial.totalBytes} bytes)`;
+    if (this.state.resync) return `resync ${this.state.resync.id} in progress`;
+    if (this.bitmap) return "bitmap mode (the spool overflowed): write order is lost until the dirty blocks are shipped";
+    return undefined;
   }
 
   /**

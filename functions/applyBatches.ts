@@ -3,6 +3,7 @@ import type { Services } from "./compose";
 import type { QueueFunctionSpec } from "./spec";
 import * as apply from "../shared/apply";
 import { REPLICATION_QUEUE } from "../shared/storage";
+import { snapshotAtTag } from "../shared/recovery-points";
 
 /** A short, safe rendering of whatever arrived, for the log line of a dropped message. */
 export function preview(message: unknown): string {
@@ -36,18 +37,7 @@ export const applyBatches = (services: () => Services): QueueFunctionSpec => ({
         config: s.config,
         log: (line) => context.log(line),
         // A tag reached: snapshot the replica at exactly this batch, and seal whatever the arrival completes.
-        onTagApplied: async ({ item, disk, seq, tag, replica, leaseId }) => {
-          // Idempotent: a run repeated after a crash reuses the snapshot it took, or finds the point already sealed.
-          const earlier = await s.points.arrival(item.id, disk.id, tag.id);
-          if (earlier?.seq === seq) {
-            await s.points.sealTag(item.id, tag);
-            return;
-          }
-          if (await s.points.sealed(item.id, tag)) return;
-          const { snapshot } = await replica.createSnapshot({ conditions: { leaseId }, metadata: { tag: tag.id, seq: String(seq) } });
-          const sealed = await s.points.recordArrival({ itemId: item.id, diskId: disk.id, snapshot: snapshot!, seq, tag });
-          for (const p of sealed) context.log(`sealed ${p.scope} recovery point ${p.id} (${p.kind}, ${p.time})`);
-        },
+        onTagApplied: snapshotAtTag(s.points, (line) => context.log(line)),
       },
       parsed.data,
     );

@@ -4,6 +4,9 @@ import { LocalFabric } from "../shared/fabric/local";
 import { ItemStore } from "../shared/items";
 import { Protection } from "../shared/protection";
 import { RecoveryPoints } from "../shared/recovery-points";
+import { RecoveryPlans } from "../shared/recovery-plans";
+import { FailoverPlanning } from "../shared/failover";
+import { FailoverSteps } from "../shared/failover-steps";
 import { loadConfig, type Config } from "../shared/settings";
 import { Storage, TABLES } from "../shared/storage";
 import type { Fabric } from "../shared/fabric/port";
@@ -16,6 +19,9 @@ export interface Services {
   protection: Protection;
   agents: Agents;
   points: RecoveryPoints;
+  plans: RecoveryPlans;
+  planning: FailoverPlanning;
+  failover: FailoverSteps;
 }
 
 export function createServices(config: Config, overrides: { fabric?: Fabric; now?: () => Date } = {}): Services {
@@ -25,8 +31,11 @@ export function createServices(config: Config, overrides: { fabric?: Fabric; now
   const clock = overrides.now ? { now: overrides.now } : {};
   const agents = new Agents({ config, storage, items, ...clock });
   const points = new RecoveryPoints({ storage, items, ...clock });
+  const plans = new RecoveryPlans({ storage, items, ...clock });
   const protection = new Protection({ config, storage, fabric, items, agents, points, ...clock });
-  return { config, storage, fabric, items, protection, agents, points };
+  const planning = new FailoverPlanning({ items, points, plans, ...clock });
+  const failover = new FailoverSteps({ config, storage, items, points, fabric, planning, ...clock });
+  return { config, storage, fabric, items, protection, agents, points, plans, planning, failover };
 }
 
 let current: Services | undefined;

@@ -14,6 +14,14 @@ import { sweepCache } from "./sweepCache";
 import { sealRecoveryPoints } from "./sealRecoveryPoints";
 import { listRecoveryPoints } from "./listRecoveryPoints";
 import { updateReplicatedItem } from "./updateReplicatedItem";
+import { createRecoveryPlan } from "./createRecoveryPlan";
+import { listRecoveryPlans } from "./listRecoveryPlans";
+import { getRecoveryPlan } from "./getRecoveryPlan";
+import { startFailover } from "./startFailover";
+import { getFailover } from "./getFailover";
+import { commitFailover } from "./commitFailover";
+import { cleanupTestFailover } from "./cleanupTestFailover";
+import { failoverFunctions } from "./failover";
 import { timerSchedules, type TimerSchedules } from "../shared/settings";
 
 /** `schedules` default to process.env's (the Functions host's app settings); the local host passes its own env's. */
@@ -32,5 +40,13 @@ export function functionTable(services: () => Services, schedules: TimerSchedule
     recordPoison(services),
     sweepCache(services, schedules.sweep),
     sealRecoveryPoints(services, schedules.seal),
+    createRecoveryPlan(services),
+    listRecoveryPlans(services),
+    getRecoveryPlan(services),
+    startFailover(services),
+    getFailover(services),
+    commitFailover(services),
+    cleanupTestFailover(services),
+    ...failoverFunctions(services),
   ];
 }

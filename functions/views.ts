@@ -76,6 +76,7 @@ export function itemView(item: ReplicatedItem, disks: DiskRecord[], status?: Rep
       : {}),
     // The data-loss window if the source region failed now: the age of the newest recovery point (null before the first).
     rpoSeconds: points?.latest ? Math.max(0, Math.round((points.nowMs - Date.parse(points.latest.time)) / 1000)) : null,
+    failover: item.failover ?? null,
     ...(item.error ? { error: item.error } : {}),
     createdAt: item.createdAt,
     updatedAt: item.updatedAt,

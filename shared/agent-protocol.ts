@@ -140,5 +140,7 @@ export const heartbeatSchema = z.object({
     status: z.enum(["Healthy", "Warning", "Critical"]),
     issues: z.array(z.object({ code: z.string(), message: z.string(), since: z.string() })),
   }),
+  /** A planned failover is shutting the VM down: writes are refused; `tagCut` once the final tag is cut on every disk. */
+  shutdown: z.object({ tagId: z.string(), tagCut: z.boolean() }).optional(),
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;

@@ -131,7 +131,10 @@ export class Agents {
     };
   }
 
-  /** Renews the agent's SAS URLs, records resyncs it reports, and hands it the resyncs the control plane needs. */
+  /**
+   * Renews the agent's SAS URLs, records resyncs it reports, hands it the resyncs the control plane needs, and tells it
+   * when a planned failover shuts its VM down (`shutdown`: refuse writes, cut the final tag).
+   */
   async checkin(body: unknown): Promise<CheckinResponse> {
     const req = parseInput(checkinRequestSchema, body);
     const item = await this.authenticate(req.itemId, req.agentKey);
@@ -167,6 +170,9 @@ export class Agents {
       resync,
       ...(item.replicationGroup ? { group: await this.groupInfo(item) } : {}),
       checkinIntervalSeconds: this.deps.config.agent.checkinSeconds,
+      // Planned failover: the item as read for this check-in says whether the source is shutting down; a rolled-back
+      // failover clears it, and the next check-in without it lets the agent accept writes again.
+      ...(item.sourceShutdown ? { shutdown: { tagId: item.sourceShutdown.tagId } } : {}),
     };
   }
 

@@ -107,6 +107,39 @@ export const updateRequestSchema = z.object({ replicationGroup: groupName.nullab
 
 export const registerRequestSchema = z.object({ token: z.string().min(1).max(512) }).strict();
 
+/** ASR's recovery plan limits: at most 7 groups and 100 items. */
+export const MAX_PLAN_GROUPS = 7;
+export const MAX_PLAN_ITEMS = 100;
+
+/** Item ids as the API hands them out; looser than a UUID so that an unknown id gets its 404, not a 400. */
+const itemRef = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, "an item id: 1-64 letters, digits, '_' or '-'");
+
+/** A recovery plan: a name and the items in failover order, group by group (group N+1 starts when group N's VMs run). */
+export const createPlanRequestSchema = z
+  .object({
+    name: z
+      .string()
+      .regex(/^[A-Za-z0-9_-](?:[A-Za-z0-9_ -]{0,62}[A-Za-z0-9_-])?$/, "1-64 letters, digits, '-', '_' or spaces; not starting or ending with a space"),
+    groups: z
+      .array(z.array(itemRef).min(1, "a group holds at least one item"))
+      .min(1, "a plan has at least one group")
+      .max(MAX_PLAN_GROUPS, `at most ${MAX_PLAN_GROUPS} groups`)
+      .superRefine((groups, ctx) => {
+        const total = groups.reduce((n, g) => n + g.length, 0);
+        if (total > MAX_PLAN_ITEMS) ctx.addIssue({ code: "custom", path: [], message: `at most ${MAX_PLAN_ITEMS} items in a plan (got ${total})` });
+        const seen = new Map<string, string>();
+        groups.forEach((g, gi) =>
+          g.forEach((id, ii) => {
+            const first = seen.get(id);
+            if (first) ctx.addIssue({ code: "custom", path: [gi, ii], message: `duplicate item '${id}' (already at ${first}): an item is in a plan once` });
+            else seen.set(id, fieldPath(["groups", gi, ii]));
+          }),
+        );
+      }),
+  })
+  .strict();
+export type CreatePlanRequest = z.infer<typeof createPlanRequestSchema>;
+
 /** Field paths as an operator writes them: `vm.disks[1].sizeBytes`. */
 export function fieldPath(path: readonly PropertyKey[]): string {
   return path.reduce<string>((acc, p) => (typeof p === "number" ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), "") || "(body)";

@@ -107,6 +107,11 @@ export interface FailoverRecord {
   resources: { disks: string[]; nicId?: string; privateIp?: string; vmId?: string; testNetworkId?: string };
   completedAt?: string;
   durationSeconds?: number;
+  committedAt?: string;
+  /** When each step finished for this item (a recovery plan's order shows in it). */
+  timeline?: { step: string; at: string }[];
+  /** Test failover: when its VM, NIC and disks were removed. */
+  cleanedUpAt?: string;
   /** Something the operator should know, e.g. `latest` fell back to the latest processed point. */
   note?: string;
   error?: { code: string; message: string };

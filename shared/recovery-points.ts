@@ -1,5 +1,6 @@
 // Recovery points: tag arrivals (a replica snapshot per disk per tag), sealing complete tags, listing, pruning.
 import type { TableClient } from "@azure/data-tables";
+import type { TagApplied } from "./apply";
 import type { BatchTag } from "./batch";
 import { isConflict, isNotFound } from "./errors";
 import type { ItemStore, ReplicatedItem } from "./items";
@@ -153,6 +154,11 @@ export class RecoveryPoints {
     }
   }
 
+  /** A point cut by a failover from drained replicas (`latest`); recording it again returns the one recorded. */
+  async recordCutPoint(point: RecoveryPoint): Promise<RecoveryPoint> {
+    return (await this.insert(vmPartition(point.itemId!), point)) ?? (await this.get(vmPartition(point.itemId!), point))!;
+  }
+
   private async get(partition: string, tag: Pick<BatchTag, "id" | "time">): Promise<RecoveryPoint | undefined> {
     const t = await this.points();
     try {
@@ -292,4 +298,22 @@ export class RecoveryPoints {
     }
     await this.expireArrivals(item.id, MAX_TIME);
   }
+}
+
+/**
+ * The apply hook of recovery points: a tag reached, snapshot the replica at exactly this batch (under the lease) and
+ * seal whatever the arrival completes. Idempotent: a run repeated after a crash reuses its snapshot or finds the point sealed.
+ */
+export function snapshotAtTag(points: RecoveryPoints, log: (line: string) => void): (applied: TagApplied) => Promise<void> {
+  return async ({ item, disk, seq, tag, replica, leaseId }) => {
+    const earlier = await points.arrival(item.id, disk.id, tag.id);
+    if (earlier?.seq === seq) {
+      await points.sealTag(item.id, tag);
+      return;
+    }
+    if (await points.sealed(item.id, tag)) return;
+    const { snapshot } = await replica.createSnapshot({ conditions: { leaseId }, metadata: { tag: tag.id, seq: String(seq) } });
+    const sealed = await points.recordArrival({ itemId: item.id, diskId: disk.id, snapshot: snapshot!, seq, tag });
+    for (const p of sealed) log(`sealed ${p.scope} recovery point ${p.id} (${p.kind}, ${p.time})`);
+  };
 }

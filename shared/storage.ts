@@ -18,6 +18,7 @@ export const TABLES = {
   recoveryPoints: "RecoveryPoints",
   tagArrivals: "TagArrivals",
   replicationGroups: "ReplicationGroups",
+  recoveryPlans: "RecoveryPlans",
 } as const;
 export type TableName = (typeof TABLES)[keyof typeof TABLES];
 
@@ -72,6 +73,11 @@ export class Storage {
 
   replicas(): Promise<ContainerClient> {
     return this.ensureContainer(this.replicaBlobs, REPLICAS_CONTAINER);
+  }
+
+  /** Failover disks (`failover/<vm>-<disk>-<time>.vhd`), next to the replicas they are copied from. */
+  failover(): Promise<ContainerClient> {
+    return this.ensureContainer(this.replicaBlobs, FAILOVER_CONTAINER);
   }
 
   private ensureContainer(service: BlobServiceClient, name: string): Promise<ContainerClient> {

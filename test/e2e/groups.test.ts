@@ -4,7 +4,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { startTestStack, type TestStack } from "../support/stack";
-import { rng } from "../support/batches";
+import { Workload as BaseWorkload } from "../support/workload";
 import { protectVm, type E2eVm } from "../support/e2e";
 import type { Agent } from "../../agent";
 import { replicaBlobName } from "../../shared/items";
@@ -16,65 +16,10 @@ const DISKS = ["os", "data0"];
 const GROUP = "e2e-tier";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Writers that await every write and keep a byte model of each disk; `pause` stops them between writes. */
-class Workload {
-  readonly models = new Map<string, Buffer>();
-  private running = true;
-  private paused: Promise<void> | undefined;
-  private resume: (() => void) | undefined;
-  private inFlight = 0;
-  private idle: (() => void)[] = [];
-  private readonly loops: Promise<void>[] = [];
-
+/** The group tests' workload: both disks of each VM, 8 MiB each. */
+class Workload extends BaseWorkload {
   constructor(vms: { itemId: string; agent: Agent }[], seed: number) {
-    const next = rng(seed);
-    for (const { itemId, agent } of vms) {
-      for (const id of DISKS) {
-        const model = Buffer.alloc(DISK_MIB * MiB);
-        this.models.set(`${itemId}/${id}`, model);
-        const disk = agent.trackedDisk(id);
-        this.loops.push(
-          (async () => {
-            while (this.running) {
-              if (this.paused) await this.paused;
-              if (!this.running) break;
-              this.inFlight++;
-              const len = 1 + Math.floor(next() * 32 * 1024);
-              const offset = Math.floor(next() * (model.length - len));
-              const data = Buffer.alloc(len, Math.floor(next() * 256));
-              try {
-                await disk.write(offset, data);
-                data.copy(model, offset);
-              } finally {
-                if (--this.inFlight === 0) for (const f of this.idle.splice(0)) f();
-              }
-              await sleep(1);
-            }
-          })(),
-        );
-      }
-    }
-  }
-
-  /** No write in flight and none starts until `go`: the models are the disks now. */
-  async pause(): Promise<void> {
-    this.paused = new Promise((r) => (this.resume = r));
-    if (this.inFlight > 0) await new Promise<void>((r) => this.idle.push(r));
-  }
-
-  go(): void {
-    this.paused = undefined;
-    this.resume?.();
-  }
-
-  copy(): Map<string, Buffer> {
-    return new Map([...this.models].map(([k, v]) => [k, Buffer.from(v)]));
-  }
-
-  async stop(): Promise<void> {
-    this.running = false;
-    this.go();
-    await Promise.all(this.loops);
+    super(vms, seed, { disks: DISKS, diskBytes: DISK_MIB * MiB });
   }
 }
 

@@ -1,0 +1,18 @@
+// POST /api/replicated-items/{itemId}/commit: makes a failover final; the item's recovery points are deleted.
+import type { HttpFunctionSpec } from "./spec";
+import type { Services } from "./compose";
+import { jsonHandler } from "./http";
+import { itemView } from "./views";
+
+export const commitFailover = (services: () => Services): HttpFunctionSpec => ({
+  kind: "http",
+  name: "commitFailover",
+  route: "replicated-items/{itemId}/commit",
+  methods: ["POST"],
+  authLevel: "function",
+  handler: jsonHandler(async (request) => {
+    const s = services();
+    const item = await s.failover.commit(request.params.itemId ?? "");
+    return { body: itemView(item, await s.items.listDisks(item.id)) };
+  }),
+});

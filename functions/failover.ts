@@ -1,0 +1,202 @@
+// The durable failover: an orchestration that runs shared/failover-steps.ts step by step (each an activity with retries), publishing progress as its custom status.
+import * as df from "durable-functions";
+import type { OrchestrationContext } from "durable-functions";
+import type { Services } from "./compose";
+import type { ActivityFunctionSpec, FunctionSpec, OrchestrationFunctionSpec } from "./spec";
+import { ApiError } from "../shared/errors";
+import type { FailoverInput } from "../shared/failover";
+import { FailoverStepError, type CopyState, type VmOutcome, type VmPlan } from "../shared/failover-steps";
+
+export const FAILOVER_ORCHESTRATION = "failover";
+
+/** How long a planned failover waits for the source VMs' final sync before it gives up (and rolls back). */
+export const SHUTDOWN_TIMEOUT_MS = 10 * 60_000;
+const COPY_POLL_MS = 2_000;
+const FINAL_SYNC_POLL_MS = 1_000;
+
+/** What an activity returns: its value, or a failure no retry can fix (so it is not retried). */
+type StepResult<T> = { value: T } | { failed: { code: string; message: string } };
+
+/** Per VM, what the custom status shows. */
+interface VmProgress {
+  vm: string;
+  step: string;
+  recoveryPoint?: { id: string; kind: string; time: string; scope: string };
+  disks?: string;
+  privateIp?: string;
+  powerState?: string;
+  note?: string;
+}
+
+export interface FailoverStatus {
+  step: string;
+  /** Recovery plans: the group being failed over (1-based) and how many there are. */
+  stage?: { index: number; count: number };
+  vms: Record<string, VmProgress>;
+  error?: string;
+}
+
+export interface FailoverOutput {
+  instanceId: string;
+  type: FailoverInput["type"];
+  recoveryPoint: string;
+  startedAt: string;
+  completedAt: string;
+  /** Start of the failover to the last VM running (orchestration time). */
+  rtoSeconds: number;
+  vms: VmOutcome[];
+}
+
+function retry(): df.RetryOptions {
+  const r = new df.RetryOptions(1000, 5);
+  r.backoffCoefficient = 2;
+  r.maxRetryIntervalInMilliseconds = 30_000;
+  return r;
+}
+
+function unwrap<T>(r: StepResult<T>): T {
+  if ("failed" in r) throw new Error(`${r.failed.code}: ${r.failed.message}`);
+  return r.value;
+}
+
+function* orchestrate(context: OrchestrationContext): Generator<df.Task, FailoverOutput, unknown> {
+  const input = context.df.getInput() as FailoverInput;
+  const ids = input.stages.flat();
+  const status: FailoverStatus = { step: "validating", vms: {} };
+  const show = (step: string) => {
+    status.step = step;
+    context.df.setCustomStatus(status);
+  };
+  // One step for several VMs at once: the activities run in parallel, the first final failure stops the failover.
+  const all = function* <T>(name: string, inputs: unknown[]): Generator<df.Task, T[], unknown> {
+    const results = (yield context.df.Task.all(inputs.map((i) => context.df.callActivityWithRetry(name, retry(), i)))) as StepResult<T>[];
+    return results.map(unwrap);
+  };
+  const later = (ms: number) => context.df.createTimer(new Date(context.df.currentUtcDateTime.getTime() + ms));
+
+  try {
+    show("validating");
+    const [vms] = yield* all<{ itemId: string; vm: string }[]>("failoverVerify", [input]);
+    for (const v of vms!) status.vms[v.itemId] = { vm: v.vm, step: "waiting" };
+
+    let latest: Record<string, { pointId?: string; note?: string }> = {};
+    if (input.type === "planned") {
+      show("shutting down the source VMs");
+      yield* all("failoverRequestShutdown", ids.map((itemId) => ({ input, itemId })));
+      show("waiting for the source VMs' final sync");
+      const deadline = Date.parse(input.startedAt) + SHUTDOWN_TIMEOUT_MS;
+      let pending = ids;
+      for (;;) {
+        const sealed = yield* all<boolean>("failoverFinalPointSealed", pending.map((itemId) => ({ input, itemId })));
+        for (const [n, id] of pending.entries()) if (sealed[n]) status.vms[id]!.step = "source shut down, final sync done";
+        pending = pending.filter((_, n) => !sealed[n]);
+        if (pending.length === 0) break;
+        if (context.df.currentUtcDateTime.getTime() > deadline) {
+          throw new Error(`SourceNotShutDown: the source VMs of ${pending.join(", ")} did not complete their final sync within ${SHUTDOWN_TIMEOUT_MS / 60_000} minutes; run an unplanned failover`);
+        }
+        context.df.setCustomStatus(status);
+        yield later(FINAL_SYNC_POLL_MS);
+      }
+    } else if (input.recoveryPoint === "latest") {
+      show("draining the cache and cutting the latest point");
+      const drained = yield* all<{ pointId?: string; note?: string }>("failoverDrain", ids.map((itemId) => ({ input, itemId })));
+      latest = Object.fromEntries(ids.map((id, n) => [id, drained[n]!]));
+    }
+
+    show("choosing recovery points");
+    const [plans] = yield* all<VmPlan[]>("failoverPlan", [{ input, latest }]);
+    for (const p of plans!) Object.assign(status.vms[p.itemId]!, { recoveryPoint: p.point, step: "waiting for its group", ...(p.note ? { note: p.note } : {}) });
+
+    const outcomes: VmOutcome[] = [];
+    for (const [n, stage] of input.stages.entries()) {
+      if (input.stages.length > 1) status.stage = { index: n + 1, count: input.stages.length };
+      const group = plans!.filter((p) => stage.includes(p.itemId));
+      const mark = (step: string) => group.forEach((p) => (status.vms[p.itemId]!.step = step));
+
+      mark("copying disks");
+      show("copying disks");
+      let copying = group;
+      for (;;) {
+        const copies = yield* all<{ state: CopyState; copied: number; total: number }>("failoverCopyDisks", copying.map((plan) => ({ input, plan })));
+        for (const [k, p] of copying.entries()) status.vms[p.itemId]!.disks = `${copies[k]!.copied}/${copies[k]!.total} copied`;
+        copying = copying.filter((_, k) => copies[k]!.state === "pending");
+        if (copying.length === 0) break;
+        context.df.setCustomStatus(status);
+        yield later(COPY_POLL_MS); // Azure copies can stay pending for a while: poll, do not hold an activity
+      }
+
+      mark("creating the network interface");
+      show("creating network interfaces");
+      const nics = yield* all<{ nicId: string; privateIp: string }>("failoverCreateNic", group.map((plan) => ({ input, plan })));
+      group.forEach((p, k) => (status.vms[p.itemId]!.privateIp = nics[k]!.privateIp));
+
+      mark("creating the VM");
+      show("creating VMs");
+      yield* all("failoverCreateVm", group.map((plan, k) => ({ input, plan, nicId: nics[k]!.nicId })));
+
+      mark("starting");
+      show("starting VMs");
+      yield* all("failoverStartVm", group.map((plan) => ({ input, plan })));
+
+      const done = yield* all<VmOutcome>("failoverComplete", group.map((plan) => ({ input, plan })));
+      for (const o of done) Object.assign(status.vms[o.itemId]!, { step: "running", powerState: o.targetVm.powerState });
+      outcomes.push(...done);
+    }
+    show("completed");
+    const completedAt = context.df.currentUtcDateTime;
+    return {
+      instanceId: input.instanceId,
+      type: input.type,
+      recoveryPoint: input.recoveryPoint,
+      startedAt: input.startedAt,
+      completedAt: completedAt.toISOString(),
+      rtoSeconds: Math.max(0, (completedAt.getTime() - Date.parse(input.startedAt)) / 1000),
+      vms: outcomes,
+    };
+  } catch (e) {
+    const message = (e as Error).message;
+    status.error = message;
+    show("rolling back");
+    // Nothing half-done: what the failover made goes and the items return to replication (retried like any step).
+    yield context.df.Task.all(ids.map((itemId) => context.df.callActivityWithRetry("failoverRollback", retry(), { input, itemId, error: message })));
+    show("failed");
+    throw e;
+  }
+}
+
+/** An activity whose final failures (a FailoverStepError, an API error) are returned, not thrown into retries. */
+function step<I>(name: string, run: (input: I) => Promise<unknown>): ActivityFunctionSpec {
+  return {
+    kind: "activity",
+    name,
+    handler: async (input) => {
+      try {
+        return { value: (await run(input as I)) ?? null };
+      } catch (e) {
+        if (e instanceof FailoverStepError || e instanceof ApiError) return { failed: { code: e instanceof ApiError ? e.code : e.code, message: e.message } };
+        throw e; // transient or unknown: the orchestration's retry options decide
+      }
+    },
+  };
+}
+
+export function failoverFunctions(services: () => Services): FunctionSpec[] {
+  const f = () => services().failover;
+  type Item = { input: FailoverInput; itemId: string };
+  type Vm = { input: FailoverInput; plan: VmPlan };
+  const orchestration: OrchestrationFunctionSpec = { kind: "orchestration", name: FAILOVER_ORCHESTRATION, handler: orchestrate };
+  return [
+    orchestration,
+    step<FailoverInput>("failoverVerify", (input) => f().verify(input)),
+    step<Item>("failoverRequestShutdown", ({ input, itemId }) => f().requestShutdown(input, itemId)),
+    step<Item>("failoverFinalPointSealed", ({ input, itemId }) => f().finalPointSealed(input, itemId)),
+    step<Item>("failoverDrain", ({ input, itemId }) => f().drainAndCut(input, itemId)),
+    step<{ input: FailoverInput; latest: Record<string, { pointId?: string; note?: string }> }>("failoverPlan", ({ input, latest }) => f().plan(input, latest)),
+    step<Vm>("failoverCopyDisks", ({ input, plan }) => f().copyDisks(input, plan)),
+    step<Vm>("failoverCreateNic", ({ input, plan }) => f().createNic(input, plan)),
+    step<Vm & { nicId: string }>("failoverCreateVm", ({ input, plan, nicId }) => f().createVm(input, plan, nicId)),
+    step<Vm>("failoverStartVm", ({ input, plan }) => f().startVm(input, plan)),
+    step<Vm>("failoverComplete", ({ input, plan }) => f().complete(input, plan)),
+    step<Item & { error: string }>("failoverRollback", ({ input, itemId, error }) => f().rollback(input, itemId, error)),
+  ];
+}

@@ -1,0 +1,39 @@
+// GET /api/failovers/{instanceId}: a failover's runtime status, progress (custom status) and output.
+import type { DurableClientHttpFunctionSpec } from "./spec";
+import type { Services } from "./compose";
+import { errorResponse } from "./http";
+import { FAILOVER_ORCHESTRATION } from "./failover";
+import { NotFound } from "../shared/errors";
+
+export const getFailover = (_services: () => Services): DurableClientHttpFunctionSpec => ({
+  kind: "http",
+  name: "getFailover",
+  route: "failovers/{instanceId}",
+  methods: ["GET"],
+  authLevel: "function",
+  durableClient: true,
+  handler: async (request, client, context) => {
+    const id = request.params.instanceId ?? "";
+    try {
+      const st = await client.getStatus(id, { showInput: true }).catch((e: Error) => {
+        if (/HTTP 404/.test(e.message)) return undefined;
+        throw e;
+      });
+      if (!st || st.name !== FAILOVER_ORCHESTRATION) throw new NotFound("failover", id);
+      return {
+        status: 200,
+        jsonBody: {
+          instanceId: st.instanceId,
+          runtimeStatus: st.runtimeStatus,
+          customStatus: st.customStatus ?? null,
+          output: st.output ?? null,
+          input: st.input ?? null,
+          createdTime: st.createdTime,
+          lastUpdatedTime: st.lastUpdatedTime,
+        },
+      };
+    } catch (e) {
+      return errorResponse(e, context);
+    }
+  },
+});
