@@ -16,14 +16,14 @@ import { Shipper } from "./shipper";
 import { Spool } from "./spool";
 import { agentStateSchema, statePaths, type AgentState } from "./state";
 import { TrackedDisk } from "./tracked-disk";
+import { GroupLink } from "./group-link";
+import type { GroupTagOutcome } from "./group";
+import { APP_CONSISTENCY_FAILED, appConsistentTag, DEFAULT_FREEZE_TIMEOUT_MS, MAX_FREEZE_TIMEOUT_MS } from "./app-consistency";
 
 /** What a write started during a planned failover's shutdown is rejected with (the disk id follows). */
 export const SHUTDOWN_REFUSAL = "the VM is shutting down for a planned failover: writes are refused";
 /** How often the final tag is tried again while some disk cannot carry it (initial replication, resync, bitmap mode). */
 const SHUTDOWN_RETRY_MS = 500;
-import { GroupLink } from "./group-link";
-import type { GroupTagOutcome } from "./group";
-import { APP_CONSISTENCY_FAILED, appConsistentTag, DEFAULT_FREEZE_TIMEOUT_MS, MAX_FREEZE_TIMEOUT_MS } from "./app-consistency";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -363,6 +363,11 @@ export class Agent {
   /** Replication groups: how long each group tag held this agent's writes (ms), most recent last. */
   groupHoldsMs(): number[] {
     return [...this.group.participant.holds];
+  }
+
+  /** Batches (and their bytes, headers included) the cache acknowledged since this agent started. */
+  get shipped(): { batches: number; bytes: number } {
+    return { batches: this.shipper.shipped, bytes: this.shipper.shippedBytes };
   }
 
   /**

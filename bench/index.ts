@@ -1,8 +1,9 @@
 // The benchmarks behind `npm run bench -- <name>`: each writes JSON under bench/results and prints a table.
 import { benchReplication } from "./replication";
 import { benchRecoveryPoints } from "./recovery-points";
+import { benchFailover } from "./failover";
 
-export const BENCHMARKS = ["replication", "recovery-points"] as const;
+export const BENCHMARKS = ["replication", "recovery-points", "failover"] as const;
 export type BenchmarkName = (typeof BENCHMARKS)[number];
 
 export async function runBenchmark(name: string, options: { seconds?: number; log?: (line: string) => void } = {}): Promise<unknown> {
@@ -20,6 +21,20 @@ export async function runBenchmark(name: string, options: { seconds?: number; lo
         writeKiB: 64,
         crashFrequencySeconds: 30,
         holdBoundMs: 50,
+        log,
+      });
+    case "failover":
+      // RTO of a group of two VMs (four 1 GiB disks) under a live workload: 5 test failovers per choice, then one unplanned.
+      return benchFailover({
+        runs: 5,
+        disks: 2,
+        diskSizeMiB: 1024,
+        ratePerDiskMBps: 1,
+        writeKiB: 64,
+        crashFrequencySeconds: 10,
+        warmupPoints: 3,
+        pauseSeconds: 3,
+        targetSeconds: 10,
         log,
       });
     default:

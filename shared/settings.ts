@@ -102,6 +102,7 @@ const settingsSchema = z.object({
   SWEEP_STALL_SECONDS: intSetting(0, 86400, 30),
   SEAL_SCHEDULE: ncrontab("*/15 * * * * *"),
   RPO_CRITICAL_MINUTES: intSetting(1, 1440, 60),
+  FAILOVER_CACHE_TIMEOUT_SECONDS: intSetting(1, 3600, 20),
 });
 
 export interface Config {
@@ -120,6 +121,8 @@ export interface Config {
   sweep: { schedule: string; stallSeconds: number };
   /** The sealing pass (thinning, pruning, RPO health); points themselves are sealed as tags arrive. */
   recoveryPoints: { sealSchedule: string; rpoCriticalMinutes: number };
+  /** A failover to `latest` falls back to the latest processed point when the source cache does not answer for this long. */
+  failover: { cacheTimeoutSeconds: number };
 }
 
 /** Every missing or malformed setting, reported by name, all at once. */
@@ -153,6 +156,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     http: { maxRequestBytes: s.MAX_REQUEST_BYTES },
     sweep: { schedule: s.SWEEP_SCHEDULE, stallSeconds: s.SWEEP_STALL_SECONDS },
     recoveryPoints: { sealSchedule: s.SEAL_SCHEDULE, rpoCriticalMinutes: s.RPO_CRITICAL_MINUTES },
+    failover: { cacheTimeoutSeconds: s.FAILOVER_CACHE_TIMEOUT_SECONDS },
   };
 }
 

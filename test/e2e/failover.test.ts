@@ -274,7 +274,9 @@ describe("failover of a replication group: group points, a recovery plan's order
   });
 
   test("planned failover of the group under a live workload: the source VMs shut down, and the VMs hold every acknowledged write", async () => {
-    const work = new Workload(members.map((vm) => ({ itemId: vm.itemId, agent: vm.agent! })), 47, { disks: DISKS, diskBytes: DISK_MIB * MiB });
+    // The disks hold what the earlier tests wrote.
+    const initial = new Map(members.flatMap((vm) => DISKS.map((d) => [`${vm.itemId}/${d}`, readFileSync(vm.images[d]!)] as const)));
+    const work = new Workload(members.map((vm) => ({ itemId: vm.itemId, agent: vm.agent! })), 47, { disks: DISKS, diskBytes: DISK_MIB * MiB, initial });
     try {
       await sleep(500);
       const out = await runFailover(stack, { groupId: GROUP, type: "planned" }, 90_000);

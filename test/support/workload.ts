@@ -9,6 +9,8 @@ export interface WorkloadOptions {
   diskBytes: number;
   /** Largest write (bytes, default 32 KiB). */
   maxWrite?: number;
+  /** What the disks hold before the first write (keyed `<itemId>/<diskId>`); zeros otherwise. */
+  initial?: Map<string, Buffer>;
 }
 
 /**
@@ -32,6 +34,7 @@ export class Workload {
     for (const { itemId, agent } of vms) {
       for (const id of opts.disks) {
         const model = Buffer.alloc(opts.diskBytes);
+        opts.initial?.get(`${itemId}/${id}`)?.copy(model);
         this.models.set(`${itemId}/${id}`, model);
         const disk = agent.trackedDisk(id);
         this.loops.push(
