@@ -14,6 +14,15 @@ export function parseDiskOption(value: string, previous: { id: string; sizeBytes
   return [...previous, { id: m[1]!, sizeBytes: Number(m[2]) * unit }];
 }
 
+/** An option parser for a whole number from 1 to `max`. */
+function positiveInt(flag: string, max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < 1 || n > max) throw new InvalidArgumentError(`${flag} takes a whole number from 1 to ${max}`);
+    return n;
+  };
+}
+
 interface GlobalOptions {
   url: string;
   key?: string;
@@ -30,6 +39,30 @@ const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
 export function formatTable(header: string[], rows: string[][]): string {
   const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => (r[c] ?? "").length)));
   return [header, ...rows].map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join("  ").trimEnd()).join("\n");
+}
+
+interface FailoverStatus {
+  runtimeStatus: string;
+  customStatus?: { step?: string; error?: string; stage?: { index: number; count: number }; vms?: Record<string, { vm: string; step: string; disks?: string }> };
+  output: unknown;
+}
+
+/** Polls the failover, printing each change of step (and per-VM step) once, until it ends. */
+async function followFailover(api: ApiClient, id: string): Promise<FailoverStatus> {
+  let last = "";
+  for (;;) {
+    const st = await api.call<FailoverStatus>("GET", `failovers/${encodeURIComponent(id)}`);
+    const c = st.customStatus;
+    const line = c
+      ? `${c.stage ? `[group ${c.stage.index}/${c.stage.count}] ` : ""}${c.step ?? ""}  ${Object.values(c.vms ?? {})
+          .map((v) => `${v.vm}: ${v.step}${v.disks ? ` (${v.disks})` : ""}`)
+          .join("; ")}`
+      : st.runtimeStatus;
+    if (line !== last) console.log(`  ${line}`);
+    last = line;
+    if (!["Running", "Pending", "ContinuedAsNew"].includes(st.runtimeStatus)) return st;
+    await new Promise((r) => setTimeout(r, 500));
+  }
 }
 
 export function buildProgram(): Command {
@@ -108,7 +141,78 @@ export function buildProgram(): Command {
       print(await client(cmd).call("DELETE", `replicated-items/${encodeURIComponent(itemId)}`));
     });
 
+  program
+    .command("failover")
+    .description("fail VMs over into the target region and follow the progress (a test failover leaves replication running)")
+    .argument("[itemIds...]", "replicated items (a replication group's members all together)")
+    .option("--group <name>", "a whole replication group")
+    .option("--plan <planId>", "a recovery plan: its groups in order")
+    .addOption(new Option("--type <type>", "test | planned | unplanned").choices(["test", "planned", "unplanned"]).makeOptionMandatory())
+    .option("--point <choice>", "latest | latest-processed | latest-app-consistent | <recovery point id> (default: latest for planned, else latest-processed)")
+    .option("--test-network <vnet>", "test failover: the isolated vnet in the target resource group")
+    .option("--no-wait", "print the check-status payload and return")
+    .action(async (itemIds: string[], o: { group?: string; plan?: string; type: string; point?: string; testNetwork?: string; wait: boolean }, cmd: Command) => {
+      const api = client(cmd);
+      const body = {
+        ...(itemIds.length ? { itemIds } : {}),
+        ...(o.group ? { groupId: o.group } : {}),
+        ...(o.plan ? { planId: o.plan } : {}),
+        type: o.type,
+        ...(o.point ? { recoveryPoint: o.point } : {}),
+        ...(o.testNetwork ? { testNetwork: o.testNetwork } : {}),
+      };
+      const started = await api.call<{ id: string }>("POST", "failovers", body);
+      if (!o.wait) return print(started);
+      console.log(`failover ${started.id} started`);
+      const st = await followFailover(api, started.id);
+      if (st.runtimeStatus !== "Completed") {
+        console.error(`failover ${st.runtimeStatus}: ${st.customStatus?.error ?? JSON.stringify(st.output)}`);
+        process.exitCode = 1;
+        return;
+      }
+      const out = st.output as { rtoSeconds: number; vms: { vm: string; recoveryPoint: { id: string; kind: string; time: string }; dataLossWindowSeconds: number; targetVm: { name: string; privateIp: string; powerState: string }; note?: string }[] };
+      console.log(
+        formatTable(
+          ["VM", "RUNS AS", "IP", "POWER", "RECOVERY POINT", "KIND", "POINT TIME", "DATA LOSS"],
+          out.vms.map((v) => [v.vm, v.targetVm.name, v.targetVm.privateIp, v.targetVm.powerState, v.recoveryPoint.id, v.recoveryPoint.kind, v.recoveryPoint.time, `${v.dataLossWindowSeconds}s`]),
+        ),
+      );
+      for (const v of out.vms) if (v.note) console.log(`note (${v.vm}): ${v.note}`);
+      console.log(`RTO ${out.rtoSeconds.toFixed(1)} s`);
+    });
+
+  program
+    .command("commit")
+    .description("make a failover final: the item's recovery points are deleted")
+    .argument("<itemId>", "a failed-over item")
+    .action(async (itemId: string, _o: unknown, cmd: Command) => {
+      print(await client(cmd).call("POST", `replicated-items/${encodeURIComponent(itemId)}/commit`));
+    });
+
+  program
+    .command("test-failover-cleanup")
+    .description("remove a test failover's VM, NIC and disks; the item stays protected")
+    .argument("<itemId>", "an item in test failover")
+    .action(async (itemId: string, _o: unknown, cmd: Command) => {
+      print(await client(cmd).call("POST", `replicated-items/${encodeURIComponent(itemId)}/test-failover-cleanup`));
+    });
+
   agentCommand(program);
+
+  program
+    .command("demo")
+    .description("a complete DR drill on a throwaway local stack: protect a group of two VMs, live writes, test and unplanned failover, every disk verified")
+    .option("--disk-mib <n>", "size of each of the 4 disks, MiB", positiveInt("--disk-mib", 4096), 64)
+    .option("--seconds <s>", "length of the live workload before the test failover", positiveInt("--seconds", 3600), 30)
+    .option("--mbps <n>", "workload rate over all disks, MB/s", positiveInt("--mbps", 100), 4)
+    .option("--report <path>", "where the JSON report goes", undefined)
+    .option("--verbose", "also print the host's and the agents' log lines")
+    .action(async (o: { diskMib: number; seconds: number; mbps: number; report?: string; verbose?: boolean }) => {
+      const { runDemo, DEFAULT_REPORT_PATH } = await import("./demo");
+      const report = await runDemo({ diskMiB: o.diskMib, seconds: o.seconds, mbps: o.mbps, reportPath: o.report ?? DEFAULT_REPORT_PATH, verbose: o.verbose ?? false });
+      // The storage clients keep sockets alive; the drill is over.
+      process.exit(report.ok ? 0 : 1);
+    });
 
   program
     .command("bench")

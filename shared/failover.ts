@@ -108,6 +108,14 @@ export class FailoverPlanning {
       if (!STARTABLE[req.type].has(item.state)) throw new IllegalState(item.id, item.state, `start a ${req.type} failover`);
     }
     await this.checkGroupsWhole(all, stages, selection.kind);
+    // Failover disks and target VMs are named after the VM: two VMs of one name in one failover would collide.
+    const names = new Map<string, string>();
+    for (const item of all) {
+      const key = item.vm.name.toLowerCase();
+      const other = names.get(key);
+      if (other) throw new Conflict("DuplicateVmName", `items '${other}' and '${item.id}' are both VM '${item.vm.name}': fail them over separately`, { items: [other, item.id] });
+      names.set(key, item.id);
+    }
     // Unknown or foreign point ids, and a choice with no point yet, are refused now rather than half-way.
     if (recoveryPoint !== "latest") await this.choosePoints(all, recoveryPoint);
     const at = this.now();
