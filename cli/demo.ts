@@ -16,7 +16,7 @@ import { startAzurite, type LocalStorage } from "../local/azurite";
 import { LocalFunctionsHost } from "../local/host";
 import { freePort } from "../local/process";
 import { PACKAGE_ROOT } from "../local/start";
-import { ApiClient } from "./client";
+import { ApiCallError, ApiClient } from "./client";
 import { formatTable } from "./main";
 
 const MiB = 1024 * 1024;
@@ -224,6 +224,8 @@ export interface DemoReport {
   settings: { vms: number; disksPerVm: number; diskMiB: number; seconds: number; mbps: number; replicationGroup: string; crashConsistentFrequencySeconds: number };
   workload: { seconds: number; writes: number; bytesWritten: number };
   replication: { batchesShipped: number; bytesShipped: number; initialReplicationSeconds: number };
+  /** Group tags cut while the drill watched, and the longest a cut held a VM's writes (fingerprinting included). */
+  groupTags: { cut: number; maxWriteHoldMs: number };
   vms: { vm: string; itemId: string; rpoSecondsMax: number | null; rpoSecondsLast: number | null }[];
   failovers: {
     phase: "test" | "unplanned";
@@ -264,6 +266,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     settings: { vms: VMS.length, disksPerVm: DISK_IDS.length, diskMiB: opts.diskMiB, seconds: opts.seconds, mbps: opts.mbps, replicationGroup: GROUP, crashConsistentFrequencySeconds: TAG_SECONDS },
     workload: { seconds: 0, writes: 0, bytesWritten: 0 },
     replication: { batchesShipped: 0, bytesShipped: 0, initialReplicationSeconds: 0 },
+    groupTags: { cut: 0, maxWriteHoldMs: 0 },
     vms: [],
     failovers: [],
     disks: [],
@@ -274,6 +277,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   let host: LocalFunctionsHost | undefined;
   let workload: Workload | undefined;
   const vms: DemoVm[] = [];
+  let groupTags = 0;
   let cleaned: Promise<void> | undefined;
   const cleanup = () =>
     (cleaned ??= (async () => {
@@ -324,7 +328,6 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     // 2. Protect two VMs as one replication group; agents on image files with some data for the initial copy.
     print(`\n[2/6] Protect ${VMS.map((v) => v.name).join(" and ")} (eastus → westus) as replication group ${GROUP}, crash-consistent points every ${TAG_SECONDS} s`);
     const fingerprints = new CutFingerprints();
-    let groupTags = 0;
     for (const spec of VMS) {
       const item = await api.call<{ id: string; agentRegistration: { token: string } }>("POST", "replicated-items", enableBody(spec.name, spec.privateIp, diskBytes));
       const vmDir = join(dir, spec.name);
@@ -387,13 +390,13 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
         vms.map(async (v) => {
           const [item, points] = await Promise.all([
             api.call<ItemView>("GET", `replicated-items/${v.itemId}`),
-            api.call<unknown[]>("GET", `replicated-items/${v.itemId}/recovery-points`),
+            api.call<{ scope: string }[]>("GET", `replicated-items/${v.itemId}/recovery-points`),
           ]);
           if (item.rpoSeconds !== null) {
             v.rpo.last = item.rpoSeconds;
             v.rpo.max = Math.max(v.rpo.max ?? 0, item.rpoSeconds);
           }
-          return `${v.name} ${item.state} rpo ${item.rpoSeconds === null ? "-" : `${item.rpoSeconds}s`} ${points.length} pts`;
+          return `${v.name} ${item.state} rpo ${item.rpoSeconds === null ? "-" : `${item.rpoSeconds}s`} ${points.filter((p) => p.scope === "group").length} group pts`;
         }),
       );
       return parts.join(" · ");
@@ -433,15 +436,17 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       print(`      ${v.name}: ${item.state}`);
     }
   } catch (e) {
-    report.error = (e as Error).message;
-    if (!(e instanceof DemoError)) report.error = `${(e as Error).name}: ${report.error}`;
+    report.error =
+      e instanceof DemoError ? e.message : e instanceof ApiCallError ? `the API answered ${e.status} ${e.code}: ${e.message}` : `${(e as Error).name}: ${(e as Error).message}`;
   } finally {
     for (const v of vms) report.vms.push({ vm: v.name, itemId: v.itemId, rpoSecondsMax: v.rpo.max ?? null, rpoSecondsLast: v.rpo.last ?? null });
     for (const v of vms) {
       const s = v.agent?.shipped;
       report.replication.batchesShipped += s?.batches ?? 0;
       report.replication.bytesShipped += s?.bytes ?? 0;
+      report.groupTags.maxWriteHoldMs = Math.max(report.groupTags.maxWriteHoldMs, Math.round(Math.max(0, ...(v.agent?.groupHoldsMs() ?? []))));
     }
+    report.groupTags.cut = groupTags;
     if (workload && report.workload.writes === 0) report.workload = { seconds: opts.seconds, writes: workload.writes, bytesWritten: workload.bytes };
     print(`\n      stopping agents, host and Azurite; removing ${dir}`);
     await cleanup();
@@ -550,9 +555,8 @@ async function runFailover(api: ApiClient, body: unknown, phase: "test" | "unpla
   for (;;) {
     const st = await api.call<FailoverStatusBody>("GET", `failovers/${id}`);
     const cs = st.customStatus;
-    const line = cs
-      ? `${st.runtimeStatus}: ${cs.step}${cs.vms ? " · " + Object.values(cs.vms).map((v) => `${v.vm} ${v.step}${v.disks ? ` (${v.disks})` : ""}`).join(" · ") : ""}`
-      : st.runtimeStatus;
+    const vmSteps = Object.values(cs?.vms ?? {}).map((v) => ` · ${v.vm}: ${v.step}${v.disks ? ` (${v.disks})` : ""}`);
+    const line = `${phase} failover ${st.runtimeStatus}${cs ? `, step: ${cs.step}` : ""}${vmSteps.join("")}`;
     if (line !== shown || performance.now() - shownAt > 2000) {
       status(line);
       shown = line;
@@ -675,7 +679,8 @@ function printReport(r: DemoReport, print: (line: string) => void): void {
     print("");
   }
   const rpo = r.vms.map((v) => `${v.vm} max ${v.rpoSecondsMax ?? "-"} s, last ${v.rpoSecondsLast ?? "-"} s`).join(" · ");
-  print(`  RPO during the run      ${rpo} (group points every ${r.settings.crashConsistentFrequencySeconds} s)`);
+  print(`  RPO during the run      ${rpo}`);
+  print(`  group tags              ${r.groupTags.cut} cut, every ${r.settings.crashConsistentFrequencySeconds} s; writes held at most ${r.groupTags.maxWriteHoldMs} ms per cut (the drill's fingerprinting included)`);
   print(`  workload                ${mb(r.workload.bytesWritten)} acknowledged in ${r.workload.writes} writes over ${secs(r.workload.seconds)}`);
   print(`  replicated              ${mb(r.replication.bytesShipped)} shipped to the cache in ${r.replication.batchesShipped} batches (initial copy included, done in ${secs(r.replication.initialReplicationSeconds)})`);
   const expected = r.settings.vms * r.settings.disksPerVm * 2;

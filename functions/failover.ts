@@ -3,7 +3,8 @@ import * as df from "durable-functions";
 import type { OrchestrationContext } from "durable-functions";
 import type { Services } from "./compose";
 import type { ActivityFunctionSpec, FunctionSpec, OrchestrationFunctionSpec } from "./spec";
-import { ApiError } from "../shared/errors";
+import { ApiError, isTransient, storageCode, storageStatus } from "../shared/errors";
+import { FabricError } from "../shared/fabric/port";
 import type { FailoverInput } from "../shared/failover";
 import { FailoverStepError, type CopyState, type VmOutcome, type VmPlan } from "../shared/failover-steps";
 
@@ -54,8 +55,10 @@ function retry(): df.RetryOptions {
   return r;
 }
 
-function unwrap<T>(r: StepResult<T>): T {
-  if ("failed" in r) throw new Error(`${r.failed.code}: ${r.failed.message}`);
+const firstLine = (text: string) => text.split("\n")[0]!.trim();
+
+function unwrap<T>(step: string, r: StepResult<T>): T {
+  if ("failed" in r) throw new Error(`${step}: ${r.failed.code}: ${r.failed.message}`);
   return r.value;
 }
 
@@ -70,7 +73,7 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
   // One step for several VMs at once: the activities run in parallel, the first final failure stops the failover.
   const all = function* <T>(name: string, inputs: unknown[]): Generator<df.Task, T[], unknown> {
     const results = (yield context.df.Task.all(inputs.map((i) => context.df.callActivityWithRetry(name, retry(), i)))) as StepResult<T>[];
-    return results.map(unwrap);
+    return results.map((r) => unwrap(name, r));
   };
   const later = (ms: number) => context.df.createTimer(new Date(context.df.currentUtcDateTime.getTime() + ms));
 
@@ -154,7 +157,8 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
       vms: outcomes,
     };
   } catch (e) {
-    const message = (e as Error).message;
+    // The first line says what failed (an activity's error also carries its stack, which is for the log).
+    const message = firstLine((e as Error).message);
     status.error = message;
     show("rolling back");
     // Nothing half-done: what the failover made goes and the items return to replication (retried like any step).
@@ -173,7 +177,10 @@ function step<I>(name: string, run: (input: I) => Promise<unknown>): ActivityFun
       try {
         return { value: (await run(input as I)) ?? null };
       } catch (e) {
-        if (e instanceof FailoverStepError || e instanceof ApiError) return { failed: { code: e instanceof ApiError ? e.code : e.code, message: e.message } };
+        if (e instanceof FailoverStepError || e instanceof ApiError || e instanceof FabricError) return { failed: { code: e.code, message: e.message } };
+        // A storage refusal (4xx but 408/429: a snapshot gone, a bad request) does not get better by retrying.
+        const status = storageStatus(e);
+        if (status !== undefined && !isTransient(e)) return { failed: { code: storageCode(e) ?? `Storage${status}`, message: firstLine((e as Error).message) } };
         throw e; // transient or unknown: the orchestration's retry options decide
       }
     },

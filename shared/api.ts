@@ -151,8 +151,10 @@ export function zodIssues(error: z.ZodError): FieldIssue[] {
     if (i.code === "unrecognized_keys") {
       return { field: i.keys.map((k) => (base === "(body)" ? k : `${base}.${k}`)).join(", "), message: "unknown field" };
     }
-    const missing = i.code === "invalid_type" && i.input === undefined;
-    return { field: base, message: missing ? "is required" : i.message };
+    // zod 4 reports a missing enum as invalid_value: both are "is required" (an enum naming its choices).
+    const missing = (i.code === "invalid_type" || i.code === "invalid_value") && i.input === undefined;
+    const choices = i.code === "invalid_value" ? `: one of ${i.values.map((v) => JSON.stringify(v)).join(", ")}` : "";
+    return { field: base, message: missing ? `is required${choices}` : i.message };
   });
 }
 

@@ -424,8 +424,8 @@ export class FailoverSteps {
         f.completedAt = now.toISOString();
         f.durationSeconds = duration;
       }
+      // A planned failover's source stays shut down (its agent keeps refusing writes); only a rollback starts it again.
       i.state = input.type === "test" ? "TestFailover" : "FailedOver";
-      delete i.sourceShutdown;
     });
     const f = updated?.failover ?? item.failover!;
     const vm = f.resources.vmId ? await this.deps.fabric.get(f.resources.vmId) : undefined;

@@ -28,19 +28,25 @@ export const failoverRequestSchema = z
     testNetwork: vnetName.optional(),
   })
   .strict()
-  .superRefine((r, ctx) => {
-    const given = (["itemIds", "groupId", "planId"] as const).filter((k) => r[k] !== undefined);
-    if (given.length === 0) ctx.addIssue({ code: "custom", path: ["itemIds"], message: "select what to fail over: one of itemIds, groupId or planId" });
-    if (given.length > 1) for (const k of given) ctx.addIssue({ code: "custom", path: [k], message: `give only one of itemIds, groupId, planId (got ${given.join(", ")})` });
-    if (r.itemIds && new Set(r.itemIds).size !== r.itemIds.length) {
-      const i = r.itemIds.findIndex((x, n) => r.itemIds!.indexOf(x) !== n);
-      ctx.addIssue({ code: "custom", path: ["itemIds", i], message: `item '${r.itemIds[i]}' is listed twice` });
-    }
-    if (r.testNetwork !== undefined && r.type !== "test") ctx.addIssue({ code: "custom", path: ["testNetwork"], message: "only a test failover takes a test network" });
-    if (r.type === "planned" && r.recoveryPoint !== undefined && r.recoveryPoint !== "latest") {
-      ctx.addIssue({ code: "custom", path: ["recoveryPoint"], message: "a planned failover shuts the source down and fails over to everything it wrote: only 'latest'" });
-    }
-  });
+  // Runs even when a field is invalid (`when`), so that one 400 names every offending field; hence the defensive reads.
+  .check(
+    z.superRefine(
+      (raw, ctx) => {
+        const r = raw as Record<string, unknown>;
+        const given = (["itemIds", "groupId", "planId"] as const).filter((k) => r[k] !== undefined);
+        if (given.length === 0) ctx.addIssue({ code: "custom", path: ["itemIds"], message: "select what to fail over: one of itemIds, groupId or planId" });
+        if (given.length > 1) for (const k of given) ctx.addIssue({ code: "custom", path: [k], message: `give only one of itemIds, groupId, planId (got ${given.join(", ")})` });
+        const ids = Array.isArray(r.itemIds) ? (r.itemIds as unknown[]) : [];
+        const twice = ids.findIndex((x, n) => ids.indexOf(x) !== n);
+        if (twice >= 0) ctx.addIssue({ code: "custom", path: ["itemIds", twice], message: `item '${String(ids[twice])}' is listed twice` });
+        if (r.testNetwork !== undefined && r.type !== "test") ctx.addIssue({ code: "custom", path: ["testNetwork"], message: "only a test failover takes a test network" });
+        if (r.type === "planned" && r.recoveryPoint !== undefined && r.recoveryPoint !== "latest") {
+          ctx.addIssue({ code: "custom", path: ["recoveryPoint"], message: "a planned failover shuts the source down and fails over to everything it wrote: only 'latest'" });
+        }
+      },
+      { when: (payload) => typeof payload.value === "object" && payload.value !== null },
+    ),
+  );
 export type FailoverRequest = z.infer<typeof failoverRequestSchema>;
 
 /** What the orchestration is started with: everything decided, nothing left to look up but the points. */

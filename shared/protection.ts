@@ -4,7 +4,7 @@ import { enableRequestSchema, MAX_GROUP_VMS, parseInput, updateRequestSchema, ty
 import type { Agents } from "./agents";
 import type { RecoveryPoints } from "./recovery-points";
 import { Conflict, IllegalState, NotFound } from "./errors";
-import type { Fabric, FabricResource } from "./fabric/port";
+import { resourceId, type Fabric, type FabricResource } from "./fabric/port";
 import {
   cacheContainerName,
   ItemStore,
@@ -314,10 +314,18 @@ export class Protection {
     const used = new Set(
       others.flatMap((o) => [o.target!.resourceGroup.id, o.target!.vnet.id, o.target!.availabilitySet?.id, ...o.target!.networkMappings].filter(Boolean).map((id) => id!.toLowerCase())),
     );
+    // A failed-over (or test) VM still running in the target keeps its resource group, network and availability set.
+    for (const r of [...(await fabric.list("virtualMachine")), ...(await fabric.list("networkInterface"))]) {
+      if (!r.createdBySiteRecovery) continue;
+      used.add(resourceId("resourceGroup", r.resourceGroup).toLowerCase());
+      for (const id of [r.vnetId, r.availabilitySetId]) if (id) used.add(id.toLowerCase());
+    }
     const removed: string[] = [];
     const drop = async (id: string | undefined) => {
       if (!id || used.has(id.toLowerCase())) return;
       const r = await fabric.get(id);
+      // A mapping stays with a network still in use.
+      if (r?.kind === "networkMapping" && [r.sourceId, r.targetId].some((x) => x && used.has(x.toLowerCase()))) return;
       if (r?.createdBySiteRecovery && (await fabric.delete(id))) removed.push(`${r.kind} ${r.id}`);
     };
     for (const m of item.target.networkMappings) await drop(m);

@@ -26,14 +26,18 @@ export async function sealRecoveryPoints(deps: SealingDeps): Promise<SealingRepo
   const items = (await deps.items.list()).filter((i) => SEALING_STATES.has(i.state));
   const report: SealingReport = { items: items.length, pruned: 0, expiredArrivals: 0 };
   const groups = new Map<string, ReplicatedItem>();
+  const groupsFailingOver = new Set<string>();
   for (const item of items) {
     report.expiredArrivals += await deps.points.expireArrivals(item.id, now.getTime() - ARRIVAL_EXPIRY_MS);
-    report.pruned += (await deps.points.prune(item, now.getTime())).length;
+    // A failover in progress may be copying any of the item's points: thinning waits until it has finished.
+    const failingOver = item.failover !== undefined && !item.failover.completedAt && !item.failover.error;
+    if (!failingOver) report.pruned += (await deps.points.prune(item, now.getTime())).length;
+    else if (item.replicationGroup) groupsFailingOver.add(item.replicationGroup);
     if (item.replicationGroup) groups.set(item.replicationGroup, item);
     // RPO health means something once initial replication is over.
     if (item.state === "Protected" || item.state === "ResyncRequired") await judgeHealth(deps, item, await deps.points.listForItem(item), now);
   }
-  for (const [group, member] of groups) report.pruned += (await deps.points.pruneGroup(group, member.policy, now.getTime())).length;
+  for (const [group, member] of groups) if (!groupsFailingOver.has(group)) report.pruned += (await deps.points.pruneGroup(group, member.policy, now.getTime())).length;
   return report;
 }
 

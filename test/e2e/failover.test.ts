@@ -171,7 +171,17 @@ describe("failover of one VM: test, unplanned, each recovery-point choice", () =
     assert.equal((await stack.api("POST", `replicated-items/${vm.itemId}/commit`)).status, 409, "committed once");
     // The failed-over VM stays.
     assert.equal((await stack.services.fabric.list("virtualMachine")).find((r) => r.name === "fo-solo")?.powerState, "running");
-    work.go();
+    await work.stop();
+
+    // Disabling the committed item removes its replicas, not what the failed-over VM runs in.
+    const disabled = await stack.api("DELETE", `replicated-items/${vm.itemId}`);
+    assert.equal(disabled.status, 202, JSON.stringify(disabled.body));
+    const target = failed.target;
+    for (const id of [target.resourceGroup.id, target.vnet.id]) {
+      assert.ok(await stack.services.fabric.get(id), `${id} stays: the failed-over VM uses it`);
+      assert.ok(!disabled.body.removed.some((r: string) => r.includes(id)), `${id} not removed`);
+    }
+    assert.ok(await stack.services.fabric.get(v.targetVm.id), "the failed-over VM stays");
   });
 });
 
@@ -218,14 +228,16 @@ describe("failover of a replication group: group points, a recovery plan's order
   });
 
   test("a member alone, an unknown group, an unknown point: refused, nothing started", async () => {
-    const before = JSON.stringify(await stack.services.items.list());
+    // The group's members (the other VM may still be finishing its initial replication meanwhile).
+    const groupItems = async () => JSON.stringify((await stack.services.items.list()).filter((i) => i.replicationGroup === GROUP));
+    const before = await groupItems();
     const alone = await stack.api("POST", "failovers", { itemIds: [members[0]!.itemId], type: "test" });
     assert.equal(alone.status, 409);
     assert.equal(alone.body.error.code, "GroupMemberAlone");
     assert.deepEqual(alone.body.error.details.missing, [members[1]!.itemId]);
     assert.equal((await stack.api("POST", "failovers", { groupId: "no-such-group", type: "test" })).status, 404);
     assert.equal((await stack.api("POST", "failovers", { groupId: GROUP, type: "test", recoveryPoint: "no-such-point" })).status, 404);
-    assert.equal(JSON.stringify(await stack.services.items.list()), before, "no item changed");
+    assert.equal(await groupItems(), before, "no item changed");
   });
 
   test("a recovery plan fails over group 1, then group 2 once every VM of group 1 runs; the group's VMs come from one group point", async () => {
@@ -291,6 +303,10 @@ describe("failover of a replication group: group points, a recovery plan's order
         await assertVmDisks(stack, v, models, "planned");
       }
       for (const m of members) assert.equal((await item(stack, m.itemId)).state, "FailedOver");
+      // The source stays shut down after the failover: its agents keep refusing writes.
+      await sleep(1000);
+      await members[0]!.agent!.checkin();
+      await assert.rejects(members[0]!.agent!.trackedDisk("os").write(0, Buffer.alloc(512, 1)), /shutting down/);
       const sources = (await stack.services.fabric.list("virtualMachine")).filter((r) => !r.createdBySiteRecovery);
       assert.equal(sources.length, 2);
       assert.ok(sources.every((r) => r.powerState === "deallocated"), "the source VMs are shut down");

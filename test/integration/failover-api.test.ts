@@ -41,8 +41,6 @@ interface Case {
   details?: (ids: Ids) => Record<string, unknown>;
   /** 404: the id the message must name. */
   names?: (ids: Ids) => string;
-  /** A known defect: the case is run and asserted as it should be, but reported as todo rather than failing the run. */
-  todo?: string;
 }
 
 const cases: Case[] = [
@@ -53,7 +51,6 @@ const cases: Case[] = [
     status: 400,
     code: "InvalidInput",
     fields: ["itemIds", "type"],
-    todo: "bug: only 'type' is named; failoverRequestSchema's superRefine (the selection check) does not run while 'type' is missing",
   },
   { name: "a request selecting nothing (no itemIds, groupId or planId) is refused with 400 naming itemIds", body: () => ({ type: "test" }), status: 400, code: "InvalidInput", fields: ["itemIds"] },
   { name: "an empty itemIds list is refused with 400 naming itemIds", body: () => ({ itemIds: [], type: "test" }), status: 400, code: "InvalidInput", fields: ["itemIds"] },
@@ -275,7 +272,7 @@ describe("POST /api/failovers: bad input", () => {
 
   assert.ok(cases.length >= 20);
   for (const c of cases) {
-    test(`${c.name}; no item changes and no orchestration starts`, { ...(c.todo ? { todo: c.todo } : {}) }, async () => {
+    test(`${c.name}; no item changes and no orchestration starts`, async () => {
       const res = await stack.api("POST", "failovers", c.body(ids));
       assert.equal(res.status, c.status, JSON.stringify(res.body));
       assert.equal(typeof res.body?.error?.message, "string", `error envelope: ${JSON.stringify(res.body)}`);
@@ -323,6 +320,8 @@ describe("POST /api/failovers: bad input", () => {
     // Nothing can copy the fake snapshot: the failover fails and rolls the item back.
     const st = await waitFailover(stack, id, 120_000);
     assert.equal(st.runtimeStatus, "Failed", JSON.stringify(st));
+    assert.equal(st.customStatus?.step, "failed");
+    assert.match(st.customStatus?.error ?? "", /failoverCopyDisks/, "it failed in the copy step, as a fake snapshot must");
     const after = (await stack.services.items.get(ids.solo))!.item;
     assert.equal(after.state, "Protected", JSON.stringify(after));
     assert.equal(after.failover?.instanceId, id);
