@@ -247,9 +247,7 @@ const clock = (iso: string) => iso.slice(11, 19);
 export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   const print = opts.print ?? ((l: string) => console.log(l));
   const t0 = performance.now();
-  const elapsed = () => `${Math.round((performance.now() - t0) / 1000)
-    .toString()
-    .padStart(4)}s`;
+  const elapsed = () => `${Math.round((performance.now() - t0) / 1000)}s`.padStart(5);
   const status = (line: string) => print(`${elapsed()}  ${line}`);
   const logTail: string[] = [];
   const logLine = (who: string) => (line: string) => {
@@ -396,7 +394,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
             v.rpo.last = item.rpoSeconds;
             v.rpo.max = Math.max(v.rpo.max ?? 0, item.rpoSeconds);
           }
-          return `${v.name} ${item.state} rpo ${item.rpoSeconds === null ? "-" : `${item.rpoSeconds}s`} ${points.filter((p) => p.scope === "group").length} group pts`;
+          const n = points.filter((p) => p.scope === "group").length;
+          return `${v.name} ${item.state} RPO ${item.rpoSeconds === null ? "-" : `${item.rpoSeconds}s`} ${n} point${n === 1 ? "" : "s"}`;
         }),
       );
       return parts.join(" · ");
