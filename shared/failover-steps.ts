@@ -1,5 +1,5 @@
 // The failover's steps, each idempotent (a retried or replayed step finds its own work done): drain and cut, copy disks, NIC, VM, start, record, roll back.
-import { BlobSASPermissions, type ContainerClient } from "@azure/storage-blob";
+import type { ContainerClient } from "@azure/storage-blob";
 import { applyBatches } from "./apply";
 import { seqOfBlobName, batchBlobName } from "./batch";
 import { Conflict, IllegalState, isLeaseHeld, isNotFound, NotFound } from "./errors";
@@ -322,21 +322,23 @@ export class FailoverSteps {
       f.resources.disks = [...new Set([...f.resources.disks, ...names])];
     });
     await this.mark(plan.itemId, input.instanceId, "disk copies started");
-    let copied = 0;
-    for (const [n, d] of plan.disks.entries()) {
-      const target = container.getPageBlobClient(names[n]!);
-      const props = await target.getProperties().catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
-      if (props && props.metadata?.failover === input.instanceId && props.copyStatus !== "failed" && props.copyStatus !== "aborted") {
-        if (props.copyStatus === "success" || props.copyStatus === undefined) copied++;
-        continue;
-      }
-      const source = replicas.getPageBlobClient(replicaBlobName(plan.itemId, d.diskId)).withSnapshot(d.snapshot);
-      const sasUrl = await source.generateSasUrl({ permissions: BlobSASPermissions.parse("r"), expiresOn: new Date(this.now().getTime() + 24 * 3600_000) });
-      // The poller's first poll starts the copy; its status is then checked by later calls of this step, not waited on here.
-      const poller = await target.beginCopyFromURL(sasUrl, { metadata: { failover: input.instanceId, item: plan.itemId, disk: d.diskId, point: plan.point.id } });
-      poller.stopPolling();
-      if (poller.getOperationState().result?.copyStatus === "success") copied++;
-    }
+    const done = await Promise.all(
+      plan.disks.map(async (d, n) => {
+        const target = container.getPageBlobClient(names[n]!);
+        const props = await target.getProperties().catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
+        if (props && props.metadata?.failover === input.instanceId && props.copyStatus !== "failed" && props.copyStatus !== "aborted") {
+          return props.copyStatus === "success" || props.copyStatus === undefined;
+        }
+        // Failover disks live in the replicas' account: the copy source is authorized by this request's shared key,
+        // no SAS (Azurite, given a SAS, first downloads the whole source to check it, and fails past ~512 MiB).
+        const source = replicas.getPageBlobClient(replicaBlobName(plan.itemId, d.diskId)).withSnapshot(d.snapshot);
+        // The poller's first poll starts the copy; its status is then checked by later calls of this step, not waited on here.
+        const poller = await target.beginCopyFromURL(source.url, { metadata: { failover: input.instanceId, item: plan.itemId, disk: d.diskId, point: plan.point.id } });
+        poller.stopPolling();
+        return poller.getOperationState().result?.copyStatus === "success";
+      }),
+    );
+    const copied = done.filter(Boolean).length;
     return { state: copied === plan.disks.length ? "success" : "pending", copied, total: plan.disks.length };
   }
 

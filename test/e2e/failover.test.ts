@@ -132,10 +132,12 @@ describe("failover of one VM: test, unplanned, each recovery-point choice", () =
     assert.equal((await stack.api("POST", `replicated-items/${vm.itemId}/test-failover-cleanup`)).status, 409, "nothing left to clean up");
   });
 
-  test("test failover to latest-app-consistent and to a chosen older point: each disk equals that point's content", async () => {
+  test("test failover to latest-app-consistent, to a chosen older point, and again to the point already used and cleaned up: each disk equals that point's content", async () => {
     for (const [choice, expected] of [
       ["latest-app-consistent", app],
       [older.tag.id, older],
+      // The first test's failover disks were copies of these snapshots and are deleted now: the snapshots are intact.
+      [newest.tag.id, newest],
     ] as const) {
       const out = await runFailover(stack, { itemIds: [vm.itemId], type: "test", recoveryPoint: choice });
       assert.equal(out.vms[0].recoveryPoint.id, expected.tag.id, choice);
