@@ -1,6 +1,6 @@
 // Failover planning: the request, which items it selects in which order, which recovery point each gets, and the lock that makes one failover own them.
 import { z } from "zod";
-import { parseInput } from "./api";
+import { MAX_PLAN_ITEMS, parseInput } from "./api";
 import { ApiError, BadRequest, Conflict, IllegalState, NotFound } from "./errors";
 import type { FailoverRecord, FailoverType, ItemState, ItemStore, ReplicatedItem } from "./items";
 import type { RecoveryPoint, RecoveryPoints } from "./recovery-points";
@@ -8,10 +8,6 @@ import type { RecoveryPoint, RecoveryPoints } from "./recovery-points";
 /** Recovery point choices besides an id (ASR: Latest, Latest processed, Latest app-consistent, Custom). */
 export const POINT_CHOICES = ["latest", "latest-processed", "latest-app-consistent"] as const;
 export type PointChoice = (typeof POINT_CHOICES)[number];
-
-/** Recovery plans: ASR's limits. */
-export const MAX_PLAN_GROUPS = 7;
-export const MAX_PLAN_ITEMS = 100;
 
 const itemId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/, "an item id");
 const vnetName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9_]$|^[A-Za-z0-9]$/, "a virtual network name (1-64 letters, digits, '_', '.', '-')");
