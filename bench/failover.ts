@@ -4,7 +4,6 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { BlobSASPermissions } from "@azure/storage-blob";
 import { Agent } from "../agent";
 import { parseConnectionString } from "../shared/settings";
 import { blobService } from "../shared/storage";
@@ -278,7 +277,7 @@ export async function benchFailover(o: FailoverBenchOptions) {
         })),
       };
       if (last.runtimeStatus !== "Completed") {
-        run.error = { request, response: started, status: last };
+        run.error = { request, response: started.body, status: last, hostOutputTail: stack.host.output().slice(-4000) };
         o.log(`  ${type} → ${recoveryPoint} #${n}: ${last.runtimeStatus}: ${JSON.stringify(last.customStatus)} ${JSON.stringify(last.output)}`);
         return run;
       }
@@ -308,42 +307,55 @@ export async function benchFailover(o: FailoverBenchOptions) {
       run.cleanupSeconds = round((performance.now() - c0) / 1000, 3);
     };
 
-    // Interleaved, so both choices see the same conditions over the run.
+    // Interleaved, so both choices see the same conditions over the run. A choice that failed once is not repeated
+    // (a failed failover has retried its steps with backoff and rolled back: minutes, and the same again next time).
+    const failed = new Set<Choice>();
     for (let n = 1; n <= o.runs; n++) {
       for (const choice of ["latest-processed", "latest"] as const) {
+        if (failed.has(choice)) continue;
         const run = await failover(n, "test", choice);
         runs.push(run);
         if (run.runtimeStatus === "Completed") await cleanup(run);
+        else failed.add(choice);
         await sleep(o.pauseSeconds * 1000);
       }
     }
 
-    // The raw floor: the same number of server-side copies of the newest group point's snapshots, straight to storage.
+    // The storage floor: server-side copies of the newest group point's snapshots, all at once, straight to storage,
+    // the way the copy step makes them (same account, plain URL, shared key).
     const newest = (await groupPoints())[0]!;
     const service = blobService(parseConnectionString(stack.storage.control));
     const replicas = service.getContainerClient("replicas");
     const scratch = service.getContainerClient("bench-raw-copy");
     await scratch.createIfNotExists();
-    const all = await Promise.all(
-      items.map(async (item) => (await api(stack, "GET", `replicated-items/${item.id}/recovery-points`)).body.find((p: any) => p.id === newest.id) as { disks: { diskId: string; snapshot: string }[] }),
-    );
-    const r0 = performance.now();
-    await Promise.all(
-      all.flatMap((p, i) =>
-        p.disks.map(async (d) => {
-          const source = replicas.getPageBlobClient(`${items[i]!.id}/${d.diskId}.vhd`).withSnapshot(d.snapshot);
-          const sas = await source.generateSasUrl({ permissions: BlobSASPermissions.parse("r"), expiresOn: new Date(Date.now() + 3600_000) });
-          const poller = await scratch.getPageBlobClient(`${i}-${d.diskId}.vhd`).beginCopyFromURL(sas, { intervalInMs: 50 });
-          await poller.pollUntilDone();
+    const sources = (
+      await Promise.all(
+        items.map(async (item) => {
+          const p = (await api(stack, "GET", `replicated-items/${item.id}/recovery-points`)).body.find((x: any) => x.id === newest.id) as { disks: { diskId: string; snapshot: string }[] };
+          return p.disks.map((d) => replicas.getPageBlobClient(`${item.id}/${d.diskId}.vhd`).withSnapshot(d.snapshot));
         }),
-      ),
-    );
-    const rawCopySeconds = round((performance.now() - r0) / 1000, 3);
+      )
+    ).flat();
+    const rawCopy = async (): Promise<number | string> => {
+      const r0 = performance.now();
+      try {
+        await Promise.all(
+          sources.map(async (source, k) => {
+            const poller = await scratch.getPageBlobClient(`raw-${k}.vhd`).beginCopyFromURL(source.url, { intervalInMs: 50 });
+            await poller.pollUntilDone();
+          }),
+        );
+        return round((performance.now() - r0) / 1000, 3);
+      } catch (e) {
+        return `failed after ${round((performance.now() - r0) / 1000, 1)} s: ${(e as { statusCode?: number }).statusCode ?? ""} ${(e as Error).message}`.trim();
+      }
+    };
+    const rawCopySeconds = await rawCopy();
     await scratch.delete();
+    o.log(`raw server-side copy of the ${sources.length} snapshots: ${rawCopySeconds} s`);
 
     // The real thing, once: replication of the items ends (FailedOver).
-    const unplanned = await failover(1, "unplanned", "latest-processed");
-    runs.push(unplanned);
+    if (failed.size < 2) runs.push(await failover(1, "unplanned", "latest-processed"));
     await churn.stop();
     const written = churn.written;
     churn = undefined;
@@ -364,8 +376,12 @@ export async function benchFailover(o: FailoverBenchOptions) {
         orchestrationRtoSeconds: stats(ok.map((r) => r.rtoSeconds ?? NaN)),
         backlog: { medianBatches: percentile(ok.map((r) => r.backlog.batches), 50), medianMB: round(percentile(ok.map((r) => r.backlog.bytes), 50) / 1e6, 2), maxMB: round(Math.max(...ok.map((r) => r.backlog.bytes)) / 1e6, 2) },
         dataLossWindowSeconds: stats(ok.flatMap((r) => r.points.map((p) => p.dataLossWindowSeconds))),
+        /** Median over the runs whose polling saw the step (a step shorter than a poll may go unseen: its time is in the one before). */
         stepsMedianSeconds: Object.fromEntries(
-          ["POST → first status", ...stepNames].map((s) => [s, round(percentile(ok.map((r) => r.steps.find((x) => x.step === s)?.seconds ?? 0), 50), 3)]),
+          ["POST → first status", ...stepNames].map((s) => {
+            const seen = ok.flatMap((r) => r.steps.filter((x) => x.step === s).map((x) => x.seconds));
+            return [s, seen.length === ok.length ? round(percentile(seen, 50), 3) : `${round(percentile(seen, 50), 3)} (seen ${seen.length}/${ok.length})`];
+          }),
         ),
         phasesMedianSeconds: Object.fromEntries(PHASES.map(([name]) => [name, round(percentile(ok.map((r) => r.phases[name] ?? NaN).filter(Number.isFinite), 50), 3)])),
         cleanupMedianSeconds: type === "test" ? round(percentile(ok.map((r) => r.cleanupSeconds ?? NaN).filter(Number.isFinite), 50), 3) : null,
@@ -387,7 +403,8 @@ export async function benchFailover(o: FailoverBenchOptions) {
       summaries,
       ratios: {
         latestOverLatestProcessed: lp.wallRtoSeconds && lt.wallRtoSeconds ? round(lt.wallRtoSeconds.median / lp.wallRtoSeconds.median, 2) : null,
-        latestProcessedOverRawCopy: lp.wallRtoSeconds ? round(lp.wallRtoSeconds.median / rawCopySeconds, 1) : null,
+        /** Against the same four copies straight to storage (the copy step's floor). */
+        latestProcessedOverRawCopy: lp.wallRtoSeconds && typeof rawCopySeconds === "number" ? round(lp.wallRtoSeconds.median / rawCopySeconds, 1) : null,
       },
       rawCopySeconds,
       runs,
@@ -396,10 +413,10 @@ export async function benchFailover(o: FailoverBenchOptions) {
     const label = (s: any) => `${s.type} → ${s.recoveryPoint}`;
     o.log(
       table(
-        ["failover", "runs", "RTO median s", "p90 s", "min s", "max s", "orchestration RTO median s", "backlog drained median MB (max)", `≤ ${o.targetSeconds} s`],
+        ["failover", "runs", "RTO median s", "p90 s", "min s", "max s", "orchestration RTO median s", "backlog drained median MB (max)", "data-loss window median s", `≤ ${o.targetSeconds} s`],
         summaries.map((s: any) =>
           s.completed === 0
-            ? [label(s), `0 of ${s.runs} completed`, "-", "-", "-", "-", "-", "-", "no"]
+            ? [label(s), s.runs === 0 ? "not run" : `0 of ${s.runs} completed`, "-", "-", "-", "-", "-", "-", "-", s.runs === 0 ? "-" : "not met"]
             : [
                 label(s),
                 s.completed === s.runs ? s.runs : `${s.completed} of ${s.runs}`,
@@ -409,13 +426,20 @@ export async function benchFailover(o: FailoverBenchOptions) {
                 s.wallRtoSeconds.max,
                 s.orchestrationRtoSeconds.median,
                 s.recoveryPoint === "latest" ? `${s.backlog.medianMB} (${s.backlog.maxMB})` : "-",
+                s.dataLossWindowSeconds.median,
                 s.targetMet ? "met" : "not met",
               ],
         ),
       ),
     );
-    o.log(`RTO latest ÷ latest-processed (medians): ${result.ratios.latestOverLatestProcessed}; ` + `raw server-side copy of the ${o.disks * 2} snapshots: ${rawCopySeconds} s`);
+    o.log(
+      `RTO latest ÷ latest-processed (medians): ${result.ratios.latestOverLatestProcessed}; latest-processed ÷ raw copies of the disks: ${result.ratios.latestProcessedOverRawCopy}`,
+    );
     const ok = summaries.filter((s: any) => s.completed > 0) as any[];
+    if (ok.length === 0) {
+      o.log(`no failover completed; the runs' errors (request, response, last status, the host's output) are in ${file}`);
+      return result;
+    }
     const stepRows = ["POST → first status", ...STEP_ORDER].filter((s) => ok.some((x) => x.stepsMedianSeconds[s] !== undefined));
     o.log(
       table(

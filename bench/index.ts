@@ -24,11 +24,12 @@ export async function runBenchmark(name: string, options: { seconds?: number; lo
         log,
       });
     case "failover":
-      // RTO of a group of two VMs (four 1 GiB disks) under a live workload: 5 test failovers per choice, then one unplanned.
+      // RTO of a group of two VMs (four 1 GiB disks; BENCH_DISK_MIB for another size) under a live workload: 5 test
+      // failovers per choice (BENCH_RUNS), then one unplanned.
       return benchFailover({
-        runs: 5,
+        runs: Number(process.env.BENCH_RUNS ?? 5),
         disks: 2,
-        diskSizeMiB: 1024,
+        diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024),
         ratePerDiskMBps: 1,
         writeKiB: 64,
         crashFrequencySeconds: 10,
