@@ -1,7 +1,10 @@
 // Failover end to end: real agents on tracked disks, the local host's durable orchestration, LocalFabric; failover disks compared byte for byte with the workload's model at the chosen point, and read by qemu-img.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { startTestStack, type TestStack } from "../support/stack";
 import { assertReplicaEqualsSource, protectVm, type E2eVm } from "../support/e2e";
 import { Workload } from "../support/workload";
@@ -144,6 +147,35 @@ describe("failover of one VM: test, unplanned, each recovery-point choice", () =
       assert.equal(out.vms[0].recoveryPoint.kind, expected.tag.kind);
       await assertVmDisks(stack, out.vms[0], expected.model, choice);
       assert.equal((await stack.api("POST", `replicated-items/${vm.itemId}/test-failover-cleanup`)).status, 200);
+    }
+  });
+
+  /** The CLI against this stack; rejects (with its output) on a non-zero exit. */
+  const run = (args: string[]) =>
+    promisify(execFile)(process.execPath, [join(__dirname, "..", "..", "cli", "main.js"), "--url", stack.url, ...args], { encoding: "utf8", timeout: 60_000 });
+
+  test("test failover to latest through the CLI: it follows the progress, prints the VM table, and the disks hold every acknowledged write", async () => {
+    await work.pause();
+    await agent.waitIdle(30_000); // every acknowledged write is in the cache, maybe not yet applied
+    const model = work.copy();
+    try {
+      // Asynchronously: the host serving it runs in this process.
+      const cli = await run(["failover", vm.itemId, "--type", "test", "--point", "latest"]);
+      assert.match(cli.stdout, /completed\s+fo-solo: running/, "the progress ends with the VM running");
+      assert.match(cli.stdout, /fo-solo-test\s+10\.2\.0\.254\s+running\s+latest-/);
+      assert.match(cli.stdout, /RTO \d+\.\d s/);
+      const f = (await item(stack, vm.itemId)).failover;
+      assert.match(f.point.id, /^latest-/);
+      assert.equal(f.resources.disks.length, DISKS.length);
+      const byDisk = new Map(DISKS.map((d) => [`${vm.itemId}/${d}`, model.get(`${vm.itemId}/${d}`)!]));
+      for (const d of DISKS) {
+        const blob = `failover/${f.resources.disks.find((n: string) => n.startsWith(`fo-solo-${d}-`))}`;
+        await assertFailoverDisk(stack, blob, byDisk.get(`${vm.itemId}/${d}`)!, `CLI latest ${d}`);
+      }
+      const cleanup = await run(["test-failover-cleanup", vm.itemId]);
+      assert.equal(JSON.parse(cleanup.stdout).state, "Protected");
+    } finally {
+      work.go();
     }
   });
 
