@@ -142,8 +142,8 @@ export class FailoverSteps {
 
   /**
    * Applies every batch the cache holds in order, then snapshots each replica under its lease (never between two
-   * writes of a batch) as the point `latest-<instance>`. Undefined when the source cache cannot be reached: the
-   * caller falls back to the latest processed point.
+   * writes of a batch) as the point `latest-<instance>`. When the source cache cannot be reached there is no point,
+   * only a note: the plan falls back to the latest processed point. A retry after the point was recorded returns it.
    */
   async drainAndCut(input: FailoverInput, itemId: string): Promise<{ pointId?: string; note?: string }> {
     const item = await this.owned(itemId, input.instanceId);
@@ -182,18 +182,20 @@ export class FailoverSteps {
     return { pointId };
   }
 
-  /** Applies the disk's contiguous cached batches through the same apply as the queue (joins or waits for a running one). */
+  /**
+   * Applies, through the same apply as the queue (joining or waiting for a run in progress), every batch that was
+   * contiguous in the cache when the drain began: a source still writing does not make it chase a moving target.
+   */
   private async drainDisk(item: ReplicatedItem, diskId: string, cache: ContainerClient, deadline: number): Promise<"drained" | "unreachable"> {
     const replica = (await this.deps.storage.replicas()).getPageBlobClient(replicaBlobName(item.id, diskId));
-    for (;;) {
-      const cached = await this.listCached(cache, diskId);
-      if (cached === "unreachable") return "unreachable";
-      const watermark = (await replica.getProperties()).blobSequenceNumber ?? 0;
-      let top = watermark;
-      while (cached.has(top + 1)) top++;
-      // Nothing contiguous above the watermark: drained (a gap can never close now, its batch went with the source).
-      if (top === watermark) return "drained";
-      if (Date.now() > deadline) throw new Error(`draining ${item.id}/${diskId} did not finish in time (watermark ${watermark}, cached up to ${top})`);
+    const cached = await this.listCached(cache, diskId);
+    if (cached === "unreachable") return "unreachable";
+    let watermark = (await replica.getProperties()).blobSequenceNumber ?? 0;
+    let target = watermark;
+    // A gap can never close now (its batch may have gone with the source): the drain stops before it.
+    while (cached.has(target + 1)) target++;
+    while (watermark < target) {
+      if (Date.now() > deadline) throw new Error(`draining ${item.id}/${diskId} did not finish in time (watermark ${watermark}, cached up to ${target})`);
       const outcome = await applyBatches(
         {
           storage: this.deps.storage,
@@ -202,12 +204,14 @@ export class FailoverSteps {
           log: this.log,
           onTagApplied: snapshotAtTag(this.deps.points, this.log),
         },
-        { v: 1, itemId: item.id, diskId, seq: top },
+        { v: 1, itemId: item.id, diskId, seq: target },
       );
       // A halted disk (corrupt batch, resync) applies no further: latest is what the replica holds.
       if (outcome.result === "ran" && outcome.stop && HALTS.has(outcome.stop)) return "drained";
       if (outcome.result !== "ran") await sleep(200); // another run holds the disk: look again shortly
+      watermark = (await replica.getProperties()).blobSequenceNumber ?? 0;
     }
+    return "drained";
   }
 
   /** The seqs cached for a disk, or "unreachable" when the cache does not answer within the bound. */

@@ -107,7 +107,7 @@ export class FailoverPlanning {
     const { stages, selection } = await this.select(req);
     const all = await this.itemsOf(stages.flat());
     for (const item of all) {
-      if (!STARTABLE[req.type].has(item.state)) throw new IllegalState(item.id, item.state, `start a ${req.type} failover`);
+      if (!STARTABLE[req.type].has(item.state)) throw new IllegalState(item.id, item.state, `start ${req.type === "unplanned" ? "an" : "a"} ${req.type} failover`);
     }
     await this.checkGroupsWhole(all, stages, selection.kind);
     // Failover disks and target VMs are named after the VM: two VMs of one name in one failover would collide.
@@ -239,7 +239,7 @@ export class FailoverPlanning {
     try {
       for (const item of items) {
         const found = await this.deps.items.get(item.id);
-        if (!found || found.item.state !== item.state) throw new IllegalState(item.id, found?.item.state ?? "gone", `start a ${input.type} failover`);
+        if (!found || found.item.state !== item.state) throw new IllegalState(item.id, found?.item.state ?? "gone", `start ${input.type === "unplanned" ? "an" : "a"} ${input.type} failover`);
         const record: FailoverRecord = {
           instanceId: input.instanceId,
           type: input.type,

@@ -6,7 +6,9 @@ import { promisify } from "node:util";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { startTestStack, type TestStack } from "../support/stack";
-import { assertReplicaEqualsSource, protectVm, type E2eVm } from "../support/e2e";
+import { assertReplicaEqualsSource, deliver, lastSeq, protectVm, type E2eVm } from "../support/e2e";
+import { cacheBatches } from "../support/cache";
+import { cacheContainerName, replicaBlobName } from "../../shared/items";
 import { Workload } from "../support/workload";
 import { assertFailoverDisk, runFailover, startFailover, waitFailover } from "../support/failover";
 import type { Agent } from "../../agent";
@@ -346,6 +348,47 @@ describe("failover of a replication group: group points, a recovery plan's order
       assert.ok(sources.every((r) => r.powerState === "deallocated"), "the source VMs are shut down");
     } finally {
       await work.stop();
+    }
+  });
+});
+
+describe("failover to latest drains the cache itself", () => {
+  let stack: TestStack;
+  let vm: E2eVm;
+
+  before(async () => {
+    // No queue polling: nothing applies a batch unless a test delivers it, or the failover's drain does.
+    stack = await startTestStack({ queues: false, env: { AGENT_CHECKIN_SECONDS: "1" } });
+    vm = await protectVm(stack, "fo-drain", DISK_MIB);
+  });
+
+  after(async () => {
+    await vm?.cleanup();
+    await stack?.stop();
+  });
+
+  test("batches the queue never delivered are applied by the drain: the failover disks equal the source, the replicas were behind", async () => {
+    const agent = await vm.startAgent({ tagIntervalMs: 3_600_000 });
+    await agent.waitIdle(30_000);
+    const cache = stack.services.storage.cacheBlobs.getContainerClient(cacheContainerName(vm.itemId));
+    // Initial replication, delivered by hand.
+    const initial = (await Promise.all(DISKS.map(async (d) => (await cacheBatches(cache, d)).map((b) => ({ v: 1 as const, itemId: vm.itemId, diskId: d, seq: b.seq }))))).flat();
+    await deliver(stack, initial);
+    assert.equal((await item(stack, vm.itemId)).state, "Protected");
+    // Writes that reach the cache and stay there.
+    for (const [n, d] of DISKS.entries()) await agent.trackedDisk(d).write(1_000_000 + n * 4097, Buffer.alloc(300_000, 0x5c + n));
+    await agent.waitIdle(30_000);
+    const replicas = await stack.services.storage.replicas();
+    for (const d of DISKS) {
+      const behind = (await replicas.getPageBlobClient(replicaBlobName(vm.itemId, d)).getProperties()).blobSequenceNumber!;
+      assert.ok(behind < lastSeq(agent, d), `the replica of ${d} is behind the cache (${behind} < ${lastSeq(agent, d)})`);
+    }
+    const out = await runFailover(stack, { itemIds: [vm.itemId], type: "test", recoveryPoint: "latest" });
+    const source = new Map(DISKS.map((d) => [`${vm.itemId}/${d}`, readFileSync(vm.images[d]!)]));
+    await assertVmDisks(stack, out.vms[0], source, "drained latest");
+    for (const d of DISKS) {
+      const w = (await replicas.getPageBlobClient(replicaBlobName(vm.itemId, d)).getProperties()).blobSequenceNumber!;
+      assert.equal(w, lastSeq(agent, d), `the drain applied ${d} up to the last batch`);
     }
   });
 });
