@@ -58,7 +58,7 @@ async function followFailover(api: ApiClient, id: string): Promise<FailoverStatu
           .map((v) => `${v.vm}: ${v.step}${v.disks ? ` (${v.disks})` : ""}`)
           .join("; ")}`
       : st.runtimeStatus;
-    if (line !== last) console.log(`  ${line}`);
+    if (line !== last) console.log(`  ${line}`.trimEnd());
     last = line;
     if (!["Running", "Pending", "ContinuedAsNew"].includes(st.runtimeStatus)) return st;
     await new Promise((r) => setTimeout(r, 500));
