@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { Agent } from "../agent";
 import { parseConnectionString } from "../shared/settings";
 import { blobService } from "../shared/storage";
-import { machine, percentile, round, startBenchStack, table, writeResults, type BenchStack } from "./harness";
+import { api, BENCH_GROUP, startBenchGroup, machine, percentile, round, startBenchStack, table, writeResults } from "./harness";
 
 const MiB = 1024 * 1024;
 const POLL_MS = 100;
@@ -79,29 +79,6 @@ interface RunResult {
   error?: unknown;
 }
 
-async function api(stack: BenchStack, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  const res = await fetch(`${stack.url}/api/${path}`, { method, headers: { "content-type": "application/json" }, ...(body ? { body: JSON.stringify(body) } : {}) });
-  return { status: res.status, body: await res.json().catch(() => undefined) };
-}
-
-async function enable(stack: BenchStack, o: FailoverBenchOptions, name: string, ip: string, group: string) {
-  const res = await api(stack, "POST", "replicated-items", {
-    vm: {
-      name,
-      region: "eastus",
-      resourceGroup: "bench-rg",
-      size: "Standard_D8s_v5",
-      network: { vnet: "bench-vnet", subnet: "default", privateIp: ip },
-      disks: Array.from({ length: o.disks }, (_, i) => ({ id: i === 0 ? "os" : `data${i - 1}`, sizeBytes: o.diskSizeMiB * MiB })),
-    },
-    targetRegion: "westus",
-    replicationGroup: group,
-    policy: { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: o.crashFrequencySeconds, appConsistentFrequencyMinutes: 240 },
-  });
-  if (res.status !== 201) throw new Error(`enable failed: ${JSON.stringify(res.body)}`);
-  return res.body as { id: string; agentRegistration: { token: string }; disks: { id: string }[] };
-}
-
 /** A paced random-write workload, two writers per disk, until stopped. */
 class Churn {
   private stopped = false;
@@ -158,28 +135,12 @@ export async function benchFailover(o: FailoverBenchOptions) {
   const stack = await startBenchStack({ AGENT_CHECKIN_SECONDS: "1" });
   const work = mkdtempSync(join(stack.dir, "vms-"));
   const agents: Agent[] = [];
-  const group = "bench-group";
+  const group = BENCH_GROUP;
   let churn: Churn | undefined;
   try {
-    const items = [await enable(stack, o, "bench-a", "10.1.0.4", group), await enable(stack, o, "bench-b", "10.1.0.5", group)];
-    for (const [i, item] of items.entries()) {
-      agents.push(
-        await Agent.start({
-          url: stack.url,
-          token: item.agentRegistration.token,
-          stateDir: join(work, `state-${i}`),
-          disks: item.disks.map((d) => ({ id: d.id, kind: "tracked" as const, path: join(work, `${i}-${d.id}.img`) })),
-          groupPort: 0,
-          groupHost: "127.0.0.1",
-          log: (line) => {
-            if (/aborted|failed|error/i.test(line)) o.log(`  agent ${i}: ${line}`);
-          },
-        }),
-      );
-    }
     const t0 = performance.now();
     o.log("initial replication…");
-    await Promise.all(agents.map((a) => a.waitIdle(600_000)));
+    const items = await startBenchGroup(stack, o, work, { log: (i, line) => /aborted|failed|error/i.test(line) && o.log(`  agent ${i}: ${line}`) }, agents);
     for (const item of items) {
       const deadline = Date.now() + 300_000;
       for (;;) {
@@ -190,11 +151,6 @@ export async function benchFailover(o: FailoverBenchOptions) {
       }
     }
     const initialSeconds = round((performance.now() - t0) / 1000, 1);
-    const deadline = Date.now() + 60_000;
-    while (!agents.some((a) => a.groupRole === "coordinator" && a.groupMembersConnected().length === 1)) {
-      if (Date.now() > deadline) throw new Error(`the group did not form: roles ${agents.map((a) => a.groupRole).join(", ")}`);
-      await sleep(100);
-    }
     o.log(`both items Protected after ${initialSeconds} s; the group formed; workload on, waiting for ${o.warmupPoints} group points…`);
 
     churn = new Churn(

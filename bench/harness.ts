@@ -2,6 +2,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
+import { Agent } from "../agent";
 import { startAzurite, type LocalStorage } from "../local/azurite";
 import { startHostProcess, type HostProcess } from "../local/process";
 
@@ -82,4 +83,75 @@ export class ProcessMeter {
     const wallMs = performance.now() - this.t0;
     return { cpuPercent: round(((cpu.user + cpu.system) / 1000 / wallMs) * 100, 1), peakRssMiB: round(Math.max(this.peakRss, process.memoryUsage().rss) / 2 ** 20, 1) };
   }
+}
+
+/** One call to the stack's HTTP API; the body parsed when it is JSON. */
+// Benchmarks read a few fields of each response.
+export async function api(stack: BenchStack, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${stack.url}/api/${path}`, { method, headers: { "content-type": "application/json" }, ...(body ? { body: JSON.stringify(body) } : {}) });
+  return { status: res.status, body: await res.json().catch(() => undefined) };
+}
+
+/** Enables a benchmark VM (disks `os`, `data0`, …) in a replication group. */
+export async function enableBenchVm(
+  stack: BenchStack,
+  o: { disks: number; diskSizeMiB: number; crashFrequencySeconds: number },
+  name: string,
+  ip: string,
+  group: string,
+): Promise<{ id: string; agentRegistration: { token: string }; disks: { id: string }[] }> {
+  const MiB = 1024 * 1024;
+  const res = await api(stack, "POST", "replicated-items", {
+    vm: {
+      name,
+      region: "eastus",
+      resourceGroup: "bench-rg",
+      size: "Standard_D8s_v5",
+      network: { vnet: "bench-vnet", subnet: "default", privateIp: ip },
+      disks: Array.from({ length: o.disks }, (_, i) => ({ id: i === 0 ? "os" : `data${i - 1}`, sizeBytes: o.diskSizeMiB * MiB })),
+    },
+    targetRegion: "westus",
+    replicationGroup: group,
+    policy: { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: o.crashFrequencySeconds, appConsistentFrequencyMinutes: 240 },
+  });
+  if (res.status !== 201) throw new Error(`enable failed: ${JSON.stringify(res.body)}`);
+  return res.body;
+}
+
+export const BENCH_GROUP = "bench-group";
+
+/**
+ * Two VMs (`bench-a`, `bench-b`) of one replication group, each with an agent in this process on sparse image files
+ * under `work` (tracked disks), the barrier on loopback; resolves once both agents have shipped their initial copy
+ * and the group has formed (one coordinator, one connected member).
+ */
+export async function startBenchGroup(
+  stack: BenchStack,
+  o: { disks: number; diskSizeMiB: number; crashFrequencySeconds: number },
+  work: string,
+  agentOptions: { groupHoldBoundMs?: number; log: (vm: number, line: string) => void },
+  agents: Agent[],
+): Promise<{ id: string; agentRegistration: { token: string }; disks: { id: string }[] }[]> {
+  const items = [await enableBenchVm(stack, o, "bench-a", "10.1.0.4", BENCH_GROUP), await enableBenchVm(stack, o, "bench-b", "10.1.0.5", BENCH_GROUP)];
+  for (const [i, item] of items.entries()) {
+    agents.push(
+      await Agent.start({
+        url: stack.url,
+        token: item.agentRegistration.token,
+        stateDir: join(work, `state-${i}`),
+        disks: item.disks.map((d) => ({ id: d.id, kind: "tracked" as const, path: join(work, `${i}-${d.id}.img`) })),
+        groupPort: 0,
+        groupHost: "127.0.0.1",
+        ...(agentOptions.groupHoldBoundMs !== undefined ? { groupHoldBoundMs: agentOptions.groupHoldBoundMs } : {}),
+        log: (line) => agentOptions.log(i, line),
+      }),
+    );
+  }
+  await Promise.all(agents.map((a) => a.waitIdle(600_000)));
+  const deadline = Date.now() + 60_000;
+  while (!agents.some((a) => a.groupRole === "coordinator" && a.groupMembersConnected().length === 1)) {
+    if (Date.now() > deadline) throw new Error(`the group did not form: roles ${agents.map((a) => a.groupRole).join(", ")}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return items;
 }

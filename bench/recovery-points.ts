@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { Agent } from "../agent";
-import { machine, percentile, ProcessMeter, round, startBenchStack, table, writeResults, type BenchStack } from "./harness";
+import { api, startBenchGroup, machine, percentile, ProcessMeter, round, startBenchStack, table, writeResults } from "./harness";
 
 const MiB = 1024 * 1024;
 
@@ -26,29 +26,6 @@ interface PointView {
   time: string;
   scope: "vm" | "group";
   sealedAt: string;
-}
-
-async function api(stack: BenchStack, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  const res = await fetch(`${stack.url}/api/${path}`, { method, headers: { "content-type": "application/json" }, ...(body ? { body: JSON.stringify(body) } : {}) });
-  return { status: res.status, body: await res.json().catch(() => undefined) };
-}
-
-async function enable(stack: BenchStack, o: RecoveryPointsBenchOptions, name: string, ip: string, group: string) {
-  const res = await api(stack, "POST", "replicated-items", {
-    vm: {
-      name,
-      region: "eastus",
-      resourceGroup: "bench-rg",
-      size: "Standard_D8s_v5",
-      network: { vnet: "bench-vnet", subnet: "default", privateIp: ip },
-      disks: Array.from({ length: o.disks }, (_, i) => ({ id: i === 0 ? "os" : `data${i - 1}`, sizeBytes: o.diskSizeMiB * MiB })),
-    },
-    targetRegion: "westus",
-    replicationGroup: group,
-    policy: { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: o.crashFrequencySeconds, appConsistentFrequencyMinutes: 240 },
-  });
-  if (res.status !== 201) throw new Error(`enable failed: ${JSON.stringify(res.body)}`);
-  return res.body as { id: string; agentRegistration: { token: string }; disks: { id: string }[] };
 }
 
 /** Paced writers, two per disk, until `end`. */
@@ -83,33 +60,21 @@ export async function benchRecoveryPoints(o: RecoveryPointsBenchOptions) {
   const stack = await startBenchStack({ AGENT_CHECKIN_SECONDS: "2" });
   const work = mkdtempSync(join(stack.dir, "vms-"));
   const agents: Agent[] = [];
-  const group = "bench-group";
   let aborted = 0;
   try {
-    const items = [await enable(stack, o, "bench-a", "10.1.0.4", group), await enable(stack, o, "bench-b", "10.1.0.5", group)];
-    for (const [i, item] of items.entries()) {
-      agents.push(
-        await Agent.start({
-          url: stack.url,
-          token: item.agentRegistration.token,
-          stateDir: join(work, `state-${i}`),
-          disks: item.disks.map((d) => ({ id: d.id, kind: "tracked" as const, path: join(work, `${i}-${d.id}.img`) })),
-          groupPort: 0,
-          groupHost: "127.0.0.1",
-          groupHoldBoundMs: o.holdBoundMs,
-          log: (line) => {
-            if (/group tag .* aborted/.test(line)) aborted++;
-            if (/group|tag/.test(line)) o.log(`  agent ${i}: ${line}`);
-          },
-        }),
-      );
-    }
-    await Promise.all(agents.map((a) => a.waitIdle(300_000)));
-    const deadline = Date.now() + 60_000;
-    while (!agents.some((a) => a.groupRole === "coordinator" && a.groupMembersConnected().length === 1)) {
-      if (Date.now() > deadline) throw new Error(`the group did not form: roles ${agents.map((a) => a.groupRole).join(", ")}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    const items = await startBenchGroup(
+      stack,
+      o,
+      work,
+      {
+        groupHoldBoundMs: o.holdBoundMs,
+        log: (i, line) => {
+          if (/group tag .* aborted/.test(line)) aborted++;
+          if (/group|tag/.test(line)) o.log(`  agent ${i}: ${line}`);
+        },
+      },
+      agents,
+    );
     const startedAt = new Date();
     aborted = 0;
     const holdsBefore = agents.map((a) => a.groupHoldsMs().length);
