@@ -162,7 +162,12 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
     status.error = message;
     show("rolling back");
     // Nothing half-done: what the failover made goes and the items return to replication (retried like any step).
-    yield context.df.Task.all(ids.map((itemId) => context.df.callActivityWithRetry("failoverRollback", retry(), { input, itemId, error: message })));
+    try {
+      yield context.df.Task.all(ids.map((itemId) => context.df.callActivityWithRetry("failoverRollback", retry(), { input, itemId, error: message })));
+    } catch (r) {
+      // Still the failover's error that fails it; what the rollback left is on the items (their failover record).
+      status.error = `${message}; the rollback failed too: ${firstLine((r as Error).message)}`;
+    }
     show("failed");
     throw e;
   }
