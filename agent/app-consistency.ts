@@ -19,10 +19,13 @@ export interface ScriptResult {
   detail: string;
 }
 
+/** After a script exits, how long its stderr may take to close (the last lines of a failure are the useful ones). */
+const STDERR_GRACE_MS = 250;
+
 /**
  * Runs argv without a shell, in its own process group. Past `timeoutMs` the whole group is killed (SIGKILL) and the
  * result is a failure at once: a grandchild still holding stderr open (e.g. `sleep` in a shell script) cannot hold the
- * caller beyond the bound, which is why the exit, not the close of the pipes, ends the wait.
+ * caller beyond the bound, which is why the exit (and at most a short grace for stderr), not the close of the pipes, ends the wait.
  */
 export function runScript(argv: string[], timeoutMs: number): Promise<ScriptResult> {
   return new Promise((resolve) => {
@@ -59,15 +62,22 @@ export function runScript(argv: string[], timeoutMs: number): Promise<ScriptResu
       if (stderr.length > STDERR_TAIL_BYTES) stderr = stderr.subarray(stderr.length - STDERR_TAIL_BYTES);
     });
     child.on("error", (e) => finish({ ok: false, code: null, timedOut: false, detail: `'${name}' did not start: ${e.message}` }));
+    let stderrClosed = false;
+    child.stderr!.on("close", () => (stderrClosed = true));
     child.on("exit", (code, signal) => {
-      // Give the pipe a moment to deliver the last of stderr, but never wait on it.
-      setImmediate(() =>
+      const done = () =>
         finish(
           code === 0
             ? { ok: true, code: 0, timedOut: false, detail: "" }
             : { ok: false, code, timedOut: false, detail: `'${name}' ${code !== null ? `exited with code ${code}` : `was killed by ${signal}`}${tail()}` },
-        ),
-      );
+        );
+      // The last of stderr may still be in the pipe: wait for it to close, but only briefly (a grandchild may hold it open).
+      if (stderrClosed) return done();
+      const grace = setTimeout(done, STDERR_GRACE_MS);
+      child.stderr!.once("close", () => {
+        clearTimeout(grace);
+        done();
+      });
     });
   });
 }
