@@ -87,7 +87,12 @@ function initialProgress(disk: DiskRecord, heartbeat: Heartbeat | undefined): Di
 /** The heartbeat blob, or undefined when absent or not what the agent protocol says it is. */
 async function readHeartbeat(storage: Storage, itemId: string): Promise<Heartbeat | undefined> {
   try {
-    const text = (await storage.cacheBlobs.getContainerClient(cacheContainerName(itemId)).getBlobClient(HEARTBEAT_BLOB).downloadToBuffer()).toString("utf8");
+    // One GET (not downloadToBuffer's size-then-range reads): the agent replaces the blob at any moment, and a range
+    // read of a blob that changed size in between fails.
+    const res = await storage.cacheBlobs.getContainerClient(cacheContainerName(itemId)).getBlobClient(HEARTBEAT_BLOB).download();
+    const chunks: Buffer[] = [];
+    for await (const c of res.readableStreamBody!) chunks.push(c as Buffer);
+    const text = Buffer.concat(chunks).toString("utf8");
     const parsed = heartbeatSchema.safeParse(JSON.parse(text));
     return parsed.success ? parsed.data : undefined;
   } catch (e) {
