@@ -140,6 +140,44 @@ export const createPlanRequestSchema = z
   .strict();
 export type CreatePlanRequest = z.infer<typeof createPlanRequestSchema>;
 
+/**
+ * A failover: what (items, a replication group or a recovery plan), the type, and the recovery point — `latest`,
+ * `latest-processed`, `latest-app-consistent` or a point id (ASR: Latest, Latest processed, Latest app-consistent, Custom).
+ */
+export const failoverRequestSchema = z
+  .object({
+    itemIds: z.array(itemRef).min(1, "select at least one item").max(MAX_PLAN_ITEMS).optional(),
+    groupId: z.string().min(1).max(80).optional(),
+    planId: z.string().min(1).max(80).optional(),
+    type: z.enum(["test", "planned", "unplanned"]),
+    /** Default: `latest` for a planned failover (its only choice), `latest-processed` otherwise (lowest RTO). */
+    recoveryPoint: z.string().min(1).max(128).optional(),
+    /** Test failover only: the isolated vnet in the target resource group (created, as a copy of the target vnet, when absent). */
+    testNetwork: vmName.optional(),
+  })
+  .strict()
+  // Runs even when a field is invalid (`when`), so that one 400 names every offending field; hence the defensive reads.
+  .check(
+    z.superRefine(
+      (raw, ctx) => {
+        const r = raw as Record<string, unknown>;
+        const given = (["itemIds", "groupId", "planId"] as const).filter((k) => r[k] !== undefined);
+        if (given.length === 0) ctx.addIssue({ code: "custom", path: ["itemIds"], message: "select what to fail over: one of itemIds, groupId or planId" });
+        if (given.length > 1) for (const k of given) ctx.addIssue({ code: "custom", path: [k], message: `give only one of itemIds, groupId, planId (got ${given.join(", ")})` });
+        const ids = Array.isArray(r.itemIds) ? (r.itemIds as unknown[]) : [];
+        const twice = ids.findIndex((x, n) => ids.indexOf(x) !== n);
+        if (twice >= 0) ctx.addIssue({ code: "custom", path: ["itemIds", twice], message: `item '${String(ids[twice])}' is listed twice` });
+        if (r.testNetwork !== undefined && r.type !== "test") ctx.addIssue({ code: "custom", path: ["testNetwork"], message: "only a test failover takes a test network" });
+        if (r.type === "planned" && r.recoveryPoint !== undefined && r.recoveryPoint !== "latest") {
+          ctx.addIssue({ code: "custom", path: ["recoveryPoint"], message: "a planned failover shuts the source down and fails over to everything it wrote: only 'latest'" });
+        }
+      },
+      { when: (payload) => typeof payload.value === "object" && payload.value !== null },
+    ),
+  );
+export type FailoverRequest = z.infer<typeof failoverRequestSchema>;
+
+
 /** Field paths as an operator writes them: `vm.disks[1].sizeBytes`. */
 export function fieldPath(path: readonly PropertyKey[]): string {
   return path.reduce<string>((acc, p) => (typeof p === "number" ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), "") || "(body)";

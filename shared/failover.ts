@@ -1,49 +1,8 @@
 // Failover planning: the request, which items it selects in which order, which recovery point each gets, and the lock that makes one failover own them.
-import { z } from "zod";
-import { MAX_PLAN_ITEMS, parseInput } from "./api";
-import { ApiError, BadRequest, Conflict, IllegalState, NotFound } from "./errors";
+import { failoverRequestSchema, parseInput, type FailoverRequest } from "./api";
+import { ApiError, BadRequest, Conflict, IllegalState, NotFound, storageStatus } from "./errors";
 import type { FailoverRecord, FailoverType, ItemState, ItemStore, ReplicatedItem } from "./items";
-import type { RecoveryPoint, RecoveryPoints } from "./recovery-points";
-
-/** Recovery point choices besides an id (ASR: Latest, Latest processed, Latest app-consistent, Custom). */
-export const POINT_CHOICES = ["latest", "latest-processed", "latest-app-consistent"] as const;
-export type PointChoice = (typeof POINT_CHOICES)[number];
-
-const itemId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/, "an item id");
-const vnetName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9_]$|^[A-Za-z0-9]$/, "a virtual network name (1-64 letters, digits, '_', '.', '-')");
-
-export const failoverRequestSchema = z
-  .object({
-    itemIds: z.array(itemId).min(1, "select at least one item").max(MAX_PLAN_ITEMS).optional(),
-    groupId: z.string().min(1).max(80).optional(),
-    planId: z.string().min(1).max(80).optional(),
-    type: z.enum(["test", "planned", "unplanned"]),
-    /** Default: `latest` for a planned failover (its only choice), `latest-processed` otherwise (lowest RTO). */
-    recoveryPoint: z.string().min(1).max(128).optional(),
-    /** Test failover only: the isolated vnet in the target resource group (created, as a copy of the target vnet, when absent). */
-    testNetwork: vnetName.optional(),
-  })
-  .strict()
-  // Runs even when a field is invalid (`when`), so that one 400 names every offending field; hence the defensive reads.
-  .check(
-    z.superRefine(
-      (raw, ctx) => {
-        const r = raw as Record<string, unknown>;
-        const given = (["itemIds", "groupId", "planId"] as const).filter((k) => r[k] !== undefined);
-        if (given.length === 0) ctx.addIssue({ code: "custom", path: ["itemIds"], message: "select what to fail over: one of itemIds, groupId or planId" });
-        if (given.length > 1) for (const k of given) ctx.addIssue({ code: "custom", path: [k], message: `give only one of itemIds, groupId, planId (got ${given.join(", ")})` });
-        const ids = Array.isArray(r.itemIds) ? (r.itemIds as unknown[]) : [];
-        const twice = ids.findIndex((x, n) => ids.indexOf(x) !== n);
-        if (twice >= 0) ctx.addIssue({ code: "custom", path: ["itemIds", twice], message: `item '${String(ids[twice])}' is listed twice` });
-        if (r.testNetwork !== undefined && r.type !== "test") ctx.addIssue({ code: "custom", path: ["testNetwork"], message: "only a test failover takes a test network" });
-        if (r.type === "planned" && r.recoveryPoint !== undefined && r.recoveryPoint !== "latest") {
-          ctx.addIssue({ code: "custom", path: ["recoveryPoint"], message: "a planned failover shuts the source down and fails over to everything it wrote: only 'latest'" });
-        }
-      },
-      { when: (payload) => typeof payload.value === "object" && payload.value !== null },
-    ),
-  );
-export type FailoverRequest = z.infer<typeof failoverRequestSchema>;
+import { groupPartition, type RecoveryPoint, type RecoveryPoints } from "./recovery-points";
 
 /** What the orchestration is started with: everything decided, nothing left to look up but the points. */
 export interface FailoverInput {
@@ -191,7 +150,7 @@ export class FailoverPlanning {
       const group = item.replicationGroup;
       if (group) {
         const members = byGroup.get(group)!;
-        const candidates = (await this.deps.points.listPartition(`group|${group}`)).filter((p) => members.every((m) => p.members?.includes(m.id)));
+        const candidates = (await this.deps.points.listPartition(groupPartition(group))).filter((p) => members.every((m) => p.members?.includes(m.id)));
         const point = await this.pick(candidates, choice, item, `replication group '${group}'`);
         for (const m of members) out.set(m.id, { point, disks: point.disks.filter((d) => d.itemId === m.id) });
       } else {
@@ -252,7 +211,8 @@ export class FailoverPlanning {
         try {
           await this.deps.items.put(next, found.etag);
         } catch (e) {
-          throw new Conflict("ConcurrentChange", `replicated item '${item.id}' changed while the failover was being accepted; try again`, { itemId: item.id, cause: String(e) });
+          if (storageStatus(e) !== 412) throw e;
+          throw new Conflict("ConcurrentChange", `replicated item '${item.id}' changed while the failover was being accepted; try again`, { itemId: item.id });
         }
         locked.push(found.item);
       }
