@@ -1,5 +1,5 @@
 // A live workload for end-to-end tests: writers on tracked disks that await every write and keep a byte model of each disk.
-import type { Agent } from "../../agent";
+import { WritesRefusedError, type Agent } from "../../agent";
 import { rng } from "./batches";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -15,12 +15,14 @@ export interface WorkloadOptions {
 
 /**
  * Each model holds exactly the acknowledged writes: a write is copied into it only once the disk resolved it. A write
- * the disk refuses (a planned failover's shutdown) ends that disk's writer; `refused` counts them.
+ * the disk refuses (a planned failover's shutdown) ends that disk's writer; `refused` counts them. Any other failure
+ * ends the writer too, and `stop` rejects with it.
  */
 export class Workload {
   readonly models = new Map<string, Buffer>();
   refused = 0;
   acknowledged = 0;
+  private failure: unknown;
   private running = true;
   private paused: Promise<void> | undefined;
   private resume: (() => void) | undefined;
@@ -51,9 +53,10 @@ export class Workload {
                 await disk.write(offset, data);
                 data.copy(model, offset);
                 this.acknowledged++;
-              } catch {
+              } catch (e) {
                 ok = false;
-                this.refused++;
+                if (e instanceof WritesRefusedError) this.refused++;
+                else this.failure ??= e;
               } finally {
                 if (--this.inFlight === 0) for (const f of this.idle.splice(0)) f();
               }
@@ -85,5 +88,6 @@ export class Workload {
     this.running = false;
     this.go();
     await Promise.all(this.loops);
+    if (this.failure !== undefined) throw this.failure;
   }
 }
