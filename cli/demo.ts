@@ -11,12 +11,13 @@ import { loadConfig, timerSchedules } from "../shared/settings";
 import { blobService, FAILOVER_CONTAINER } from "../shared/storage";
 import { createServices } from "../functions/compose";
 import { functionTable } from "../functions/table";
-import type { FailoverOutput, FailoverStatus } from "../functions/failover";
+import type { FailoverOutput } from "../functions/failover";
 import { startAzurite, type LocalStorage } from "../local/azurite";
 import { LocalFunctionsHost } from "../local/host";
 import { freePort } from "../local/process";
 import { PACKAGE_ROOT } from "../local/start";
 import { ApiCallError, ApiClient } from "./client";
+import { followFailover } from "./follow-failover";
 import { formatTable } from "./main";
 
 const MiB = 1024 * 1024;
@@ -61,13 +62,6 @@ interface ItemView {
   health: { status: string };
   rpoSeconds: number | null;
   disks: { id: string; sizeBytes: number; initialReplication?: { percent: number; doneBytes: number; totalBytes: number } }[];
-}
-
-interface FailoverStatusBody {
-  instanceId: string;
-  runtimeStatus: string;
-  customStatus: FailoverStatus | null;
-  output: FailoverOutput | string | null;
 }
 
 type VmOutcome = FailoverOutput["vms"][number];
@@ -549,30 +543,15 @@ async function runFailover(api: ApiClient, body: unknown, phase: "test" | "unpla
   const started = performance.now();
   const { id } = await api.call<{ id: string }>("POST", "failovers", body);
   status(`failover ${id} accepted (202)`);
-  let shown = "";
-  let shownAt = 0;
-  for (;;) {
-    const st = await api.call<FailoverStatusBody>("GET", `failovers/${id}`);
-    const cs = st.customStatus;
-    const vmSteps = Object.values(cs?.vms ?? {}).map((v) => ` · ${v.vm}: ${v.step}${v.disks ? ` (${v.disks})` : ""}`);
-    const line = `${phase} failover ${st.runtimeStatus}${cs ? `, step: ${cs.step}` : ""}${vmSteps.join("")}`;
-    if (line !== shown || performance.now() - shownAt > 2000) {
-      status(line);
-      shown = line;
-      shownAt = performance.now();
-    }
-    if (st.runtimeStatus === "Completed") {
-      if (!st.output || typeof st.output === "string") throw new DemoError(`failover ${id} completed without an output`);
-      const wallSeconds = Math.round((performance.now() - started) / 100) / 10;
-      return { phase, instanceId: id, output: st.output, wallSeconds };
-    }
-    if (["Failed", "Terminated", "Canceled"].includes(st.runtimeStatus)) {
-      const why = cs?.error ?? (typeof st.output === "string" ? st.output : JSON.stringify(st.output));
-      throw new DemoError(`the ${phase} failover ${id} ended ${st.runtimeStatus}: ${why}`);
-    }
-    if (performance.now() - started > 300_000) throw new DemoError(`the ${phase} failover ${id} did not finish within 300 s (last: ${line})`);
-    await sleep(500);
+  const st = await followFailover(api, id, (line, s) => status(`${phase} failover ${s.runtimeStatus}: ${line}`), { repeatMs: 2000, timeoutMs: 300_000 }).catch((e: Error) => {
+    throw e instanceof ApiCallError ? e : new DemoError(`the ${phase} failover: ${e.message}`);
+  });
+  if (st.runtimeStatus !== "Completed") {
+    const why = st.customStatus?.error ?? (typeof st.output === "string" ? st.output : JSON.stringify(st.output));
+    throw new DemoError(`the ${phase} failover ${id} ended ${st.runtimeStatus}: ${why}`);
   }
+  if (!st.output || typeof st.output === "string") throw new DemoError(`failover ${id} completed without an output`);
+  return { phase, instanceId: id, output: st.output, wallSeconds: Math.round((performance.now() - started) / 100) / 10 };
 }
 
 function failoverSummary(run: FailoverRun): DemoReport["failovers"][number] {

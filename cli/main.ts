@@ -3,6 +3,7 @@ import { readFile } from "node:fs/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { ApiCallError, ApiClient } from "./client";
 import { agentCommand } from "./agent";
+import { followFailover } from "./follow-failover";
 
 const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
 
@@ -39,30 +40,6 @@ const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
 export function formatTable(header: string[], rows: string[][]): string {
   const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => (r[c] ?? "").length)));
   return [header, ...rows].map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join("  ").trimEnd()).join("\n");
-}
-
-interface FailoverStatus {
-  runtimeStatus: string;
-  customStatus?: { step?: string; error?: string; stage?: { index: number; count: number }; vms?: Record<string, { vm: string; step: string; disks?: string }> };
-  output: unknown;
-}
-
-/** Polls the failover, printing each change of step (and per-VM step) once, until it ends. */
-async function followFailover(api: ApiClient, id: string): Promise<FailoverStatus> {
-  let last = "";
-  for (;;) {
-    const st = await api.call<FailoverStatus>("GET", `failovers/${encodeURIComponent(id)}`);
-    const c = st.customStatus;
-    const line = c
-      ? `${c.stage ? `[group ${c.stage.index}/${c.stage.count}] ` : ""}${c.step ?? ""}  ${Object.values(c.vms ?? {})
-          .map((v) => `${v.vm}: ${v.step}${v.disks ? ` (${v.disks})` : ""}`)
-          .join("; ")}`
-      : st.runtimeStatus;
-    if (line !== last) console.log(`  ${line}`.trimEnd());
-    last = line;
-    if (!["Running", "Pending", "ContinuedAsNew"].includes(st.runtimeStatus)) return st;
-    await new Promise((r) => setTimeout(r, 500));
-  }
 }
 
 export function buildProgram(): Command {
@@ -164,13 +141,13 @@ export function buildProgram(): Command {
       const started = await api.call<{ id: string }>("POST", "failovers", body);
       if (!o.wait) return print(started);
       console.log(`failover ${started.id} started`);
-      const st = await followFailover(api, started.id);
-      if (st.runtimeStatus !== "Completed") {
+      const st = await followFailover(api, started.id, (line) => console.log(`  ${line}`));
+      if (st.runtimeStatus !== "Completed" || !st.output || typeof st.output === "string") {
         console.error(`failover ${st.runtimeStatus}: ${st.customStatus?.error ?? JSON.stringify(st.output)}`);
         process.exitCode = 1;
         return;
       }
-      const out = st.output as { rtoSeconds: number; vms: { vm: string; recoveryPoint: { id: string; kind: string; time: string }; dataLossWindowSeconds: number; targetVm: { name: string; privateIp: string; powerState: string }; note?: string }[] };
+      const out = st.output;
       console.log(
         formatTable(
           ["VM", "RUNS AS", "IP", "POWER", "RECOVERY POINT", "KIND", "POINT TIME", "DATA LOSS"],
