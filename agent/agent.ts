@@ -3,14 +3,15 @@
 import { createHash, randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
-import type { CheckinResponse, Heartbeat } from "../shared/agent-protocol";
+import { AGENT_WARNINGS, type CheckinResponse, type Heartbeat } from "../shared/agent-protocol";
 import type { BatchTag, TagKind } from "../shared/batch";
 import { ControlPlane, ControlPlaneError } from "./control-plane";
 import { DEFAULT_TUNING, type DiskContext, type DiskSpec, type DiskTuning, type ReplicatedDisk } from "./disk";
 import { lockStateDir, readJsonFile, writeFileAtomic } from "./files";
 import { Mutex, Signal } from "./gate";
 import { Health } from "./health";
-import { backoffMs, describe } from "./retry";
+import { changedBetween, type Look } from "./quiet";
+import { backoffMs, describe, sleep } from "./retry";
 import { ScannedDisk } from "./scanned-disk";
 import { Shipper } from "./shipper";
 import { Spool } from "./spool";
@@ -24,6 +25,18 @@ import { APP_CONSISTENCY_FAILED, appConsistentTag, DEFAULT_FREEZE_TIMEOUT_MS, MA
 export const SHUTDOWN_REFUSAL = "the VM is shutting down for a planned failover: writes are refused";
 /** How often the final tag is tried again while some disk cannot carry it (initial replication, resync, bitmap mode). */
 const SHUTDOWN_RETRY_MS = 500;
+/** After a scan round's passes, change notifications of writes that were still completing get this long to arrive. */
+const SCAN_GRACE_MS = 250;
+/** Scan rounds in a row that saw a change before the item's health says no consistent point can be cut from a scan. */
+const NOISY_ROUNDS_BEFORE_WARNING = 3;
+
+/** A scan round in which no scanned disk changed: its first looks and, per disk, the seq right after its pass. */
+interface QuietRound {
+  quiet: true;
+  first: Look[];
+  afterSeq: number[];
+}
+type ScanRound = QuietRound | { quiet: false; why: string };
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -83,6 +96,8 @@ export interface AgentOptions {
   freezeTimeoutMs?: number;
   /** Overrides the policy's app-consistent frequency (tests); 0 = no app tags. */
   appTagIntervalMs?: number;
+  /** Tests: runs while a scan round's passes run (between its two looks), e.g. to write a disk during the pass. */
+  duringScanRound?: () => Promise<void>;
   log?: (line: string) => void;
 }
 
@@ -98,6 +113,10 @@ export class Agent {
   private readonly tagSignal = new Signal();
   private readonly appTagSignal = new Signal();
   private readonly shutdownSignal = new Signal();
+  private readonly scanSignal = new Signal();
+  /** Scanned disks: scan rounds in a row that saw a change, and when the last crash tag after a quiet round was cut. */
+  private noisyRounds = 0;
+  private lastScanTagMs = 0;
   /** agent.json is replaced by the check-in and by the shutdown loop: one at a time (they share the temp file). */
   private readonly stateMutex = new Mutex();
   private appTagInFlight: Promise<BatchTag | undefined> | undefined;
@@ -174,7 +193,7 @@ export class Agent {
       await agent.group.update(state.shutdown ? undefined : state.group);
       if (agent.group.listenAddress()) agent.checkinSignal.notify();
       agent.loops.push(agent.checkinLoop(), agent.heartbeatLoop(), agent.tagLoop());
-      agent.loops.push(agent.appTagLoop(), agent.shutdownLoop());
+      agent.loops.push(agent.appTagLoop(), agent.shutdownLoop(), agent.scanLoop());
       for (const d of agent.disks.values()) d.start();
       return agent;
     } catch (e) {
@@ -225,7 +244,7 @@ export class Agent {
       if (seen.has(d.id)) throw new Error(`disk '${d.id}' is given twice`);
       seen.add(d.id);
       const spec: DiskSpec = { id: d.id, sizeBytes: reg.sizeBytes, path: resolve(d.path), registeredNextSeq: reg.nextSeq };
-      const disk = d.kind === "tracked" ? await TrackedDisk.open(ctx, spec) : await ScannedDisk.open(ctx, spec, (this.opts.scanIntervalSeconds ?? 30) * 1000);
+      const disk = d.kind === "tracked" ? await TrackedDisk.open(ctx, spec) : await ScannedDisk.open(ctx, spec);
       const spooled = await this.spool.open(d.id, disk.heartbeat().nextSeq);
       this.disks.set(d.id, disk);
       if (disk instanceof ScannedDisk) await disk.repairFingerprints(spooled);
@@ -297,7 +316,113 @@ export class Agent {
 
   /** Scanned disks: a pass now; resolves when it is durable in the spool. */
   async scanNow(): Promise<void> {
-    await Promise.all([...this.disks.values()].filter((d): d is ScannedDisk => d instanceof ScannedDisk).map((d) => d.scanNow()));
+    await Promise.all(this.scannedDisks().map((d) => d.scanNow()));
+  }
+
+  private scannedDisks(): ScannedDisk[] {
+    return [...this.disks.values()].filter((d): d is ScannedDisk => d instanceof ScannedDisk);
+  }
+
+  /**
+   * Scanned disks are scanned together, one round every scan interval. A round in which no disk changed (proved from
+   * outside: see QuietProbe) is one instant of every disk; then, at most every crashConsistentFrequencySeconds, a
+   * crash tag is cut on all of the VM's disks (tracked ones held at that instant). Rounds that keep seeing changes
+   * raise the NoConsistentScan warning, which the item's health shows.
+   */
+  private async scanLoop(): Promise<void> {
+    if (this.scannedDisks().length === 0) return;
+    const interval = (this.opts.scanIntervalSeconds ?? 30) * 1000;
+    for (let first = true; !this.closed; first = false) {
+      if (!first) await this.scanSignal.wait(interval);
+      // Shutting down for a planned failover: the shutdown loop runs the rounds for the final tag.
+      if (this.closed || this.state.shutdown) continue;
+      try {
+        const round = await this.scanRound();
+        if (this.closed || this.state.shutdown) continue;
+        this.noteRound(round);
+        const every = this.opts.tagIntervalMs ?? this.state.policy.crashConsistentFrequencySeconds * 1000;
+        if (round.quiet && Date.now() - this.lastScanTagMs >= every) {
+          const tag = await this.cutAfterQuietRound(round, "crash", randomUUID());
+          if (tag) this.lastScanTagMs = Date.parse(tag.time);
+        }
+      } catch (e) {
+        if (!this.closed) this.log(`scan round failed: ${describe(e)}`);
+      }
+    }
+  }
+
+  /**
+   * Looks at every scanned disk, scans each in full, gives notifications a grace, and looks again: quiet if no look
+   * differs. What the passes shipped brings the replicas to the disks as they were during the whole round.
+   */
+  private async scanRound(): Promise<ScanRound> {
+    const disks = this.scannedDisks();
+    const first = await Promise.all(disks.map((d) => d.look()));
+    await Promise.all([...disks.map((d) => d.scanNow()), this.opts.duringScanRound?.()]);
+    const afterSeq = disks.map((d) => d.nextSeq);
+    await sleep(SCAN_GRACE_MS);
+    const second = await Promise.all(disks.map((d) => d.look()));
+    const why = disks
+      .map((d, i) => changedBetween(first[i]!, second[i]!) ?? (d.nextSeq !== afterSeq[i] ? "shipped more since its pass" : undefined))
+      .map((w, i) => (w ? `disk ${disks[i]!.id}: ${w}` : ""))
+      .filter(Boolean)
+      .join("; ");
+    return why ? { quiet: false, why } : { quiet: true, first, afterSeq };
+  }
+
+  /** Counts rounds that saw changes; past a few in a row the item's health says why no point comes of the scans. */
+  private noteRound(round: ScanRound): void {
+    if (round.quiet) {
+      this.noisyRounds = 0;
+      if (!this.health.has(AGENT_WARNINGS.noConsistentScan)) return;
+      this.health.clear(AGENT_WARNINGS.noConsistentScan);
+      // The item's health should not wait for the next interval to drop the warning.
+      this.checkinSignal.notify();
+      return;
+    }
+    this.noisyRounds++;
+    if (this.noisyRounds < NOISY_ROUNDS_BEFORE_WARNING) return;
+    const fresh = !this.health.has(AGENT_WARNINGS.noConsistentScan);
+    this.health.set(
+      AGENT_WARNINGS.noConsistentScan,
+      "Warning",
+      `scanned disks changed during the last ${this.noisyRounds} scan passes (${round.why}): a scan yields a crash-consistent point only when a whole pass sees no write; serve busy disks through the agent (--nbd) for exact points`,
+    );
+    if (fresh) this.checkinSignal.notify();
+  }
+
+  /**
+   * Cuts a tag on every disk right after a quiet round: tracked disks are held at this instant, and the scanned disks
+   * must still be unchanged since the round's first look (so the round's passes describe them now) and have shipped
+   * nothing since. Resolves once the tagged batches are durable in the spool; undefined if anything moved.
+   */
+  private async cutAfterQuietRound(round: QuietRound, kind: TagKind, id: string): Promise<BatchTag | undefined> {
+    const scanned = this.scannedDisks();
+    const tracked = [...this.disks.values()].filter((d): d is TrackedDisk => d instanceof TrackedDisk);
+    if (scanned.some((d) => d.tagBlocker !== undefined) || this.closed) return undefined;
+    const hold = tracked.length > 0 ? await TrackedDisk.hold(tracked) : undefined;
+    const commits: Promise<void>[] = [];
+    let cut: BatchTag | undefined;
+    try {
+      if (hold && !hold.canTag()) return undefined;
+      const now = await Promise.all(scanned.map((d) => d.look()));
+      if (scanned.some((_, i) => changedBetween(round.first[i]!, now[i]!) !== undefined)) return undefined;
+      const tag: BatchTag = { id, kind, scope: "vm", time: new Date().toISOString() };
+      for (const [i, d] of scanned.entries()) {
+        // A disk that shipped something since its pass: the tag stays incomplete, and no point comes of it.
+        const sealed = await d.sealTag(tag, round.afterSeq[i]!);
+        if (!sealed) return undefined;
+        commits.push(sealed.committed);
+      }
+      if (hold && hold.cut(tag) !== tag) return undefined;
+      cut = tag;
+    } finally {
+      hold?.release();
+    }
+    await Promise.all([...commits, ...(hold ? [hold.done] : [])]);
+    this.lastTag = cut;
+    this.heartbeatSignal.notify();
+    return cut;
   }
 
   /**
@@ -324,8 +449,9 @@ export class Agent {
     while (!this.closed) {
       await this.tagSignal.wait(this.opts.tagIntervalMs ?? this.state.policy.crashConsistentFrequencySeconds * 1000);
       if (this.closed) break;
-      // Shutting down for a planned failover: its final tag is the last one (see shutdownLoop).
-      if (this.state.shutdown) continue;
+      // Shutting down for a planned failover: its final tag is the last one (see shutdownLoop). A VM with scanned
+      // disks is tagged after its quiet scan rounds (see scanLoop).
+      if (this.state.shutdown || this.scannedDisks().length > 0) continue;
       const role = this.group.role;
       if (role === "member") continue;
       if (role === "coordinator") {
@@ -343,6 +469,11 @@ export class Agent {
     const disks = [...this.disks.values()];
     const tracked = disks.filter((d): d is TrackedDisk => d instanceof TrackedDisk);
     return tracked.length > 0 && tracked.length === disks.length ? tracked : undefined;
+  }
+
+  /** The last tag this agent cut (VM, group or final), if any since it started. */
+  get latestTag(): BatchTag | undefined {
+    return this.lastTag;
   }
 
   /** Replication groups: this agent's role now (coordinator, connected member, or none: VM tags). */
@@ -478,7 +609,20 @@ export class Agent {
         }
         const tracked = this.trackedDisks();
         if (!tracked) {
-          why = "some disk is scanned: there is no instant at which to cut a tag";
+          // Scanned disks: once the workload has stopped writing them, a quiet round gives the final instant.
+          const held = [...this.disks.values()].filter((d): d is TrackedDisk => d instanceof TrackedDisk);
+          await Promise.all(held.map((d) => d.writesSettled()));
+          if (this.state.shutdown !== s || this.closed) continue;
+          const round = await this.scanRound();
+          const tag = round.quiet ? await this.cutAfterQuietRound(round, "crash", s.tagId) : undefined;
+          if (tag && this.state.shutdown === s) {
+            s.tagCut = true;
+            await this.saveState();
+            this.log(`planned failover: final tag ${tag.id} cut on every disk after a quiet scan; shipping everything up to it`);
+            this.heartbeatSignal.notify();
+            continue;
+          }
+          why = round.quiet ? "a disk changed at the cut" : `scanned disks are still being written (${round.why}): stop the workload`;
         } else {
           await Promise.all(tracked.map((d) => d.writesSettled()));
           // Rolled back (or another failover's tag) meanwhile: decide again.
@@ -541,7 +685,8 @@ export class Agent {
   private async checkinOnce(): Promise<void> {
     const reports = [...this.disks.values()].map((d) => d.unreportedOverflow()).filter((r) => r !== undefined);
     // Every check-in reports every open warning the item should show (so a lost check-in loses nothing).
-    const warnings = this.health.list().filter((i) => i.code === APP_CONSISTENCY_FAILED).map(({ code, message }) => ({ code, message: message.slice(0, 1000) }));
+    const codes: string[] = Object.values(AGENT_WARNINGS);
+    const warnings = this.health.list().filter((i) => codes.includes(i.code)).map(({ code, message }) => ({ code, message: message.slice(0, 1000) }));
     let res: CheckinResponse;
     try {
       res = await this.control.checkin({ itemId: this.state.itemId, agentKey: this.state.agentKey, ...(reports.length ? { resyncRequired: reports } : {}), warnings, ...this.groupListen() });
@@ -634,6 +779,7 @@ export class Agent {
     this.tagSignal.notify();
     this.appTagSignal.notify();
     this.shutdownSignal.notify();
+    this.scanSignal.notify();
     await this.group.close().catch(() => undefined);
     this.spool.interrupt();
     await Promise.all([...this.disks.values()].map((d) => d.close()));

@@ -1,10 +1,11 @@
 // App-consistent tags (ASR: app-consistent recovery points): pre-freeze script, an `app` tag, post-thaw script — with the freeze bounded.
 import { spawn } from "node:child_process";
+import { AGENT_WARNINGS } from "../shared/agent-protocol";
 import type { BatchTag, TagKind } from "../shared/batch";
 import type { Health } from "./health";
 
 /** The agent health issue (and the item health issue the control plane raises from it); ASR reports 153006. */
-export const APP_CONSISTENCY_FAILED = "AppConsistencyFailed";
+export const APP_CONSISTENCY_FAILED = AGENT_WARNINGS.appConsistencyFailed;
 export const DEFAULT_FREEZE_TIMEOUT_MS = 10_000;
 /** The freeze bound may not exceed this: a workload frozen longer is an outage, not a backup. */
 export const MAX_FREEZE_TIMEOUT_MS = 60_000;

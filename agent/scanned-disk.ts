@@ -3,7 +3,9 @@ import { open, type FileHandle } from "node:fs/promises";
 import { crc32c } from "@node-rs/crc32";
 import { decodeBatch } from "../shared/batch";
 import { RESYNC_BLOCK_BYTES } from "../shared/agent-protocol";
+import type { BatchTag } from "../shared/batch";
 import { forEachBlock, loadDiskState, ReplicatedDisk, ZERO_BLOCK, type DiskContext, type DiskSpec, type ExtraRequest, type SealResult } from "./disk";
+import { QuietProbe, type Look } from "./quiet";
 import { RangeSet, takePrefix } from "./ranges";
 import { statePaths, type DiskState } from "./state";
 
@@ -24,10 +26,13 @@ interface Pass {
   scannedTo: number;
 }
 
+/**
+ * Passes after the first (initial replication) run when the agent asks (scanNow): it scans every disk of the VM in
+ * one round, so that a round in which no disk changed is one instant of all of them (see Agent.scanRound).
+ */
 export class ScannedDisk extends ReplicatedDisk {
   private pass: Pass | undefined;
   private passes = 0;
-  private nextPassAt = 0;
   private readonly passWaiters: { pass: number; resolve: () => void }[] = [];
   /** Fingerprint changes learnt outside a batch (resync blocks found equal), persisted with the next commit. */
   private staged = new Map<number, number>();
@@ -39,12 +44,12 @@ export class ScannedDisk extends ReplicatedDisk {
     private readonly fpFile: FileHandle,
     /** CRC32C of each block as the replica holds it once every committed batch is applied. */
     private readonly fp: Uint32Array,
-    private readonly scanIntervalMs: number,
+    private readonly probe: QuietProbe,
   ) {
     super(ctx, state);
   }
 
-  static async open(ctx: DiskContext, spec: DiskSpec, scanIntervalMs: number): Promise<ScannedDisk> {
+  static async open(ctx: DiskContext, spec: DiskSpec): Promise<ScannedDisk> {
     const { state, created } = await loadDiskState(ctx.stateDir, spec, "scanned");
     const paths = statePaths(ctx.stateDir);
     const source = await open(spec.path, "r");
@@ -73,7 +78,8 @@ export class ScannedDisk extends ReplicatedDisk {
     }
     state.source = { path: spec.path, kind: "scanned" };
     state.scan = { blockBytes: FINGERPRINT_BLOCK, baseline, passes: state.scan?.passes ?? 0 };
-    const disk = new ScannedDisk(ctx, state, source, fpFile, fp, scanIntervalMs);
+    const probe = await QuietProbe.open(spec.path);
+    const disk = new ScannedDisk(ctx, state, source, fpFile, fp, probe);
     await disk.persist();
     return disk;
   }
@@ -114,8 +120,8 @@ export class ScannedDisk extends ReplicatedDisk {
 
   /** Resolves when a whole pass that started after the call is sealed and durable in the spool. */
   scanNow(): Promise<void> {
+    if (this.closed) return Promise.resolve();
     const target = this.passes + 1;
-    this.nextPassAt = 0;
     this.wake.notify();
     return new Promise((resolve) => this.passWaiters.push({ pass: target, resolve }));
   }
@@ -139,7 +145,7 @@ export class ScannedDisk extends ReplicatedDisk {
 
   protected ownJob(): (() => Promise<void>) | undefined {
     if (this.state.resync || !this.jobRoom()) return undefined;
-    const due = this.pass !== undefined || !this.state.initial.complete || Date.now() >= this.nextPassAt || this.passWaiters.length > 0;
+    const due = this.pass !== undefined || !this.state.initial.complete || this.passWaiters.length > 0;
     return due ? () => this.scanStep() : undefined;
   }
 
@@ -206,7 +212,6 @@ export class ScannedDisk extends ReplicatedDisk {
 
   private async endPass(pass: Pass, committed: Promise<void>): Promise<void> {
     this.pass = undefined;
-    this.nextPassAt = Date.now() + this.scanIntervalMs;
     await committed;
     if (pass.initial) this.ctx.log(`disk ${this.id}: initial replication sealed (${this.sizeBytes} bytes)`);
     for (let i = this.passWaiters.length - 1; i >= 0; i--) {
@@ -284,10 +289,45 @@ export class ScannedDisk extends ReplicatedDisk {
     }
   }
 
+  /** One look from outside (see QuietProbe): two looks that differ in nothing bracket a pass no write touched. */
+  look(): Promise<Look> {
+    return this.probe.look();
+  }
+
+  /** The sequence number the next batch of this disk will carry. */
+  get nextSeq(): number {
+    return this.allocSeq;
+  }
+
+  /** Why no tag can be cut on this disk now, or undefined if one can (a quiet pass must then vouch for it). */
+  get tagBlocker(): string | undefined {
+    if (this.closed) return "the disk is closed";
+    const initial = this.state.initial;
+    if (!initial.complete) return `initial replication not complete (${initial.doneBytes} of ${initial.totalBytes} bytes)`;
+    if (this.state.resync) return `resync ${this.state.resync.id} in progress`;
+    return undefined;
+  }
+
+  /**
+   * Seals an empty batch carrying `tag`, right after the batch `afterSeq - 1` (the last of a pass found quiet): if any
+   * other batch came in between, nothing is sealed and undefined is returned. Resolves to the commit once the batch
+   * is sealed (the caller may still hold other disks' writes); the commit resolves once it is durable in the spool.
+   */
+  sealTag(tag: BatchTag, afterSeq: number): Promise<{ committed: Promise<void> } | undefined> {
+    return this.sealMutex.run(async () => {
+      if (this.allocSeq !== afterSeq || this.tagBlocker !== undefined || this.pass !== undefined) return undefined;
+      const now = Date.now();
+      const committed = this.emit({ extents: [], payload: Buffer.alloc(0), flags: {}, firstWriteMs: now, lastWriteMs: now, tag });
+      committed.catch(() => undefined);
+      return { committed };
+    });
+  }
+
   override async close(): Promise<void> {
     if (this.closed) return;
     await super.close();
     for (const w of this.passWaiters.splice(0)) w.resolve();
+    await this.probe.close();
     await this.fpFile.close();
     await this.source.close();
   }

@@ -9,6 +9,12 @@ export const MAX_MANIFEST_RANGE = 256 * 1024 * 1024;
 /** Name of the heartbeat blob in the item's cache container. */
 export const HEARTBEAT_BLOB = "agent.json";
 
+/**
+ * Agent warnings the item's health shows (the check-in reports every open one): a failed pre-freeze script, and scanned
+ * disks that never had a quiet pass (so no crash-consistent point can be cut from a scan).
+ */
+export const AGENT_WARNINGS = { appConsistencyFailed: "AppConsistencyFailed", noConsistentScan: "NoConsistentScan" } as const;
+
 const sasEndpoints = {
   cache: z.object({ containerUrl: z.string().url(), expiresOn: z.string() }),
   queue: z.object({ url: z.string().url(), messageEncoding: z.literal("base64"), expiresOn: z.string() }),

@@ -6,6 +6,7 @@ import { generateQueueSASQueryParameters, QueueSASPermissions, StorageSharedKeyC
 import type { TableClient } from "@azure/data-tables";
 import { parseInput, registerRequestSchema } from "./api";
 import {
+  AGENT_WARNINGS,
   checkinRequestSchema,
   manifestRequestSchema,
   RESYNC_BLOCK_BYTES,
@@ -65,7 +66,7 @@ export interface AgentsDeps {
 const NOT_PROTECTED = new Set(["Enabling", "EnableFailed", "Disabling"]);
 
 /** Agent warnings the item's health shows (Warning severity); other codes an agent reports are ignored. */
-export const AGENT_WARNING_CODES: ReadonlySet<string> = new Set(["AppConsistencyFailed"]);
+export const AGENT_WARNING_CODES: ReadonlySet<string> = new Set(Object.values(AGENT_WARNINGS));
 
 export class Agents {
   private readonly now: () => Date;
