@@ -11,6 +11,7 @@ import { CLI, killChildren, runChild, stopChild, until } from "../support/childr
 import { enableBody } from "../support/requests";
 import { startTestStack, type TestStack } from "../support/stack";
 import { replicaBlobName } from "../../shared/items";
+import { assertFailoverDisk, startFailover, waitFailover } from "../support/failover";
 
 const MiB = 1024 * 1024;
 const SCAN_INTERVAL_S = 2;
@@ -132,6 +133,28 @@ describe("recovery points from scanned disks", () => {
       await stopChild(writer.child);
       await until("a point once the writes stop", async () => (await points(vm.id)).length > 0, 60_000, agent.output);
       await until("the issue cleared", async () => (await issue()) === undefined, 60_000, agent.output);
+    } finally {
+      await stopChild(writer.child);
+      assert.equal(await stopChild(agent.child), 0, agent.output());
+    }
+  });
+
+  test("planned failover of a scanned VM: the final tag waits until the workload stops writing; the failover disks equal the images", async () => {
+    const vm = await protect("scan-planned");
+    const agent = startCliAgent(vm, "scan-planned");
+    const writer = runChild(["-e", `const fs=require("fs");const fd=fs.openSync(${JSON.stringify(vm.images.os)},"r+");let i=0;setInterval(()=>{fs.writeSync(fd,require("crypto").randomBytes(4096),0,4096,((i++*31)%3000)*4096)},20);`]);
+    try {
+      await until("initial replication", async () => (await stack.api("GET", `replicated-items/${vm.id}`)).body.state === "Protected", 90_000, agent.output);
+      const id = await startFailover(stack, { itemIds: [vm.id], type: "planned" });
+      await until("the agent waiting for the workload to stop", () => /final tag .* yet \(scanned disks are still being written/.test(agent.output()), 60_000, agent.output);
+      // The operator stops the application: the next quiet round is the final instant.
+      await stopChild(writer.child);
+      const st = await waitFailover(stack, id, 120_000);
+      assert.equal(st.runtimeStatus, "Completed", JSON.stringify(st.output ?? st.customStatus));
+      const out = st.output.vms[0];
+      assert.match(out.recoveryPoint.id, /^final-/);
+      assert.equal(out.dataLossWindowSeconds, 0);
+      for (const d of out.disks) await assertFailoverDisk(stack, d.blob, readFileSync(vm.images[d.diskId]!), `planned ${d.diskId}`);
     } finally {
       await stopChild(writer.child);
       assert.equal(await stopChild(agent.child), 0, agent.output());
