@@ -2,8 +2,9 @@
 import { benchReplication } from "./replication";
 import { benchRecoveryPoints } from "./recovery-points";
 import { benchFailover } from "./failover";
+import { benchNbd } from "./nbd";
 
-export const BENCHMARKS = ["replication", "recovery-points", "failover"] as const;
+export const BENCHMARKS = ["replication", "recovery-points", "failover", "nbd"] as const;
 export type BenchmarkName = (typeof BENCHMARKS)[number];
 
 export async function runBenchmark(name: string, options: { seconds?: number; log?: (line: string) => void } = {}): Promise<unknown> {
@@ -38,6 +39,9 @@ export async function runBenchmark(name: string, options: { seconds?: number; lo
         targetSeconds: 10,
         log,
       });
+    case "nbd":
+      // The agent's NBD front end beside nbdkit on a 1 GiB image (BENCH_DISK_MIB for another size), replication running.
+      return benchNbd({ diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024), randomWrites: Number(process.env.BENCH_WRITES ?? 2000), log });
     default:
       throw new Error(`unknown benchmark '${name}': one of ${BENCHMARKS.join(", ")}`);
   }

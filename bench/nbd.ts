@@ -1,0 +1,189 @@
+// `npm run bench -- nbd`: the agent's NBD front end against nbdkit's file plugin on the same storage in the same run — bulk copy, 1 MiB writes, random 4 KiB and 64 KiB FUA writes — with replication running.
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { closeSync, existsSync, openSync, readFileSync, writeSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { QemuIo } from "../cli/qemu-io";
+import { api, enableBenchVm, machine, percentile, round, ROOT, startBenchStack, table, writeResults } from "./harness";
+
+const MiB = 1024 * 1024;
+
+export interface NbdBenchOptions {
+  diskSizeMiB: number;
+  /** Writes per random FUA phase. */
+  randomWrites: number;
+  log: (line: string) => void;
+}
+
+interface Target {
+  name: "agent" | "nbdkit";
+  url: string;
+  /** The process serving the export (its CPU and peak RSS are measured). */
+  pid: number;
+}
+
+interface PhaseResult {
+  phase: string;
+  target: Target["name"];
+  seconds: number;
+  MBps: number;
+  iops?: number;
+  latencyP50ms?: number;
+  latencyP99ms?: number;
+  serverCpuPercent: number;
+}
+
+/** CPU seconds (user + system) a process has used, from /proc. */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+function peakRssMiB(pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return m ? round(Number(m[1]) / 1024, 1) : NaN;
+}
+
+async function measure(target: Target, phase: string, bytes: number, work: () => Promise<number[] | void>): Promise<PhaseResult> {
+  const cpu0 = cpuSeconds(target.pid);
+  const t0 = performance.now();
+  const latencies = (await work()) ?? [];
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuSeconds(target.pid) - cpu0;
+  return {
+    phase,
+    target: target.name,
+    seconds: round(seconds, 2),
+    MBps: round(bytes / 1e6 / seconds, 1),
+    ...(latencies.length > 0
+      ? { iops: round(latencies.length / seconds, 0), latencyP50ms: round(percentile(latencies, 50), 3), latencyP99ms: round(percentile(latencies, 99), 3) }
+      : {}),
+    serverCpuPercent: round((cpu / seconds) * 100, 1),
+  };
+}
+
+function run(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: "utf8" });
+  if (r.error) throw new Error(`${cmd}: ${r.error.message} (apt-get install qemu-utils libnbd-bin nbdkit)`);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr}`);
+}
+
+/** Random FUA writes of `size` bytes at aligned random offsets, one at a time (queue depth 1): their latencies in ms. */
+async function randomFua(url: string, diskBytes: number, size: number, count: number): Promise<number[]> {
+  const io = QemuIo.open(url, { cache: "writeback" });
+  const lat: number[] = [];
+  try {
+    for (let i = 0; i < count; i++) {
+      const offset = size * Math.floor(Math.random() * (diskBytes / size));
+      const t = performance.now();
+      await io.write(offset, size, 1 + (i % 255), { fua: true });
+      lat.push(performance.now() - t);
+    }
+  } finally {
+    await io.close();
+  }
+  return lat;
+}
+
+async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
+  const stack = await startBenchStack();
+  const diskBytes = o.diskSizeMiB * MiB;
+  const children: ChildProcess[] = [];
+  try {
+    const item = await enableBenchVm(stack, { disks: 1, diskSizeMiB: o.diskSizeMiB, crashFrequencySeconds: 10 }, "nbd-bench", "10.1.0.4", "nbd-bench-group");
+    // The same storage for both servers: images side by side in the bench directory.
+    const agentImage = join(stack.dir, "agent-os.img");
+    const peerImage = join(stack.dir, "peer-os.img");
+    const source = join(stack.dir, "source.img");
+    for (const p of [agentImage, peerImage]) closeSync(openSync(p, "w"));
+    run("truncate", ["-s", String(diskBytes), peerImage]);
+    const fd = openSync(source, "w");
+    for (let at = 0; at < diskBytes; at += 4 * MiB) writeSync(fd, randomBytes(4 * MiB));
+    closeSync(fd);
+
+    const agentSock = join(stack.dir, "agent.sock");
+    const agent = spawn(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "--url", stack.url, "agent", "--token", item.agentRegistration.token, "--disk", `os=${agentImage}`, "--state-dir", join(stack.dir, "agent-state"), "--nbd", agentSock], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    children.push(agent);
+    let agentOut = "";
+    agent.stdout!.on("data", (d: Buffer) => (agentOut += d.toString()));
+    agent.stderr!.on("data", (d: Buffer) => (agentOut += d.toString()));
+    const peerSock = join(stack.dir, "peer.sock");
+    const peer = spawn("nbdkit", ["-f", "--unix", peerSock, "--exportname=os", "file", peerImage], { stdio: "ignore" });
+    children.push(peer);
+    await waitFor("the agent's socket", () => existsSync(agentSock) || agent.exitCode !== null, 60_000).catch(() => undefined);
+    if (!existsSync(agentSock)) throw new Error(`the agent did not serve NBD:\n${agentOut}`);
+    await waitFor("nbdkit's socket", () => existsSync(peerSock), 10_000);
+    await waitFor("initial replication", async () => (await api(stack, "GET", `replicated-items/${item.id}`)).body?.state === "Protected", 600_000);
+    o.log(`agent serving ${agentSock}, nbdkit serving ${peerSock}; ${o.diskSizeMiB} MiB disks; replication Protected`);
+
+    const targets: Target[] = [
+      { name: "nbdkit", url: `nbd+unix:///os?socket=${peerSock}`, pid: peer.pid! },
+      { name: "agent", url: `nbd+unix:///os?socket=${agentSock}`, pid: agent.pid! },
+    ];
+    const results: PhaseResult[] = [];
+    const phases: { name: string; bytes: number; work: (t: Target) => Promise<number[] | void> }[] = [
+      { name: `nbdcopy ${o.diskSizeMiB} MiB image`, bytes: diskBytes, work: async (t) => run("nbdcopy", [source, t.url]) },
+      {
+        name: "1 MiB writes, 8 in flight",
+        bytes: diskBytes,
+        work: async (t) => run("qemu-img", ["bench", "-w", "-t", "none", "-f", "raw", "-s", "1M", "-c", String(o.diskSizeMiB), "-d", "8", t.url]),
+      },
+      { name: "random 4 KiB FUA writes", bytes: o.randomWrites * 4096, work: (t) => randomFua(t.url, diskBytes, 4096, o.randomWrites) },
+      { name: "random 64 KiB FUA writes", bytes: (o.randomWrites / 2) * 65536, work: (t) => randomFua(t.url, diskBytes, 65536, o.randomWrites / 2) },
+    ];
+    for (const phase of phases) {
+      for (const t of targets) {
+        const r = await measure(t, phase.name, phase.bytes, () => phase.work(t));
+        results.push(r);
+        o.log(`${phase.name.padEnd(28)} ${t.name.padEnd(7)} ${r.MBps} MB/s${r.latencyP99ms !== undefined ? `, p50 ${r.latencyP50ms} ms, p99 ${r.latencyP99ms} ms` : ""}, server CPU ${r.serverCpuPercent}%`);
+      }
+    }
+    const agentPeakRssMiB = peakRssMiB(agent.pid!);
+    // Replication kept up: the replica reaches the image once the writes stop.
+    await waitFor("the replica to catch up", async () => {
+      const view = (await api(stack, "GET", `replicated-items/${item.id}`)).body;
+      return view?.disks?.every((d: { pendingBatches?: number }) => (d.pendingBatches ?? 0) === 0) ?? false;
+    }, 600_000).catch(() => o.log("note: the replica had not caught up within 10 minutes"));
+
+    const ratio = (phase: string, field: "MBps" | "latencyP99ms") => {
+      const a = results.find((r) => r.phase === phase && r.target === "agent")![field]!;
+      const k = results.find((r) => r.phase === phase && r.target === "nbdkit")![field]!;
+      return round(a / k, 2);
+    };
+    const summary = {
+      copyRatio: ratio(phases[0]!.name, "MBps"),
+      writes1MiBRatio: ratio(phases[1]!.name, "MBps"),
+      fua4KiBP99ms: results.find((r) => r.phase === phases[2]!.name && r.target === "agent")!.latencyP99ms!,
+      fua4KiBP99Ratio: ratio(phases[2]!.name, "latencyP99ms"),
+      agentPeakRssMiB,
+      targets: { writes1MiBRatioAtLeast: 0.5, fua4KiBP99msAtMost: 5 },
+    };
+    const out = { benchmark: "nbd", at: new Date().toISOString(), machine: machine(), options: { diskSizeMiB: o.diskSizeMiB, randomWrites: o.randomWrites }, results, summary };
+    const file = writeResults("nbd", out);
+    o.log(
+      "\n" +
+        table(
+          ["workload", "server", "MB/s", "IOPS", "p50 ms", "p99 ms", "server CPU %"],
+          results.map((r) => [r.phase, r.target, r.MBps, r.iops ?? "", r.latencyP50ms ?? "", r.latencyP99ms ?? "", r.serverCpuPercent]),
+        ),
+    );
+    o.log(
+      `\nagent ÷ nbdkit: copy ${summary.copyRatio}×, 1 MiB writes ${summary.writes1MiBRatio}× (target ≥ 0.5), 4 KiB FUA p99 ${summary.fua4KiBP99ms} ms (target ≤ 5 ms; ${summary.fua4KiBP99Ratio}× nbdkit's); agent peak RSS ${agentPeakRssMiB} MiB\n${file}`,
+    );
+    return out;
+  } finally {
+    for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
+    await Promise.all(children.map((c) => (c.exitCode === null ? new Promise((r) => c.once("exit", r)) : undefined)));
+    await stack.stop();
+  }
+}
