@@ -52,7 +52,8 @@ export class FakeArm implements HttpClient {
   private throttleAfterSeconds = 0;
   private nextOp = 0;
 
-  constructor(private readonly options: FakeArmOptions = {}) {}
+  /** Mutable: a test can refuse a size or lower the quota mid-run. */
+  constructor(readonly options: FakeArmOptions = {}) {}
 
   /** The next `count` requests get 429 with `Retry-After: seconds`. */
   throttle(count: number, seconds: number): void {
