@@ -10,6 +10,9 @@ import { FailoverSteps } from "../shared/failover-steps";
 import { loadConfig, type Config } from "../shared/settings";
 import { Storage, TABLES } from "../shared/storage";
 import type { Fabric } from "../shared/fabric/port";
+import { ArmFabric } from "../shared/fabric/arm";
+import { ArmClient } from "../shared/fabric/arm-client";
+import { azureCredential } from "../shared/identity";
 
 export interface Services {
   config: Config;
@@ -26,7 +29,7 @@ export interface Services {
 
 export function createServices(config: Config, overrides: { fabric?: Fabric; now?: () => Date } = {}): Services {
   const storage = new Storage(config);
-  const fabric = overrides.fabric ?? new LocalFabric(() => storage.table(TABLES.fabric));
+  const fabric = overrides.fabric ?? fabricOf(config, storage);
   const items = new ItemStore(storage);
   const clock = overrides.now ? { now: overrides.now } : {};
   const agents = new Agents({ config, storage, items, ...clock });
@@ -36,6 +39,21 @@ export function createServices(config: Config, overrides: { fabric?: Fabric; now
   const planning = new FailoverPlanning({ items, points, plans, ...clock });
   const failover = new FailoverSteps({ config, storage, items, points, fabric, planning, cacheTimeoutMs: config.failover.cacheTimeoutSeconds * 1000, ...clock });
   return { config, storage, fabric, items, protection, agents, points, plans, planning, failover };
+}
+
+/** LocalFabric (embedded default), or ARM with the Function App's identity; mappings are the control plane's records either way. */
+function fabricOf(config: Config, storage: Storage): Fabric {
+  const records = new LocalFabric(() => storage.table(TABLES.fabric));
+  const f = config.fabric;
+  if (f.kind === "local") return records;
+  const credential = azureCredential({ credential: "default", ...(f.clientId ? { clientId: f.clientId } : {}) });
+  return new ArmFabric({
+    client: new ArmClient({ endpoint: f.endpoint, credential }),
+    subscriptionId: f.subscriptionId,
+    sourceSubscriptionId: f.sourceSubscriptionId,
+    replicaStorageId: f.replicaStorageId,
+    records,
+  });
 }
 
 let current: Services | undefined;

@@ -2,7 +2,7 @@
 import { resolve } from "node:path";
 import { createServices } from "../functions/compose";
 import { functionTable } from "../functions/table";
-import { loadConfig, SettingsError, timerSchedules, zodProblems } from "../shared/settings";
+import { describeStorageAuth, loadConfig, SettingsError, timerSchedules, zodProblems } from "../shared/settings";
 import { startAzurite, type LocalStorage } from "./azurite";
 import { LocalFunctionsHost } from "./host";
 import { z } from "zod";
@@ -30,6 +30,11 @@ export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log:
   // Every bad setting, the host's and the app's, is reported at once, before anything starts.
   const local = localSettings.safeParse(env, { reportInput: true });
   const problems = local.success ? [] : zodProblems(local.error);
+  // The local host keeps durable state and polls queues through a connection string, as `func start` with Azurite does.
+  const identityKeys = Object.keys(env).filter((k) => k.startsWith("AzureWebJobsStorage__") && env[k]?.trim());
+  if (identityKeys.length > 0) {
+    problems.push({ setting: identityKeys[0]!, message: "the local host takes AzureWebJobsStorage as a connection string; identity-based connections are for a deployed Function App" });
+  }
   try {
     loadConfig({ ...env, AzureWebJobsStorage: env.AzureWebJobsStorage?.trim() || "UseDevelopmentStorage=true" });
   } catch (e) {
@@ -50,6 +55,7 @@ export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log:
   }
   try {
     const config = loadConfig(env);
+    log(describeStorageAuth(config));
     const services = createServices(config);
     const host = new LocalFunctionsHost(functionTable(() => services, timerSchedules(env)), {
       port: s.FUNCTIONS_HTTP_PORT,

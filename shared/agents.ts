@@ -1,8 +1,7 @@
 // The control plane's side of the agent: registration, check-ins (SAS renewal, resync commands), resync manifests.
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { crc32c } from "@node-rs/crc32";
-import { BlobSASPermissions, generateBlobSASQueryParameters, StorageSharedKeyCredential } from "@azure/storage-blob";
-import { generateQueueSASQueryParameters, QueueSASPermissions, StorageSharedKeyCredential as QueueKeyCredential } from "@azure/storage-queue";
+import { AgentSas } from "./sas";
 import type { TableClient } from "@azure/data-tables";
 import { parseInput, registerRequestSchema } from "./api";
 import {
@@ -71,8 +70,18 @@ export const AGENT_WARNING_CODES: ReadonlySet<string> = new Set(Object.values(AG
 export class Agents {
   private readonly now: () => Date;
 
+  private readonly sas: AgentSas;
+
   constructor(private readonly deps: AgentsDeps) {
     this.now = deps.now ?? (() => new Date());
+    const { storage, config } = deps;
+    this.sas = new AgentSas({
+      cache: config.storage.cache,
+      control: config.storage.control,
+      cacheBlobKey: (startsOn, expiresOn) => storage.cacheBlobs.getUserDelegationKey(startsOn, expiresOn),
+      controlQueueKey: (startsOn, expiresOn) => storage.controlQueues.getUserDelegationKey(startsOn, expiresOn),
+      now: this.now,
+    });
   }
 
   private table(): Promise<TableClient> {
@@ -287,18 +296,12 @@ export class Agents {
     const startsOn = new Date(now.getTime() - 5 * 60_000); // clock skew between the VM and storage
     const { cache, control } = this.deps.config.storage;
     const containerName = cacheContainerName(item.id);
-    const blobSas = generateBlobSASQueryParameters(
-      { containerName, permissions: BlobSASPermissions.parse("cw"), startsOn, expiresOn },
-      new StorageSharedKeyCredential(cache.name, cache.key),
-    ).toString();
-    const queueSas = generateQueueSASQueryParameters(
-      { queueName: REPLICATION_QUEUE, permissions: QueueSASPermissions.parse("a"), startsOn, expiresOn },
-      new QueueKeyCredential(control.name, control.key),
-    ).toString();
+    const blob = await this.sas.cacheContainer(containerName, startsOn, expiresOn);
+    const queue = await this.sas.queue(REPLICATION_QUEUE, startsOn, expiresOn);
     await this.deps.storage.replicationQueue();
     return {
-      cache: { containerUrl: `${cache.blobUrl}/${containerName}?${blobSas}`, expiresOn: expiresOn.toISOString() },
-      queue: { url: `${control.queueUrl}/${REPLICATION_QUEUE}?${queueSas}`, messageEncoding: "base64", expiresOn: expiresOn.toISOString() },
+      cache: { containerUrl: `${cache.blobUrl}/${containerName}?${blob.sas}`, expiresOn: blob.expiresOn.toISOString() },
+      queue: { url: `${control.queueUrl}/${REPLICATION_QUEUE}?${queue.sas}`, messageEncoding: "base64", expiresOn: queue.expiresOn.toISOString() },
     };
   }
 

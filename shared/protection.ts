@@ -4,7 +4,7 @@ import { enableRequestSchema, MAX_GROUP_VMS, parseInput, updateRequestSchema, ty
 import type { Agents } from "./agents";
 import type { RecoveryPoints } from "./recovery-points";
 import { Conflict, IllegalState, NotFound } from "./errors";
-import { resourceId, type Fabric, type FabricResource } from "./fabric/port";
+import { resourceGroupIdOf, type Fabric, type FabricResource } from "./fabric/port";
 import {
   cacheContainerName,
   ItemStore,
@@ -317,7 +317,7 @@ export class Protection {
     // A failed-over (or test) VM still running in the target keeps its resource group, network and availability set.
     for (const r of [...(await fabric.list("virtualMachine")), ...(await fabric.list("networkInterface"))]) {
       if (!r.createdBySiteRecovery) continue;
-      used.add(resourceId("resourceGroup", r.resourceGroup).toLowerCase());
+      used.add(resourceGroupIdOf(r.id).toLowerCase());
       for (const id of [r.vnetId, r.availabilitySetId]) if (id) used.add(id.toLowerCase());
     }
     const removed: string[] = [];

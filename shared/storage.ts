@@ -1,7 +1,9 @@
 // Typed storage clients for the three accounts (control, replica, cache), built once from Config.
 import { BlobServiceClient, StorageSharedKeyCredential, ContainerClient } from "@azure/storage-blob";
 import { QueueServiceClient, StorageSharedKeyCredential as QueueKeyCredential, QueueClient } from "@azure/storage-queue";
-import { AzureNamedKeyCredential, TableClient } from "@azure/data-tables";
+import { AzureNamedKeyCredential, TableClient, TableServiceClient } from "@azure/data-tables";
+import type { TokenCredential } from "@azure/identity";
+import { azureCredential } from "./identity";
 import type { Config, StorageAccount } from "./settings";
 
 export const REPLICATION_QUEUE = "replication-batches";
@@ -31,18 +33,35 @@ export function queueMessageText(value: unknown): string {
   return text;
 }
 
+/** The Entra credential of an identity-based connection; undefined for a keyed one. */
+export function tokenCredential(account: StorageAccount): TokenCredential | undefined {
+  return account.auth.kind === "identity" ? azureCredential(account.auth) : undefined;
+}
+
 export function blobService(account: StorageAccount): BlobServiceClient {
-  return new BlobServiceClient(account.blobUrl, new StorageSharedKeyCredential(account.name, account.key));
+  const a = account.auth;
+  return new BlobServiceClient(account.blobUrl, a.kind === "key" ? new StorageSharedKeyCredential(account.name, a.key) : azureCredential(a));
 }
 
 export function queueService(account: StorageAccount): QueueServiceClient {
-  return new QueueServiceClient(account.queueUrl, new QueueKeyCredential(account.name, account.key));
+  const a = account.auth;
+  return new QueueServiceClient(account.queueUrl, a.kind === "key" ? new QueueKeyCredential(account.name, a.key) : azureCredential(a));
 }
 
 export function tableClient(account: StorageAccount, table: string): TableClient {
-  return new TableClient(account.tableUrl, table, new AzureNamedKeyCredential(account.name, account.key), {
-    allowInsecureConnection: isHttp(account.tableUrl),
-  });
+  const a = account.auth;
+  const options = { allowInsecureConnection: isHttp(account.tableUrl) };
+  return a.kind === "key"
+    ? new TableClient(account.tableUrl, table, new AzureNamedKeyCredential(account.name, a.key), options)
+    : new TableClient(account.tableUrl, table, azureCredential(a), options);
+}
+
+export function tableService(account: StorageAccount): TableServiceClient {
+  const a = account.auth;
+  const options = { allowInsecureConnection: isHttp(account.tableUrl) };
+  return a.kind === "key"
+    ? new TableServiceClient(account.tableUrl, new AzureNamedKeyCredential(account.name, a.key), options)
+    : new TableServiceClient(account.tableUrl, azureCredential(a), options);
 }
 
 /** The storage a running app uses; tables and containers are created on first use, once. */

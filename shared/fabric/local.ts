@@ -41,16 +41,16 @@ const claimPrefix = (vnetId: string, subnet: string) => `ip|${rowKey(vnetId)}|${
 /** Enough for a burst of concurrent updates of one VM; a 412 beyond that is a real fight worth surfacing. */
 const MAX_ETAG_RETRIES = 20;
 
-function parseIpv4(text: string): number | undefined {
+export function parseIpv4(text: string): number | undefined {
   const parts = text.trim().split(".");
   if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) return undefined;
   return parts.reduce((n, p) => n * 256 + Number(p), 0);
 }
 
-const formatIpv4 = (n: number) => [24, 16, 8, 0].map((shift) => Math.floor(n / 2 ** shift) % 256).join(".");
+export const formatIpv4 = (n: number) => [24, 16, 8, 0].map((shift) => Math.floor(n / 2 ** shift) % 256).join(".");
 
 /** Azure keeps the network address, the next three (gateway, DNS) and the broadcast address for itself. */
-function usableRange(addressPrefix: string): { first: number; last: number } {
+export function usableRange(addressPrefix: string): { first: number; last: number } {
   const [base, bits] = addressPrefix.split("/");
   const address = base === undefined ? undefined : parseIpv4(base);
   const length = Number(bits);
@@ -61,7 +61,7 @@ function usableRange(addressPrefix: string): { first: number; last: number } {
 }
 
 /** Addresses to try, best first; lazy, as a large subnet holds millions. */
-function* candidates(addressPrefix: string, allocation: NetworkInterfaceSpec["allocation"], preferredIp: string | undefined): Generator<number> {
+export function* candidates(addressPrefix: string, allocation: NetworkInterfaceSpec["allocation"], preferredIp: string | undefined): Generator<number> {
   const { first, last } = usableRange(addressPrefix);
   if (allocation === "fromEnd") {
     for (let n = last; n >= first; n--) yield n;

@@ -70,6 +70,8 @@ export interface VirtualMachineSpec {
   availabilitySetId?: string;
   osDisk: VmDisk;
   dataDisks: VmDisk[];
+  /** The OS of the attached OS disk (Azure needs it to attach one); Linux when not said. */
+  osType?: "Linux" | "Windows";
   tags?: Record<string, string>;
 }
 
@@ -103,7 +105,10 @@ export interface Fabric {
    * `SubnetFull` when no address is free, `NotFound` when the vnet or subnet does not exist.
    */
   ensureNetworkInterface(spec: NetworkInterfaceSpec): Promise<Ensured>;
-  /** Creates the VM (deallocated) unless one with that id exists. Throws FabricError `NotFound` for a missing NIC or availability set. */
+  /**
+   * Creates the VM unless one with that id exists (LocalFabric leaves it deallocated; Azure starts a VM it creates).
+   * Throws FabricError `NotFound` for a missing NIC or availability set.
+   */
   ensureVirtualMachine(spec: VirtualMachineSpec): Promise<Ensured>;
   /**
    * Sets a VM's power state (start, or shut down and deallocate). A source VM the fabric has not seen yet is
@@ -114,10 +119,17 @@ export interface Fabric {
   list(kind: ResourceKind): Promise<FabricResource[]>;
 }
 
+/**
+ * Why a fabric call was refused. `QuotaExceeded` (the subscription's vCPU or other quota), `SkuNotAvailable` (the VM
+ * size is not offered in the region), `Forbidden` (the identity lacks the rights) and `Conflict` (e.g. a name taken)
+ * come from ARM; retrying them cannot help, so they end the failover step.
+ */
+export type FabricRefusal = "SubnetFull" | "NotFound" | "Conflict" | "QuotaExceeded" | "SkuNotAvailable" | "Forbidden";
+
 /** A fabric call refused for a reason the caller can name (not a transient failure). */
 export class FabricError extends Error {
   constructor(
-    readonly code: "SubnetFull" | "NotFound" | "Conflict",
+    readonly code: FabricRefusal,
     message: string,
   ) {
     super(message);
@@ -143,4 +155,10 @@ export function resourceId(kind: ResourceKind, resourceGroup: string, name = "",
     case "virtualMachine":
       return `${rg}/providers/Microsoft.Compute/virtualMachines/${name}`;
   }
+}
+
+/** The id of the resource group a resource id names (whatever its subscription). */
+export function resourceGroupIdOf(id: string): string {
+  const m = /^(\/subscriptions\/[^/]+\/resourceGroups\/[^/]+)/i.exec(id);
+  return m ? m[1]! : id;
 }

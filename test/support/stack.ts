@@ -1,10 +1,9 @@
 // A whole local stack for tests: in-memory Azurite on free ports, the services, and the local host over a real socket.
-import { AzureNamedKeyCredential, TableServiceClient } from "@azure/data-tables";
 import { createServices, type Services } from "../../functions/compose";
 import { functionTable } from "../../functions/table";
 import { LocalFunctionsHost, type QueueSettings } from "../../local/host";
 import { loadConfig, timerSchedules } from "../../shared/settings";
-import { blobService, queueService, tableClient } from "../../shared/storage";
+import { blobService, queueService, tableClient, tableService } from "../../shared/storage";
 import type { Fabric } from "../../shared/fabric/port";
 import { startTestStorage } from "./storage";
 
@@ -90,7 +89,7 @@ export async function startTestStack(opts: TestStackOptions = {}): Promise<TestS
           const props = await queues.getQueueClient(q.name).getProperties();
           out.push(`${account.name} queue ${q.name} ${props.approximateMessagesCount}`);
         }
-        const svc = new TableServiceClient(account.tableUrl, new AzureNamedKeyCredential(account.name, account.key), { allowInsecureConnection: true });
+        const svc = tableService(account);
         for await (const t of svc.listTables()) {
           for await (const e of tableClient(account, t.name!).listEntities()) {
             const { etag: _etag, timestamp: _ts, ...rest } = e as Record<string, unknown>;
