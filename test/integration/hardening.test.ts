@@ -1,0 +1,54 @@
+// Defects a hostile probe of the local stack found (issue 10): each test failed before its fix.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { startTestStack, type TestStack } from "../support/stack";
+
+
+describe("hardening: ids, check-ins, races, credentials, groups", () => {
+  let stack: TestStack;
+  before(async () => {
+    stack = await startTestStack();
+  });
+  after(async () => {
+    await stack?.stop();
+  });
+
+
+
+  // Item 5 -----------------------------------------------------------------------------------------
+  const hostileIds = ["a%2Fb", "..%2F..%2Fx", "%2e%2e%2fx", "x%01y", "x%00", "x%20y", "%27or%271", "x".repeat(300)];
+  const idRoutes: [string, (id: string) => string][] = [
+    ["GET", (id) => `replicated-items/${id}`],
+    ["DELETE", (id) => `replicated-items/${id}`],
+    ["PATCH", (id) => `replicated-items/${id}`],
+    ["GET", (id) => `replicated-items/${id}/recovery-points`],
+    ["POST", (id) => `replicated-items/${id}/commit`],
+    ["POST", (id) => `replicated-items/${id}/test-failover-cleanup`],
+    ["GET", (id) => `failovers/${id}`],
+    ["GET", (id) => `recovery-plans/${id}`],
+  ];
+  for (const [method, path] of idRoutes) {
+    test(`an id with '/', '..' or control characters in ${method} ${path("{id}")} is refused at once with 400 or 404`, async () => {
+      for (const id of hostileIds) {
+        const started = Date.now();
+        const res = await stack.api(method, path(id), method === "PATCH" ? { replicationGroup: null } : undefined);
+        assert.ok(res.status === 400 || res.status === 404, `${id}: ${res.status} ${JSON.stringify(res.body)}`);
+        assert.equal(typeof res.body?.error?.code, "string", `${id}: envelope`);
+        assert.ok(Date.now() - started < 1500, `${id}: answered in ${Date.now() - started} ms`);
+      }
+    });
+  }
+
+  test("agent check-ins and manifests naming an id with '/' are refused at once with 400, without credentials", async () => {
+    for (const itemId of ["a/b", "../x", "x\u0001", "x'y"]) {
+      const started = Date.now();
+      const c = await stack.api("POST", "agents/checkin", { itemId, agentKey: "k" });
+      assert.equal(c.status, 400, JSON.stringify(c.body));
+      assert.ok(c.body.error.details.some((d: { field: string }) => d.field === "itemId"));
+      const m = await stack.api("POST", "agents/resync-manifest", { itemId, agentKey: "k", diskId: "os/x", resyncId: "r", offset: 0, length: 65536 });
+      assert.equal(m.status, 400, JSON.stringify(m.body));
+      assert.ok(Date.now() - started < 1500, `answered in ${Date.now() - started} ms`);
+    }
+  });
+
+});
