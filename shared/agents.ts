@@ -139,7 +139,19 @@ export class Agents {
     const req = parseInput(checkinRequestSchema, body);
     const item = await this.authenticate(req.itemId, req.agentKey);
     const at = this.now().toISOString();
-    for (const r of req.resyncRequired ?? []) {
+    // The whole request is checked before anything is written: a refused check-in changes nothing.
+    const reported = req.resyncRequired ?? [];
+    if (reported.length > 0) {
+      const known = new Set((await this.deps.items.listDisks(item.id)).map((d) => d.id));
+      const unknown = reported.map((r, n) => ({ r, n })).filter(({ r }) => !known.has(r.diskId));
+      if (unknown.length > 0) {
+        throw new BadRequest(
+          `${unknown.map(({ r }) => `'${r.diskId}'`).join(", ")} ${unknown.length === 1 ? "is not a disk" : "are not disks"} of this item`,
+          unknown.map(({ n }) => ({ field: `resyncRequired[${n}].diskId`, message: "unknown disk" })),
+        );
+      }
+    }
+    for (const r of reported) {
       const disk = await this.deps.items.updateDisk(item.id, r.diskId, (d) => {
         // A resync the control plane started (a corrupt batch) covers the whole disk already and must stay: replacing
         // it would un-halt the disk past the batch that was never applied.

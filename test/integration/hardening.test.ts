@@ -2,7 +2,14 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { startTestStack, type TestStack } from "../support/stack";
+import { enableBody } from "../support/requests";
 
+/** Items and their disks as stored: what "nothing changed" compares. */
+async function itemsAndDisks(stack: TestStack): Promise<string> {
+  const items = await stack.services.items.list();
+  const disks = await Promise.all(items.map((i) => stack.services.items.listDisks(i.id)));
+  return JSON.stringify({ items, disks });
+}
 
 describe("hardening: ids, check-ins, races, credentials, groups", () => {
   let stack: TestStack;
@@ -13,7 +20,18 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     await stack?.stop();
   });
 
+  async function enable(name: string, extra: Record<string, unknown> = {}) {
+    const r = await stack.api("POST", "replicated-items", enableBody(name, extra));
+    assert.equal(r.status, 201, JSON.stringify(r.body));
+    return r.body as { id: string; agentRegistration: { token: string } };
+  }
 
+  async function registered(name: string, extra: Record<string, unknown> = {}) {
+    const item = await enable(name, extra);
+    const reg = await stack.api("POST", "agents/register", { token: item.agentRegistration.token });
+    assert.equal(reg.status, 200, JSON.stringify(reg.body));
+    return { item, agentKey: reg.body.agentKey as string };
+  }
 
   // Item 5 -----------------------------------------------------------------------------------------
   const hostileIds = ["a%2Fb", "..%2F..%2Fx", "%2e%2e%2fx", "x%01y", "x%00", "x%20y", "%27or%271", "x".repeat(300)];
@@ -51,4 +69,20 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     }
   });
 
+  // Item 4 -----------------------------------------------------------------------------------------
+  test("a check-in refused for one unknown disk changes nothing, not even the valid entries before it", async () => {
+    const { item, agentKey } = await registered("ck-atomic");
+    const before = await itemsAndDisks(stack);
+    const res = await stack.api("POST", "agents/checkin", {
+      itemId: item.id,
+      agentKey,
+      resyncRequired: [
+        { diskId: "os", resyncId: "r-1", reason: "spool overflow" },
+        { diskId: "nope", resyncId: "r-2", reason: "spool overflow" },
+      ],
+    });
+    assert.equal(res.status, 400, JSON.stringify(res.body));
+    assert.ok(res.body.error.details.some((d: { field: string }) => d.field.startsWith("resyncRequired[1].diskId")), JSON.stringify(res.body));
+    assert.equal(await itemsAndDisks(stack), before, "nothing changed");
+  });
 });
