@@ -85,4 +85,21 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     assert.ok(res.body.error.details.some((d: { field: string }) => d.field.startsWith("resyncRequired[1].diskId")), JSON.stringify(res.body));
     assert.equal(await itemsAndDisks(stack), before, "nothing changed");
   });
+  // Item 3 -----------------------------------------------------------------------------------------
+  test("an item whose disks never finished initial replication cannot fail over to latest: 409 naming the disk", async () => {
+    const { item, agentKey } = await registered("never-copied");
+    const c = await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey, resyncRequired: [{ diskId: "os", resyncId: "r-1", reason: "spool overflow" }] });
+    assert.equal(c.status, 200, JSON.stringify(c.body));
+    assert.equal((await stack.services.items.get(item.id))?.item.state, "ResyncRequired");
+    const before = await itemsAndDisks(stack);
+    for (const type of ["test", "unplanned"]) {
+      const res = await stack.api("POST", "failovers", { itemIds: [item.id], type, recoveryPoint: "latest" });
+      assert.equal(res.status, 409, JSON.stringify(res.body));
+      assert.equal(res.body.error.code, "InitialReplicationIncomplete");
+      assert.equal(res.body.error.details.itemId, item.id);
+      assert.equal(res.body.error.details.diskId, "os");
+      assert.match(res.body.error.message, /os/);
+    }
+    assert.equal(await itemsAndDisks(stack), before, "nothing locked");
+  });
 });
