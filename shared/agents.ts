@@ -67,6 +67,9 @@ const NOT_PROTECTED = new Set(["Enabling", "EnableFailed", "Disabling"]);
 /** Agent warnings the item's health shows (Warning severity); other codes an agent reports are ignored. */
 export const AGENT_WARNING_CODES: ReadonlySet<string> = new Set(["AppConsistencyFailed"]);
 
+/** A registration found its item disabled under it. */
+class ItemGone extends Error {}
+
 export class Agents {
   private readonly now: () => Date;
 
@@ -107,14 +110,36 @@ export class Agents {
     const now = this.now();
     if (Date.parse(reg.expiresAt) <= now.getTime()) throw new Unauthorized(`registration token expired at ${reg.expiresAt}`);
     const item = await this.protectedItem(reg.itemId);
+    try {
+      return await this.registerAgentOf(item, now);
+    } catch (e) {
+      // A disable racing this registration removed the cache or the replicas under it: the item is going, not an error.
+      if (!isNotFound(e) && !(e instanceof ItemGone)) throw e;
+      await this.forgetAgentIfGone(item.id);
+      throw new Unauthorized("the replicated item of this agent is not being protected");
+    }
+  }
 
+  /** After a registration that met a disable: the agent key it wrote goes with the item (disable may have run first). */
+  private async forgetAgentIfGone(itemId: string): Promise<void> {
+    const found = await this.deps.items.get(itemId);
+    if (found && !NOT_PROTECTED.has(found.item.state)) return;
+    const t = await this.table();
+    await t.deleteEntity("agent", itemId).catch((err) => (isNotFound(err) ? undefined : Promise.reject(err)));
+  }
+
+  private async registerAgentOf(item: ReplicatedItem, now: Date): Promise<RegistrationResponse> {
+    const t = await this.table();
     const agentKey = randomBytes(32).toString("base64url");
     await t.upsertEntity<AgentEntity>({ partitionKey: "agent", rowKey: item.id, keyHash: hashSecret(agentKey), registeredAt: now.toISOString() }, "Replace");
-    await this.deps.items.updateItem(item.id, (i) => {
+    const current = await this.deps.items.updateItem(item.id, (i) => {
+      if (NOT_PROTECTED.has(i.state)) return undefined;
       i.agent = { registeredAt: now.toISOString(), registrations: (i.agent?.registrations ?? 0) + 1 };
       i.updatedAt = now.toISOString();
       return i;
     });
+    // The item went (or began going) while this agent registered: its key goes too.
+    if (!current || NOT_PROTECTED.has(current.state)) throw new ItemGone();
     const disks = await this.deps.items.listDisks(item.id);
     return {
       itemId: item.id,

@@ -507,14 +507,20 @@ export class FailoverSteps {
     if (found.item.state !== "FailedOver") throw new IllegalState(itemId, found.item.state, "commit a failover (only a FailedOver item can)");
     await this.deps.points.deleteAllOf(found.item);
     const at = this.now().toISOString();
+    // ETag-conditional: of two concurrent commits exactly one moves the item; the other sees it committed (409).
+    let won = false;
     const committed = await this.deps.items.updateItem(itemId, (i) => {
+      won = false;
       if (i.state !== "FailedOver") return undefined;
+      won = true;
       i.state = "FailoverCommitted";
       if (i.failover) i.failover.committedAt = at;
       i.updatedAt = at;
       return i;
     });
-    return committed ?? found.item;
+    if (!committed) throw new NotFound("replicated item", itemId);
+    if (!won) throw new IllegalState(itemId, committed.state, "commit a failover (only a FailedOver item can)");
+    return committed;
   }
 
   /** Test failover cleanup: the test VM, its NIC and disks (and an unused test network) go; replication never stopped. */
@@ -531,13 +537,19 @@ export class FailoverSteps {
     }
     const removed = await this.removeResources(f);
     const at = this.now().toISOString();
+    // ETag-conditional: of two concurrent cleanups exactly one returns the item to replication; the other gets 409.
+    let won = false;
     const item = await this.deps.items.updateItemWithDisks(itemId, (i, disks) => {
-      if (i.state !== "TestFailover" || i.failover?.instanceId !== f.instanceId) return undefined;
+      won = false;
+      if (i.state !== "TestFailover" || i.failover?.instanceId !== f.instanceId || i.failover.cleanedUpAt) return undefined;
+      won = true;
       i.failover = { ...i.failover, resources: { disks: [] }, cleanedUpAt: at };
       i.state = replicationStateOf({ ...i, state: i.failover.previousState }, disks);
       i.updatedAt = at;
       return i;
     });
-    return { item: item ?? found.item, removed };
+    if (!item) throw new NotFound("replicated item", itemId);
+    if (!won) throw new IllegalState(itemId, item.state, "clean up a test failover (it was cleaned up meanwhile)");
+    return { item, removed };
   }
 }

@@ -28,6 +28,9 @@ export interface ProtectionDeps {
   now?: () => Date;
 }
 
+/** How long a disable owns its item: another DELETE within this is refused; after it, a stalled disable is resumed. */
+const DISABLE_CLAIM_MS = 120_000;
+
 /** ASR names target resources after the source with this suffix. */
 export const TARGET_SUFFIX = "-asr";
 
@@ -274,16 +277,22 @@ export class Protection {
   /** Disables replication: removes the cache, the replicas with their snapshots, the records, and unused target resources. */
   async disable(itemId: string): Promise<{ id: string; state: "Disabled"; removed: string[] }> {
     const { items, storage } = this.deps;
-    const found = await items.get(itemId);
-    if (!found) throw new NotFound("replicatedItem", itemId);
-    const { item } = found;
-    if (item.state === "FailingOver" || item.state === "TestFailover") {
-      throw new IllegalState(itemId, item.state, "disable replication");
-    }
-    if (item.state !== "Disabling") {
-      item.state = "Disabling";
-      item.updatedAt = this.now().toISOString();
-      await items.put(item, found.etag);
+    // Moving to Disabling is the claim, ETag-conditional: of concurrent DELETEs one proceeds, the others get 409 (404
+    // once the item is gone). A disable that stopped half-way (a crash) is resumed by a DELETE once it has been quiet.
+    let won = false;
+    const item = await items.updateItem(itemId, (i) => {
+      won = false;
+      if (i.state === "FailingOver" || i.state === "TestFailover") return undefined;
+      if (i.state === "Disabling" && this.now().getTime() - Date.parse(i.updatedAt) < DISABLE_CLAIM_MS) return undefined;
+      won = true;
+      i.state = "Disabling";
+      i.updatedAt = this.now().toISOString();
+      return i;
+    });
+    if (!item) throw new NotFound("replicatedItem", itemId);
+    if (!won) {
+      if (item.state !== "Disabling") throw new IllegalState(itemId, item.state, "disable replication");
+      throw new Conflict("DisableInProgress", `replicated item '${itemId}' is already being disabled`, { itemId, state: item.state });
     }
     const removed: string[] = [];
 

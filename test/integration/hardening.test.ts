@@ -102,4 +102,59 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     }
     assert.equal(await itemsAndDisks(stack), before, "nothing locked");
   });
+  // Item 7 -----------------------------------------------------------------------------------------
+  const statuses = (rs: { status: number }[]) => rs.map((r) => r.status).sort();
+
+  test("concurrent DELETEs of one item: one 202, the others 409 or 404, never 500", async () => {
+    const item = await enable("del-race");
+    const rs = await Promise.all([1, 2, 3].map(() => stack.api("DELETE", `replicated-items/${item.id}`)));
+    assert.equal(rs.filter((r) => r.status === 202).length, 1, JSON.stringify(rs.map((r) => [r.status, r.body?.error?.code])));
+    for (const r of rs.filter((x) => x.status !== 202)) {
+      assert.ok(r.status === 409 || r.status === 404, JSON.stringify(r.body));
+      assert.equal(typeof r.body.error.code, "string");
+    }
+    assert.equal(await stack.services.items.get(item.id), undefined);
+  });
+
+  test("a registration racing the DELETE of its item answers 200 or 401, never 500", async () => {
+    for (let n = 0; n < 6; n++) {
+      const item = await enable(`reg-race-${n}`);
+      const later = new Promise((r) => setTimeout(r, n * 3)).then(() => stack.api("POST", "agents/register", { token: item.agentRegistration.token }));
+      const [reg, del] = await Promise.all([later, stack.api("DELETE", `replicated-items/${item.id}`)]);
+      assert.equal(del.status, 202, JSON.stringify(del.body));
+      assert.ok(reg.status === 200 || reg.status === 401, `${reg.status} ${JSON.stringify(reg.body)}`);
+    }
+  });
+
+  test("a registration that meets an item whose disable removed its cache and replicas answers 401, not 500", async () => {
+    // The instant a DELETE racing a registration leaves behind: the registration passed its state check, then the
+    // disable removed the cache container and the replicas under it.
+    const item = await enable("reg-half-gone");
+    await stack.services.storage.cacheBlobs.getContainerClient(`cache-${item.id}`).delete();
+    const replicas = await stack.services.storage.replicas();
+    for (const d of ["os", "data0"]) await replicas.getPageBlobClient(`${item.id}/${d}.vhd`).delete();
+    const reg = await stack.api("POST", "agents/register", { token: item.agentRegistration.token });
+    assert.equal(reg.status, 401, JSON.stringify(reg.body));
+    assert.equal(reg.body.error.code, "Unauthorized");
+  });
+
+  test("two concurrent commits: one 200, the other 409", async () => {
+    const item = await enable("commit-race");
+    await stack.services.items.updateItem(item.id, (i) => ({ ...i, state: "FailedOver" }));
+    const rs = await Promise.all([1, 2].map(() => stack.api("POST", `replicated-items/${item.id}/commit`)));
+    assert.deepEqual(statuses(rs), [200, 409], JSON.stringify(rs.map((r) => r.body)));
+    assert.equal(rs.find((r) => r.status === 409)!.body.error.code, "IllegalState");
+  });
+
+  test("two concurrent test-failover cleanups: one 200, the other 409", async () => {
+    const item = await enable("cleanup-race");
+    const at = new Date().toISOString();
+    await stack.services.items.updateItem(item.id, (i) => ({
+      ...i,
+      state: "TestFailover",
+      failover: { instanceId: "x", type: "test", requestedPoint: "latest-processed", startedAt: at, previousState: "InitialReplication", resources: { disks: [] }, completedAt: at },
+    }));
+    const rs = await Promise.all([1, 2].map(() => stack.api("POST", `replicated-items/${item.id}/test-failover-cleanup`)));
+    assert.deepEqual(statuses(rs), [200, 409], JSON.stringify(rs.map((r) => r.body)));
+  });
 });
