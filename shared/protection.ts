@@ -1,9 +1,10 @@
 // Protecting a VM: enable replication (target resources, replicas, cache), disable it, and register its agent.
 import { randomUUID } from "node:crypto";
-import { enableRequestSchema, MAX_GROUP_VMS, parseInput, updateRequestSchema, type EnableRequest } from "./api";
+import { enableRequestSchema, parseInput, updateRequestSchema, type EnableRequest } from "./api";
 import type { Agents } from "./agents";
 import type { RecoveryPoints } from "./recovery-points";
 import { Conflict, IllegalState, NotFound } from "./errors";
+import { ReplicationGroups } from "./groups";
 import { resourceId, type Fabric, type FabricResource } from "./fabric/port";
 import {
   cacheContainerName,
@@ -81,15 +82,17 @@ export interface EnableResult {
 export class Protection {
   private readonly now: () => Date;
 
+  private readonly groups: ReplicationGroups;
+
   constructor(private readonly deps: ProtectionDeps) {
     this.now = deps.now ?? (() => new Date());
+    this.groups = new ReplicationGroups({ storage: deps.storage, items: deps.items, now: this.now });
   }
 
   async enable(body: unknown): Promise<EnableResult> {
     const req = parseInput(enableRequestSchema, body);
     const { items } = this.deps;
     const key = vmKey(req.vm);
-    if (req.replicationGroup) await this.checkGroup(req.replicationGroup, req.vm.region, req.targetRegion);
 
     const itemId = randomUUID();
     const holder = await items.claimVm(key, itemId);
@@ -112,6 +115,16 @@ export class Protection {
 
     const undo = new Undo();
     undo.push("release VM claim", () => items.releaseVm(key, itemId));
+    if (req.replicationGroup) {
+      const group = req.replicationGroup;
+      try {
+        await this.groups.claim(group, itemId, req.vm.region, req.targetRegion);
+      } catch (e) {
+        await undo.run();
+        throw e;
+      }
+      undo.push(`leave replication group ${group}`, () => this.groups.release(group, itemId));
+    }
     const at = this.now().toISOString();
     const item: ReplicatedItem = {
       id: itemId,
@@ -160,25 +173,6 @@ export class Protection {
     }
   }
 
-  /** A replication group holds at most 16 VMs, all from one source region to one target region. */
-  private async checkGroup(group: string, sourceRegion: string, targetRegion: string, joiningItemId?: string): Promise<void> {
-    const members = (await this.deps.items.list()).filter((i) => i.replicationGroup === group && i.id !== joiningItemId);
-    if (members.length >= MAX_GROUP_VMS) {
-      throw new Conflict("ReplicationGroupFull", `replication group '${group}' already has ${MAX_GROUP_VMS} VMs, the most a group holds`, {
-        field: "replicationGroup",
-        members: members.length,
-      });
-    }
-    const other = members.find((m) => m.vm.region !== sourceRegion || m.targetRegion !== targetRegion);
-    if (other) {
-      throw new Conflict(
-        "ReplicationGroupRegionMismatch",
-        `replication group '${group}' replicates ${other.vm.region} → ${other.targetRegion}; this VM would replicate ${sourceRegion} → ${targetRegion}`,
-        { field: "replicationGroup", itemId: other.id },
-      );
-    }
-  }
-
   /**
    * Joins or leaves a replication group without re-enabling replication (ASR requires a re-enable). The item's group
    * points start at the first group tag it takes part in; its VM points are unaffected.
@@ -189,14 +183,20 @@ export class Protection {
     if (!found) throw new NotFound("replicatedItem", itemId);
     const { item } = found;
     if (!["InitialReplication", "Protected", "ResyncRequired"].includes(item.state)) throw new IllegalState(itemId, item.state, "change its replication group");
-    if (req.replicationGroup) await this.checkGroup(req.replicationGroup, item.vm.region, item.targetRegion, itemId);
+    // A replication group holds at most 16 VMs from one region pair: the group's record is claimed first (atomically).
+    const previous = item.replicationGroup;
+    if (req.replicationGroup && req.replicationGroup !== previous) await this.groups.claim(req.replicationGroup, itemId, item.vm.region, item.targetRegion);
     const updated = await this.deps.items.updateItem(itemId, (i) => {
       if (req.replicationGroup) i.replicationGroup = req.replicationGroup;
       else delete i.replicationGroup;
       i.updatedAt = this.now().toISOString();
       return i;
     });
-    if (!updated) throw new NotFound("replicatedItem", itemId);
+    if (!updated) {
+      if (req.replicationGroup && req.replicationGroup !== previous) await this.groups.release(req.replicationGroup, itemId);
+      throw new NotFound("replicatedItem", itemId);
+    }
+    if (previous && previous !== req.replicationGroup) await this.groups.release(previous, itemId);
     return updated;
   }
 
@@ -310,6 +310,7 @@ export class Protection {
     await this.deps.points.deleteAllOf(item);
     removed.push(...(await this.deleteUnusedTargetResources(item)));
     await items.deleteDisks(itemId);
+    if (item.replicationGroup) await this.groups.release(item.replicationGroup, itemId);
     await items.delete(itemId);
     await items.releaseVm(vmKey(item.vm), itemId);
     return { id: itemId, state: "Disabled", removed };

@@ -157,4 +157,33 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     const rs = await Promise.all([1, 2].map(() => stack.api("POST", `replicated-items/${item.id}/test-failover-cleanup`)));
     assert.deepEqual(statuses(rs), [200, 409], JSON.stringify(rs.map((r) => r.body)));
   });
+  // Item 6 -----------------------------------------------------------------------------------------
+  test("concurrent enables cannot overfill a replication group: 15 members plus 3 at once gives 16", async () => {
+    for (let n = 0; n < 15; n++) await enable(`full-${n}`, { replicationGroup: "full-group" });
+    const rs = await Promise.all([0, 1, 2].map((n) => stack.api("POST", "replicated-items", enableBody(`full-late-${n}`, { replicationGroup: "full-group" }))));
+    assert.deepEqual(rs.map((r) => r.status).sort(), [201, 409, 409], JSON.stringify(rs.map((r) => r.body?.error)));
+    for (const r of rs.filter((x) => x.status === 409)) assert.equal(r.body.error.code, "ReplicationGroupFull");
+    const members = (await stack.services.items.list()).filter((i) => i.replicationGroup === "full-group");
+    assert.equal(members.length, 16);
+  });
+
+  test("concurrent enables into a new group from different region pairs: one is accepted, the other 409", async () => {
+    const rs = await Promise.all([
+      stack.api("POST", "replicated-items", enableBody("pair-a", { replicationGroup: "new-pair" })),
+      stack.api("POST", "replicated-items", { ...enableBody("pair-b", { replicationGroup: "new-pair" }), targetRegion: "northeurope" }),
+    ]);
+    assert.deepEqual(rs.map((r) => r.status).sort(), [201, 409], JSON.stringify(rs.map((r) => r.body?.error)));
+    assert.equal(rs.find((r) => r.status === 409)!.body.error.code, "ReplicationGroupRegionMismatch");
+    const regions = new Set((await stack.services.items.list()).filter((i) => i.replicationGroup === "new-pair").map((i) => `${i.vm.region}>${i.targetRegion}`));
+    assert.equal(regions.size, 1);
+  });
+
+  test("a group slot freed by a disable or a PATCH leaving the group can be taken again", async () => {
+    const a = await enable("slot-a", { replicationGroup: "slots" });
+    assert.equal((await stack.api("PATCH", `replicated-items/${a.id}`, { replicationGroup: null })).status, 200);
+    const b = await stack.api("POST", "replicated-items", { ...enableBody("slot-b", { replicationGroup: "slots" }), targetRegion: "northeurope" });
+    assert.equal(b.status, 201, "the empty group takes a new region pair");
+    assert.equal((await stack.api("DELETE", `replicated-items/${b.body.id}`)).status, 202);
+    assert.equal((await stack.api("PATCH", `replicated-items/${a.id}`, { replicationGroup: "slots" })).status, 200, "and back");
+  });
 });
