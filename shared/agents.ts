@@ -63,6 +63,8 @@ export interface AgentsDeps {
 }
 
 const NOT_PROTECTED = new Set(["Enabling", "EnableFailed", "Disabling"]);
+/** States in which the item's agent has nothing to replicate any more: its key and tokens are refused (and revoked on commit). */
+const NO_AGENT = new Set([...NOT_PROTECTED, "FailoverCommitted"]);
 
 /** Agent warnings the item's health shows (Warning severity); other codes an agent reports are ignored. */
 export const AGENT_WARNING_CODES: ReadonlySet<string> = new Set(["AppConsistencyFailed"]);
@@ -103,13 +105,23 @@ export class Agents {
 
   /** Exchanges a registration token for an agent key and SAS URLs scoped to this item's cache container and the queue. */
   async register(body: unknown): Promise<RegistrationResponse> {
-    const { token } = parseInput(registerRequestSchema, body);
+    const { token, replace } = parseInput(registerRequestSchema, body);
     const t = await this.table();
     const reg = await t.getEntity<TokenEntity>("token", hashSecret(token)).catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
     if (!reg) throw new Unauthorized("unknown registration token");
     const now = this.now();
     if (Date.parse(reg.expiresAt) <= now.getTime()) throw new Unauthorized(`registration token expired at ${reg.expiresAt}`);
     const item = await this.protectedItem(reg.itemId);
+    // A token is usable for its whole lifetime (an agent that lost its state registers again), but never silently:
+    // taking over from a registered agent locks that one out, so it has to be asked for.
+    const registered = await t.getEntity<AgentEntity>("agent", item.id).catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
+    if (registered && !replace) {
+      throw new Conflict(
+        "AgentAlreadyRegistered",
+        `an agent registered for item '${item.id}' at ${registered.registeredAt}; registering again locks it out: send { "token", "replace": true } to do so`,
+        { itemId: item.id, registeredAt: registered.registeredAt },
+      );
+    }
     try {
       return await this.registerAgentOf(item, now);
     } catch (e) {
@@ -304,7 +316,7 @@ export class Agents {
 
   private async protectedItem(itemId: string): Promise<ReplicatedItem> {
     const found = await this.deps.items.get(itemId);
-    if (!found || NOT_PROTECTED.has(found.item.state)) throw new Unauthorized("the replicated item of this agent is not being protected");
+    if (!found || NO_AGENT.has(found.item.state)) throw new Unauthorized("the replicated item of this agent is not being protected");
     return found.item;
   }
 

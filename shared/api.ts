@@ -108,7 +108,8 @@ export type EnableRequest = z.infer<typeof enableRequestSchema>;
 /** PATCH of an item: the replication group to join, or null to leave it. */
 export const updateRequestSchema = z.object({ replicationGroup: groupName.nullable() }).strict();
 
-export const registerRequestSchema = z.object({ token: z.string().min(1).max(512) }).strict();
+/** `replace`: an agent is already registered for the item and this one takes over (the registered one is locked out). */
+export const registerRequestSchema = z.object({ token: z.string().min(1).max(512), replace: z.boolean().optional() }).strict();
 
 /** ASR's recovery plan limits: at most 7 groups and 100 items. */
 export const MAX_PLAN_GROUPS = 7;

@@ -20,6 +20,8 @@ export interface FailoverStepsDeps {
   planning: FailoverPlanning;
   now?: () => Date;
   log?: (line: string) => void;
+  /** Revokes an item's agent credentials (commit: the source does not replicate in this direction any more). */
+  agents?: { forget(itemId: string): Promise<void> };
   /** `latest`: how long the source cache may stay unreachable before the failover falls back to the latest processed point. */
   cacheTimeoutMs?: number;
   /** `latest`: how long draining the cache may take before the failover gives up on the step (it is retried). */
@@ -520,6 +522,8 @@ export class FailoverSteps {
     });
     if (!committed) throw new NotFound("replicated item", itemId);
     if (!won) throw new IllegalState(itemId, committed.state, "commit a failover (only a FailedOver item can)");
+    // The old source's agent has nothing left to replicate: its key and any registration token go.
+    await this.deps.agents?.forget(itemId);
     return committed;
   }
 

@@ -186,4 +186,27 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     assert.equal((await stack.api("DELETE", `replicated-items/${b.body.id}`)).status, 202);
     assert.equal((await stack.api("PATCH", `replicated-items/${a.id}`, { replicationGroup: "slots" })).status, 200, "and back");
   });
+  // Item 9 -----------------------------------------------------------------------------------------
+  test("after a committed failover the old agent key and the registration token are refused", async () => {
+    const { item, agentKey } = await registered("committed-agent");
+    await stack.services.items.updateItem(item.id, (i) => ({ ...i, state: "FailedOver" }));
+    assert.equal((await stack.api("POST", `replicated-items/${item.id}/commit`)).status, 200);
+    const c = await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey });
+    assert.equal(c.status, 401, JSON.stringify(c.body));
+    assert.equal(c.body.error.code, "Unauthorized");
+    const r = await stack.api("POST", "agents/register", { token: item.agentRegistration.token });
+    assert.equal(r.status, 401, JSON.stringify(r.body));
+  });
+
+  test("a registration token reused while an agent is registered is refused unless replace is asked for", async () => {
+    const { item, agentKey } = await registered("token-reuse");
+    const again = await stack.api("POST", "agents/register", { token: item.agentRegistration.token });
+    assert.equal(again.status, 409, JSON.stringify(again.body));
+    assert.equal(again.body.error.code, "AgentAlreadyRegistered");
+    assert.equal((await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey })).status, 200, "the registered agent keeps working");
+    const replaced = await stack.api("POST", "agents/register", { token: item.agentRegistration.token, replace: true });
+    assert.equal(replaced.status, 200, JSON.stringify(replaced.body));
+    assert.equal((await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey })).status, 401, "an explicit re-registration fences the old agent out");
+    assert.equal((await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey: replaced.body.agentKey })).status, 200);
+  });
 });
