@@ -211,16 +211,21 @@ export class Protection {
 
     const rg = created(await fabric.ensureResourceGroup(region, names.resourceGroup));
     const source = await fabric.sourceNetwork(req.vm.region, req.vm.resourceGroup, req.vm.network.vnet, req.vm.network.subnet, req.vm.network.privateIp);
-    const sourceSubnet = source.subnets?.find((s) => s.name.toLowerCase() === req.vm.network.subnet.toLowerCase());
-    // The target network mirrors the source's address space so that the VM's IP can be kept.
+    // The target network mirrors the source's address space and subnets, under their own names, so that the VM's IP
+    // can be kept; it is shared by every VM of that source network, so an item's override never renames a subnet: a
+    // `target.subnet` names a subnet the target network has (a source subnet's mirror, or one made there).
     const vnet = created(
       await fabric.ensureVirtualNetwork(region, names.resourceGroup, names.vnet, {
         addressSpace: source.addressSpace ?? [],
-        subnets: (source.subnets ?? []).map((s) => (s === sourceSubnet ? { ...s, name: names.subnet } : s)),
+        subnets: source.subnets ?? [],
       }),
     );
     if (!vnet.subnets?.some((s) => s.name.toLowerCase() === names.subnet.toLowerCase())) {
-      throw new Conflict("TargetSubnetMissing", `target network '${vnet.name}' has no subnet '${names.subnet}'`, { field: "target.subnet" });
+      throw new Conflict(
+        "TargetSubnetMissing",
+        `target network '${vnet.name}' has no subnet '${names.subnet}' (${(vnet.subnets ?? []).map((s) => s.name).join(", ") || "none"}); target.subnet must name one of them`,
+        { field: "target.subnet" },
+      );
     }
     const mappings = (await fabric.ensureNetworkMapping(source, vnet)).map(created);
     const as = names.availabilitySet ? created(await fabric.ensureAvailabilitySet(region, names.resourceGroup, names.availabilitySet)) : undefined;

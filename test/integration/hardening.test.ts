@@ -209,4 +209,29 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     assert.equal((await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey })).status, 401, "an explicit re-registration fences the old agent out");
     assert.equal((await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey: replaced.body.agentKey })).status, 200);
   });
+  // Item 11 ----------------------------------------------------------------------------------------
+  test("a target subnet override never renames a subnet of a shared target network", async () => {
+    const body = (name: string, subnet: string, ip: string, target?: Record<string, string>) => {
+      const b = enableBody(name, target ? { target } : {});
+      return { ...b, vm: { ...b.vm, resourceGroup: "sub-rg", network: { vnet: "shared-vnet", subnet, privateIp: ip } } };
+    };
+    const subnetsOf = async () => {
+      const vnet = (await stack.services.fabric.list("virtualNetwork")).find((v) => v.name === "shared-vnet-asr");
+      return (vnet?.subnets ?? []).map((x) => x.name).sort();
+    };
+    const renamed = await stack.api("POST", "replicated-items", body("sub-a", "web", "10.0.1.4", { subnet: "dmz" }));
+    assert.equal(renamed.status, 409, JSON.stringify(renamed.body));
+    assert.equal(renamed.body.error.code, "TargetSubnetMissing");
+    assert.equal(renamed.body.error.details.field, "target.subnet");
+    const plain = await stack.api("POST", "replicated-items", body("sub-b", "web", "10.0.1.5"));
+    assert.equal(plain.status, 201, JSON.stringify(plain.body));
+    assert.deepEqual(await subnetsOf(), ["web"]);
+    const other = await stack.api("POST", "replicated-items", body("sub-c", "app", "10.0.2.4"));
+    assert.equal(other.status, 201, "a source subnet seen later joins the target network");
+    assert.deepEqual(await subnetsOf(), ["app", "web"]);
+    const override = await stack.api("POST", "replicated-items", body("sub-d", "web", "10.0.1.6", { subnet: "app" }));
+    assert.equal(override.status, 201, JSON.stringify(override.body));
+    assert.equal((await stack.services.items.get(override.body.id))?.item.target?.subnet, "app");
+    assert.deepEqual(await subnetsOf(), ["app", "web"], "nothing renamed");
+  });
 });
