@@ -3,6 +3,11 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
+import { ContainerClient } from "@azure/storage-blob";
+import { encodeWrites } from "../support/batches";
+import { HEARTBEAT_BLOB } from "../../shared/agent-protocol";
+import { batchBlobName } from "../../shared/batch";
+import { applyBatches } from "../../shared/apply";
 
 /** Items and their disks as stored: what "nothing changed" compares. */
 async function itemsAndDisks(stack: TestStack): Promise<string> {
@@ -233,5 +238,39 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     assert.equal(override.status, 201, JSON.stringify(override.body));
     assert.equal((await stack.services.items.get(override.body.id))?.item.target?.subnet, "app");
     assert.deepEqual(await subnetsOf(), ["app", "web"], "nothing renamed");
+  });
+  // Item 12 ----------------------------------------------------------------------------------------
+  test("blobs copied into an item's cache from another item's (Azurite allows it with a cw SAS) are never taken as its agent's", async () => {
+    const a = await stack.api("POST", "replicated-items", enableBody("copy-victim"));
+    const b = await stack.api("POST", "replicated-items", enableBody("copy-thief"));
+    const regA = await stack.api("POST", "agents/register", { token: a.body.agentRegistration.token });
+    const regB = await stack.api("POST", "agents/register", { token: b.body.agentRegistration.token });
+    const cacheA = new ContainerClient(regA.body.cache.containerUrl);
+    const cacheB = new ContainerClient(regB.body.cache.containerUrl);
+    const beat = JSON.stringify({ agentVersion: "thief", time: new Date().toISOString(), disks: {}, health: { status: "Healthy", issues: [] } });
+    await cacheB.getBlockBlobClient(HEARTBEAT_BLOB).upload(beat, Buffer.byteLength(beat));
+    const batch = encodeWrites({ itemId: b.body.id, diskId: "os", seq: 1, writes: [{ offset: 0, data: Buffer.alloc(4096, 7) }] });
+    await cacheB.getBlockBlobClient(batchBlobName("os", 1)).upload(batch, batch.length);
+    // The thief's SAS covers only its own container, yet Azurite copies another container's blob into it.
+    const plainUrl = (c: ContainerClient, name: string) => `${c.url.split("?")[0]}/${name}`;
+    await cacheA.getBlobClient(HEARTBEAT_BLOB).syncCopyFromURL(plainUrl(cacheB, HEARTBEAT_BLOB)).catch(() => cacheA.getBlobClient(HEARTBEAT_BLOB).beginCopyFromURL(plainUrl(cacheB, HEARTBEAT_BLOB)).then((p) => p.pollUntilDone()));
+    await cacheA.getBlobClient(batchBlobName("os", 1)).beginCopyFromURL(plainUrl(cacheB, batchBlobName("os", 1))).then((p) => p.pollUntilDone());
+
+    const view = await stack.api("GET", `replicated-items/${a.body.id}`);
+    assert.equal(view.status, 200);
+    assert.equal(view.body.heartbeat, null, `a copied heartbeat is not this agent's: ${JSON.stringify(view.body.heartbeat)}`);
+
+    await stack.host.drainQueues().catch(() => undefined);
+    await applyBatches({ storage: stack.services.storage, items: stack.services.items, config: stack.services.config }, { v: 1, itemId: a.body.id, diskId: "os", seq: 1 });
+    const disk = (await stack.services.items.getDisk(a.body.id, "os"))!.disk;
+    assert.equal(disk.state, "ResyncRequired");
+    assert.match(disk.resync?.reason ?? "", /not written by this item's agent/);
+    const replica = (await stack.services.storage.replicas()).getPageBlobClient(`${a.body.id}/os.vhd`);
+    assert.equal((await replica.getProperties()).blobSequenceNumber, 0, "nothing applied");
+
+    // The agent's own next heartbeat (a plain upload) is read again.
+    const own = JSON.stringify({ agentVersion: "own", time: new Date().toISOString(), disks: {}, health: { status: "Healthy", issues: [] } });
+    await cacheA.getBlockBlobClient(HEARTBEAT_BLOB).upload(own, Buffer.byteLength(own));
+    assert.equal((await stack.api("GET", `replicated-items/${a.body.id}`)).body.heartbeat?.agentVersion, "own");
   });
 });
