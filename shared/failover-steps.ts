@@ -68,6 +68,9 @@ export const finalTagId = (instanceId: string) => `final-${instanceId}`;
 /** The point `latest` cuts from the drained replicas. */
 export const latestPointId = (instanceId: string) => `latest-${instanceId}`;
 
+/** A lock whose orchestration cannot be found after this long was never started (or was purged). */
+const ABANDONED_AFTER_MS = 5 * 60_000;
+
 /** Apply stops after which draining cannot get further. */
 const HALTS: ReadonlySet<string> = new Set(["corrupt", "awaitingResync", "gone", "disabled"]);
 
@@ -478,8 +481,32 @@ export class FailoverSteps {
     return removed;
   }
 
+  /**
+   * Items still held by a failover whose orchestration will never finish them — terminated, failed before or during
+   * its own rollback, or gone (never started, purged) — are handed back as a rollback does: what it made goes, the
+   * source's shutdown is lifted (its agent accepts writes again), the item returns to replication. `statusOf` says
+   * where an orchestration is (undefined: no such instance).
+   */
+  async releaseAbandoned(statusOf: (instanceId: string) => Promise<string | undefined>): Promise<{ itemId: string; instanceId: string; status: string }[]> {
+    const released: { itemId: string; instanceId: string; status: string }[] = [];
+    const now = this.now().getTime();
+    for (const item of await this.deps.items.list()) {
+      const f = item.failover;
+      if (!f || (item.state !== "FailingOver" && item.state !== "TestFailover") || f.completedAt || f.cleanedUpAt) continue;
+      const status = await statusOf(f.instanceId);
+      // An instance not found yet may be one being started right now: only an old lock without one is abandoned.
+      const abandoned = status === undefined ? now - Date.parse(f.startedAt) > ABANDONED_AFTER_MS : ["Terminated", "Failed", "Canceled"].includes(status);
+      if (!abandoned) continue;
+      const code = status === "Terminated" ? "FailoverTerminated" : status === undefined ? "FailoverLost" : "FailoverFailed";
+      const why = status === undefined ? `its orchestration ${f.instanceId} does not exist` : `its orchestration ${f.instanceId} is ${status}`;
+      await this.rollback({ instanceId: f.instanceId }, item.id, `the failover was abandoned: ${why}`, code);
+      released.push({ itemId: item.id, instanceId: f.instanceId, status: status ?? "missing" });
+    }
+    return released;
+  }
+
   /** A failover that failed: what it made goes, the source VM runs again, the item returns to where it was. */
-  async rollback(input: FailoverInput, itemId: string, error: string): Promise<string[]> {
+  async rollback(input: Pick<FailoverInput, "instanceId">, itemId: string, error: string, code = "FailoverFailed"): Promise<string[]> {
     const found = await this.deps.items.get(itemId);
     const f = found?.item.failover;
     if (!found || f?.instanceId !== input.instanceId) return [];
@@ -490,7 +517,7 @@ export class FailoverSteps {
     await this.deps.items.updateItemWithDisks(itemId, (i, disks) => {
       if (i.failover?.instanceId !== input.instanceId) return undefined;
       delete i.sourceShutdown;
-      i.failover = { ...i.failover, resources: { disks: [] }, error: { code: "FailoverFailed", message: error } };
+      i.failover = { ...i.failover, resources: { disks: [] }, error: { code, message: error } };
       i.state = replicationStateOf({ ...i, state: i.failover.previousState }, disks);
       i.updatedAt = this.now().toISOString();
       return i;
