@@ -31,17 +31,24 @@ export function queueMessageText(value: unknown): string {
   return text;
 }
 
+/**
+ * Retries are bounded (the SDKs' defaults wait 4-7 s on an unreachable account): a request answers 503 quickly when
+ * storage is down, and queue-triggered work is retried by the host instead.
+ */
+export const STORAGE_RETRY = { maxTries: 3, retryDelayInMs: 200, maxRetryDelayInMs: 1000 } as const;
+
 export function blobService(account: StorageAccount): BlobServiceClient {
-  return new BlobServiceClient(account.blobUrl, new StorageSharedKeyCredential(account.name, account.key));
+  return new BlobServiceClient(account.blobUrl, new StorageSharedKeyCredential(account.name, account.key), { retryOptions: STORAGE_RETRY });
 }
 
 export function queueService(account: StorageAccount): QueueServiceClient {
-  return new QueueServiceClient(account.queueUrl, new QueueKeyCredential(account.name, account.key));
+  return new QueueServiceClient(account.queueUrl, new QueueKeyCredential(account.name, account.key), { retryOptions: STORAGE_RETRY });
 }
 
 export function tableClient(account: StorageAccount, table: string): TableClient {
   return new TableClient(account.tableUrl, table, new AzureNamedKeyCredential(account.name, account.key), {
     allowInsecureConnection: isHttp(account.tableUrl),
+    retryOptions: { maxRetries: STORAGE_RETRY.maxTries - 1, retryDelayInMs: STORAGE_RETRY.retryDelayInMs, maxRetryDelayInMs: STORAGE_RETRY.maxRetryDelayInMs },
   });
 }
 
