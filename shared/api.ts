@@ -123,6 +123,14 @@ export const ITEM_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const itemRef = z.string().regex(ITEM_ID_PATTERN, "an item id: 1-64 letters, digits, '_' or '-'");
 export const itemIdSchema = itemRef;
 
+/** Orchestration instance ids (UUIDs here): they become URL path segments of the durable client's calls. */
+const instanceRef = z.string().regex(/^[A-Za-z0-9_-]{1,100}$/, "an instance id: 1-100 letters, digits, '_' or '-'");
+
+/** A route's `{instanceId}`: 400 naming `instanceId` unless it follows the rule. */
+export function instanceIdParam(raw: string | undefined): string {
+  return parseInput(z.object({ instanceId: instanceRef }), { instanceId: raw ?? "" }).instanceId;
+}
+
 /** A route's `{itemId}`: 400 naming `itemId` unless it follows the rule. */
 export function itemIdParam(raw: string | undefined): string {
   return parseInput(z.object({ itemId: itemRef }), { itemId: raw ?? "" }).itemId;
