@@ -3,6 +3,7 @@ import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
 import { itemView } from "./views";
+import { itemIdParam } from "../shared/api";
 
 export const commitFailover = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",
@@ -12,7 +13,7 @@ export const commitFailover = (services: () => Services): HttpFunctionSpec => ({
   authLevel: "function",
   handler: jsonHandler(async (request) => {
     const s = services();
-    const item = await s.failover.commit(request.params.itemId ?? "");
+    const item = await s.failover.commit(itemIdParam(request.params.itemId));
     return { body: itemView(item, await s.items.listDisks(item.id)) };
   }),
 });

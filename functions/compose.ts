@@ -37,7 +37,7 @@ export function createServices(config: Config, overrides: { fabric?: Fabric; now
   const plans = new RecoveryPlans({ storage, items, ...clock });
   const protection = new Protection({ config, storage, fabric, items, agents, points, ...clock });
   const planning = new FailoverPlanning({ items, points, plans, ...clock });
-  const failover = new FailoverSteps({ config, storage, items, points, fabric, planning, cacheTimeoutMs: config.failover.cacheTimeoutSeconds * 1000, ...clock });
+  const failover = new FailoverSteps({ config, storage, items, points, fabric, planning, agents, cacheTimeoutMs: config.failover.cacheTimeoutSeconds * 1000, ...clock });
   return { config, storage, fabric, items, protection, agents, points, plans, planning, failover };
 }
 

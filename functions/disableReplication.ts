@@ -2,6 +2,7 @@
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
+import { itemIdParam } from "../shared/api";
 
 export const disableReplication = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",
@@ -9,5 +10,5 @@ export const disableReplication = (services: () => Services): HttpFunctionSpec =
   route: "replicated-items/{itemId}",
   methods: ["DELETE"],
   authLevel: "function",
-  handler: jsonHandler(async (request) => ({ status: 202, body: await services().protection.disable(request.params.itemId ?? "") })),
+  handler: jsonHandler(async (request) => ({ status: 202, body: await services().protection.disable(itemIdParam(request.params.itemId)) })),
 });

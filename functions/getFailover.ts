@@ -4,6 +4,7 @@ import type { Services } from "./compose";
 import { errorResponse } from "./http";
 import { FAILOVER_ORCHESTRATION } from "./failover";
 import { NotFound } from "../shared/errors";
+import { instanceIdParam } from "../shared/api";
 
 export const getFailover = (_services: () => Services): DurableClientHttpFunctionSpec => ({
   kind: "http",
@@ -13,8 +14,9 @@ export const getFailover = (_services: () => Services): DurableClientHttpFunctio
   authLevel: "function",
   durableClient: true,
   handler: async (request, client, context) => {
-    const id = request.params.instanceId ?? "";
     try {
+      // Checked before it goes into the durable client's URL ('..' or '/' there would address another endpoint).
+      const id = instanceIdParam(request.params.instanceId);
       const st = await client.getStatus(id, { showInput: true }).catch((e: Error) => {
         if (/HTTP 404/.test(e.message)) return undefined;
         throw e;

@@ -4,6 +4,7 @@ import type { Services } from "./compose";
 import { jsonHandler } from "./http";
 import { itemView } from "./views";
 import { readReplicationStatus } from "../shared/status";
+import { itemIdParam } from "../shared/api";
 
 export const getReplicatedItem = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",
@@ -13,7 +14,7 @@ export const getReplicatedItem = (services: () => Services): HttpFunctionSpec =>
   authLevel: "function",
   handler: jsonHandler(async (request) => {
     const s = services();
-    const item = await s.protection.get(request.params.itemId ?? "");
+    const item = await s.protection.get(itemIdParam(request.params.itemId));
     const disks = await s.items.listDisks(item.id);
     const [status, points] = await Promise.all([readReplicationStatus(s.storage, item.id, disks), s.points.summary(item)]);
     return { body: itemView(item, disks, status, points) };

@@ -1,6 +1,6 @@
 // The one place HTTP functions turn requests into domain calls and domain errors into the JSON envelope.
 import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
-import { ApiError, BadRequest, PayloadTooLarge } from "../shared/errors";
+import { ApiError, BadRequest, isStorageUnavailable, PayloadTooLarge, STORAGE_RETRY_AFTER_SECONDS } from "../shared/errors";
 
 export interface JsonResult {
   status?: number;
@@ -22,8 +22,20 @@ export async function readJson(request: HttpRequest, maxBytes: number): Promise<
   }
 }
 
+/** The durable client's error for an unexpected status from the durable endpoints (it keeps only the text). */
+const DURABLE_UNAVAILABLE = /unexpected status code: 503\b/;
+
 export function errorResponse(error: unknown, context: InvocationContext): HttpResponseInit {
   if (error instanceof ApiError) return { status: error.status, jsonBody: error.toBody() };
+  // Storage down: 503 and when to try again, never a 500 (the SDK's retries are bounded, see shared/storage.ts).
+  if (isStorageUnavailable(error) || (error instanceof Error && DURABLE_UNAVAILABLE.test(error.message))) {
+    context.warn(`storage unavailable: ${(error as Error).message}`);
+    return {
+      status: 503,
+      headers: { "retry-after": String(STORAGE_RETRY_AFTER_SECONDS) },
+      jsonBody: { error: { code: "StorageUnavailable", message: "storage is not reachable right now; try again shortly" } },
+    };
+  }
   context.error(error);
   return {
     status: 500,

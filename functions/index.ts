@@ -17,7 +17,8 @@ export function registerAll(table: FunctionSpec[]): void {
         app.storageQueue(f.name, { queueName: f.queueName, connection: f.connection, handler: f.handler });
         break;
       case "timer":
-        app.timer(f.name, { schedule: f.schedule, runOnStartup: f.runOnStartup ?? false, handler: f.handler });
+        if (f.durableClient) df.app.client.timer(f.name, { schedule: f.schedule, runOnStartup: f.runOnStartup ?? false, handler: f.handler });
+        else app.timer(f.name, { schedule: f.schedule, runOnStartup: f.runOnStartup ?? false, handler: f.handler });
         break;
       case "orchestration":
         df.app.orchestration(f.name, f.handler);

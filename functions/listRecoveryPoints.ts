@@ -3,6 +3,7 @@ import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
 import { pointView } from "./views";
+import { itemIdParam } from "../shared/api";
 
 export const listRecoveryPoints = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",
@@ -12,7 +13,7 @@ export const listRecoveryPoints = (services: () => Services): HttpFunctionSpec =
   authLevel: "function",
   handler: jsonHandler(async (request) => {
     const s = services();
-    const item = await s.protection.get(request.params.itemId ?? "");
+    const item = await s.protection.get(itemIdParam(request.params.itemId));
     return { body: (await s.points.listForItem(item)).map((p) => pointView(p, item.id)) };
   }),
 });

@@ -45,14 +45,26 @@ export interface QueueFunctionSpec extends NoDurableClient {
   handler: (message: unknown, context: InvocationContext) => Promise<void>;
 }
 
-export interface TimerFunctionSpec extends NoDurableClient {
+interface TimerFunctionBase {
   kind: "timer";
   name: string;
   /** NCRONTAB: six fields, seconds first, or `%SETTING%`. */
   schedule: string;
   runOnStartup?: boolean;
+}
+
+export interface PlainTimerFunctionSpec extends TimerFunctionBase {
+  durableClient?: false;
   handler: (timer: Timer, context: InvocationContext) => Promise<void>;
 }
+
+/** A timer that queries or manages orchestrations; the durable client input is added at registration. */
+export interface DurableClientTimerFunctionSpec extends TimerFunctionBase {
+  durableClient: true;
+  handler: (timer: Timer, client: DurableClient, context: InvocationContext) => Promise<void>;
+}
+
+export type TimerFunctionSpec = PlainTimerFunctionSpec | DurableClientTimerFunctionSpec;
 
 /** A durable orchestrator: a deterministic generator (`function* (context) { … yield context.df.callActivity(…) }`). */
 export interface OrchestrationFunctionSpec extends NoDurableClient {

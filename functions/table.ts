@@ -22,6 +22,7 @@ import { getFailover } from "./getFailover";
 import { commitFailover } from "./commitFailover";
 import { cleanupTestFailover } from "./cleanupTestFailover";
 import { failoverFunctions } from "./failover";
+import { releaseAbandonedFailovers } from "./releaseAbandonedFailovers";
 import { timerSchedules, type TimerSchedules } from "../shared/settings";
 
 /** `schedules` default to process.env's (the Functions host's app settings); the local host passes its own env's. */
@@ -47,6 +48,7 @@ export function functionTable(services: () => Services, schedules: TimerSchedule
     getFailover(services),
     commitFailover(services),
     cleanupTestFailover(services),
+    releaseAbandonedFailovers(services),
     ...failoverFunctions(services),
   ];
 }

@@ -3,6 +3,7 @@ import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler, readJson } from "./http";
 import { itemView } from "./views";
+import { itemIdParam } from "../shared/api";
 
 export const updateReplicatedItem = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",
@@ -12,7 +13,7 @@ export const updateReplicatedItem = (services: () => Services): HttpFunctionSpec
   authLevel: "function",
   handler: jsonHandler(async (request) => {
     const s = services();
-    const item = await s.protection.update(request.params.itemId ?? "", await readJson(request, s.config.http.maxRequestBytes));
+    const item = await s.protection.update(itemIdParam(request.params.itemId), await readJson(request, s.config.http.maxRequestBytes));
     return { body: itemView(item, await s.items.listDisks(item.id)) };
   }),
 });

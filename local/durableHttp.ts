@@ -79,8 +79,11 @@ export class DurableHttpApi {
     private readonly options: { taskHub: string; functionKey?: string },
   ) {}
 
-  /** The binding data for one durable-client invocation, with every URL on this host's real origin. */
-  bindingData(origin: string): DurableClientBindingData {
+  /**
+   * The binding data for one durable-client invocation: the management URLs on `origin` (the caller's validated view
+   * of this host), the client's own calls to `rpcBaseUrl` (this host's listening address, never taken from a request).
+   */
+  bindingData(origin: string, rpcBaseUrl = `${origin}${RPC_BASE}/`): DurableClientBindingData {
     const base = `${origin}${WEBHOOK_BASE}`;
     const code = this.options.functionKey ? `code=${encodeURIComponent(this.options.functionKey)}` : "";
     const hubQuery = `taskHub=${encodeURIComponent(this.options.taskHub)}&connection=Storage${code ? `&${code}` : ""}`;
@@ -93,7 +96,7 @@ export class DurableHttpApi {
       managementUrls: this.managementUrls(base, ID_PLACEHOLDER, hubQuery),
       baseUrl: base,
       requiredQueryStringParameters: code,
-      rpcBaseUrl: `${origin}${RPC_BASE}/`,
+      rpcBaseUrl,
     };
   }
 

@@ -127,8 +127,10 @@ export class DurableStore {
     this.containerName = `${taskHub.toLowerCase()}-largemessages`;
     // Azurite speaks plain HTTP; the SDK refuses shared-key auth over it unless told.
     const insecure = /UseDevelopmentStorage=true|Endpoint=http:|DefaultEndpointsProtocol=http(;|$)/i.test(connectionString);
-    this.instances = TableClient.fromConnectionString(connectionString, this.instancesTable, { allowInsecureConnection: insecure });
-    this.history = TableClient.fromConnectionString(connectionString, this.historyTable, { allowInsecureConnection: insecure });
+    // Bounded retries: the management API answers 503 quickly when storage is down (the runtime's loops retry anyway).
+    const retryOptions = { maxRetries: 2, retryDelayInMs: 200, maxRetryDelayInMs: 1000 };
+    this.instances = TableClient.fromConnectionString(connectionString, this.instancesTable, { allowInsecureConnection: insecure, retryOptions });
+    this.history = TableClient.fromConnectionString(connectionString, this.historyTable, { allowInsecureConnection: insecure, retryOptions });
     this.blobs = BlobServiceClient.fromConnectionString(connectionString).getContainerClient(this.containerName);
   }
 

@@ -1,8 +1,9 @@
 // Stands in for `func start`: serves the table's HTTP functions, polls its storage queues, fires its timers and runs its durable orchestrations the way the Functions host does, with no business logic.
-import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
+import { createHash, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -30,7 +31,8 @@ import type {
   QueueFunctionSpec,
   TimerFunctionSpec,
 } from "../functions/spec";
-import { durableBase, DurableHttpApi } from "./durableHttp";
+import { durableBase, DurableHttpApi, RPC_BASE, type DurableApiResponse } from "./durableHttp";
+import { isStorageUnavailable, STORAGE_RETRY_AFTER_SECONDS } from "../shared/errors";
 import { DurableRuntime } from "./durableRuntime";
 import { DurableStore } from "./durableStore";
 
@@ -117,8 +119,13 @@ export interface LocalHostOptions {
   port: number;
   /** Interface to bind; default 127.0.0.1. */
   host?: string;
-  /** When set, `function`/`admin` routes need it as `x-functions-key` or `?code=`. */
+  /** When set, `function`/`admin` routes and the durable endpoints need it as `x-functions-key` or `?code=`. */
   functionKey?: string;
+  /**
+   * Host names (without port) accepted in the Host header besides loopback names; anything else is refused (DNS
+   * rebinding). Default: FUNCTIONS_ALLOWED_HOSTS from `env`, comma-separated.
+   */
+  allowedHosts?: string[];
   /** Default 1 MiB. */
   maxRequestBytes?: number;
   /** App settings: queue connections and `%NAME%` schedules are resolved here. Default process.env. */
@@ -146,7 +153,7 @@ export interface DurableHostOptions {
   strictReplayCheck?: boolean;
 }
 
-type ErrorCode = "NotFound" | "MethodNotAllowed" | "PayloadTooLarge" | "Unauthorized" | "InternalError";
+type ErrorCode = "NotFound" | "MethodNotAllowed" | "PayloadTooLarge" | "Unauthorized" | "InternalError" | "InvalidHost" | "StorageUnavailable";
 
 class HttpFailure extends Error {
   constructor(
@@ -160,6 +167,10 @@ class HttpFailure extends Error {
 }
 
 const DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024;
+/** Node's default, stated: a larger header block is answered 431. */
+const MAX_HEADER_BYTES = 16 * 1024;
+/** Names that reach this machine only (the Host allow-list always holds them). */
+const LOOPBACK_NAMES: ReadonlySet<string> = new Set(["localhost", "127.0.0.1", "[::1]"]);
 /** What the Durable extension calls a task hub it was given no name for, when running locally. */
 const DEFAULT_TASK_HUB = "TestHubName";
 const DRAIN_POLL_MS = 50;
@@ -180,6 +191,10 @@ export class LocalFunctionsHost {
   private readonly hostJson: HostJson;
   private readonly durableTable: { orchestrations: OrchestrationFunctionSpec[]; activities: ActivityFunctionSpec[]; clients: number };
   private durable: { runtime: DurableRuntime; api: DurableHttpApi } | undefined;
+  /** Host names accepted besides loopback names (lowercase). */
+  private readonly allowedHosts: ReadonlySet<string>;
+  /** The secret path segment of this host's own durable client (see serveDurable). */
+  private readonly rpcSecret = randomBytes(24).toString("base64url");
   /** WEBSITE_HOSTNAME as it was before start() set it, to restore on stop(). */
   private savedHostname: { value: string | undefined } | undefined;
 
@@ -197,20 +212,32 @@ export class LocalFunctionsHost {
     this.durableTable = {
       orchestrations: table.filter((f): f is OrchestrationFunctionSpec => f.kind === "orchestration"),
       activities: table.filter((f): f is ActivityFunctionSpec => f.kind === "activity"),
-      clients: table.filter((f) => f.kind === "http" && f.durableClient).length,
+      clients: table.filter((f) => (f.kind === "http" || f.kind === "timer") && f.durableClient).length,
     };
     this.queueSettings = { ...queueSettingsFrom(hostJson), ...options.queueOverrides };
     this.routePrefix = (hostJson.extensions?.http?.routePrefix ?? "api").replace(/^\/+|\/+$/g, "");
     this.log = options.log ?? ((line) => console.log(line));
     this.env = options.env ?? process.env;
     this.maxRequestBytes = options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
+    const configured = options.allowedHosts ?? (this.env.FUNCTIONS_ALLOWED_HOSTS ?? "").split(",");
+    const bound = options.host && !["0.0.0.0", "::"].includes(options.host) ? [options.host] : [];
+    this.allowedHosts = new Set([...configured, ...bound].map((h) => h.trim().toLowerCase()).filter(Boolean));
     this.routes = table.filter((f): f is HttpFunctionSpec => f.kind === "http").map((spec) => compileRoute(spec, this.routePrefix));
     this.listeners = table
       .filter((f): f is QueueFunctionSpec => f.kind === "queue")
       .map((spec) => new QueueListener(spec, this.queueSettings, this.env, (run, meta) => this.invoke(spec.name, run, meta), this.log));
     this.timers = table
       .filter((f): f is TimerFunctionSpec => f.kind === "timer")
-      .map((spec) => new TimerRunner(spec, this.env, (run) => this.invoke(spec.name, run), this.log));
+      .map(
+        (spec) =>
+          new TimerRunner(
+            spec,
+            this.env,
+            (run) =>
+              this.invoke(spec.name, run, undefined, spec.durableClient ? [[df.input.durableClient(), this.durable!.api.bindingData(this.ownOrigin(), this.clientRpcBase())]] : []),
+            this.log,
+          ),
+      );
   }
 
   /** Starts HTTP, queue listeners and timers; resolves with the bound port. */
@@ -220,11 +247,23 @@ export class LocalFunctionsHost {
     for (const l of this.listeners) l.connect();
     for (const t of this.timers) t.prepare();
     this.prepareDurable();
-    const server = createServer((req, res) => {
+    const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES }, (req, res) => {
       const p = this.serve(req, res);
       this.track(p);
     });
-    server.on("clientError", (_err, socket) => socket.destroy());
+    // Requests Node cannot parse are answered (400/413/431/501 with the envelope), not dropped with a closed socket.
+    server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => answerClientError(err, socket));
+    // `Expect: 100-continue`: a body over the limit is refused before the client sends it.
+    server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => {
+      const declared = Number(req.headers["content-length"]);
+      if (Number.isFinite(declared) && declared > this.maxRequestBytes) {
+        res.shouldKeepAlive = false;
+        sendError(res, new HttpFailure(413, "PayloadTooLarge", `request body exceeds ${this.maxRequestBytes} bytes`, { connection: "close" }));
+        return;
+      }
+      res.writeContinue();
+      this.track(this.serve(req, res));
+    });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(this.options.port, this.options.host ?? "127.0.0.1", () => {
@@ -417,7 +456,7 @@ export class LocalFunctionsHost {
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
-      const url = new URL(req.url ?? "/", `http://${req.headers.host ?? `${this.options.host ?? "127.0.0.1"}:${this.port}`}`);
+      const url = new URL(req.url ?? "/", `http://${this.checkHost(req.headers.host)}`);
       const method = (req.method ?? "GET").toUpperCase();
       const base = this.durable ? durableBase(url.pathname) : undefined;
       if (base) return await this.serveDurable(req, res, url, method, base);
@@ -443,7 +482,7 @@ export class LocalFunctionsHost {
             response = result instanceof HttpResponse ? result : new HttpResponse(result ?? {});
           },
           { ...params },
-          spec.durableClient ? [[df.input.durableClient(), this.durable!.api.bindingData(this.origin(url))]] : [],
+          spec.durableClient ? [[df.input.durableClient(), this.durable!.api.bindingData(this.origin(url), this.clientRpcBase())]] : [],
         );
       } catch {
         // Already logged with its stack by invoke(); the caller only learns that it failed.
@@ -458,28 +497,76 @@ export class LocalFunctionsHost {
     }
   }
 
-  /** The Durable management API: the webhook base needs the key when one is set; the rpc base is for this machine only. */
+  /**
+   * The Durable management API. With a key set, both bases need it (`x-functions-key` or `?code=`), except the
+   * durable client of this host's own functions: it cannot send a key, so its rpc base carries a per-process secret
+   * path segment (`/durabletask/<secret>/…`), handed only to the functions through the binding data.
+   */
   private async serveDurable(req: IncomingMessage, res: ServerResponse, url: URL, method: string, base: "webhook" | "rpc"): Promise<void> {
     const key = this.options.functionKey;
-    if (key && base === "webhook") {
+    const own = base === "rpc" ? this.ownClientPath(url) : undefined;
+    if (own) url = own;
+    else if (key) {
       const header = req.headers["x-functions-key"];
       const given = (Array.isArray(header) ? header[0] : header) ?? url.searchParams.get("code") ?? "";
-      if (!sameSecret(given, key)) throw new HttpFailure(401, "Unauthorized", "missing or invalid key (x-functions-key header or ?code=)");
-    }
-    if (key && base === "rpc" && !isLoopback(req.socket.remoteAddress)) {
-      throw new HttpFailure(401, "Unauthorized", "the durable client endpoint only answers this machine");
+      if (!sameSecret(given, key)) throw new HttpFailure(401, "Unauthorized", "missing or invalid key for the durable endpoints (x-functions-key header or ?code=)");
     }
     const body = await this.readBody(req, res);
     const headers = flattenHeaders(req);
-    const r = await this.durable!.api.handle({ method, url, body, origin: this.origin(url), headers }, base);
+    let r: DurableApiResponse;
+    try {
+      r = await this.durable!.api.handle({ method, url, body, origin: this.origin(url), headers }, base);
+    } catch (e) {
+      if (isStorageUnavailable(e)) throw new HttpFailure(503, "StorageUnavailable", "storage is not reachable; try again shortly", { "retry-after": String(STORAGE_RETRY_AFTER_SECONDS) });
+      throw e;
+    }
     const text = r.body === undefined ? "" : JSON.stringify(r.body);
     res.writeHead(r.status, { ...r.headers, ...(text ? { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(text) } : { "content-length": 0 }) });
     res.end(text);
   }
 
-  /** This host as the caller reached it, so the URLs handed back work from there (e.g. the real ephemeral port). */
+  /** This host as the caller reached it (its Host, validated by checkHost), so the URLs handed back work from there. */
   private origin(url: URL): string {
     return `${url.protocol}//${url.host}`;
+  }
+
+  /** This host at its listening address. */
+  private ownOrigin(): string {
+    return `http://${hostForUrl(this.loopbackHost())}:${this.port}`;
+  }
+
+  /** Where this host's own durable client sends its calls: this host's listening address, never a request's Host. */
+  private clientRpcBase(): string {
+    return `${this.ownOrigin()}${RPC_BASE}/${this.rpcSecret}/`;
+  }
+
+  /** The request's URL without the own-client secret segment, when it carries it (constant-time compare). */
+  private ownClientPath(url: URL): URL | undefined {
+    const rest = url.pathname.slice(RPC_BASE.length + 1);
+    const segment = rest.split("/")[0] ?? "";
+    if (!sameSecret(segment, this.rpcSecret)) return undefined;
+    const stripped = new URL(url.toString());
+    stripped.pathname = `${RPC_BASE}/${rest.slice(segment.length + 1)}`;
+    return stripped;
+  }
+
+  /**
+   * The Host header, validated: loopback names (on this host's port) and the configured names only, so that a page
+   * reached through DNS rebinding cannot call the API, and nothing built from the Host points anywhere else. 400
+   * otherwise; a request without Host (HTTP/1.0) is taken as addressed to this host.
+   */
+  private checkHost(header: string | undefined): string {
+    if (header === undefined || header === "") return `${hostForUrl(this.loopbackHost())}:${this.port}`;
+    const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::(\d{1,5}))?$/.exec(header);
+    if (!m) throw new HttpFailure(400, "InvalidHost", "the Host header is malformed");
+    const name = m[1]!.toLowerCase();
+    const port = m[2] === undefined ? undefined : Number(m[2]);
+    if (LOOPBACK_NAMES.has(name) || name.endsWith(".localhost")) {
+      if (port !== undefined && port !== this.port) throw new HttpFailure(400, "InvalidHost", `Host '${header}' names another port than this host's (${this.port})`);
+      return header;
+    }
+    if (this.allowedHosts.has(name)) return header;
+    throw new HttpFailure(400, "InvalidHost", `Host '${name}' is not served here: only loopback names and those in FUNCTIONS_ALLOWED_HOSTS`);
   }
 
   private route(pathname: string, method: string): { spec: HttpFunctionSpec; params: Record<string, string> } {
@@ -707,8 +794,36 @@ function serializeCookie(c: Cookie): string {
   return parts.join("; ");
 }
 
-function isLoopback(address: string | undefined): boolean {
-  return address === "127.0.0.1" || address === "::1" || address === "::ffff:127.0.0.1";
+function rawPacketOf(err: NodeJS.ErrnoException): string {
+  const raw = (err as NodeJS.ErrnoException & { rawPacket?: unknown }).rawPacket;
+  return Buffer.isBuffer(raw) ? raw.toString("latin1", 0, 256) : "";
+}
+
+/** An address as it goes into a URL's authority (IPv6 in brackets). */
+function hostForUrl(host: string): string {
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+}
+
+/**
+ * What Node's HTTP parser refused, answered as the host answers everything: the status that is due and the envelope,
+ * then the connection closes. Nothing is written into a response already under way (or a socket already gone).
+ */
+function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  const inFlight = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+  if (err.code === "ECONNRESET" || !socket.writable || inFlight?.headersSent) {
+    socket.destroy();
+    return;
+  }
+  const [status, reason, code, message] =
+    err.code === "HPE_HEADER_OVERFLOW"
+      ? [431, "Request Header Fields Too Large", "HeadersTooLarge", `request headers exceed ${MAX_HEADER_BYTES} bytes`]
+      : err.code === "HPE_INVALID_METHOD" && /^[A-Za-z]+ \S+ HTTP\/1\.[01]\r?\n/.test(rawPacketOf(err))
+        ? [501, "Not Implemented", "MethodNotImplemented", "the request method is not one this host implements"]
+        : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? [408, "Request Timeout", "RequestTimeout", "the request was not received in time"]
+          : [400, "Bad Request", "MalformedRequest", `the request is not valid HTTP/1.1 (${err.code ?? "parse error"})`];
+  const body = JSON.stringify({ error: { code, message } });
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
 }
 
 function levelPrefix(level: LogLevel): string {
@@ -1009,7 +1124,8 @@ class TimerRunner {
     const status = this.status ?? { last: now, next: this.job?.nextRun()?.toISOString() ?? "", lastUpdated: now };
     // The host keeps no past-due record locally (no schedule monitor across restarts), so nothing is past due.
     const timer: Timer = { isPastDue: false, schedule: { adjustForDST: true }, scheduleStatus: { ...status } };
-    const run = this.invoke(async (context) => this.spec.handler(timer, context));
+    const spec = this.spec;
+    const run = this.invoke(async (context) => (spec.durableClient ? spec.handler(timer, df.getClient(context), context) : spec.handler(timer, context)));
     this.current = run.catch(() => undefined);
     try {
       await run;

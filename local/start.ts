@@ -2,7 +2,7 @@
 import { resolve } from "node:path";
 import { createServices } from "../functions/compose";
 import { functionTable } from "../functions/table";
-import { describeStorageAuth, loadConfig, SettingsError, timerSchedules, zodProblems } from "../shared/settings";
+import { describeStorageAuth, loadConfig, SettingsError, timerSchedules, zodProblems, type Config } from "../shared/settings";
 import { startAzurite, type LocalStorage } from "./azurite";
 import { LocalFunctionsHost } from "./host";
 import { z } from "zod";
@@ -18,6 +18,49 @@ const localSettings = z.object({
   AZURITE_TABLE_PORT: port(10002),
   FUNCTIONS_KEY: z.string().optional(),
 });
+
+/** Storage named by a setting did not answer at start-up; the message says which setting, what was tried, and the fix. */
+export class StorageUnreachableError extends Error {
+  constructor(readonly problems: { setting: string; endpoint: string; reason: string }[], hint: string) {
+    super(
+      `storage cannot be reached:\n${problems.map((p) => `  ${p.setting}: ${p.endpoint} — ${p.reason}`).join("\n")}\n${hint}`,
+    );
+    this.name = "StorageUnreachableError";
+  }
+}
+
+const PROBE_TIMEOUT_MS = 3000;
+
+/** One request per endpoint, no retries: any HTTP answer (even 400 or 403) means the endpoint is there. */
+async function unreachable(endpoint: string): Promise<string | undefined> {
+  try {
+    await fetch(endpoint, { signal: AbortSignal.timeout(PROBE_TIMEOUT_MS) });
+    return undefined;
+  } catch (e) {
+    const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+    if ((e as Error).name === "TimeoutError") return `no answer within ${PROBE_TIMEOUT_MS / 1000} s`;
+    return cause?.code ? `${cause.code}${cause.message ? ` (${cause.message})` : ""}` : (e as Error).message;
+  }
+}
+
+/** Probes every storage endpoint the app will use, all at once; throws naming each setting that does not answer. */
+export async function checkStorageReachable(env: NodeJS.ProcessEnv, config: Config): Promise<void> {
+  const probes: { setting: string; endpoint: string }[] = [
+    { setting: "AzureWebJobsStorage", endpoint: config.storage.control.tableUrl },
+    { setting: "AzureWebJobsStorage", endpoint: config.storage.control.queueUrl },
+    { setting: "AzureWebJobsStorage", endpoint: config.storage.control.blobUrl },
+    ...(env.REPLICA_STORAGE?.trim() ? [{ setting: "REPLICA_STORAGE", endpoint: config.storage.replica.blobUrl }] : []),
+    ...(env.CACHE_STORAGE?.trim() ? [{ setting: "CACHE_STORAGE", endpoint: config.storage.cache.blobUrl }] : []),
+  ];
+  const results = await Promise.all(probes.map(async (p) => ({ ...p, reason: await unreachable(p.endpoint) })));
+  const problems = results.filter((r): r is typeof r & { reason: string } => r.reason !== undefined);
+  if (problems.length === 0) return;
+  const dev = /usedevelopmentstorage=true/i.test(env.AzureWebJobsStorage ?? "");
+  const hint = dev
+    ? "UseDevelopmentStorage=true expects an emulator on 127.0.0.1:10000-10002: start Azurite, or leave AzureWebJobsStorage unset so that `site-recovery start` runs its embedded Azurite."
+    : "Check the connection string's endpoints (BlobEndpoint/QueueEndpoint/TableEndpoint, or AccountName and EndpointSuffix) and that the account is reachable from here; or leave AzureWebJobsStorage unset to use the embedded Azurite.";
+  throw new StorageUnreachableError(problems, hint);
+}
 
 export interface LocalStack {
   url: string;
@@ -56,6 +99,8 @@ export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log:
   try {
     const config = loadConfig(env);
     log(describeStorageAuth(config));
+    // Storage that is not there fails the start with the setting named, rather than an SDK stack trace later.
+    await checkStorageReachable(env, config);
     const services = createServices(config);
     const host = new LocalFunctionsHost(functionTable(() => services, timerSchedules(env)), {
       port: s.FUNCTIONS_HTTP_PORT,
@@ -90,7 +135,8 @@ export async function runLocalStack(): Promise<void> {
   try {
     stack = await startLocalStack();
   } catch (e) {
-    if (e instanceof SettingsError) {
+    // Bad settings and storage that does not answer end the start with what to fix (a supervisor may restart it).
+    if (e instanceof SettingsError || e instanceof StorageUnreachableError) {
       console.error(e.message);
       process.exit(1);
     }

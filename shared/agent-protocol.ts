@@ -1,6 +1,6 @@
 // What the agent and the control plane say to each other: registration, check-in, resync manifests, the heartbeat blob.
 import { z } from "zod";
-import { policySchema } from "./api";
+import { diskIdSchema, itemIdSchema, policySchema } from "./api";
 
 /** Block size of resync manifests: the agent and the replica compare CRC32C checksums of blocks this large. */
 export const RESYNC_BLOCK_BYTES = 64 * 1024;
@@ -56,11 +56,11 @@ export type RegistrationResponse = z.infer<typeof registrationResponseSchema>;
 
 export const checkinRequestSchema = z
   .object({
-    itemId: z.string().min(1).max(64),
+    itemId: itemIdSchema,
     agentKey: z.string().min(1).max(512),
     /** Disks where the agent lost write order (spool overflow) and ships dirty blocks instead. */
     resyncRequired: z
-      .array(z.object({ diskId: z.string().min(1).max(64), resyncId: z.string().min(1).max(64), reason: z.string().max(1000) }).strict())
+      .array(z.object({ diskId: diskIdSchema, resyncId: z.string().min(1).max(64), reason: z.string().max(1000) }).strict())
       .max(65)
       .optional(),
     /**
@@ -103,9 +103,9 @@ export type CheckinResponse = z.infer<typeof checkinResponseSchema>;
 
 export const manifestRequestSchema = z
   .object({
-    itemId: z.string().min(1).max(64),
+    itemId: itemIdSchema,
     agentKey: z.string().min(1).max(512),
-    diskId: z.string().min(1).max(64),
+    diskId: diskIdSchema,
     resyncId: z.string().min(1).max(64),
     offset: z.number().int().nonnegative().multipleOf(RESYNC_BLOCK_BYTES),
     length: z.number().int().positive().multipleOf(RESYNC_BLOCK_BYTES).max(MAX_MANIFEST_RANGE),

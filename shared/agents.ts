@@ -63,9 +63,14 @@ export interface AgentsDeps {
 }
 
 const NOT_PROTECTED = new Set(["Enabling", "EnableFailed", "Disabling"]);
+/** States in which the item's agent has nothing to replicate any more: its key and tokens are refused (and revoked on commit). */
+const NO_AGENT = new Set([...NOT_PROTECTED, "FailoverCommitted"]);
 
 /** Agent warnings the item's health shows (Warning severity); other codes an agent reports are ignored. */
 export const AGENT_WARNING_CODES: ReadonlySet<string> = new Set(Object.values(AGENT_WARNINGS));
+
+/** A registration found its item disabled under it. */
+class ItemGone extends Error {}
 
 export class Agents {
   private readonly now: () => Date;
@@ -110,21 +115,53 @@ export class Agents {
 
   /** Exchanges a registration token for an agent key and SAS URLs scoped to this item's cache container and the queue. */
   async register(body: unknown): Promise<RegistrationResponse> {
-    const { token } = parseInput(registerRequestSchema, body);
+    const { token, replace } = parseInput(registerRequestSchema, body);
     const t = await this.table();
     const reg = await t.getEntity<TokenEntity>("token", hashSecret(token)).catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
     if (!reg) throw new Unauthorized("unknown registration token");
     const now = this.now();
     if (Date.parse(reg.expiresAt) <= now.getTime()) throw new Unauthorized(`registration token expired at ${reg.expiresAt}`);
     const item = await this.protectedItem(reg.itemId);
+    // A token is usable for its whole lifetime (an agent that lost its state registers again), but never silently:
+    // taking over from a registered agent locks that one out, so it has to be asked for.
+    const registered = await t.getEntity<AgentEntity>("agent", item.id).catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
+    if (registered && !replace) {
+      throw new Conflict(
+        "AgentAlreadyRegistered",
+        `an agent registered for item '${item.id}' at ${registered.registeredAt}; registering again locks it out: send { "token", "replace": true } to do so`,
+        { itemId: item.id, registeredAt: registered.registeredAt },
+      );
+    }
+    try {
+      return await this.registerAgentOf(item, now);
+    } catch (e) {
+      // A disable racing this registration removed the cache or the replicas under it: the item is going, not an error.
+      if (!isNotFound(e) && !(e instanceof ItemGone)) throw e;
+      await this.forgetAgentIfGone(item.id);
+      throw new Unauthorized("the replicated item of this agent is not being protected");
+    }
+  }
 
+  /** After a registration that met a disable: the agent key it wrote goes with the item (disable may have run first). */
+  private async forgetAgentIfGone(itemId: string): Promise<void> {
+    const found = await this.deps.items.get(itemId);
+    if (found && !NOT_PROTECTED.has(found.item.state)) return;
+    const t = await this.table();
+    await t.deleteEntity("agent", itemId).catch((err) => (isNotFound(err) ? undefined : Promise.reject(err)));
+  }
+
+  private async registerAgentOf(item: ReplicatedItem, now: Date): Promise<RegistrationResponse> {
+    const t = await this.table();
     const agentKey = randomBytes(32).toString("base64url");
     await t.upsertEntity<AgentEntity>({ partitionKey: "agent", rowKey: item.id, keyHash: hashSecret(agentKey), registeredAt: now.toISOString() }, "Replace");
-    await this.deps.items.updateItem(item.id, (i) => {
+    const current = await this.deps.items.updateItem(item.id, (i) => {
+      if (NOT_PROTECTED.has(i.state)) return undefined;
       i.agent = { registeredAt: now.toISOString(), registrations: (i.agent?.registrations ?? 0) + 1 };
       i.updatedAt = now.toISOString();
       return i;
     });
+    // The item went (or began going) while this agent registered: its key goes too.
+    if (!current || NOT_PROTECTED.has(current.state)) throw new ItemGone();
     const disks = await this.deps.items.listDisks(item.id);
     return {
       itemId: item.id,
@@ -149,7 +186,19 @@ export class Agents {
     const req = parseInput(checkinRequestSchema, body);
     const item = await this.authenticate(req.itemId, req.agentKey);
     const at = this.now().toISOString();
-    for (const r of req.resyncRequired ?? []) {
+    // The whole request is checked before anything is written: a refused check-in changes nothing.
+    const reported = req.resyncRequired ?? [];
+    if (reported.length > 0) {
+      const known = new Set((await this.deps.items.listDisks(item.id)).map((d) => d.id));
+      const unknown = reported.map((r, n) => ({ r, n })).filter(({ r }) => !known.has(r.diskId));
+      if (unknown.length > 0) {
+        throw new BadRequest(
+          `${unknown.map(({ r }) => `'${r.diskId}'`).join(", ")} ${unknown.length === 1 ? "is not a disk" : "are not disks"} of this item`,
+          unknown.map(({ n }) => ({ field: `resyncRequired[${n}].diskId`, message: "unknown disk" })),
+        );
+      }
+    }
+    for (const r of reported) {
       const disk = await this.deps.items.updateDisk(item.id, r.diskId, (d) => {
         // A resync the control plane started (a corrupt batch) covers the whole disk already and must stay: replacing
         // it would un-halt the disk past the batch that was never applied.
@@ -277,7 +326,7 @@ export class Agents {
 
   private async protectedItem(itemId: string): Promise<ReplicatedItem> {
     const found = await this.deps.items.get(itemId);
-    if (!found || NOT_PROTECTED.has(found.item.state)) throw new Unauthorized("the replicated item of this agent is not being protected");
+    if (!found || NO_AGENT.has(found.item.state)) throw new Unauthorized("the replicated item of this agent is not being protected");
     return found.item;
   }
 

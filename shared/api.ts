@@ -27,7 +27,10 @@ const rgName = z
 const resourceName = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,75}[A-Za-z0-9_]$|^[A-Za-z0-9]$/, "1-77 letters, digits, '_', '.', '-'; starting with a letter or digit");
-const diskId = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, "1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit");
+/** Disk ids become blob names (`<item>/<disk>.vhd`, `<disk>/<seq>.batch`) and table keys: the rule is checked before any storage call. */
+export const DISK_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+const diskId = z.string().regex(DISK_ID_PATTERN, "1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit");
+export const diskIdSchema = diskId;
 const ipv4 = z
   .string()
   .regex(/^((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/, "an IPv4 address");
@@ -105,14 +108,33 @@ export type EnableRequest = z.infer<typeof enableRequestSchema>;
 /** PATCH of an item: the replication group to join, or null to leave it. */
 export const updateRequestSchema = z.object({ replicationGroup: groupName.nullable() }).strict();
 
-export const registerRequestSchema = z.object({ token: z.string().min(1).max(512) }).strict();
+/** `replace`: an agent is already registered for the item and this one takes over (the registered one is locked out). */
+export const registerRequestSchema = z.object({ token: z.string().min(1).max(512), replace: z.boolean().optional() }).strict();
 
 /** ASR's recovery plan limits: at most 7 groups and 100 items. */
 export const MAX_PLAN_GROUPS = 7;
 export const MAX_PLAN_ITEMS = 100;
 
-/** Item ids as the API hands them out; looser than a UUID so that an unknown id gets its 404, not a 400. */
-const itemRef = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, "an item id: 1-64 letters, digits, '_' or '-'");
+/**
+ * Item ids as the API hands them out (UUIDs); looser than a UUID so that an unknown id gets its 404, not a 400. They
+ * become table keys and blob names: anything else (`/`, `..`, control characters) is refused before any storage call.
+ */
+export const ITEM_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+const itemRef = z.string().regex(ITEM_ID_PATTERN, "an item id: 1-64 letters, digits, '_' or '-'");
+export const itemIdSchema = itemRef;
+
+/** Orchestration instance ids (UUIDs here): they become URL path segments of the durable client's calls. */
+const instanceRef = z.string().regex(/^[A-Za-z0-9_-]{1,100}$/, "an instance id: 1-100 letters, digits, '_' or '-'");
+
+/** A route's `{instanceId}`: 400 naming `instanceId` unless it follows the rule. */
+export function instanceIdParam(raw: string | undefined): string {
+  return parseInput(z.object({ instanceId: instanceRef }), { instanceId: raw ?? "" }).instanceId;
+}
+
+/** A route's `{itemId}`: 400 naming `itemId` unless it follows the rule. */
+export function itemIdParam(raw: string | undefined): string {
+  return parseInput(z.object({ itemId: itemRef }), { itemId: raw ?? "" }).itemId;
+}
 
 /** A recovery plan: a name and the items in failover order, group by group (group N+1 starts when group N's VMs run). */
 export const createPlanRequestSchema = z

@@ -303,6 +303,8 @@ class LeaseKeeper {
 interface ListedBatch {
   name: string;
   bytes: number;
+  /** Made by a Copy Blob (its copy source), not uploaded by the item's agent: never applied. */
+  copiedFrom?: string;
 }
 
 /** One leased pass over a disk: finish leftovers, skip superseded batches of a halted disk, apply what is contiguous. */
@@ -385,9 +387,11 @@ class ApplyRun {
   private async relist(): Promise<boolean> {
     const listing = new Map<number, ListedBatch>();
     try {
-      for await (const b of this.cache.listBlobsFlat({ prefix: `${this.diskId}/` })) {
+      for await (const b of this.cache.listBlobsFlat({ prefix: `${this.diskId}/`, includeCopy: true })) {
         const seq = seqOfBlobName(b.name);
-        if (seq !== undefined && b.name === batchBlobName(this.diskId, seq)) listing.set(seq, { name: b.name, bytes: b.properties.contentLength ?? 0 });
+        if (seq === undefined || b.name !== batchBlobName(this.diskId, seq)) continue;
+        const copied = b.properties.copyId || b.properties.copySource ? { copiedFrom: b.properties.copySource ?? "another blob" } : {};
+        listing.set(seq, { name: b.name, bytes: b.properties.contentLength ?? 0, ...copied });
       }
     } catch (e) {
       if (isNotFound(e)) return false;
@@ -436,6 +440,9 @@ class ApplyRun {
    * verification is downloaded once more, and only a second failure is corruption.
    */
   private async fetchBatch(seq: number): Promise<Batch> {
+    // The agent writes its batches with Put Blob / Put Block List; a copy is not its write whatever its header says.
+    const copiedFrom = this.listing.get(seq)?.copiedFrom;
+    if (copiedFrom) throw new CorruptBatchError(`it was not written by this item's agent (a Copy Blob of ${copiedFrom.split("?")[0]})`);
     try {
       return this.decode(seq, await this.fetch(seq));
     } catch (e) {
@@ -449,7 +456,7 @@ class ApplyRun {
     const batch = decodeBatch(bytes);
     const h = batch.header;
     if (h.itemId !== this.itemId || h.diskId !== this.diskId || h.seq !== seq) {
-      throw new CorruptBatchError(`header names ${h.itemId}/${h.diskId} batch ${h.seq}, but the blob is ${this.itemId}/${this.diskId} batch ${seq}`);
+      throw new CorruptBatchError(`it was not written by this item's agent: its header names ${h.itemId}/${h.diskId} batch ${h.seq}, but the blob is ${this.itemId}/${this.diskId} batch ${seq}`);
     }
     checkExtents(h.extents, this.disk.sizeBytes);
     return batch;

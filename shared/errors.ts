@@ -101,3 +101,23 @@ export function isLeaseHeld(e: unknown): boolean {
 export function isFenced(e: unknown): boolean {
   return storageStatus(e) === 412;
 }
+
+/** What a caller is told to wait before trying again when storage is not reachable (503). */
+export const STORAGE_RETRY_AFTER_SECONDS = 5;
+
+/**
+ * Storage cannot be reached (connection refused or reset, DNS, a timeout) or says it is unavailable (503): the API
+ * answers 503 with Retry-After, never a 500 — decided here, for every route.
+ */
+export function isStorageUnavailable(e: unknown): boolean {
+  const s = storageStatus(e);
+  if (s === 503) return true;
+  if (s !== undefined) return false;
+  const code = (e as { code?: unknown })?.code;
+  const name = (e as { name?: unknown })?.name;
+  return (
+    (typeof code === "string" && /^(ECONNRESET|ECONNREFUSED|ETIMEDOUT|EPIPE|EAI_AGAIN|ENOTFOUND|EHOSTUNREACH|ENETUNREACH|REQUEST_SEND_ERROR)$/.test(code)) ||
+    name === "AbortError" ||
+    name === "TimeoutError"
+  );
+}

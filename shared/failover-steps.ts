@@ -20,6 +20,8 @@ export interface FailoverStepsDeps {
   planning: FailoverPlanning;
   now?: () => Date;
   log?: (line: string) => void;
+  /** Revokes an item's agent credentials (commit: the source does not replicate in this direction any more). */
+  agents?: { forget(itemId: string): Promise<void> };
   /** `latest`: how long the source cache may stay unreachable before the failover falls back to the latest processed point. */
   cacheTimeoutMs?: number;
   /** `latest`: how long draining the cache may take before the failover gives up on the step (it is retried). */
@@ -65,6 +67,9 @@ export type CopyState = "success" | "pending";
 export const finalTagId = (instanceId: string) => `final-${instanceId}`;
 /** The point `latest` cuts from the drained replicas. */
 export const latestPointId = (instanceId: string) => `latest-${instanceId}`;
+
+/** A lock whose orchestration cannot be found after this long was never started (or was purged). */
+const ABANDONED_AFTER_MS = 5 * 60_000;
 
 /** Apply stops after which draining cannot get further. */
 const HALTS: ReadonlySet<string> = new Set(["corrupt", "awaitingResync", "gone", "disabled"]);
@@ -476,8 +481,32 @@ export class FailoverSteps {
     return removed;
   }
 
+  /**
+   * Items still held by a failover whose orchestration will never finish them — terminated, failed before or during
+   * its own rollback, or gone (never started, purged) — are handed back as a rollback does: what it made goes, the
+   * source's shutdown is lifted (its agent accepts writes again), the item returns to replication. `statusOf` says
+   * where an orchestration is (undefined: no such instance).
+   */
+  async releaseAbandoned(statusOf: (instanceId: string) => Promise<string | undefined>): Promise<{ itemId: string; instanceId: string; status: string }[]> {
+    const released: { itemId: string; instanceId: string; status: string }[] = [];
+    const now = this.now().getTime();
+    for (const item of await this.deps.items.list()) {
+      const f = item.failover;
+      if (!f || (item.state !== "FailingOver" && item.state !== "TestFailover") || f.completedAt || f.cleanedUpAt) continue;
+      const status = await statusOf(f.instanceId);
+      // An instance not found yet may be one being started right now: only an old lock without one is abandoned.
+      const abandoned = status === undefined ? now - Date.parse(f.startedAt) > ABANDONED_AFTER_MS : ["Terminated", "Failed", "Canceled"].includes(status);
+      if (!abandoned) continue;
+      const code = status === "Terminated" ? "FailoverTerminated" : status === undefined ? "FailoverLost" : "FailoverFailed";
+      const why = status === undefined ? `its orchestration ${f.instanceId} does not exist` : `its orchestration ${f.instanceId} is ${status}`;
+      await this.rollback({ instanceId: f.instanceId }, item.id, `the failover was abandoned: ${why}`, code);
+      released.push({ itemId: item.id, instanceId: f.instanceId, status: status ?? "missing" });
+    }
+    return released;
+  }
+
   /** A failover that failed: what it made goes, the source VM runs again, the item returns to where it was. */
-  async rollback(input: FailoverInput, itemId: string, error: string): Promise<string[]> {
+  async rollback(input: Pick<FailoverInput, "instanceId">, itemId: string, error: string, code = "FailoverFailed"): Promise<string[]> {
     const found = await this.deps.items.get(itemId);
     const f = found?.item.failover;
     if (!found || f?.instanceId !== input.instanceId) return [];
@@ -488,7 +517,7 @@ export class FailoverSteps {
     await this.deps.items.updateItemWithDisks(itemId, (i, disks) => {
       if (i.failover?.instanceId !== input.instanceId) return undefined;
       delete i.sourceShutdown;
-      i.failover = { ...i.failover, resources: { disks: [] }, error: { code: "FailoverFailed", message: error } };
+      i.failover = { ...i.failover, resources: { disks: [] }, error: { code, message: error } };
       i.state = replicationStateOf({ ...i, state: i.failover.previousState }, disks);
       i.updatedAt = this.now().toISOString();
       return i;
@@ -507,14 +536,22 @@ export class FailoverSteps {
     if (found.item.state !== "FailedOver") throw new IllegalState(itemId, found.item.state, "commit a failover (only a FailedOver item can)");
     await this.deps.points.deleteAllOf(found.item);
     const at = this.now().toISOString();
+    // ETag-conditional: of two concurrent commits exactly one moves the item; the other sees it committed (409).
+    let won = false;
     const committed = await this.deps.items.updateItem(itemId, (i) => {
+      won = false;
       if (i.state !== "FailedOver") return undefined;
+      won = true;
       i.state = "FailoverCommitted";
       if (i.failover) i.failover.committedAt = at;
       i.updatedAt = at;
       return i;
     });
-    return committed ?? found.item;
+    if (!committed) throw new NotFound("replicated item", itemId);
+    if (!won) throw new IllegalState(itemId, committed.state, "commit a failover (only a FailedOver item can)");
+    // The old source's agent has nothing left to replicate: its key and any registration token go.
+    await this.deps.agents?.forget(itemId);
+    return committed;
   }
 
   /** Test failover cleanup: the test VM, its NIC and disks (and an unused test network) go; replication never stopped. */
@@ -531,13 +568,19 @@ export class FailoverSteps {
     }
     const removed = await this.removeResources(f);
     const at = this.now().toISOString();
+    // ETag-conditional: of two concurrent cleanups exactly one returns the item to replication; the other gets 409.
+    let won = false;
     const item = await this.deps.items.updateItemWithDisks(itemId, (i, disks) => {
-      if (i.state !== "TestFailover" || i.failover?.instanceId !== f.instanceId) return undefined;
+      won = false;
+      if (i.state !== "TestFailover" || i.failover?.instanceId !== f.instanceId || i.failover.cleanedUpAt) return undefined;
+      won = true;
       i.failover = { ...i.failover, resources: { disks: [] }, cleanedUpAt: at };
       i.state = replicationStateOf({ ...i, state: i.failover.previousState }, disks);
       i.updatedAt = at;
       return i;
     });
-    return { item: item ?? found.item, removed };
+    if (!item) throw new NotFound("replicated item", itemId);
+    if (!won) throw new IllegalState(itemId, item.state, "clean up a test failover (it was cleaned up meanwhile)");
+    return { item, removed };
   }
 }

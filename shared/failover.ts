@@ -79,6 +79,8 @@ export class FailoverPlanning {
     }
     // Unknown or foreign point ids, and a choice with no point yet, are refused now rather than half-way.
     if (recoveryPoint !== "latest") await this.choosePoints(all, recoveryPoint);
+    // `latest` is cut from the replicas: a replica whose first full copy never arrived would fail over as zeros.
+    else await this.checkInitialReplication(all);
     const at = this.now();
     const input: FailoverInput = {
       instanceId,
@@ -92,6 +94,20 @@ export class FailoverPlanning {
     };
     await this.lock(all, input);
     return input;
+  }
+
+  /** Every disk of every item finished its initial replication (else 409 naming the first disk that did not). */
+  private async checkInitialReplication(items: ReplicatedItem[]): Promise<void> {
+    for (const item of items) {
+      const missing = (await this.deps.items.listDisks(item.id)).find((d) => !d.initialComplete);
+      if (missing) {
+        throw new Conflict(
+          "InitialReplicationIncomplete",
+          `replicated item '${item.id}': disk '${missing.id}' has not finished its initial replication, so its replica holds no usable copy yet; fail over to a recovery point or wait`,
+          { itemId: item.id, diskId: missing.id },
+        );
+      }
+    }
   }
 
   private async select(req: FailoverRequest): Promise<Pick<FailoverInput, "stages" | "selection">> {

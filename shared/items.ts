@@ -1,7 +1,7 @@
 // The replicated-item records in Table Storage: items, their disks, the VM claims that keep a VM protected once.
 import type { TableClient } from "@azure/data-tables";
 import { isConflict, isNotFound, storageStatus } from "./errors";
-import type { ReplicationPolicy } from "./api";
+import { DISK_ID_PATTERN, ITEM_ID_PATTERN, type ReplicationPolicy } from "./api";
 import type { Storage } from "./storage";
 import { TABLES } from "./storage";
 
@@ -227,6 +227,8 @@ export class ItemStore {
   }
 
   async get(id: string): Promise<{ item: ReplicatedItem; etag: string } | undefined> {
+    // An id outside the rule names no item; never sent to storage as a key (a `/` there is a 500 after retries).
+    if (!ITEM_ID_PATTERN.test(id)) return undefined;
     const t = await this.items();
     try {
       const e = await t.getEntity<ItemEntity>("item", id);
@@ -305,6 +307,7 @@ export class ItemStore {
   }
 
   async listDisks(itemId: string): Promise<DiskRecord[]> {
+    if (!ITEM_ID_PATTERN.test(itemId)) return [];
     const t = await this.disks();
     const out: DiskRecord[] = [];
     const filter = `PartitionKey eq '${itemId.replace(/'/g, "''")}'`;
@@ -313,6 +316,7 @@ export class ItemStore {
   }
 
   async getDisk(itemId: string, diskId: string): Promise<{ disk: DiskRecord; etag: string } | undefined> {
+    if (!ITEM_ID_PATTERN.test(itemId) || !DISK_ID_PATTERN.test(diskId)) return undefined;
     const t = await this.disks();
     try {
       const e = await t.getEntity<DiskEntity>(itemId, diskId);

@@ -1,9 +1,10 @@
 // Protecting a VM: enable replication (target resources, replicas, cache), disable it, and register its agent.
 import { randomUUID } from "node:crypto";
-import { enableRequestSchema, MAX_GROUP_VMS, parseInput, updateRequestSchema, type EnableRequest } from "./api";
+import { enableRequestSchema, parseInput, updateRequestSchema, type EnableRequest } from "./api";
 import type { Agents } from "./agents";
 import type { RecoveryPoints } from "./recovery-points";
 import { Conflict, IllegalState, NotFound } from "./errors";
+import { ReplicationGroups } from "./groups";
 import { resourceGroupIdOf, type Fabric, type FabricResource } from "./fabric/port";
 import {
   cacheContainerName,
@@ -27,6 +28,9 @@ export interface ProtectionDeps {
   points: RecoveryPoints;
   now?: () => Date;
 }
+
+/** How long a disable owns its item: another DELETE within this is refused; after it, a stalled disable is resumed. */
+const DISABLE_CLAIM_MS = 120_000;
 
 /** ASR names target resources after the source with this suffix. */
 export const TARGET_SUFFIX = "-asr";
@@ -78,15 +82,17 @@ export interface EnableResult {
 export class Protection {
   private readonly now: () => Date;
 
+  private readonly groups: ReplicationGroups;
+
   constructor(private readonly deps: ProtectionDeps) {
     this.now = deps.now ?? (() => new Date());
+    this.groups = new ReplicationGroups({ storage: deps.storage, items: deps.items, now: this.now });
   }
 
   async enable(body: unknown): Promise<EnableResult> {
     const req = parseInput(enableRequestSchema, body);
     const { items } = this.deps;
     const key = vmKey(req.vm);
-    if (req.replicationGroup) await this.checkGroup(req.replicationGroup, req.vm.region, req.targetRegion);
 
     const itemId = randomUUID();
     const holder = await items.claimVm(key, itemId);
@@ -109,6 +115,16 @@ export class Protection {
 
     const undo = new Undo();
     undo.push("release VM claim", () => items.releaseVm(key, itemId));
+    if (req.replicationGroup) {
+      const group = req.replicationGroup;
+      try {
+        await this.groups.claim(group, itemId, req.vm.region, req.targetRegion);
+      } catch (e) {
+        await undo.run();
+        throw e;
+      }
+      undo.push(`leave replication group ${group}`, () => this.groups.release(group, itemId));
+    }
     const at = this.now().toISOString();
     const item: ReplicatedItem = {
       id: itemId,
@@ -157,25 +173,6 @@ export class Protection {
     }
   }
 
-  /** A replication group holds at most 16 VMs, all from one source region to one target region. */
-  private async checkGroup(group: string, sourceRegion: string, targetRegion: string, joiningItemId?: string): Promise<void> {
-    const members = (await this.deps.items.list()).filter((i) => i.replicationGroup === group && i.id !== joiningItemId);
-    if (members.length >= MAX_GROUP_VMS) {
-      throw new Conflict("ReplicationGroupFull", `replication group '${group}' already has ${MAX_GROUP_VMS} VMs, the most a group holds`, {
-        field: "replicationGroup",
-        members: members.length,
-      });
-    }
-    const other = members.find((m) => m.vm.region !== sourceRegion || m.targetRegion !== targetRegion);
-    if (other) {
-      throw new Conflict(
-        "ReplicationGroupRegionMismatch",
-        `replication group '${group}' replicates ${other.vm.region} → ${other.targetRegion}; this VM would replicate ${sourceRegion} → ${targetRegion}`,
-        { field: "replicationGroup", itemId: other.id },
-      );
-    }
-  }
-
   /**
    * Joins or leaves a replication group without re-enabling replication (ASR requires a re-enable). The item's group
    * points start at the first group tag it takes part in; its VM points are unaffected.
@@ -186,14 +183,20 @@ export class Protection {
     if (!found) throw new NotFound("replicatedItem", itemId);
     const { item } = found;
     if (!["InitialReplication", "Protected", "ResyncRequired"].includes(item.state)) throw new IllegalState(itemId, item.state, "change its replication group");
-    if (req.replicationGroup) await this.checkGroup(req.replicationGroup, item.vm.region, item.targetRegion, itemId);
+    // A replication group holds at most 16 VMs from one region pair: the group's record is claimed first (atomically).
+    const previous = item.replicationGroup;
+    if (req.replicationGroup && req.replicationGroup !== previous) await this.groups.claim(req.replicationGroup, itemId, item.vm.region, item.targetRegion);
     const updated = await this.deps.items.updateItem(itemId, (i) => {
       if (req.replicationGroup) i.replicationGroup = req.replicationGroup;
       else delete i.replicationGroup;
       i.updatedAt = this.now().toISOString();
       return i;
     });
-    if (!updated) throw new NotFound("replicatedItem", itemId);
+    if (!updated) {
+      if (req.replicationGroup && req.replicationGroup !== previous) await this.groups.release(req.replicationGroup, itemId);
+      throw new NotFound("replicatedItem", itemId);
+    }
+    if (previous && previous !== req.replicationGroup) await this.groups.release(previous, itemId);
     return updated;
   }
 
@@ -208,16 +211,21 @@ export class Protection {
 
     const rg = created(await fabric.ensureResourceGroup(region, names.resourceGroup));
     const source = await fabric.sourceNetwork(req.vm.region, req.vm.resourceGroup, req.vm.network.vnet, req.vm.network.subnet, req.vm.network.privateIp);
-    const sourceSubnet = source.subnets?.find((s) => s.name.toLowerCase() === req.vm.network.subnet.toLowerCase());
-    // The target network mirrors the source's address space so that the VM's IP can be kept.
+    // The target network mirrors the source's address space and subnets, under their own names, so that the VM's IP
+    // can be kept; it is shared by every VM of that source network, so an item's override never renames a subnet: a
+    // `target.subnet` names a subnet the target network has (a source subnet's mirror, or one made there).
     const vnet = created(
       await fabric.ensureVirtualNetwork(region, names.resourceGroup, names.vnet, {
         addressSpace: source.addressSpace ?? [],
-        subnets: (source.subnets ?? []).map((s) => (s === sourceSubnet ? { ...s, name: names.subnet } : s)),
+        subnets: source.subnets ?? [],
       }),
     );
     if (!vnet.subnets?.some((s) => s.name.toLowerCase() === names.subnet.toLowerCase())) {
-      throw new Conflict("TargetSubnetMissing", `target network '${vnet.name}' has no subnet '${names.subnet}'`, { field: "target.subnet" });
+      throw new Conflict(
+        "TargetSubnetMissing",
+        `target network '${vnet.name}' has no subnet '${names.subnet}' (${(vnet.subnets ?? []).map((s) => s.name).join(", ") || "none"}); target.subnet must name one of them`,
+        { field: "target.subnet" },
+      );
     }
     const mappings = (await fabric.ensureNetworkMapping(source, vnet)).map(created);
     const as = names.availabilitySet ? created(await fabric.ensureAvailabilitySet(region, names.resourceGroup, names.availabilitySet)) : undefined;
@@ -274,16 +282,22 @@ export class Protection {
   /** Disables replication: removes the cache, the replicas with their snapshots, the records, and unused target resources. */
   async disable(itemId: string): Promise<{ id: string; state: "Disabled"; removed: string[] }> {
     const { items, storage } = this.deps;
-    const found = await items.get(itemId);
-    if (!found) throw new NotFound("replicatedItem", itemId);
-    const { item } = found;
-    if (item.state === "FailingOver" || item.state === "TestFailover") {
-      throw new IllegalState(itemId, item.state, "disable replication");
-    }
-    if (item.state !== "Disabling") {
-      item.state = "Disabling";
-      item.updatedAt = this.now().toISOString();
-      await items.put(item, found.etag);
+    // Moving to Disabling is the claim, ETag-conditional: of concurrent DELETEs one proceeds, the others get 409 (404
+    // once the item is gone). A disable that stopped half-way (a crash) is resumed by a DELETE once it has been quiet.
+    let won = false;
+    const item = await items.updateItem(itemId, (i) => {
+      won = false;
+      if (i.state === "FailingOver" || i.state === "TestFailover") return undefined;
+      if (i.state === "Disabling" && this.now().getTime() - Date.parse(i.updatedAt) < DISABLE_CLAIM_MS) return undefined;
+      won = true;
+      i.state = "Disabling";
+      i.updatedAt = this.now().toISOString();
+      return i;
+    });
+    if (!item) throw new NotFound("replicatedItem", itemId);
+    if (!won) {
+      if (item.state !== "Disabling") throw new IllegalState(itemId, item.state, "disable replication");
+      throw new Conflict("DisableInProgress", `replicated item '${itemId}' is already being disabled`, { itemId, state: item.state });
     }
     const removed: string[] = [];
 
@@ -301,6 +315,7 @@ export class Protection {
     await this.deps.points.deleteAllOf(item);
     removed.push(...(await this.deleteUnusedTargetResources(item)));
     await items.deleteDisks(itemId);
+    if (item.replicationGroup) await this.groups.release(item.replicationGroup, itemId);
     await items.delete(itemId);
     await items.releaseVm(vmKey(item.vm), itemId);
     return { id: itemId, state: "Disabled", removed };

@@ -90,6 +90,12 @@ async function readHeartbeat(storage: Storage, itemId: string): Promise<Heartbea
     // One GET (not downloadToBuffer's size-then-range reads): the agent replaces the blob at any moment, and a range
     // read of a blob that changed size in between fails.
     const res = await storage.cacheBlobs.getContainerClient(cacheContainerName(itemId)).getBlobClient(HEARTBEAT_BLOB).download();
+    // The agent uploads its heartbeat; a blob that a Copy Blob made (copy properties last until the next upload) is
+    // someone else's, e.g. another item's heartbeat copied in with this item's SAS.
+    if (res.copyId || res.copySource) {
+      res.readableStreamBody?.resume();
+      return undefined;
+    }
     const chunks: Buffer[] = [];
     for await (const c of res.readableStreamBody!) chunks.push(c as Buffer);
     const text = Buffer.concat(chunks).toString("utf8");

@@ -33,6 +33,13 @@ export function queueMessageText(value: unknown): string {
   return text;
 }
 
+/**
+ * Retries are bounded (the SDKs' defaults wait 4-7 s on an unreachable account): a request answers 503 quickly when
+ * storage is down, and queue-triggered work is retried by the host instead.
+ */
+export const STORAGE_RETRY = { maxTries: 3, retryDelayInMs: 200, maxRetryDelayInMs: 1000 } as const;
+const TABLE_RETRY = { maxRetries: STORAGE_RETRY.maxTries - 1, retryDelayInMs: STORAGE_RETRY.retryDelayInMs, maxRetryDelayInMs: STORAGE_RETRY.maxRetryDelayInMs };
+
 /** The Entra credential of an identity-based connection; undefined for a keyed one. */
 export function tokenCredential(account: StorageAccount): TokenCredential | undefined {
   return account.auth.kind === "identity" ? azureCredential(account.auth) : undefined;
@@ -40,17 +47,17 @@ export function tokenCredential(account: StorageAccount): TokenCredential | unde
 
 export function blobService(account: StorageAccount): BlobServiceClient {
   const a = account.auth;
-  return new BlobServiceClient(account.blobUrl, a.kind === "key" ? new StorageSharedKeyCredential(account.name, a.key) : azureCredential(a));
+  return new BlobServiceClient(account.blobUrl, a.kind === "key" ? new StorageSharedKeyCredential(account.name, a.key) : azureCredential(a), { retryOptions: STORAGE_RETRY });
 }
 
 export function queueService(account: StorageAccount): QueueServiceClient {
   const a = account.auth;
-  return new QueueServiceClient(account.queueUrl, a.kind === "key" ? new QueueKeyCredential(account.name, a.key) : azureCredential(a));
+  return new QueueServiceClient(account.queueUrl, a.kind === "key" ? new QueueKeyCredential(account.name, a.key) : azureCredential(a), { retryOptions: STORAGE_RETRY });
 }
 
 export function tableClient(account: StorageAccount, table: string): TableClient {
   const a = account.auth;
-  const options = { allowInsecureConnection: isHttp(account.tableUrl) };
+  const options = { allowInsecureConnection: isHttp(account.tableUrl), retryOptions: TABLE_RETRY };
   return a.kind === "key"
     ? new TableClient(account.tableUrl, table, new AzureNamedKeyCredential(account.name, a.key), options)
     : new TableClient(account.tableUrl, table, azureCredential(a), options);
@@ -58,7 +65,7 @@ export function tableClient(account: StorageAccount, table: string): TableClient
 
 export function tableService(account: StorageAccount): TableServiceClient {
   const a = account.auth;
-  const options = { allowInsecureConnection: isHttp(account.tableUrl) };
+  const options = { allowInsecureConnection: isHttp(account.tableUrl), retryOptions: TABLE_RETRY };
   return a.kind === "key"
     ? new TableServiceClient(account.tableUrl, new AzureNamedKeyCredential(account.name, a.key), options)
     : new TableServiceClient(account.tableUrl, azureCredential(a), options);

@@ -146,8 +146,26 @@ export class LocalFabric implements Fabric {
     return (await this.ensure(discovered)).resource;
   }
 
-  ensureVirtualNetwork(region: string, resourceGroup: string, name: string, spec: VirtualNetworkSpec): Promise<Ensured> {
-    return this.ensure(this.build("virtualNetwork", region, resourceGroup, name, { addressSpace: spec.addressSpace, subnets: spec.subnets }));
+  /** An existing network site-recovery made gains the spec's subnets it lacks (by name); its subnets are never changed. */
+  async ensureVirtualNetwork(region: string, resourceGroup: string, name: string, spec: VirtualNetworkSpec): Promise<Ensured> {
+    const ensured = await this.ensure(this.build("virtualNetwork", region, resourceGroup, name, { addressSpace: spec.addressSpace, subnets: spec.subnets }));
+    if (ensured.created || !ensured.resource.createdBySiteRecovery) return ensured;
+    const t = await this.table();
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const e = await t.getEntity<ResourceEntity>(PARTITION, rowKey(ensured.resource.id));
+      const current = JSON.parse(e.body) as FabricResource;
+      const have = new Set((current.subnets ?? []).map((s) => s.name.toLowerCase()));
+      const missing = spec.subnets.filter((s) => !have.has(s.name.toLowerCase()));
+      if (missing.length === 0) return { resource: current, created: false };
+      const updated: FabricResource = { ...current, subnets: [...(current.subnets ?? []), ...missing] };
+      try {
+        await t.updateEntity<ResourceEntity>({ partitionKey: PARTITION, rowKey: rowKey(updated.id), body: JSON.stringify(updated) }, "Replace", { etag: e.etag });
+        return { resource: updated, created: false };
+      } catch (err) {
+        if (storageStatus(err) !== 412) throw err;
+      }
+    }
+    throw new Error(`virtual network ${ensured.resource.id} is changing too fast`);
   }
 
   async ensureNetworkMapping(source: FabricResource, target: FabricResource): Promise<Ensured[]> {

@@ -90,6 +90,7 @@ export interface Fabric {
   ensureResourceGroup(region: string, name: string): Promise<Ensured>;
   /** The source VM's network as it exists in the source region. */
   sourceNetwork(region: string, resourceGroup: string, vnet: string, subnet: string, privateIp?: string): Promise<FabricResource>;
+  /** Creates the network, or adds to one site-recovery made the spec's subnets it lacks (by name); never renames or removes one. */
   ensureVirtualNetwork(region: string, resourceGroup: string, name: string, spec: VirtualNetworkSpec): Promise<Ensured>;
   /** Records the mapping in both directions (source → target and target → source). */
   ensureNetworkMapping(source: FabricResource, target: FabricResource): Promise<Ensured[]>;

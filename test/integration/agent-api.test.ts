@@ -32,7 +32,9 @@ describe("agent check-in and resync manifests", () => {
     // Batches waiting in the cache raise nextSeq for an agent that registers again without its state.
     const cache = stack.services.storage.cacheBlobs.getContainerClient(`cache-${item.id}`);
     await cache.getBlockBlobClient("os/00000000000000000007.batch").upload(Buffer.from("x"), 1);
-    const again = await stack.api("POST", "agents/register", { token: item.agentRegistration.token });
+    const refused = await stack.api("POST", "agents/register", { token: item.agentRegistration.token });
+    assert.equal(refused.status, 409, "a token reused while an agent is registered is refused unless replace is asked for");
+    const again = await stack.api("POST", "agents/register", { token: item.agentRegistration.token, replace: true });
     assert.deepEqual(again.body.disks.map((d: { id: string; nextSeq: number }) => [d.id, d.nextSeq]), [["os", 8], ["data0", 1]]);
 
     const old = await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey: reg.agentKey });

@@ -1,11 +1,11 @@
 // A whole local stack for tests: in-memory Azurite on free ports, the services, and the local host over a real socket.
 import { createServices, type Services } from "../../functions/compose";
 import { functionTable } from "../../functions/table";
-import { LocalFunctionsHost, type QueueSettings } from "../../local/host";
+import { LocalFunctionsHost, type LocalHostOptions, type QueueSettings } from "../../local/host";
 import { loadConfig, timerSchedules } from "../../shared/settings";
 import { blobService, queueService, tableClient, tableService } from "../../shared/storage";
 import type { Fabric } from "../../shared/fabric/port";
-import { startTestStorage } from "./storage";
+import { startTestStorage, type LocalStorage } from "./storage";
 
 export interface ApiResponse {
   status: number;
@@ -18,6 +18,8 @@ export interface TestStack {
   services: Services;
   host: LocalFunctionsHost;
   env: NodeJS.ProcessEnv;
+  /** The stack's Azurite (tests of a storage outage stop it). */
+  azurite: LocalStorage;
   /** Moves the stack's clock (registration expiry and the like). */
   clock: { offsetMs: number };
   api(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<ApiResponse>;
@@ -36,6 +38,8 @@ export interface TestStackOptions {
   log?: (line: string) => void;
   /** false: the host polls no queue, so a test delivers messages itself (in any order, twice, or not at all). */
   queues?: boolean;
+  /** Host names the local host accepts besides loopback names. */
+  allowedHosts?: LocalHostOptions["allowedHosts"];
 }
 
 export async function startTestStack(opts: TestStackOptions = {}): Promise<TestStack> {
@@ -55,6 +59,7 @@ export async function startTestStack(opts: TestStackOptions = {}): Promise<TestS
     log: opts.log ?? (() => {}),
     ...(opts.queueOverrides ? { queueOverrides: opts.queueOverrides } : {}),
     ...(opts.functionKey ? { functionKey: opts.functionKey } : {}),
+    ...(opts.allowedHosts ? { allowedHosts: opts.allowedHosts } : {}),
   });
   const { port } = await host.start();
   const url = `http://127.0.0.1:${port}`;
@@ -64,6 +69,7 @@ export async function startTestStack(opts: TestStackOptions = {}): Promise<TestS
     services,
     host,
     env,
+    azurite: storage,
     clock,
     async api(method, path, body, headers = {}) {
       const res = await fetch(`${url}/api/${path}`, {
