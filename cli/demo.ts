@@ -304,7 +304,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
       SEAL_SCHEDULE: "*/5 * * * * *",
     };
     const config = loadConfig(env);
-    const services = createServices(config);
+    const services = createServices(config, { log: logLine("host") });
     host = new LocalFunctionsHost(functionTable(() => services, timerSchedules(env)), {
       port: await freePort(),
       env,

@@ -13,6 +13,11 @@ import type { Fabric } from "../shared/fabric/port";
 import { ArmFabric } from "../shared/fabric/arm";
 import { ArmClient } from "../shared/fabric/arm-client";
 import { azureCredential } from "../shared/identity";
+import { Jobs } from "../shared/jobs";
+import { Alerts } from "../shared/alerts";
+import { ReplicationHistory } from "../shared/history";
+import { Monitoring } from "../shared/monitoring";
+import { Telemetry } from "../shared/telemetry";
 
 export interface Services {
   config: Config;
@@ -25,20 +30,47 @@ export interface Services {
   plans: RecoveryPlans;
   planning: FailoverPlanning;
   failover: FailoverSteps;
+  jobs: Jobs;
+  alerts: Alerts;
+  history: ReplicationHistory;
+  monitoring: Monitoring;
+  telemetry: Telemetry;
+  /** The services' clock (tests move it). */
+  now: () => Date;
 }
 
-export function createServices(config: Config, overrides: { fabric?: Fabric; now?: () => Date } = {}): Services {
+export interface ServiceOverrides {
+  fabric?: Fabric;
+  now?: () => Date;
+  /** Tests: shorter webhook retries. */
+  alertRetry?: { attempts: number; baseDelayMs: number };
+  log?: (line: string) => void;
+}
+
+export function createServices(config: Config, overrides: ServiceOverrides = {}): Services {
   const storage = new Storage(config);
   const fabric = overrides.fabric ?? fabricOf(config, storage);
   const items = new ItemStore(storage);
   const clock = overrides.now ? { now: overrides.now } : {};
+  const jobs = new Jobs({ storage, retentionDays: config.monitoring.jobRetentionDays, ...clock });
+  const log = overrides.log ?? ((line: string) => console.log(line));
+  const alerts = new Alerts({
+    storage,
+    ...(config.monitoring.webhook ? { webhook: config.monitoring.webhook } : {}),
+    ...(overrides.alertRetry ? { retry: overrides.alertRetry } : {}),
+    log,
+    ...clock,
+  });
+  const history = new ReplicationHistory(storage);
+  const telemetry = new Telemetry({ exporter: config.monitoring.metricsExporter });
   const agents = new Agents({ config, storage, items, ...clock });
   const points = new RecoveryPoints({ storage, items, ...clock });
   const plans = new RecoveryPlans({ storage, items, ...clock });
-  const protection = new Protection({ config, storage, fabric, items, agents, points, ...clock });
+  const protection = new Protection({ config, storage, fabric, items, agents, points, jobs, history, ...clock });
   const planning = new FailoverPlanning({ items, points, plans, ...clock });
-  const failover = new FailoverSteps({ config, storage, items, points, fabric, planning, agents, cacheTimeoutMs: config.failover.cacheTimeoutSeconds * 1000, ...clock });
-  return { config, storage, fabric, items, protection, agents, points, plans, planning, failover };
+  const failover = new FailoverSteps({ config, storage, items, points, fabric, planning, agents, jobs, cacheTimeoutMs: config.failover.cacheTimeoutSeconds * 1000, ...clock });
+  const monitoring = new Monitoring({ config, storage, items, points, jobs, alerts, history, ...clock, onSample: (item, sample) => telemetry.sample(item, sample) });
+  return { config, storage, fabric, items, protection, agents, points, plans, planning, failover, jobs, alerts, history, monitoring, telemetry, now: overrides.now ?? (() => new Date()) };
 }
 
 /** LocalFabric (embedded default), or ARM with the Function App's identity; mappings are the control plane's records either way. */

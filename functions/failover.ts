@@ -7,6 +7,7 @@ import { ApiError, isTransient, storageCode, storageStatus } from "../shared/err
 import { FabricError } from "../shared/fabric/port";
 import type { FailoverInput } from "../shared/failover";
 import { FailoverStepError, type CopyState, type VmOutcome, type VmPlan } from "../shared/failover-steps";
+import type { JobStep } from "../shared/jobs";
 
 export const FAILOVER_ORCHESTRATION = "failover";
 
@@ -66,9 +67,26 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
   const input = context.df.getInput() as FailoverInput;
   const ids = input.stages.flat();
   const status: FailoverStatus = { step: "validating", vms: {} };
+  // The job's steps, timed by the orchestration's clock (deterministic on replay); recorded once, when it ends.
+  const steps: JobStep[] = [];
+  const endStep = (state: "Succeeded" | "Failed") => {
+    const open = steps[steps.length - 1];
+    if (open?.state === "InProgress") Object.assign(open, { state, endedAt: context.df.currentUtcDateTime.toISOString() });
+  };
   const show = (step: string) => {
     status.step = step;
     context.df.setCustomStatus(status);
+    if (step === "completed" || step === "failed" || steps[steps.length - 1]?.name === step) return;
+    endStep("Succeeded");
+    steps.push({ name: step, state: "InProgress", startedAt: context.df.currentUtcDateTime.toISOString(), endedAt: null });
+  };
+  // A job that cannot be recorded must not turn a failover into a failure (nor a failure into a second rollback).
+  const endJob = function* (outcome: { state: "Succeeded" | "Failed"; error?: { code: string; message: string } }): Generator<df.Task, void, unknown> {
+    try {
+      yield context.df.callActivityWithRetry("failoverJobEnd", retry(), { instanceId: input.instanceId, type: input.type, steps, ...outcome });
+    } catch {
+      // the job stays InProgress; the failover's own status is the truth
+    }
   };
   // One step for several VMs at once: the activities run in parallel, the first final failure stops the failover.
   const all = function* <T>(name: string, inputs: unknown[]): Generator<df.Task, T[], unknown> {
@@ -145,7 +163,9 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
       for (const o of done) Object.assign(status.vms[o.itemId]!, { step: "running", powerState: o.targetVm.powerState });
       outcomes.push(...done);
     }
+    endStep("Succeeded");
     show("completed");
+    yield* endJob({ state: "Succeeded" });
     const completedAt = context.df.currentUtcDateTime;
     return {
       instanceId: input.instanceId,
@@ -160,6 +180,7 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
     // The first line says what failed (an activity's error also carries its stack, which is for the log).
     const message = firstLine((e as Error).message);
     status.error = message;
+    endStep("Failed");
     show("rolling back");
     // Nothing half-done: what the failover made goes and the items return to replication (retried like any step).
     try {
@@ -167,8 +188,13 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
     } catch (r) {
       // Still the failover's error that fails it; what the rollback left is on the items (their failover record).
       status.error = `${message}; the rollback failed too: ${firstLine((r as Error).message)}`;
+      endStep("Failed");
     }
+    endStep("Succeeded");
     show("failed");
+    // "failoverCreateVm: QuotaExceeded: …" → code QuotaExceeded; anything else is FailoverFailed.
+    const coded = /^\w+: ([A-Za-z][A-Za-z0-9]*): /.exec(message);
+    yield* endJob({ state: "Failed", error: { code: coded?.[1] ?? "FailoverFailed", message: status.error } });
     throw e;
   }
 }
@@ -210,5 +236,9 @@ export function failoverFunctions(services: () => Services): FunctionSpec[] {
     step<Vm>("failoverStartVm", ({ input, plan }) => f().startVm(input, plan)),
     step<Vm>("failoverComplete", ({ input, plan }) => f().complete(input, plan)),
     step<Item & { error: string }>("failoverRollback", ({ input, itemId, error }) => f().rollback(input, itemId, error)),
+    step<{ instanceId: string; type: string; state: "Succeeded" | "Failed"; error?: { code: string; message: string }; steps: JobStep[] }>("failoverJobEnd", async (o) => {
+      const seconds = await f().endJob(o.instanceId, o);
+      if (seconds !== undefined) services().telemetry.failoverEnded(seconds, { type: o.type, outcome: o.state });
+    }),
   ];
 }

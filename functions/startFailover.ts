@@ -18,10 +18,17 @@ export const startFailover = (services: () => Services): DurableClientHttpFuncti
       const body = await readJson(request, s.config.http.maxRequestBytes);
       const instanceId = randomUUID();
       const input = await s.planning.accept(body, instanceId);
+      // Accepted (the items are locked): a job from here on, named after the orchestration, ended by it.
+      const job = await s.jobs.start("failover", input.stages.flat(), {
+        id: instanceId,
+        firstStep: "validating",
+        details: { failoverType: input.type, recoveryPoint: input.recoveryPoint },
+      });
       try {
         await client.startNew(FAILOVER_ORCHESTRATION, { instanceId, input });
       } catch (e) {
         await s.planning.unlock(input.stages.flat(), instanceId);
+        await job.fail(e);
         throw e;
       }
       context.log(`failover ${instanceId} started: ${input.type}, ${input.recoveryPoint}, items ${input.stages.map((g) => g.join(",")).join(" → ")}`);

@@ -23,6 +23,10 @@ import { commitFailover } from "./commitFailover";
 import { cleanupTestFailover } from "./cleanupTestFailover";
 import { failoverFunctions } from "./failover";
 import { releaseAbandonedFailovers } from "./releaseAbandonedFailovers";
+import { listJobs } from "./listJobs";
+import { listAlerts } from "./listAlerts";
+import { getItemHistory } from "./getItemHistory";
+import { dashboard, dashboardAsset } from "./dashboard";
 import { timerSchedules, type TimerSchedules } from "../shared/settings";
 
 /** `schedules` default to process.env's (the Functions host's app settings); the local host passes its own env's. */
@@ -34,6 +38,11 @@ export function functionTable(services: () => Services, schedules: TimerSchedule
     updateReplicatedItem(services),
     disableReplication(services),
     listRecoveryPoints(services),
+    getItemHistory(services),
+    listJobs(services),
+    listAlerts(services),
+    dashboard(services),
+    dashboardAsset(services),
     registerAgent(services),
     agentCheckin(services),
     resyncManifest(services),

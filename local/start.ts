@@ -101,7 +101,7 @@ export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log:
     log(describeStorageAuth(config));
     // Storage that is not there fails the start with the setting named, rather than an SDK stack trace later.
     await checkStorageReachable(env, config);
-    const services = createServices(config);
+    const services = createServices(config, { log });
     const host = new LocalFunctionsHost(functionTable(() => services, timerSchedules(env)), {
       port: s.FUNCTIONS_HTTP_PORT,
       maxRequestBytes: config.http.maxRequestBytes,

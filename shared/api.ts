@@ -52,6 +52,8 @@ export const policySchema = z
     recoveryPointRetentionHours: z.number().int().min(1).max(360).default(24),
     crashConsistentFrequencySeconds: z.number().int().min(10).max(3600).default(300),
     appConsistentFrequencyMinutes: z.number().int().min(0).max(1440).default(240),
+    /** Alert when the RPO exceeds this many minutes (RPO_ALERT_MINUTES otherwise). */
+    rpoAlertMinutes: z.number().int().min(1).max(1440).optional(),
   })
   .strict();
 export type ReplicationPolicy = z.infer<typeof policySchema>;

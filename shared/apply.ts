@@ -321,6 +321,9 @@ class ApplyRun {
   private prefetchedBytes = 0;
   private readonly deletes: Promise<void>[] = [];
   private applied = 0;
+  /** Payload bytes applied in this run, and how many of them the disk record's `appliedBytes` already counts. */
+  private appliedBytes = 0;
+  private recordedBytes = 0;
   private maxWriteMs: number | undefined;
   private recordedAt = Date.now();
   private recordedWatermark = -1;
@@ -636,6 +639,7 @@ class ApplyRun {
       }
       this.watermark = seq;
       this.applied++;
+      this.appliedBytes += batch.header.payloadLength;
       this.maxWriteMs = Math.max(this.maxWriteMs ?? 0, batch.header.lastWriteMs);
       await this.finishBatch(batch.header);
       this.deleteLater(seq);
@@ -669,8 +673,10 @@ class ApplyRun {
     const endsResync = Boolean(h.resyncComplete && h.resyncId);
     if (!h.initialComplete && !endsResync) return;
     const at = this.now().toISOString();
+    let added = 0;
     const disk = await this.deps.items.updateDisk(this.itemId, this.diskId, (d) => {
       let changed = false;
+      added = 0;
       if (h.initialComplete && !d.initialComplete) {
         d.initialComplete = true;
         if (d.state === "InitialReplication") d.state = "Protected";
@@ -685,9 +691,10 @@ class ApplyRun {
         changed = true;
       }
       if (!changed) return undefined;
-      this.progressFields(d, at);
+      added = this.progressFields(d, at);
       return d;
     });
+    this.recordedBytes += added;
     if (disk) this.disk = disk;
     await this.deps.items.updateItemWithDisks(this.itemId, (item, disks) => {
       let changed = false;
@@ -708,11 +715,15 @@ class ApplyRun {
     });
   }
 
-  private progressFields(d: DiskRecord, at: string): void {
-    if (this.applied === 0) return;
+  /** Moves the record's progress to this run's; returns the bytes added to its `appliedBytes` (counted once the write lands). */
+  private progressFields(d: DiskRecord, at: string): number {
+    if (this.applied === 0) return 0;
+    const added = this.appliedBytes - this.recordedBytes;
+    d.appliedBytes = (d.appliedBytes ?? 0) + added;
     d.lastAppliedSeq = Math.max(d.lastAppliedSeq ?? 0, this.watermark);
     d.lastAppliedAt = at;
     if (this.maxWriteMs !== undefined) d.lastAppliedWriteMs = Math.max(d.lastAppliedWriteMs ?? 0, this.maxWriteMs);
+    return added;
   }
 
   /** Progress on the disk record: once per run, or every few seconds of a long one. */
@@ -720,10 +731,12 @@ class ApplyRun {
     this.recordedAt = Date.now();
     if (this.applied === 0 || this.recordedWatermark === this.watermark) return;
     const at = this.now().toISOString();
+    let added = 0;
     await this.deps.items.updateDisk(this.itemId, this.diskId, (d) => {
-      this.progressFields(d, at);
+      added = this.progressFields(d, at);
       return d;
     });
+    this.recordedBytes += added;
     this.recordedWatermark = this.watermark;
   }
 

@@ -10,6 +10,9 @@ import { cacheContainerName, replicaBlobName, replicationStateOf, type FailoverR
 import { snapshotAtTag, vmPartition, type RecoveryPoint, type RecoveryPoints } from "./recovery-points";
 import type { Config } from "./settings";
 import { FAILOVER_CONTAINER, type Storage } from "./storage";
+import type { Jobs, JobStep } from "./jobs";
+
+type StepRecorder = { step(name: string): Promise<void> };
 
 export interface FailoverStepsDeps {
   config: Config;
@@ -22,6 +25,8 @@ export interface FailoverStepsDeps {
   log?: (line: string) => void;
   /** Revokes an item's agent credentials (commit: the source does not replicate in this direction any more). */
   agents?: { forget(itemId: string): Promise<void> };
+  /** Commit and test-failover cleanup are recorded as jobs; a failover's job is ended by `endJob`. */
+  jobs?: Jobs;
   /** `latest`: how long the source cache may stay unreachable before the failover falls back to the latest processed point. */
   cacheTimeoutMs?: number;
   /** `latest`: how long draining the cache may take before the failover gives up on the step (it is retried). */
@@ -500,6 +505,7 @@ export class FailoverSteps {
       const code = status === "Terminated" ? "FailoverTerminated" : status === undefined ? "FailoverLost" : "FailoverFailed";
       const why = status === undefined ? `its orchestration ${f.instanceId} does not exist` : `its orchestration ${f.instanceId} is ${status}`;
       await this.rollback({ instanceId: f.instanceId }, item.id, `the failover was abandoned: ${why}`, code);
+      await this.endJob(f.instanceId, { state: "Failed", error: { code, message: `the failover was abandoned: ${why}` } });
       released.push({ itemId: item.id, instanceId: f.instanceId, status: status ?? "missing" });
     }
     return released;
@@ -534,7 +540,14 @@ export class FailoverSteps {
     const found = await this.deps.items.get(itemId);
     if (!found) throw new NotFound("replicated item", itemId);
     if (found.item.state !== "FailedOver") throw new IllegalState(itemId, found.item.state, "commit a failover (only a FailedOver item can)");
-    await this.deps.points.deleteAllOf(found.item);
+    return this.asJob("commit", itemId, (job) => this.commitAccepted(found.item, job));
+  }
+
+  private async commitAccepted(item: ReplicatedItem, job: StepRecorder): Promise<ReplicatedItem> {
+    const itemId = item.id;
+    await job.step("deleting the recovery points");
+    await this.deps.points.deleteAllOf(item);
+    await job.step("committing the failover");
     const at = this.now().toISOString();
     // ETag-conditional: of two concurrent commits exactly one moves the item; the other sees it committed (409).
     let won = false;
@@ -566,7 +579,13 @@ export class FailoverSteps {
         instanceId: f.instanceId,
       });
     }
+    return this.asJob("test-failover-cleanup", itemId, (job) => this.cleanupAccepted(itemId, f, job));
+  }
+
+  private async cleanupAccepted(itemId: string, f: FailoverRecord, job: StepRecorder): Promise<{ item: ReplicatedItem; removed: string[] }> {
+    await job.step("removing the test VM, its NIC and disks");
     const removed = await this.removeResources(f);
+    await job.step("returning the item to replication");
     const at = this.now().toISOString();
     // ETag-conditional: of two concurrent cleanups exactly one returns the item to replication; the other gets 409.
     let won = false;
@@ -575,6 +594,7 @@ export class FailoverSteps {
       if (i.state !== "TestFailover" || i.failover?.instanceId !== f.instanceId || i.failover.cleanedUpAt) return undefined;
       won = true;
       i.failover = { ...i.failover, resources: { disks: [] }, cleanedUpAt: at };
+      if (i.failover.completedAt) i.lastDrillAt = at;
       i.state = replicationStateOf({ ...i, state: i.failover.previousState }, disks);
       i.updatedAt = at;
       return i;
@@ -583,4 +603,18 @@ export class FailoverSteps {
     if (!won) throw new IllegalState(itemId, item.state, "clean up a test failover (it was cleaned up meanwhile)");
     return { item, removed };
   }
+
+  // ---------------------------------------------------------------------------------------------
+  // Jobs
+
+  private asJob<T>(type: "commit" | "test-failover-cleanup", itemId: string, work: (job: StepRecorder) => Promise<T>): Promise<T> {
+    return this.deps.jobs ? this.deps.jobs.run(type, [itemId], work) : work({ step: async () => {} });
+  }
+
+  /** A failover's job ends with the orchestration (its steps as the orchestration timed them), or when it is found abandoned. */
+  async endJob(instanceId: string, outcome: { state: "Succeeded" | "Failed"; error?: { code: string; message: string }; steps?: JobStep[] }): Promise<number | undefined> {
+    const job = await this.deps.jobs?.end(instanceId, outcome.state, outcome.error, outcome.steps);
+    return job?.durationSeconds ?? undefined;
+  }
 }
+

@@ -86,6 +86,8 @@ export interface ReplicatedItem {
    * this final tag on every disk and ships everything before it; the failover waits for the tag's point.
    */
   sourceShutdown?: { tagId: string; instanceId: string; requestedAt: string };
+  /** The last completed drill: a test failover and its cleanup (the drill reminder counts from it, else from createdAt). */
+  lastDrillAt?: string;
   createdAt: string;
   updatedAt: string;
 }
@@ -110,7 +112,7 @@ export interface FailoverRecord {
   committedAt?: string;
   /** When each step finished for this item (a recovery plan's order shows in it). */
   timeline?: { step: string; at: string }[];
-  /** Test failover: when its VM, NIC and disks were removed. */
+  /** Test failover: when its VM, NIC and disks were removed (a drill counts from then). */
   cleanedUpAt?: string;
   /** Something the operator should know, e.g. `latest` fell back to the latest processed point. */
   note?: string;
@@ -133,6 +135,8 @@ export interface DiskRecord {
   /** Why and from where this disk needs a resync; cleared when the resync's last batch is applied. */
   resync?: DiskResync;
   lastAppliedSeq?: number;
+  /** Payload bytes applied to the replica so far (churn, history and telemetry read it). */
+  appliedBytes?: number;
   /** When the processor last applied a batch (control-plane time). */
   lastAppliedAt?: string;
   /** Source time (ms) of the newest write applied. */

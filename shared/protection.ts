@@ -18,6 +18,8 @@ import {
 import type { Config } from "./settings";
 import type { Storage } from "./storage";
 import { VHD_FOOTER_BYTES, vhdFooter } from "./vhd";
+import type { Jobs } from "./jobs";
+import type { ReplicationHistory } from "./history";
 
 export interface ProtectionDeps {
   config: Config;
@@ -26,6 +28,10 @@ export interface ProtectionDeps {
   items: ItemStore;
   agents: Agents;
   points: RecoveryPoints;
+  /** Enable and disable are recorded as jobs. */
+  jobs?: Jobs;
+  /** Disable removes the item's replication history. */
+  history?: ReplicationHistory;
   now?: () => Date;
 }
 
@@ -113,6 +119,8 @@ export class Protection {
       });
     }
 
+    // The VM is ours: from here on the operation is a job, whatever its outcome.
+    const job = await this.deps.jobs?.start("enable", [itemId], { firstStep: "validating", details: { vm: req.vm.name, targetRegion: req.targetRegion } });
     const undo = new Undo();
     undo.push("release VM claim", () => items.releaseVm(key, itemId));
     if (req.replicationGroup) {
@@ -121,6 +129,7 @@ export class Protection {
         await this.groups.claim(group, itemId, req.vm.region, req.targetRegion);
       } catch (e) {
         await undo.run();
+        await job?.fail(e);
         throw e;
       }
       undo.push(`leave replication group ${group}`, () => this.groups.release(group, itemId));
@@ -148,18 +157,23 @@ export class Protection {
       await items.create(item);
       undo.push("delete item record", () => items.delete(itemId));
 
+      await job?.step("creating target resources");
       item.target = await this.createTargetResources(req, undo);
+      await job?.step("creating replica disks and the cache");
       const disks = await this.createReplicas(itemId, req, undo);
       await this.createCache(itemId, undo);
       await items.putDisks(disks);
       undo.push("delete disk records", () => items.deleteDisks(itemId));
+      await job?.step("issuing the agent's registration token");
       const agentRegistration = await this.issueToken(itemId, undo);
 
       item.state = "InitialReplication";
       item.updatedAt = this.now().toISOString();
       await items.put(item);
+      await job?.succeed();
       return { item, disks, agentRegistration };
     } catch (error) {
+      await job?.fail(error);
       const leftovers = await undo.run();
       if (leftovers.length > 0) {
         // Rollback itself failed: keep the item visible so that a retry or a disable finishes the job.
@@ -281,7 +295,7 @@ export class Protection {
 
   /** Disables replication: removes the cache, the replicas with their snapshots, the records, and unused target resources. */
   async disable(itemId: string): Promise<{ id: string; state: "Disabled"; removed: string[] }> {
-    const { items, storage } = this.deps;
+    const { items } = this.deps;
     // Moving to Disabling is the claim, ETag-conditional: of concurrent DELETEs one proceeds, the others get 409 (404
     // once the item is gone). A disable that stopped half-way (a crash) is resumed by a DELETE once it has been quiet.
     let won = false;
@@ -299,8 +313,16 @@ export class Protection {
       if (item.state !== "Disabling") throw new IllegalState(itemId, item.state, "disable replication");
       throw new Conflict("DisableInProgress", `replicated item '${itemId}' is already being disabled`, { itemId, state: item.state });
     }
-    const removed: string[] = [];
+    const jobs = this.deps.jobs;
+    return jobs ? jobs.run("disable", [itemId], (job) => this.removeAll(item, job)) : this.removeAll(item);
+  }
 
+  /** Everything replication made for the item goes, step by step. */
+  private async removeAll(item: ReplicatedItem, job?: { step(name: string): Promise<void> }): Promise<{ id: string; state: "Disabled"; removed: string[] }> {
+    const { items, storage } = this.deps;
+    const itemId = item.id;
+    const removed: string[] = [];
+    await job?.step("removing the cache and the replicas");
     if (await storage.cacheBlobs.getContainerClient(cacheContainerName(itemId)).deleteIfExists().then((r) => r.succeeded)) {
       removed.push(`cache container ${cacheContainerName(itemId)}`);
     }
@@ -311,8 +333,11 @@ export class Protection {
       await blob.getBlobLeaseClient().breakLease(0).catch(() => undefined);
       if ((await blob.deleteIfExists({ deleteSnapshots: "include" })).succeeded) removed.push(`replica ${b.name}`);
     }
+    await job?.step("removing recovery points and agent credentials");
     await this.deps.agents.forget(itemId);
     await this.deps.points.deleteAllOf(item);
+    await this.deps.history?.deleteAll(itemId);
+    await job?.step("removing unused target resources");
     removed.push(...(await this.deleteUnusedTargetResources(item)));
     await items.deleteDisks(itemId);
     if (item.replicationGroup) await this.groups.release(item.replicationGroup, itemId);

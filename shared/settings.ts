@@ -128,6 +128,14 @@ export const settingsSchema = z.object({
   SWEEP_STALL_SECONDS: intSetting(0, 86400, 30),
   SEAL_SCHEDULE: ncrontab("*/15 * * * * *"),
   RPO_CRITICAL_MINUTES: intSetting(1, 1440, 60),
+  RPO_ALERT_MINUTES: intSetting(1, 1440, 30),
+  DRILL_REMINDER_DAYS: intSetting(1, 3650, 180),
+  AGENT_HEARTBEAT_LOST_MINUTES: intSetting(1, 1440, 10),
+  JOB_RETENTION_DAYS: intSetting(1, 365, 30),
+  HISTORY_SAMPLE_SECONDS: intSetting(5, 3600, 60),
+  ALERT_WEBHOOK_URL: z.preprocess(emptyIsUnset, z.url({ protocol: /^https?$/ }).optional()),
+  ALERT_WEBHOOK_SECRET: z.preprocess(emptyIsUnset, z.string().min(16, "at least 16 characters (it signs every alert)").optional()),
+  METRICS_EXPORTER: z.preprocess(emptyIsUnset, z.enum(["none", "console"]).default("none")),
   FAILOVER_CACHE_TIMEOUT_SECONDS: intSetting(1, 3600, 20),
   FABRIC: z.preprocess(emptyIsUnset, z.enum(["local", "arm"]).default("local")),
   AZURE_SUBSCRIPTION_ID: optionalGuid,
@@ -286,6 +294,16 @@ export interface Config {
   sweep: { schedule: string; stallSeconds: number };
   /** The sealing pass (thinning, pruning, RPO health); points themselves are sealed as tags arrive. */
   recoveryPoints: { sealSchedule: string; rpoCriticalMinutes: number };
+  /** What operators are told: alert thresholds, where alerts go, how long jobs and history are kept. */
+  monitoring: {
+    rpoAlertMinutes: number;
+    drillReminderDays: number;
+    heartbeatLostMinutes: number;
+    jobRetentionDays: number;
+    historySampleSeconds: number;
+    webhook?: { url: string; secret: string };
+    metricsExporter: "none" | "console";
+  };
   /** A failover to `latest` falls back to the latest processed point when the source cache does not answer for this long. */
   failover: { cacheTimeoutSeconds: number };
   fabric: FabricConfig;
@@ -321,6 +339,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!parsed.success) throw new SettingsError(problems);
   const s = parsed.data;
   const fabric = fabricConfig(s, problems);
+  if (s.ALERT_WEBHOOK_URL && !s.ALERT_WEBHOOK_SECRET) {
+    problems.push({ setting: "ALERT_WEBHOOK_SECRET", message: "is required when ALERT_WEBHOOK_URL is set (every alert is signed with it, header x-site-recovery-signature)" });
+  }
   if (problems.length > 0 || !control || !fabric) throw new SettingsError(problems);
   return {
     storage: { control, replica: replica ?? control, cache: cache ?? control },
@@ -330,6 +351,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     sweep: { schedule: s.SWEEP_SCHEDULE, stallSeconds: s.SWEEP_STALL_SECONDS },
     recoveryPoints: { sealSchedule: s.SEAL_SCHEDULE, rpoCriticalMinutes: s.RPO_CRITICAL_MINUTES },
     failover: { cacheTimeoutSeconds: s.FAILOVER_CACHE_TIMEOUT_SECONDS },
+    monitoring: {
+      rpoAlertMinutes: s.RPO_ALERT_MINUTES,
+      drillReminderDays: s.DRILL_REMINDER_DAYS,
+      heartbeatLostMinutes: s.AGENT_HEARTBEAT_LOST_MINUTES,
+      jobRetentionDays: s.JOB_RETENTION_DAYS,
+      historySampleSeconds: s.HISTORY_SAMPLE_SECONDS,
+      ...(s.ALERT_WEBHOOK_URL && s.ALERT_WEBHOOK_SECRET ? { webhook: { url: s.ALERT_WEBHOOK_URL, secret: s.ALERT_WEBHOOK_SECRET } } : {}),
+      metricsExporter: s.METRICS_EXPORTER,
+    },
     fabric,
   };
 }

@@ -21,6 +21,9 @@ export const TABLES = {
   tagArrivals: "TagArrivals",
   replicationGroups: "ReplicationGroups",
   recoveryPlans: "RecoveryPlans",
+  jobs: "Jobs",
+  alerts: "Alerts",
+  history: "ReplicationHistory",
 } as const;
 export type TableName = (typeof TABLES)[keyof typeof TABLES];
 

@@ -90,8 +90,10 @@ describe("protecting a VM", () => {
       assert.equal(await fabric.get(id), undefined, `${id} removed`);
     }
     const after = (await stack.snapshot()).filter((l) => !/ table FabricResources .*prod-vnet"/.test(l) && !/ (container|queue) /.test(l));
-    // Nothing of the item remains: no blob, no row (the discovered source network is not the item's).
-    assert.deepEqual(after.filter((l) => l.includes(item.id)), []);
+    // Nothing of the item remains but the record of its jobs: no blob, no row (the discovered source network is not the item's).
+    assert.deepEqual(after.filter((l) => l.includes(item.id) && !/ table Jobs /.test(l)), []);
+    const jobs = (await stack.api("GET", `jobs?itemId=${item.id}`)).body;
+    assert.deepEqual(jobs.map((j: { type: string; state: string }) => `${j.type} ${j.state}`), ["disable Succeeded", "enable Succeeded"]);
     assert.deepEqual(after.filter((l) => / blob /.test(l)), before.filter((l) => / blob /.test(l)));
     assert.deepEqual(after.filter((l) => / table (ReplicatedItems|Disks|AgentRegistrations) /.test(l)), []);
   });
@@ -253,8 +255,12 @@ describe("an enable that fails half-way (fabric fault injected, not a mock of st
     const res = await stack.api("POST", "replicated-items", enableBody("half-1"));
     assert.equal(res.status, 500);
     assert.equal(res.body.error.code, "InternalError");
-    const after = (await stack.snapshot()).filter((l) => !/ (container|queue) /.test(l) && !/ table FabricResources .*prod-vnet"/.test(l));
+    // The one thing left is the record of what happened: a Failed enable job.
+    const after = (await stack.snapshot()).filter((l) => !/ (container|queue) /.test(l) && !/ table FabricResources .*prod-vnet"/.test(l) && !/ table Jobs /.test(l));
     assert.deepEqual(after, before.filter((l) => !/ table FabricResources .*prod-vnet"/.test(l)), "rolled back");
+    const [job] = (await stack.api("GET", "jobs?type=enable")).body;
+    assert.equal(job.state, "Failed");
+    assert.match(job.error.message, /availability set quota exceeded/);
     assert.deepEqual((await stack.api("GET", "replicated-items")).body, []);
 
     failAvailabilitySet = false;

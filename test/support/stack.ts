@@ -48,8 +48,10 @@ export async function startTestStack(opts: TestStackOptions = {}): Promise<TestS
   const config = loadConfig(env);
   const clock = { offsetMs: 0 };
   const now = () => new Date(Date.now() + clock.offsetMs);
-  const base = createServices(config, { now });
-  const services = opts.fabric ? createServices(config, { now, fabric: opts.fabric(base.fabric) }) : base;
+  // Alert webhooks retry quickly in tests (the backoff is a setting of the pass, not what a test proves).
+  const overrides = { now, alertRetry: { attempts: 4, baseDelayMs: 20 }, log: opts.log ?? (() => {}) };
+  const base = createServices(config, overrides);
+  const services = opts.fabric ? createServices(config, { ...overrides, fabric: opts.fabric(base.fabric) }) : base;
   const table = functionTable(() => services, timerSchedules(env)).filter((f) => opts.queues !== false || f.kind !== "queue");
   const host = new LocalFunctionsHost(table, {
     port: 0,
