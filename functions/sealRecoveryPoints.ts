@@ -10,7 +10,7 @@ export const sealRecoveryPoints = (services: () => Services, schedule: string): 
   schedule,
   handler: async (_timer, context) => {
     const s = services();
-    const report = await seal({ items: s.items, points: s.points, rpoCriticalMinutes: s.config.recoveryPoints.rpoCriticalMinutes });
+    const report = await seal({ items: s.items, points: s.points, rpoCriticalMinutes: s.config.recoveryPoints.rpoCriticalMinutes, now: s.now });
     if (report.pruned || report.expiredArrivals) context.log(`pruned ${report.pruned} recovery point(s), expired ${report.expiredArrivals} tag arrival(s)`);
     // After the sealing, so that the health it judged is what the alerts see.
     const m = await s.monitoring.pass();
