@@ -1,9 +1,20 @@
 // The `site-recovery` command: runs the local stack and talks to the HTTP API of a local or deployed app.
 import { readFile } from "node:fs/promises";
-import { Command, InvalidArgumentError, Option } from "commander";
+import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { ApiCallError, ApiClient } from "./client";
 import { agentCommand } from "./agent";
-import { followFailover } from "./follow-failover";
+import { followFailover, type FailoverStatusBody } from "./follow-failover";
+import { formatDuration, formatTable, Style, useColour } from "./format";
+import { operatorCommands } from "./operators";
+
+export { formatTable } from "./format";
+
+/**
+ * Exit codes scripts can rely on: 0 done; 1 the service refused the request or the operation failed (a failover that
+ * ended Failed); 2 the command line is wrong; 3 the service cannot be reached or its storage is unavailable (try
+ * again); 4 what was named does not exist (404).
+ */
+export const EXIT = { ok: 0, failed: 1, usage: 2, unavailable: 3, notFound: 4 } as const;
 
 const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
 
@@ -36,12 +47,6 @@ function client(cmd: Command): ApiClient {
 
 const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
 
-/** Columns padded to their widest cell, like kubectl and az table output. */
-export function formatTable(header: string[], rows: string[][]): string {
-  const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => (r[c] ?? "").length)));
-  return [header, ...rows].map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join("  ").trimEnd()).join("\n");
-}
-
 export function buildProgram(): Command {
   const program = new Command("site-recovery")
     .description("Disaster recovery for Azure VMs: replicate to another region, fail over from any recovery point.")
@@ -72,6 +77,7 @@ export function buildProgram(): Command {
     .option("--disk <id=size>", "a disk, OS disk first (repeat): os=1GiB data0=4GiB", parseDiskOption)
     .option("--target-region <region>", "target region, e.g. westus")
     .option("--group <name>", "replication group (multi-VM consistency)")
+    .option("--json", "print JSON (what this command prints anyway: the API's answer)")
     .action(async (o: Record<string, string | undefined> & { disk?: { id: string; sizeBytes: number }[] }, cmd: Command) => {
       const body = o.file
         ? (JSON.parse(await readFile(o.file, "utf8")) as unknown)
@@ -91,29 +97,13 @@ export function buildProgram(): Command {
       print(await client(cmd).call("POST", "replicated-items", body));
     });
 
-  program
-    .command("status")
-    .description("list protected VMs, or show one in full")
-    .argument("[itemId]", "a replicated item")
-    .option("--json", "print JSON")
-    .action(async (itemId: string | undefined, o: { json?: boolean }, cmd: Command) => {
-      const api = client(cmd);
-      if (itemId) return print(await api.call("GET", `replicated-items/${encodeURIComponent(itemId)}`));
-      const items = await api.call<{ id: string; state: string; health: { status: string }; vm: { name: string; region: string }; targetRegion: string; disks: unknown[]; rpoSeconds: number | null }[]>("GET", "replicated-items");
-      if (o.json) return print(items);
-      if (items.length === 0) return console.log("No protected VMs. Protect one with: site-recovery enable --help");
-      console.log(
-        formatTable(
-          ["ITEM", "VM", "ROUTE", "STATE", "HEALTH", "DISKS", "RPO"],
-          items.map((i) => [i.id, i.vm.name, `${i.vm.region} → ${i.targetRegion}`, i.state, i.health.status, String(i.disks.length), i.rpoSeconds === null ? "-" : `${i.rpoSeconds}s`]),
-        ),
-      );
-    });
+  operatorCommands(program, client);
 
   program
     .command("disable")
     .description("stop protecting a VM and remove its replicas, cache and unused target resources")
     .argument("<itemId>", "a replicated item")
+    .option("--json", "print JSON (what this command prints anyway: the API's answer)")
     .action(async (itemId: string, _o: unknown, cmd: Command) => {
       print(await client(cmd).call("DELETE", `replicated-items/${encodeURIComponent(itemId)}`));
     });
@@ -128,7 +118,8 @@ export function buildProgram(): Command {
     .option("--point <choice>", "latest | latest-processed | latest-app-consistent | <recovery point id> (default: latest for planned, else latest-processed)")
     .option("--test-network <vnet>", "test failover: the isolated vnet in the target resource group")
     .option("--no-wait", "print the check-status payload and return")
-    .action(async (itemIds: string[], o: { group?: string; plan?: string; type: string; point?: string; testNetwork?: string; wait: boolean }, cmd: Command) => {
+    .option("--json", "no live lines: print the final status (runtimeStatus, customStatus, output) as JSON")
+    .action(async (itemIds: string[], o: { group?: string; plan?: string; type: string; point?: string; testNetwork?: string; wait: boolean; json?: boolean }, cmd: Command) => {
       const api = client(cmd);
       const body = {
         ...(itemIds.length ? { itemIds } : {}),
@@ -140,18 +131,43 @@ export function buildProgram(): Command {
       };
       const started = await api.call<{ id: string }>("POST", "failovers", body);
       if (!o.wait) return print(started);
-      console.log(`failover ${started.id} started`);
-      const st = await followFailover(api, started.id, (line) => console.log(`  ${line}`));
-      if (st.runtimeStatus !== "Completed" || !st.output || typeof st.output === "string") {
-        console.error(`failover ${st.runtimeStatus}: ${st.customStatus?.error ?? JSON.stringify(st.output)}`);
-        process.exitCode = 1;
+      if (o.json) {
+        const done = await followFailover(api, started.id, () => undefined, { pollMs: 250 });
+        print(done);
+        if (done.runtimeStatus !== "Completed") process.exitCode = EXIT.failed;
         return;
       }
-      const out = st.output;
+      const st = new Style(useColour());
+      console.log(`failover ${started.id} started (${o.type})`);
+      const st0 = Date.now();
+      const shown = new Map<string, string>();
+      const stamp = () => st.paint(`+${((Date.now() - st0) / 1000).toFixed(1).padStart(5)}s`, "grey");
+      // One line each time the failover's step or a VM's step changes.
+      const onStatus = (_line: string, s: FailoverStatusBody) => {
+        const c = s.customStatus;
+        const overall = c ? `${c.stage ? `[group ${c.stage.index}/${c.stage.count}] ` : ""}${c.step}` : s.runtimeStatus;
+        if (shown.get("") !== overall) {
+          shown.set("", overall);
+          console.log(`  ${stamp()}  ${st.paint("failover", "bold")}  ${st.status(overall)}`);
+        }
+        for (const v of Object.values(c?.vms ?? {})) {
+          const text = `${v.step}${v.disks ? ` (${v.disks})` : ""}${v.privateIp ? ` ip ${v.privateIp}` : ""}`;
+          if (shown.get(v.vm) === text) continue;
+          shown.set(v.vm, text);
+          console.log(`  ${stamp()}  ${v.vm.padEnd(8)}  ${st.status(text)}`);
+        }
+      };
+      const done = await followFailover(api, started.id, onStatus, { pollMs: 250 });
+      if (done.runtimeStatus !== "Completed" || !done.output || typeof done.output === "string") {
+        console.error(`failover ${done.runtimeStatus}: ${done.customStatus?.error ?? JSON.stringify(done.output)}`);
+        process.exitCode = EXIT.failed;
+        return;
+      }
+      const out = done.output;
       console.log(
         formatTable(
           ["VM", "RUNS AS", "IP", "POWER", "RECOVERY POINT", "KIND", "POINT TIME", "DATA LOSS"],
-          out.vms.map((v) => [v.vm, v.targetVm.name, v.targetVm.privateIp, v.targetVm.powerState, v.recoveryPoint.id, v.recoveryPoint.kind, v.recoveryPoint.time, `${v.dataLossWindowSeconds}s`]),
+          out.vms.map((v) => [v.vm, v.targetVm.name, v.targetVm.privateIp, st.status(v.targetVm.powerState), v.recoveryPoint.id, v.recoveryPoint.kind, v.recoveryPoint.time, formatDuration(v.dataLossWindowSeconds)]),
         ),
       );
       for (const v of out.vms) if (v.note) console.log(`note (${v.vm}): ${v.note}`);
@@ -162,6 +178,7 @@ export function buildProgram(): Command {
     .command("commit")
     .description("make a failover final: the item's recovery points are deleted")
     .argument("<itemId>", "a failed-over item")
+    .option("--json", "print JSON (what this command prints anyway: the API's answer)")
     .action(async (itemId: string, _o: unknown, cmd: Command) => {
       print(await client(cmd).call("POST", `replicated-items/${encodeURIComponent(itemId)}/commit`));
     });
@@ -170,6 +187,7 @@ export function buildProgram(): Command {
     .command("test-failover-cleanup")
     .description("remove a test failover's VM, NIC and disks; the item stays protected")
     .argument("<itemId>", "an item in test failover")
+    .option("--json", "print JSON (what this command prints anyway: the API's answer)")
     .action(async (itemId: string, _o: unknown, cmd: Command) => {
       print(await client(cmd).call("POST", `replicated-items/${encodeURIComponent(itemId)}/test-failover-cleanup`));
     });
@@ -207,13 +225,21 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv = process.argv): Promise<void> {
+  const program = buildProgram();
+  // Usage errors exit 2 (commander's own default is 1, the code of a refused request).
+  program.exitOverride();
+  for (const c of program.commands) c.exitOverride();
   try {
-    await buildProgram().parseAsync(argv);
+    await program.parseAsync(argv);
   } catch (e) {
+    if (e instanceof CommanderError) {
+      process.exitCode = e.exitCode === 0 ? EXIT.ok : EXIT.usage;
+      return;
+    }
     if (e instanceof ApiCallError) {
-      console.error(`error ${e.status} ${e.code}: ${e.message}`);
+      console.error(`error ${e.status || ""} ${e.code}: ${e.message}`.replace("  ", " "));
       if (e.details !== undefined) console.error(JSON.stringify(e.details, null, 2));
-      process.exitCode = 1;
+      process.exitCode = e.status === 0 || e.status === 503 ? EXIT.unavailable : e.status === 404 ? EXIT.notFound : EXIT.failed;
       return;
     }
     throw e;
