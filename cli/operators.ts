@@ -235,6 +235,29 @@ export function operatorCommands(program: Command, client: (cmd: Command) => Api
     });
 
   program
+    .command("metrics")
+    .description("the app's OpenTelemetry metrics as they stand: RPO, lag, backlog, applied bytes per item, failover duration")
+    .option("--json", "as JSON: name, attributes, value, unit")
+    .action(async (o: { json?: boolean }, cmd: Command) => {
+      const text = await client(cmd).text("GET", "metrics");
+      if (!o.json) {
+        process.stdout.write(text);
+        return;
+      }
+      print(
+        text
+          .split("\n")
+          .filter(Boolean)
+          .map((l) => {
+            const m = /^([^{]+)\{(.*)\} (.+?)(?: (\S+))?$/.exec(l);
+            if (!m) return { line: l };
+            const attributes = Object.fromEntries([...m[2]!.matchAll(/([\w.]+)="([^"]*)"/g)].map((a) => [a[1], a[2]]));
+            return { name: m[1], attributes, value: /^-?[\d.]+$/.test(m[3]!) ? Number(m[3]) : m[3], unit: m[4] ?? "" };
+          }),
+      );
+    });
+
+  program
     .command("recovery-points")
     .description("an item's recovery points, newest first")
     .argument("<itemId>", "a replicated item")

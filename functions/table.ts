@@ -27,6 +27,7 @@ import { listJobs } from "./listJobs";
 import { listAlerts } from "./listAlerts";
 import { getItemHistory } from "./getItemHistory";
 import { dashboard, dashboardAsset } from "./dashboard";
+import { getMetrics } from "./getMetrics";
 import { timerSchedules, type TimerSchedules } from "../shared/settings";
 
 /** `schedules` default to process.env's (the Functions host's app settings); the local host passes its own env's. */
@@ -41,6 +42,7 @@ export function functionTable(services: () => Services, schedules: TimerSchedule
     getItemHistory(services),
     listJobs(services),
     listAlerts(services),
+    getMetrics(services),
     dashboard(services),
     dashboardAsset(services),
     registerAgent(services),

@@ -197,6 +197,10 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
     const backlog = history.samples.slice(-4).map((s: { backlogBytes: number }) => s.backlogBytes);
     assert.deepEqual(backlog, [3, 6, 9, 12].map((n) => n * 64 * 1024), "one sample per pass, the backlog growing");
     assert.ok(history.samples.slice(-3).every((s: { churnBytesPerSecond: number }) => s.churnBytesPerSecond > 0), "churn measured");
+    // The same figures as OpenTelemetry gauges, printable over GET /api/metrics.
+    const metrics = await fetch(`${stack.url}/api/metrics`).then((r) => r.text());
+    assert.match(metrics, new RegExp(`^site_recovery\\.replication\\.backlog\\{item\\.id="${id}",vm\\.name="al-churn",replication\\.group=""\\} ${12 * 64 * 1024} By$`, "m"));
+    assert.match(metrics, new RegExp(`^site_recovery\\.replication\\.lag\\{item\\.id="${id}",`, "m"));
     await raisedOnceThenCleared(
       id,
       "ChurnBeyondCapacity",

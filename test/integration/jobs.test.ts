@@ -104,6 +104,10 @@ describe("jobs", () => {
       unplanned!.steps.map((s) => s.name),
       ["validating", "choosing recovery points", "copying disks", "creating network interfaces", "creating VMs", "starting VMs"],
     );
+    // The failover durations are telemetry too (OpenTelemetry histogram), printable over GET /api/metrics.
+    const metrics = await fetch(`${stack.url}/api/metrics`).then((r) => r.text());
+    assert.match(metrics, /^site_recovery\.failover\.duration\{failover\.type="test",failover\.outcome="Succeeded"\} count=1 sum=[\d.]+ s$/m);
+    assert.match(metrics, /^site_recovery\.failover\.duration\{failover\.type="unplanned",failover\.outcome="Succeeded"\} count=1 /m);
     assert.deepEqual(
       enabled!.steps.map((s) => s.name),
       ["validating", "creating target resources", "creating replica disks and the cache", "issuing the agent's registration token"],
