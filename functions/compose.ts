@@ -58,6 +58,7 @@ export function createServices(config: Config, overrides: ServiceOverrides = {})
     storage,
     ...(config.monitoring.webhook ? { webhook: config.monitoring.webhook } : {}),
     ...(overrides.alertRetry ? { retry: overrides.alertRetry } : {}),
+    retentionDays: config.monitoring.jobRetentionDays,
     log,
     ...clock,
   });

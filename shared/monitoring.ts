@@ -38,7 +38,8 @@ export interface MonitoringReport {
   prunedJobs: number;
 }
 
-const minutes = (ms: number) => Math.round(ms / 60_000);
+/** `95 s` under two minutes, else `12 min`: a threshold of 1 min is not "exceeded at 1 min". */
+const minutes = (ms: number) => (ms < 120_000 ? `${Math.round(ms / 1000)} s` : `${Math.round(ms / 60_000)} min`);
 
 export class Monitoring {
   private readonly now: () => Date;
@@ -116,7 +117,7 @@ export class Monitoring {
 
     const threshold = item.policy.rpoAlertMinutes ?? m.rpoAlertMinutes;
     if (PROTECTED.has(item.state) && rpoSeconds !== null && rpoSeconds > threshold * 60) {
-      add("RpoThresholdExceeded", `RPO is ${minutes(rpoSeconds * 1000)} min, above the ${threshold} min threshold`);
+      add("RpoThresholdExceeded", `RPO is ${minutes(rpoSeconds * 1000)}, above the ${threshold} min threshold`);
     }
     const noCrash = issue("NoRecentRecoveryPoint");
     if (noCrash) add("NoCrashConsistentPoint", `${noCrash.message} (more than ${this.deps.config.recoveryPoints.rpoCriticalMinutes} min; ASR 153007)`);
@@ -131,7 +132,7 @@ export class Monitoring {
       const beat = status.agent?.time ?? item.agent.registeredAt;
       const silentMs = now.getTime() - Date.parse(beat);
       if (silentMs > m.heartbeatLostMinutes * 60_000) {
-        add("AgentHeartbeatLost", `no heartbeat from the agent for ${minutes(silentMs)} min (last ${status.agent ? status.agent.time : "never; registered " + item.agent.registeredAt})`);
+        add("AgentHeartbeatLost", `no heartbeat from the agent for ${minutes(silentMs)} (last ${status.agent ? status.agent.time : "never; registered " + item.agent.registeredAt})`);
       }
     }
 
