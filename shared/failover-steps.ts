@@ -116,6 +116,8 @@ export class FailoverSteps {
   async verify(input: FailoverInput): Promise<{ itemId: string; vm: string }[]> {
     const out = [];
     for (const id of input.stages.flat()) out.push({ itemId: id, vm: (await this.owned(id, input.instanceId)).vm.name });
+    // The orchestration runs: the record it replaced is not needed any more.
+    for (const id of input.stages.flat()) await this.record(id, input.instanceId, (f) => void delete f.displaced);
     return out;
   }
 
