@@ -1,4 +1,4 @@
-// Defects a hostile probe of the local stack found (issue 10): each test failed before its fix.
+// Defects a hostile probe of the local stack found: each test failed before its fix.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { startTestStack, type TestStack } from "../support/stack";
