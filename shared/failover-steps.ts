@@ -11,6 +11,12 @@ import { snapshotAtTag, vmPartition, type RecoveryPoint, type RecoveryPoints } f
 import type { Config } from "./settings";
 import { FAILOVER_CONTAINER, type Storage } from "./storage";
 
+/**
+ * How long a drain for `latest` may apply before it gives up with its own error. It must end well inside the
+ * activity's `functionTimeout` (host.json: 10 min), or the host kills the activity before the deadline says why.
+ */
+export const DRAIN_DEADLINE_MS = 8 * 60_000;
+
 export interface FailoverStepsDeps {
   config: Config;
   storage: Storage;
@@ -158,7 +164,7 @@ export class FailoverSteps {
     if ((await this.deps.points.listPartition(vmPartition(itemId))).some((p) => p.id === pointId)) return { pointId };
     const disks = await this.deps.items.listDisks(itemId);
     const cache = this.deps.storage.cacheBlobs.getContainerClient(cacheContainerName(itemId));
-    const deadline = Date.now() + (this.deps.drainTimeoutMs ?? 600_000);
+    const deadline = Date.now() + (this.deps.drainTimeoutMs ?? DRAIN_DEADLINE_MS);
     for (const disk of disks) {
       const reached = await this.drainDisk(item, disk.id, cache, deadline);
       if (reached === "unreachable") {
