@@ -19,6 +19,10 @@ import { TrackedDisk } from "./tracked-disk";
 import { GroupLink } from "./group-link";
 import type { GroupTagOutcome } from "./group";
 import { APP_CONSISTENCY_FAILED, appConsistentTag, DEFAULT_FREEZE_TIMEOUT_MS, MAX_FREEZE_TIMEOUT_MS } from "./app-consistency";
+import { TrackedDiskExport } from "./nbd/disk-export";
+import { holdExclusively } from "./nbd/exclusive";
+import { NbdServer, type NbdAddress } from "./nbd/server";
+import { refuseStateDirOnExports } from "./nbd/state-dir-guard";
 
 /** What a write started during a planned failover's shutdown is rejected with (the disk id follows). */
 export const SHUTDOWN_REFUSAL = "the VM is shutting down for a planned failover: writes are refused";
@@ -83,6 +87,12 @@ export interface AgentOptions {
   freezeTimeoutMs?: number;
   /** Overrides the policy's app-consistent frequency (tests); 0 = no app tags. */
   appTagIntervalMs?: number;
+  /**
+   * Serve every disk as an NBD export named after its id (every disk must then be tracked): on a Unix socket (mode 0600)
+   * and optionally TCP (port 0: ephemeral). While serving, the agent holds each image or device exclusively and refuses
+   * a state directory on a disk it exports.
+   */
+  nbd?: { socketPath: string; tcp?: { host: string; port: number }; maxPayloadBytes?: number };
   log?: (line: string) => void;
 }
 
@@ -107,6 +117,9 @@ export class Agent {
   private closed = false;
   private lastCheckin: { at: string; ok: boolean } | undefined;
   private checkinsInFlight: Promise<void> | undefined;
+  private nbd: NbdServer | undefined;
+  /** Releases the exclusive hold on the exported images and devices. */
+  private releaseExports: () => void = () => {};
 
   private constructor(
     private state: AgentState,
@@ -129,7 +142,18 @@ export class Agent {
     const paths = statePaths(stateDir);
     await mkdir(stateDir, { recursive: true });
     const unlock = lockStateDir(paths.lock);
+    let releaseExports = () => {};
+    /** Set once an Agent owns the locks: its stop() releases them. */
+    let owner: Agent | undefined;
     try {
+      if (opts.nbd) {
+        const notTracked = opts.disks.filter((d) => d.kind !== "tracked").map((d) => d.id);
+        if (notTracked.length > 0) throw new Error(`NBD serves tracked disks only; disk(s) ${notTracked.join(", ")} are scanned`);
+        // Before anything is registered or opened: refused here, nothing is left behind.
+        const exported = opts.disks.map((d) => ({ diskId: d.id, path: resolve(d.path) }));
+        refuseStateDirOnExports(stateDir, exported);
+        releaseExports = holdExclusively(exported);
+      }
       const control = new ControlPlane(opts.url, opts.functionKey);
       const state = await Agent.registration(opts, stateDir, control, log);
       const tuning: DiskTuning = {
@@ -145,6 +169,8 @@ export class Agent {
         { containerUrl: state.cache.containerUrl, queueUrl: state.queue.url },
       );
       agent = new Agent(state, { ...opts, stateDir }, control, spool, shipper, health, unlock, log);
+      agent.releaseExports = releaseExports;
+      owner = agent;
       try {
         await agent.openDisks(tuning);
       } catch (e) {
@@ -176,9 +202,27 @@ export class Agent {
       agent.loops.push(agent.checkinLoop(), agent.heartbeatLoop(), agent.tagLoop());
       agent.loops.push(agent.appTagLoop(), agent.shutdownLoop());
       for (const d of agent.disks.values()) d.start();
+      if (opts.nbd) {
+        try {
+          agent.nbd = await NbdServer.start({
+            socketPath: resolve(opts.nbd.socketPath),
+            ...(opts.nbd.tcp ? { tcp: opts.nbd.tcp } : {}),
+            ...(opts.nbd.maxPayloadBytes ? { maxPayloadBytes: opts.nbd.maxPayloadBytes } : {}),
+            exports: agent.trackedDisks()!.map((d) => new TrackedDiskExport(d)),
+            log,
+          });
+        } catch (e) {
+          // stop() unlocks and releases; the caller sees why the server did not start.
+          await agent.stop().catch(() => undefined);
+          throw e;
+        }
+      }
       return agent;
     } catch (e) {
-      unlock();
+      if (!owner?.closed) {
+        releaseExports();
+        unlock();
+      }
       throw e;
     }
   }
@@ -255,6 +299,11 @@ export class Agent {
     const d = this.disks.get(id);
     if (!d) throw new Error(`the agent does not replicate a disk '${id}' (it has ${this.diskIds().join(", ")})`);
     return d;
+  }
+
+  /** Where the NBD server listens (with `nbd`), e.g. for `qemu-io -f raw 'nbd+unix:///os?socket=<socketPath>'`. */
+  get nbdAddress(): NbdAddress | undefined {
+    return this.nbd?.address;
   }
 
   /** The write API of a tracked disk: `await agent.trackedDisk("os").write(offset, bytes)`. */
@@ -628,6 +677,8 @@ export class Agent {
   async stop(graceMs = 5000): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // First: no client writes once the disks start closing; what clients sent is finished and answered.
+    await this.nbd?.close();
     this.control.abort();
     this.checkinSignal.notify();
     this.heartbeatSignal.notify();
@@ -640,6 +691,7 @@ export class Agent {
     await Promise.race([this.writeHeartbeat(), new Promise((r) => setTimeout(r, 1000).unref?.())]);
     await this.shipper.stop(graceMs);
     await Promise.all(this.loops);
+    this.releaseExports();
     this.unlock();
   }
 }
