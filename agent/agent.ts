@@ -677,6 +677,17 @@ export class Agent {
   async stop(graceMs = 5000): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // The loops wait on unref'd timers (the agent does not hold its process open by itself); while stopping, it does:
+    // a CLI agent would otherwise exit half-way (e.g. with the heartbeat loop in its 250 ms pause), locks left behind.
+    const keepAlive = setInterval(() => {}, 60_000);
+    try {
+      await this.stopSteps(graceMs);
+    } finally {
+      clearInterval(keepAlive);
+    }
+  }
+
+  private async stopSteps(graceMs: number): Promise<void> {
     // First: no client writes once the disks start closing; what clients sent is finished and answered.
     await this.nbd?.close();
     this.control.abort();
