@@ -40,7 +40,8 @@ const tcpAddress = (v: string) => {
 
 /** How a user reaches the exports: where the server listens and a client line per kind of client. */
 export function nbdHowTo(exports: string[], at: { socketPath: string; tcp?: { host: string; port: number } }): string[] {
-  const first = exports[0] ?? "<disk>";
+  // The first disk is the OS disk (enable's order), which stays scanned on a real VM: the example names a data disk.
+  const first = exports[1] ?? exports[0] ?? "<disk>";
   const tcpHost = at.tcp && at.tcp.host.includes(":") ? `[${at.tcp.host}]` : at.tcp?.host;
   return [
     `serving NBD exports ${exports.join(", ")} on ${at.socketPath}${at.tcp ? ` and tcp ${tcpHost}:${at.tcp.port}` : ""}`,

@@ -116,8 +116,8 @@ describe("the CLI agent with --nbd", () => {
   }
 
   test("prints where it serves with copyable client lines, on a 0600 socket", () => {
-    assert.match(output, new RegExp(`qemu-io -f raw 'nbd\\+unix:///os\\?socket=${sock}'`));
-    assert.match(output, new RegExp(`nbd-client -unix ${sock} -N os /dev/nbd0`));
+    assert.match(output, new RegExp(`qemu-io -f raw 'nbd\\+unix:///data0\\?socket=${sock}'`));
+    assert.match(output, new RegExp(`nbd-client -unix ${sock} -N data0 /dev/nbd0`));
     assert.doesNotMatch(output, /--pre-freeze acts on app-consistent tags, which need tracked disks/);
     assert.equal(statSync(sock).mode & 0o777, 0o600);
   });
@@ -167,8 +167,8 @@ describe("the CLI agent with --nbd", () => {
     child.kill("SIGTERM");
     const [code] = await exited;
     assert.equal(code, 0, output);
-    assert.equal(existsSync(sock), false);
-    assert.equal(existsSync(join(dir, ".os.img.site-recovery.lock")), false);
+    assert.equal(existsSync(sock), false, output);
+    assert.equal(existsSync(join(dir, ".os.img.site-recovery.lock")), false, output);
     assert.match(output, /stopped; \d+ batch\(es\) left in the spool/);
   });
 });
