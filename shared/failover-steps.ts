@@ -14,6 +14,12 @@ import type { Jobs, JobStep } from "./jobs";
 
 type StepRecorder = { step(name: string): Promise<void> };
 
+/**
+ * How long a drain for `latest` may apply before it gives up with its own error. It must end well inside the
+ * activity's `functionTimeout` (host.json: 10 min), or the host kills the activity before the deadline says why.
+ */
+export const DRAIN_DEADLINE_MS = 8 * 60_000;
+
 export interface FailoverStepsDeps {
   config: Config;
   storage: Storage;
@@ -121,6 +127,8 @@ export class FailoverSteps {
   async verify(input: FailoverInput): Promise<{ itemId: string; vm: string }[]> {
     const out = [];
     for (const id of input.stages.flat()) out.push({ itemId: id, vm: (await this.owned(id, input.instanceId)).vm.name });
+    // The orchestration runs: the record it replaced is not needed any more.
+    for (const id of input.stages.flat()) await this.record(id, input.instanceId, (f) => void delete f.displaced);
     return out;
   }
 
@@ -161,7 +169,7 @@ export class FailoverSteps {
     if ((await this.deps.points.listPartition(vmPartition(itemId))).some((p) => p.id === pointId)) return { pointId };
     const disks = await this.deps.items.listDisks(itemId);
     const cache = this.deps.storage.cacheBlobs.getContainerClient(cacheContainerName(itemId));
-    const deadline = Date.now() + (this.deps.drainTimeoutMs ?? 600_000);
+    const deadline = Date.now() + (this.deps.drainTimeoutMs ?? DRAIN_DEADLINE_MS);
     for (const disk of disks) {
       const reached = await this.drainDisk(item, disk.id, cache, deadline);
       if (reached === "unreachable") {
