@@ -4,6 +4,7 @@ import type { DurableClientHttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { errorResponse, readJson } from "./http";
 import { FAILOVER_ORCHESTRATION } from "./failover";
+import type { JobHandle } from "../shared/jobs";
 
 export const startFailover = (services: () => Services): DurableClientHttpFunctionSpec => ({
   kind: "http",
@@ -19,16 +20,17 @@ export const startFailover = (services: () => Services): DurableClientHttpFuncti
       const instanceId = randomUUID();
       const input = await s.planning.accept(body, instanceId);
       // Accepted (the items are locked): a job from here on, named after the orchestration, ended by it.
-      const job = await s.jobs.start("failover", input.stages.flat(), {
-        id: instanceId,
-        firstStep: "validating",
-        details: { failoverType: input.type, recoveryPoint: input.recoveryPoint },
-      });
+      let job: JobHandle | undefined;
       try {
+        job = await s.jobs.start("failover", input.stages.flat(), {
+          id: instanceId,
+          firstStep: "validating",
+          details: { failoverType: input.type, recoveryPoint: input.recoveryPoint },
+        });
         await client.startNew(FAILOVER_ORCHESTRATION, { instanceId, input });
       } catch (e) {
         await s.planning.unlock(input.stages.flat(), instanceId);
-        await job.fail(e);
+        await job?.fail(e);
         throw e;
       }
       context.log(`failover ${instanceId} started: ${input.type}, ${input.recoveryPoint}, items ${input.stages.map((g) => g.join(",")).join(" → ")}`);

@@ -18,7 +18,7 @@ import {
 import type { Config } from "./settings";
 import type { Storage } from "./storage";
 import { VHD_FOOTER_BYTES, vhdFooter } from "./vhd";
-import type { Jobs } from "./jobs";
+import type { JobHandle, Jobs } from "./jobs";
 import type { ReplicationHistory } from "./history";
 
 export interface ProtectionDeps {
@@ -119,8 +119,6 @@ export class Protection {
       });
     }
 
-    // The VM is ours: from here on the operation is a job, whatever its outcome.
-    const job = await this.deps.jobs?.start("enable", [itemId], { firstStep: "validating", details: { vm: req.vm.name, targetRegion: req.targetRegion } });
     const undo = new Undo();
     undo.push("release VM claim", () => items.releaseVm(key, itemId));
     if (req.replicationGroup) {
@@ -129,10 +127,17 @@ export class Protection {
         await this.groups.claim(group, itemId, req.vm.region, req.targetRegion);
       } catch (e) {
         await undo.run();
-        await job?.fail(e);
         throw e;
       }
       undo.push(`leave replication group ${group}`, () => this.groups.release(group, itemId));
+    }
+    // The VM (and its place in the group) is ours: from here on the operation is a job, whatever its outcome.
+    let job: JobHandle | undefined;
+    try {
+      job = await this.deps.jobs?.start("enable", [itemId], { firstStep: "validating", details: { vm: req.vm.name, targetRegion: req.targetRegion } });
+    } catch (e) {
+      await undo.run();
+      throw e;
     }
     const at = this.now().toISOString();
     const item: ReplicatedItem = {

@@ -163,7 +163,9 @@ describe("failover of one VM: test, unplanned, each recovery-point choice", () =
     try {
       // Asynchronously: the host serving it runs in this process.
       const cli = await run(["failover", vm.itemId, "--type", "test", "--point", "latest"]);
-      assert.match(cli.stdout, /completed\s+fo-solo: running/, "the progress ends with the VM running");
+      // One line per step and per VM as they change: the failover's last is `completed`, the VM's `running`.
+      assert.match(cli.stdout, /\+\s*[\d.]+s\s+failover\s+completed\n/, "the progress ends with the failover completed");
+      assert.match(cli.stdout, /\+\s*[\d.]+s\s+fo-solo\s+running \(2\/2 copied\)/, "and the VM running");
       assert.match(cli.stdout, /fo-solo-test\s+10\.2\.0\.254\s+running\s+latest-/);
       assert.match(cli.stdout, /RTO \d+\.\d s/);
       const f = (await item(stack, vm.itemId)).failover;
