@@ -7,6 +7,7 @@ import { RecoveryPoints } from "../shared/recovery-points";
 import { RecoveryPlans } from "../shared/recovery-plans";
 import { FailoverPlanning } from "../shared/failover";
 import { FailoverSteps } from "../shared/failover-steps";
+import { Reprotection } from "../shared/reprotect";
 import { loadConfig, type Config } from "../shared/settings";
 import { Storage, TABLES } from "../shared/storage";
 import type { Fabric } from "../shared/fabric/port";
@@ -25,6 +26,7 @@ export interface Services {
   plans: RecoveryPlans;
   planning: FailoverPlanning;
   failover: FailoverSteps;
+  reprotection: Reprotection;
 }
 
 export function createServices(config: Config, overrides: { fabric?: Fabric; now?: () => Date } = {}): Services {
@@ -38,7 +40,8 @@ export function createServices(config: Config, overrides: { fabric?: Fabric; now
   const protection = new Protection({ config, storage, fabric, items, agents, points, ...clock });
   const planning = new FailoverPlanning({ items, points, plans, ...clock });
   const failover = new FailoverSteps({ config, storage, items, points, fabric, planning, agents, cacheTimeoutMs: config.failover.cacheTimeoutSeconds * 1000, ...clock });
-  return { config, storage, fabric, items, protection, agents, points, plans, planning, failover };
+  const reprotection = new Reprotection({ config, storage, items, fabric, agents, ...clock });
+  return { config, storage, fabric, items, protection, agents, points, plans, planning, failover, reprotection };
 }
 
 /** LocalFabric (embedded default), or ARM with the Function App's identity; mappings are the control plane's records either way. */

@@ -23,6 +23,10 @@ import { commitFailover } from "./commitFailover";
 import { cleanupTestFailover } from "./cleanupTestFailover";
 import { failoverFunctions } from "./failover";
 import { releaseAbandonedFailovers } from "./releaseAbandonedFailovers";
+import { reprotectItem } from "./reprotectItem";
+import { getReprotect } from "./getReprotect";
+import { resyncItem } from "./resyncItem";
+import { reprotectFunctions } from "./reprotect";
 import { timerSchedules, type TimerSchedules } from "../shared/settings";
 
 /** `schedules` default to process.env's (the Functions host's app settings); the local host passes its own env's. */
@@ -50,5 +54,9 @@ export function functionTable(services: () => Services, schedules: TimerSchedule
     cleanupTestFailover(services),
     releaseAbandonedFailovers(services),
     ...failoverFunctions(services),
+    reprotectItem(services),
+    getReprotect(services),
+    resyncItem(services),
+    ...reprotectFunctions(services),
   ];
 }
