@@ -29,8 +29,9 @@ const SHUTDOWN_RETRY_MS = 500;
 const SCAN_GRACE_MS = 250;
 /** Scan rounds in a row that saw a change before the item's health says no consistent point can be cut from a scan. */
 const NOISY_ROUNDS_BEFORE_WARNING = 3;
-/** How long a first start waits for a re-protect to finish seeding before it gives up (attempts of up to 5 s: about 10 minutes). */
-const REGISTER_WAIT_ATTEMPTS = 120;
+/** How long a first start waits for a re-protect to finish seeding before it gives up (every 500 ms: 10 minutes). */
+const REGISTER_WAIT_ATTEMPTS = 1200;
+const REGISTER_WAIT_MS = 500;
 
 /** A scan round in which no scanned disk changed: its first looks and, per disk, the seq right after its pass. */
 interface QuietRound {
@@ -237,7 +238,7 @@ export class Agent {
       } catch (e) {
         if (!(e instanceof ControlPlaneError && e.code === "ReprotectInProgress") || attempt >= REGISTER_WAIT_ATTEMPTS) throw e;
         if (attempt % 10 === 0) log("the item is being re-protected (its replicas are being seeded); registering again shortly");
-        await sleep(backoffMs(attempt, 500, 5000));
+        await sleep(REGISTER_WAIT_MS); // seeding is a few server-side copies: ask again soon, not with a growing backoff
       }
     }
   }

@@ -261,7 +261,7 @@ export function buildProgram(): Command {
   program
     .command("bench")
     .description("measure against the local stack (not a test): writes JSON under bench/results and prints a table")
-    .argument("<name>", "replication | recovery-points")
+    .argument("<name>", "replication | recovery-points | failover | nbd | reprotect")
     .option("--seconds <s>", "length of each measured phase", (v) => Number(v), 30)
     .action(async (name: string, o: { seconds: number }) => {
       const { runBenchmark } = await import("../bench");
