@@ -157,18 +157,20 @@ class InstanceActor {
   }
 }
 
-class Semaphore {
+/** At most `limit` tasks at once; a finishing task hands its slot straight to the next waiter (nothing can slip in between). */
+export class Semaphore {
   private active = 0;
   private readonly waiting: (() => void)[] = [];
   constructor(private readonly limit: number) {}
   async use<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.active >= this.limit) await new Promise<void>((r) => this.waiting.push(r));
-    this.active++;
+    if (this.active < this.limit) this.active++;
+    else await new Promise<void>((r) => this.waiting.push(r));
     try {
       return await fn();
     } finally {
-      this.active--;
-      this.waiting.shift()?.();
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.active--;
     }
   }
 }

@@ -43,8 +43,11 @@ async function unreachable(endpoint: string): Promise<string | undefined> {
   }
 }
 
-/** Probes every storage endpoint the app will use, all at once; throws naming each setting that does not answer. */
-export async function checkStorageReachable(env: NodeJS.ProcessEnv, config: Config): Promise<void> {
+/**
+ * Probes every storage endpoint the app will use, all at once; throws naming each setting of the target region
+ * (control plane, replicas) that does not answer.
+ */
+export async function checkStorageReachable(env: NodeJS.ProcessEnv, config: Config, log: (line: string) => void = console.log): Promise<void> {
   const probes: { setting: string; endpoint: string }[] = [
     { setting: "AzureWebJobsStorage", endpoint: config.storage.control.tableUrl },
     { setting: "AzureWebJobsStorage", endpoint: config.storage.control.queueUrl },
@@ -53,7 +56,10 @@ export async function checkStorageReachable(env: NodeJS.ProcessEnv, config: Conf
     ...(env.CACHE_STORAGE?.trim() ? [{ setting: "CACHE_STORAGE", endpoint: config.storage.cache.blobUrl }] : []),
   ];
   const results = await Promise.all(probes.map(async (p) => ({ ...p, reason: await unreachable(p.endpoint) })));
-  const problems = results.filter((r): r is typeof r & { reason: string } => r.reason !== undefined);
+  const down = results.filter((r): r is typeof r & { reason: string } => r.reason !== undefined);
+  // The source region's cache may be down (that is what DR is for): the control plane starts, and says so.
+  for (const c of down.filter((r) => r.setting === "CACHE_STORAGE")) log(`warning: CACHE_STORAGE (${c.endpoint}) does not answer: ${c.reason}; starting anyway`);
+  const problems = down.filter((r) => r.setting !== "CACHE_STORAGE");
   if (problems.length === 0) return;
   const dev = /usedevelopmentstorage=true/i.test(env.AzureWebJobsStorage ?? "");
   const hint = dev
@@ -100,7 +106,7 @@ export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log:
     const config = loadConfig(env);
     log(describeStorageAuth(config));
     // Storage that is not there fails the start with the setting named, rather than an SDK stack trace later.
-    await checkStorageReachable(env, config);
+    await checkStorageReachable(env, config, log);
     const services = createServices(config);
     const host = new LocalFunctionsHost(functionTable(() => services, timerSchedules(env)), {
       port: s.FUNCTIONS_HTTP_PORT,

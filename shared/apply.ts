@@ -84,7 +84,7 @@ export const DEFAULT_APPLY_LIMITS: ApplyLimits = {
   progressEveryMs: 5_000,
 };
 
-/** What issue 4 (recovery points) receives when a tagged batch has been applied. */
+/** What the recovery-point recorder (snapshotAtTag in recovery-points.ts: snapshot + arrival) receives when a tagged batch has been applied. */
 export interface TagApplied {
   item: ReplicatedItem;
   disk: DiskRecord;
@@ -104,8 +104,8 @@ export interface ApplyDeps {
   log?: (line: string) => void;
   limits?: Partial<ApplyLimits>;
   /**
-   * RECOVERY-POINT HOOK (issue 4, not implemented here): called under the lease after a tagged batch is applied
-   * and before its cache blob is deleted. It must be idempotent: after a crash it runs again for the same batch
+   * The recovery-point hook (snapshotAtTag: snapshot the replica, record the tag's arrival): called under the lease after
+   * a tagged batch is applied and before its cache blob is deleted. It must be idempotent: after a crash it runs again for the same batch
    * (the batch is then still cached at the watermark). Tags of superseded batches (resync) never reach it.
    */
   onTagApplied?: (applied: TagApplied) => Promise<void>;
@@ -682,7 +682,7 @@ class ApplyRun {
   }
 
   /**
-   * What an applied batch changes beyond the replica: its tag (issue 4), the end of initial replication, the end of
+   * What an applied batch changes beyond the replica: its tag (a recovery point), the end of initial replication, the end of
    * a resync. Runs before the batch's blob is deleted and is idempotent, so a crash in between only repeats it.
    */
   private async finishBatch(h: BatchHeader): Promise<void> {

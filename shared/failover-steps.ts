@@ -22,6 +22,12 @@ import { snapshotAtTag, vmPartition, type RecoveryPoint, type RecoveryPoints } f
 import type { Config } from "./settings";
 import { FAILOVER_CONTAINER, type Direction, type Storage } from "./storage";
 
+/**
+ * How long a drain for `latest` may apply before it gives up with its own error. It must end well inside the
+ * activity's `functionTimeout` (host.json: 10 min), or the host kills the activity before the deadline says why.
+ */
+export const DRAIN_DEADLINE_MS = 8 * 60_000;
+
 export interface FailoverStepsDeps {
   config: Config;
   storage: Storage;
@@ -127,6 +133,8 @@ export class FailoverSteps {
   async verify(input: FailoverInput): Promise<{ itemId: string; vm: string }[]> {
     const out = [];
     for (const id of input.stages.flat()) out.push({ itemId: id, vm: (await this.owned(id, input.instanceId)).vm.name });
+    // The orchestration runs: the record it replaced is not needed any more.
+    for (const id of input.stages.flat()) await this.record(id, input.instanceId, (f) => void delete f.displaced);
     return out;
   }
 
@@ -172,7 +180,7 @@ export class FailoverSteps {
     const disks = await this.deps.items.listDisks(itemId);
     const direction = directionOf(item);
     const cache = this.deps.storage.cache(direction).getContainerClient(cacheContainerName(itemId));
-    const deadline = Date.now() + (this.deps.drainTimeoutMs ?? 600_000);
+    const deadline = Date.now() + (this.deps.drainTimeoutMs ?? DRAIN_DEADLINE_MS);
     for (const disk of disks) {
       const reached = await this.drainDisk(item, disk.id, cache, deadline);
       if (reached === "unreachable") {

@@ -33,6 +33,11 @@ const STARTABLE: Record<FailoverType, ReadonlySet<ItemState>> = {
 /** The state an item is in while a failover of that type owns it. */
 export const lockedState = (type: FailoverType): ItemState => (type === "test" ? "TestFailover" : "FailingOver");
 
+const withoutDisplaced = (f: FailoverRecord): Omit<FailoverRecord, "displaced"> => {
+  const { displaced: _d, ...rest } = f;
+  return rest;
+};
+
 export const failoverStamp = (at: Date) => at.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
 
 export interface FailoverPlanningDeps {
@@ -222,6 +227,7 @@ export class FailoverPlanning {
           startedAt: input.startedAt,
           previousState: item.state,
           resources: { disks: [] },
+          ...(found.item.failover ? { displaced: withoutDisplaced(found.item.failover) } : {}),
         };
         const next: ReplicatedItem = { ...found.item, state: lockedState(input.type), failover: record, updatedAt: input.startedAt };
         try {
@@ -244,7 +250,8 @@ export class FailoverPlanning {
       await this.deps.items.updateItem(id, (i) => {
         if (i.failover?.instanceId !== instanceId) return undefined;
         const { failover: _f, sourceShutdown: _s, ...rest } = i;
-        return { ...rest, state: i.failover.previousState, updatedAt: this.now().toISOString() };
+        // The item's previous failover record (say a cleaned-up test failover) is put back, not lost.
+        return { ...rest, ...(i.failover.displaced ? { failover: i.failover.displaced } : {}), state: i.failover.previousState, updatedAt: this.now().toISOString() };
       });
     }
   }

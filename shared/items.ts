@@ -173,6 +173,8 @@ export interface FailoverRecord {
   /** Something the operator should know, e.g. `latest` fell back to the latest processed point. */
   note?: string;
   error?: { code: string; message: string };
+  /** While a failover is being started: the record it replaced, put back if the orchestration cannot be started. */
+  displaced?: Omit<FailoverRecord, "displaced">;
 }
 
 export interface DiskRecord {

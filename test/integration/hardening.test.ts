@@ -1,4 +1,4 @@
-// Defects a hostile probe of the local stack found (issue 10): each test failed before its fix.
+// Defects a hostile probe of the local stack found: each test failed before its fix.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { startTestStack, type TestStack } from "../support/stack";
@@ -272,5 +272,27 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     const own = JSON.stringify({ agentVersion: "own", time: new Date().toISOString(), disks: {}, health: { status: "Healthy", issues: [] } });
     await cacheA.getBlockBlobClient(HEARTBEAT_BLOB).upload(own, Buffer.byteLength(own));
     assert.equal((await stack.api("GET", `replicated-items/${a.body.id}`)).body.heartbeat?.agentVersion, "own");
+  });
+  // Item 1 (the record an unstarted failover replaced) ---------------------------------------------
+  test("a failover that cannot be started puts the item's previous failover record back", async () => {
+    const item = await enable("previous-record");
+    const at = new Date().toISOString();
+    const previous = { instanceId: "earlier", type: "test" as const, requestedPoint: "latest-processed", startedAt: at, previousState: "Protected" as const, resources: { disks: [] }, completedAt: at, cleanedUpAt: at };
+    await stack.services.items.updateItem(item.id, (i) => ({ ...i, state: "Protected", failover: previous }));
+    const point = await stack.services.points.recordCutPoint({
+      id: "prev-point",
+      kind: "crash",
+      time: at,
+      scope: "vm",
+      itemId: item.id,
+      disks: (await stack.services.items.listDisks(item.id)).map((d) => ({ itemId: item.id, diskId: d.id, snapshot: "2020-01-01T00:00:00.0000000Z", seq: 1 })),
+      sealedAt: at,
+    });
+    const input = await stack.services.planning.accept({ itemIds: [item.id], type: "test", recoveryPoint: point.id }, "never-started");
+    assert.equal((await stack.services.items.get(item.id))?.item.state, "TestFailover");
+    await stack.services.planning.unlock(input.stages.flat(), "never-started");
+    const after = (await stack.services.items.get(item.id))!.item;
+    assert.equal(after.state, "Protected");
+    assert.deepEqual(after.failover, previous);
   });
 });

@@ -1,4 +1,4 @@
-// The local host under hostile requests (issue 10): forged Host headers, the durable endpoints without the key, HTTP framing errors.
+// The local host under hostile requests: forged Host headers, the durable endpoints without the key, HTTP framing errors.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
