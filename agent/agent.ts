@@ -20,6 +20,10 @@ import { TrackedDisk } from "./tracked-disk";
 import { GroupLink } from "./group-link";
 import type { GroupTagOutcome } from "./group";
 import { APP_CONSISTENCY_FAILED, appConsistentTag, DEFAULT_FREEZE_TIMEOUT_MS, MAX_FREEZE_TIMEOUT_MS } from "./app-consistency";
+import { TrackedDiskExport } from "./nbd/disk-export";
+import { holdExclusively } from "./nbd/exclusive";
+import { NbdServer, type NbdAddress } from "./nbd/server";
+import { refuseStateDirOnExports } from "./nbd/state-dir-guard";
 
 /** What a write started during a planned failover's shutdown is rejected with (the disk id follows). */
 export const SHUTDOWN_REFUSAL = "the VM is shutting down for a planned failover: writes are refused";
@@ -57,6 +61,11 @@ export interface AgentOptions {
   url: string;
   /** The registration token from enable; needed only on the first start (the state directory remembers the rest). */
   token?: string;
+  /**
+   * First start only: take over from an agent already registered for the item (it lost its state directory, or the VM
+   * was rebuilt). Without it such a registration is refused (409 AgentAlreadyRegistered) and the other agent keeps going.
+   */
+  replaceRegistration?: boolean;
   /** Function key of a deployed app (the agent routes are anonymous there, so usually unneeded). */
   functionKey?: string;
   stateDir: string;
@@ -101,6 +110,12 @@ export interface AgentOptions {
   appTagIntervalMs?: number;
   /** Tests: runs while a scan round's passes run (between its two looks), e.g. to write a disk during the pass. */
   duringScanRound?: () => Promise<void>;
+  /**
+   * Serve every disk as an NBD export named after its id (every disk must then be tracked): on a Unix socket (mode 0600)
+   * and optionally TCP (port 0: ephemeral). While serving, the agent holds each image or device exclusively and refuses
+   * a state directory on a disk it exports.
+   */
+  nbd?: { socketPath: string; tcp?: { host: string; port: number }; maxPayloadBytes?: number };
   log?: (line: string) => void;
 }
 
@@ -129,6 +144,9 @@ export class Agent {
   private closed = false;
   private lastCheckin: { at: string; ok: boolean } | undefined;
   private checkinsInFlight: Promise<void> | undefined;
+  private nbd: NbdServer | undefined;
+  /** Releases the exclusive hold on the exported images and devices. */
+  private releaseExports: () => void = () => {};
 
   private constructor(
     private state: AgentState,
@@ -151,7 +169,19 @@ export class Agent {
     const paths = statePaths(stateDir);
     await mkdir(stateDir, { recursive: true });
     const unlock = lockStateDir(paths.lock);
+    let releaseExports = () => {};
+    /** Set once an Agent owns the locks: its stop() releases them. */
+    let owner: Agent | undefined;
     try {
+      // Before anything is registered or opened: refused here, nothing is left behind. The spool on a replicated disk
+      // would replicate itself (and a scanned disk holding it would never be quiet).
+      refuseStateDirOnExports(stateDir, opts.disks.map((d) => ({ diskId: d.id, path: resolve(d.path) })));
+      if (opts.nbd) {
+        // NBD serves the tracked disks; scanned ones (an OS disk beside NBD data disks) are scanned as usual.
+        const exported = opts.disks.filter((d) => d.kind === "tracked").map((d) => ({ diskId: d.id, path: resolve(d.path) }));
+        if (exported.length === 0) throw new Error("NBD serves tracked disks: none of the disks given is tracked");
+        releaseExports = holdExclusively(exported);
+      }
       const control = new ControlPlane(opts.url, opts.functionKey);
       const state = await Agent.registration(opts, stateDir, control, log);
       const tuning: DiskTuning = {
@@ -167,6 +197,8 @@ export class Agent {
         { containerUrl: state.cache.containerUrl, queueUrl: state.queue.url },
       );
       agent = new Agent(state, { ...opts, stateDir }, control, spool, shipper, health, unlock, log);
+      agent.releaseExports = releaseExports;
+      owner = agent;
       try {
         await agent.openDisks(tuning);
       } catch (e) {
@@ -201,9 +233,27 @@ export class Agent {
       // with its replica and ships what differs, it never starts a whole copy first.
       for (const cmd of state.resync ?? []) await agent.disks.get(cmd.diskId)?.acceptResync(cmd);
       for (const d of agent.disks.values()) d.start();
+      if (opts.nbd) {
+        try {
+          agent.nbd = await NbdServer.start({
+            socketPath: resolve(opts.nbd.socketPath),
+            ...(opts.nbd.tcp ? { tcp: opts.nbd.tcp } : {}),
+            ...(opts.nbd.maxPayloadBytes ? { maxPayloadBytes: opts.nbd.maxPayloadBytes } : {}),
+            exports: [...agent.disks.values()].filter((d): d is TrackedDisk => d instanceof TrackedDisk).map((d) => new TrackedDiskExport(d)),
+            log,
+          });
+        } catch (e) {
+          // stop() unlocks and releases; the caller sees why the server did not start.
+          await agent.stop().catch(() => undefined);
+          throw e;
+        }
+      }
       return agent;
     } catch (e) {
-      unlock();
+      if (!owner?.closed) {
+        releaseExports();
+        unlock();
+      }
       throw e;
     }
   }
@@ -220,7 +270,7 @@ export class Agent {
       return { ...saved, url: opts.url };
     }
     if (!opts.token) throw new Error(`${stateDir} holds no registration: the first start needs the registration token (--token) from enable`);
-    const reg = await Agent.registerWhenReady(control, opts.token, log);
+    const reg = await Agent.registerWhenReady(control, opts.token, opts.replaceRegistration, log);
     const state: AgentState = { ...reg, v: 1, url: opts.url, tokenHash: hashToken(opts.token), registeredAt: new Date().toISOString() };
     await writeFileAtomic(path, JSON.stringify(state, null, 2), { mode: 0o600 });
     log(`registered as the agent of ${reg.vmName} (item ${reg.itemId}), disks ${reg.disks.map((d) => d.id).join(", ")}`);
@@ -231,10 +281,10 @@ export class Agent {
    * Registers; while the item's re-protect is still seeding its replicas (409 ReprotectInProgress) it tries again,
    * so the agent can be started with the token as soon as the re-protect answers.
    */
-  private static async registerWhenReady(control: ControlPlane, token: string, log: (l: string) => void): Promise<RegistrationResponse> {
+  private static async registerWhenReady(control: ControlPlane, token: string, replace: boolean | undefined, log: (l: string) => void): Promise<RegistrationResponse> {
     for (let attempt = 0; ; attempt++) {
       try {
-        return await control.register(token);
+        return await control.register(token, replace);
       } catch (e) {
         if (!(e instanceof ControlPlaneError && e.code === "ReprotectInProgress") || attempt >= REGISTER_WAIT_ATTEMPTS) throw e;
         if (attempt % 10 === 0) log("the item is being re-protected (its replicas are being seeded); registering again shortly");
@@ -296,6 +346,11 @@ export class Agent {
     const d = this.disks.get(id);
     if (!d) throw new Error(`the agent does not replicate a disk '${id}' (it has ${this.diskIds().join(", ")})`);
     return d;
+  }
+
+  /** Where the NBD server listens (with `nbd`), e.g. for `qemu-io -f raw 'nbd+unix:///os?socket=<socketPath>'`. */
+  get nbdAddress(): NbdAddress | undefined {
+    return this.nbd?.address;
   }
 
   /** The write API of a tracked disk: `await agent.trackedDisk("os").write(offset, bytes)`. */
@@ -795,6 +850,19 @@ export class Agent {
   async stop(graceMs = 5000): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // The loops wait on unref'd timers (the agent does not hold its process open by itself); while stopping, it does:
+    // a CLI agent would otherwise exit half-way (e.g. with the heartbeat loop in its 250 ms pause), locks left behind.
+    const keepAlive = setInterval(() => {}, 60_000);
+    try {
+      await this.stopSteps(graceMs);
+    } finally {
+      clearInterval(keepAlive);
+    }
+  }
+
+  private async stopSteps(graceMs: number): Promise<void> {
+    // First: no client writes once the disks start closing; what clients sent is finished and answered.
+    await this.nbd?.close();
     this.control.abort();
     this.checkinSignal.notify();
     this.heartbeatSignal.notify();
@@ -808,6 +876,7 @@ export class Agent {
     await Promise.race([this.writeHeartbeat(), new Promise((r) => setTimeout(r, 1000).unref?.())]);
     await this.shipper.stop(graceMs);
     await Promise.all(this.loops);
+    this.releaseExports();
     this.unlock();
   }
 }

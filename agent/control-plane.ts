@@ -41,8 +41,9 @@ export class ControlPlane {
     this.stopping.abort();
   }
 
-  register(token: string): Promise<RegistrationResponse> {
-    return this.post("agents/register", { token }, registrationResponseSchema);
+  /** `replace`: another agent is registered for the item and this one takes over (the other is locked out). */
+  register(token: string, replace = false): Promise<RegistrationResponse> {
+    return this.post("agents/register", { token, ...(replace ? { replace: true } : {}) }, registrationResponseSchema);
   }
 
   checkin(body: CheckinRequest): Promise<CheckinResponse> {

@@ -1,5 +1,5 @@
 // The per-disk write-ahead log of dirty ranges: a range is appended before the image is written, so that a restarted agent knows what to ship again.
-import { closeSync, fsyncSync, openSync, readdirSync, readFileSync, write } from "node:fs";
+import { close, closeSync, fsync, openSync, readdirSync, readFileSync, write } from "node:fs";
 import { unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { crc32c } from "@node-rs/crc32";
@@ -45,10 +45,16 @@ function writeAll(fd: number, data: Buffer): Promise<void> {
  * Generations of log files: a seal rotates to a new generation under the disk's write lock, and a generation's file is
  * removed once the batch that carries its ranges is durable in the spool. Appends are group-committed: concurrent
  * writers share one write, and each waits for it before writing the image (in the kernel once it returns: the process
- * may die, the range is not lost). Nothing is fsynced but on flush: the agent protects against its own death, not power loss.
+ * may die, the range is not lost). Nothing is fsynced but on `sync` (an NBD flush or FUA write): the agent protects
+ * against its own death by default, and against power loss for what a client asked to be durable.
  */
 export class DirtyLog {
   private fd: number;
+  /** Generations rotated away whose files may hold records not yet fsynced: kept open until synced or removed. */
+  private readonly retired = new Map<number, number>();
+  /** Descriptors a sync is using: closed when it ends, not under its feet. */
+  private readonly syncingFds = new Map<number, number>();
+  private readonly closeAfterSync = new Set<number>();
   private records = 0;
   private pending: Buffer[] = [];
   private waiting: { resolve: () => void; reject: (e: Error) => void }[] = [];
@@ -129,7 +135,7 @@ export class DirtyLog {
   rotate(): number {
     if (this.writing || this.pending.length > 0) throw new Error("dirty log rotated with appends in flight");
     const ended = this.gen;
-    closeSync(this.fd);
+    this.retired.set(ended, this.fd);
     this.gen++;
     this.fd = openSync(join(this.dir, logName(this.gen)), "a");
     this.gens.add(this.gen);
@@ -142,15 +148,55 @@ export class DirtyLog {
     for (const g of [...this.gens]) {
       if (g > gen || g === this.gen) continue;
       this.gens.delete(g);
+      const fd = this.retired.get(g);
+      if (fd !== undefined) {
+        this.retired.delete(g);
+        this.closeFd(fd);
+      }
       await unlink(join(this.dir, logName(g))).catch((e: NodeJS.ErrnoException) => (e.code === "ENOENT" ? undefined : Promise.reject(e)));
     }
   }
 
-  sync(): void {
-    fsyncSync(this.fd);
+  /**
+   * Resolves once every record appended before the call is on stable storage: appends in flight are awaited, then the
+   * current generation and every rotated one not yet removed are fsynced (a removed one's ranges are in a batch that
+   * is durable in the spool).
+   */
+  async sync(): Promise<void> {
+    await this.settled();
+    const wereRetired = [...this.retired];
+    const fds = [this.fd, ...wereRetired.map(([, fd]) => fd)];
+    for (const fd of fds) this.syncingFds.set(fd, (this.syncingFds.get(fd) ?? 0) + 1);
+    try {
+      await Promise.all(fds.map((fd) => new Promise<void>((resolve, reject) => fsync(fd, (e) => (e ? reject(e) : resolve())))));
+    } finally {
+      for (const fd of fds) {
+        const users = this.syncingFds.get(fd)! - 1;
+        if (users > 0) this.syncingFds.set(fd, users);
+        else {
+          this.syncingFds.delete(fd);
+          if (this.closeAfterSync.delete(fd)) close(fd, () => undefined);
+        }
+      }
+    }
+    // A generation already rotated away when the sync began got no append since: nothing in it is unsynced, its
+    // descriptor can go (its file stays until removed). The generation current then may have had appends meanwhile.
+    for (const [g, fd] of wereRetired) {
+      if (this.retired.get(g) === fd) {
+        this.retired.delete(g);
+        this.closeFd(fd);
+      }
+    }
+  }
+
+  private closeFd(fd: number): void {
+    if (this.syncingFds.has(fd)) this.closeAfterSync.add(fd);
+    else closeSync(fd);
   }
 
   close(): void {
-    closeSync(this.fd);
+    for (const fd of this.retired.values()) this.closeFd(fd);
+    this.retired.clear();
+    this.closeFd(this.fd);
   }
 }

@@ -1,4 +1,4 @@
-// Small file helpers of the agent's state directory: atomic replace (write temp, rename), JSON read, the single-instance lock.
+// Small file helpers of the agent's state directory: atomic replace (write temp, rename), JSON read, the single-instance locks (pid files).
 import { closeSync, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
 import { open, readFile, rename, unlink } from "node:fs/promises";
 import type { z } from "zod";
@@ -47,7 +47,15 @@ const heldHere = new Set<string>();
 
 /** One agent per state directory: a pid file, taken over when the process that wrote it is gone (e.g. killed). */
 export function lockStateDir(path: string): () => void {
-  if (heldHere.has(path)) throw new Error(`an agent of this process is already using this state directory (${path})`);
+  return lockPidFile(path, (pid) => (pid === process.pid ? `an agent of this process is already using this state directory (${path})` : `another agent (pid ${pid}) is using this state directory (${path})`));
+}
+
+/**
+ * Takes the pid file `path` (created exclusively); one left by a process that is gone is taken over. Held by a live
+ * process (this one included): an error with `busy(pid)` as its message. Returns the release.
+ */
+export function lockPidFile(path: string, busy: (holder: number) => string): () => void {
+  if (heldHere.has(path)) throw new Error(busy(process.pid));
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fd = openSync(path, "wx");
@@ -65,9 +73,7 @@ export function lockStateDir(path: string): () => void {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
       const holder = Number(readFileSync(path, "utf8"));
-      if (holder && holder !== process.pid && alive(holder)) {
-        throw new Error(`another agent (pid ${holder}) is using this state directory (${path})`);
-      }
+      if (holder && holder !== process.pid && alive(holder)) throw new Error(busy(holder));
       unlinkSync(path);
     }
   }

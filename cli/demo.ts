@@ -18,6 +18,7 @@ import { freePort } from "../local/process";
 import { PACKAGE_ROOT } from "../local/start";
 import { ApiCallError, ApiClient } from "./client";
 import { followFailover } from "./follow-failover";
+import { QemuIo } from "./qemu-io";
 import { formatTable } from "./main";
 
 const MiB = 1024 * 1024;
@@ -117,13 +118,14 @@ class CutFingerprints {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The workload: random 4 KiB-aligned writes through the tracked disks, each awaited, paced to a rate
+// The workload: random 4 KiB-aligned writes by a real NBD client (qemu-io) through the agent's exports, each awaited, paced to a rate
 
 interface DiskTarget {
   vm: string;
   itemId: string;
   diskId: string;
-  agent: Agent;
+  /** The agent's NBD socket: the disk is the export named after its id. */
+  socket: string;
   sizeBytes: number;
 }
 
@@ -152,7 +154,15 @@ class Workload {
   }
 
   private async writer(t: DiskTarget, bytesPerSecond: number): Promise<void> {
-    const disk = t.agent.trackedDisk(t.diskId);
+    const io = QemuIo.open(`nbd+unix:///${t.diskId}?socket=${t.socket}`);
+    try {
+      await this.write(t, io, bytesPerSecond);
+    } finally {
+      await io.close();
+    }
+  }
+
+  private async write(t: DiskTarget, io: QemuIo, bytesPerSecond: number): Promise<void> {
     const acked = { writes: 0, bytes: 0 };
     this.acknowledged.set(`${t.vm}/${t.diskId}`, acked);
     const pages = t.sizeBytes / 4096;
@@ -161,7 +171,8 @@ class Workload {
       const len = 4096 * (1 + Math.floor(Math.random() * 16));
       const offset = 4096 * Math.floor(Math.random() * (pages - len / 4096 + 1));
       try {
-        await disk.write(offset, randomBytes(len));
+        // Each write its own byte value: a write lost or applied out of order shows in the fingerprints.
+        await io.write(offset, len, 1 + (acked.writes % 255));
       } catch (e) {
         this.failure ??= new DemoError(`a write to ${t.vm}/${t.diskId} failed: ${(e as Error).message}`);
         return;
@@ -338,6 +349,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
         token: item.agentRegistration.token,
         stateDir: join(vmDir, "agent-state"),
         disks: vm.disks.map((d) => ({ id: d.id, path: d.path, kind: "tracked" as const })),
+        // Every disk an NBD export on this socket, as `site-recovery agent --nbd` serves them.
+        nbd: { socketPath: join(vmDir, "nbd.sock") },
         groupPort: 0,
         groupHost: "127.0.0.1",
         // Both agents live in this process and fingerprint their disks at each cut: allow for that in the hold.
@@ -349,7 +362,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
         log: logLine(spec.name),
       });
     }
-    print(`      agents started (tracked disks: every write goes through the agent, in order)`);
+    print(`      agents started, each serving its disks over NBD (nbd+unix:///<disk>?socket=…/nbd.sock): every write goes through the agent, in order`);
 
     const initialStart = performance.now();
     let lastProgress = -1;
@@ -373,8 +386,8 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
     print(`      both VMs Protected after ${secs(report.replication.initialReplicationSeconds)}; group barrier: ${coordinator.name} coordinates, ${vms.length - 1} member connected`);
 
     // 3. A live workload; the coordinator cuts group tags meanwhile, each fingerprinted at the cut.
-    print(`\n[3/6] Live workload: random 4–64 KiB writes, ${opts.mbps} MB/s over ${vms.length * DISK_IDS.length} disks, ${opts.seconds} s`);
-    const targets: DiskTarget[] = vms.flatMap((v) => v.disks.map((d) => ({ vm: v.name, itemId: v.itemId, diskId: d.id, agent: v.agent!, sizeBytes: d.sizeBytes })));
+    print(`\n[3/6] Live workload: qemu-io writes random 4–64 KiB through the NBD exports, ${opts.mbps} MB/s over ${vms.length * DISK_IDS.length} disks, ${opts.seconds} s`);
+    const targets: DiskTarget[] = vms.flatMap((v) => v.disks.map((d) => ({ vm: v.name, itemId: v.itemId, diskId: d.id, socket: join(dir, v.name, "nbd.sock"), sizeBytes: d.sizeBytes })));
     const workloadStart = performance.now();
     workload = new Workload(targets, opts.mbps * 1e6);
     const sample = async (): Promise<string> => {
