@@ -179,7 +179,7 @@ export function agentCommand(program: Command): Command {
       log(`replicating ${agent.vmName} (item ${agent.itemId}): ${agent.diskIds().join(", ")}; state in ${o.stateDir}; Ctrl-C stops`);
       const served = agent.nbdAddress;
       if (served) {
-        for (const line of nbdHowTo(agent.diskIds(), served)) log(line);
+        for (const line of nbdHowTo(o.disk.map((d) => d.id), served)) log(line);
         if (served.tcp && !isLoopback(served.tcp.host)) log(`warning: NBD on tcp ${served.tcp.host}:${served.tcp.port} has no authentication: anyone who reaches it can read and write these disks`);
       }
 
