@@ -3,7 +3,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
-import { AGENT_WARNINGS, type CheckinResponse, type Heartbeat } from "../shared/agent-protocol";
+import { AGENT_WARNINGS, type CheckinResponse, type Heartbeat, type RegistrationResponse } from "../shared/agent-protocol";
 import type { BatchTag, TagKind } from "../shared/batch";
 import { ControlPlane, ControlPlaneError } from "./control-plane";
 import { DEFAULT_TUNING, type DiskContext, type DiskSpec, type DiskTuning, type ReplicatedDisk } from "./disk";
@@ -33,6 +33,9 @@ const SHUTDOWN_RETRY_MS = 500;
 const SCAN_GRACE_MS = 250;
 /** Scan rounds in a row that saw a change before the item's health says no consistent point can be cut from a scan. */
 const NOISY_ROUNDS_BEFORE_WARNING = 3;
+/** How long a first start waits for a re-protect to finish seeding before it gives up (every 500 ms: 10 minutes). */
+const REGISTER_WAIT_ATTEMPTS = 1200;
+const REGISTER_WAIT_MS = 500;
 
 /** A scan round in which no scanned disk changed: its first looks and, per disk, the seq right after its pass. */
 interface QuietRound {
@@ -226,6 +229,9 @@ export class Agent {
       if (agent.group.listenAddress()) agent.checkinSignal.notify();
       agent.loops.push(agent.checkinLoop(), agent.heartbeatLoop(), agent.tagLoop());
       agent.loops.push(agent.appTagLoop(), agent.shutdownLoop(), agent.scanLoop());
+      // Resyncs known at registration (a re-protect's seed) are taken before any job starts: a seeded disk compares
+      // with its replica and ships what differs, it never starts a whole copy first.
+      for (const cmd of state.resync ?? []) await agent.disks.get(cmd.diskId)?.acceptResync(cmd);
       for (const d of agent.disks.values()) d.start();
       if (opts.nbd) {
         try {
@@ -264,11 +270,27 @@ export class Agent {
       return { ...saved, url: opts.url };
     }
     if (!opts.token) throw new Error(`${stateDir} holds no registration: the first start needs the registration token (--token) from enable`);
-    const reg = await control.register(opts.token, opts.replaceRegistration);
+    const reg = await Agent.registerWhenReady(control, opts.token, opts.replaceRegistration, log);
     const state: AgentState = { ...reg, v: 1, url: opts.url, tokenHash: hashToken(opts.token), registeredAt: new Date().toISOString() };
     await writeFileAtomic(path, JSON.stringify(state, null, 2), { mode: 0o600 });
     log(`registered as the agent of ${reg.vmName} (item ${reg.itemId}), disks ${reg.disks.map((d) => d.id).join(", ")}`);
     return state;
+  }
+
+  /**
+   * Registers; while the item's re-protect is still seeding its replicas (409 ReprotectInProgress) it tries again,
+   * so the agent can be started with the token as soon as the re-protect answers.
+   */
+  private static async registerWhenReady(control: ControlPlane, token: string, replace: boolean | undefined, log: (l: string) => void): Promise<RegistrationResponse> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await control.register(token, replace);
+      } catch (e) {
+        if (!(e instanceof ControlPlaneError && e.code === "ReprotectInProgress") || attempt >= REGISTER_WAIT_ATTEMPTS) throw e;
+        if (attempt % 10 === 0) log("the item is being re-protected (its replicas are being seeded); registering again shortly");
+        await sleep(REGISTER_WAIT_MS); // seeding is a few server-side copies: ask again soon, not with a growing backoff
+      }
+    }
   }
 
   private async openDisks(tuning: DiskTuning): Promise<void> {
@@ -773,7 +795,7 @@ export class Agent {
     for (const r of reports) this.disks.get(r.diskId)?.markOverflowReported(r.resyncId);
     for (const cmd of res.resync) {
       const disk = this.disks.get(cmd.diskId);
-      if (disk) disk.acceptResync(cmd);
+      if (disk) void disk.acceptResync(cmd); // persisted in the disk's commit chain, which reports its own failures
       else this.log(`resync ${cmd.resyncId} asked for disk ${cmd.diskId}, which this agent does not replicate`);
     }
   }

@@ -380,11 +380,11 @@ export abstract class ReplicatedDisk {
   }
 
   /** A resync the control plane asks for (from a check-in); a repeated or finished one is ignored. */
-  acceptResync(cmd: ResyncCommand): void {
-    if (this.state.resyncsDone.includes(cmd.resyncId) || this.state.resync?.id === cmd.resyncId) return;
+  acceptResync(cmd: ResyncCommand): Promise<void> {
+    if (this.state.resyncsDone.includes(cmd.resyncId) || this.state.resync?.id === cmd.resyncId) return Promise.resolve();
     const replaced = this.state.resync?.id;
     this.ctx.log(`disk ${this.id}: resync ${cmd.resyncId} from batch ${cmd.baseSeq} (${cmd.reason})${replaced ? `, replacing ${replaced}` : ""}`);
-    void this.chain(async () => {
+    return this.chain(async () => {
       this.state.resync = { id: cmd.resyncId, baseSeq: cmd.baseSeq, reason: cmd.reason, fetchedBytes: 0, started: false, doneBytes: 0, totalBytes: this.sizeBytes };
       this.resyncSweep = undefined;
       await this.persist();

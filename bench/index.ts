@@ -3,8 +3,9 @@ import { benchReplication } from "./replication";
 import { benchRecoveryPoints } from "./recovery-points";
 import { benchFailover } from "./failover";
 import { benchNbd } from "./nbd";
+import { benchReprotect } from "./reprotect";
 
-export const BENCHMARKS = ["replication", "recovery-points", "failover", "nbd"] as const;
+export const BENCHMARKS = ["replication", "recovery-points", "failover", "nbd", "reprotect"] as const;
 export type BenchmarkName = (typeof BENCHMARKS)[number];
 
 export async function runBenchmark(name: string, options: { seconds?: number; log?: (line: string) => void } = {}): Promise<unknown> {
@@ -42,6 +43,9 @@ export async function runBenchmark(name: string, options: { seconds?: number; lo
     case "nbd":
       // The agent's NBD front end beside nbdkit on a 1 GiB image (BENCH_DISK_MIB for another size), replication running.
       return benchNbd({ diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024), randomWrites: Number(process.env.BENCH_WRITES ?? 2000), log });
+    case "reprotect":
+      // Two 1 GiB disks (BENCH_DISK_MIB for another size), 1% of their blocks changed after the failover.
+      return benchReprotect({ diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024), disks: 2, changedFraction: 0.01, log });
     default:
       throw new Error(`unknown benchmark '${name}': one of ${BENCHMARKS.join(", ")}`);
   }

@@ -57,10 +57,11 @@ const mib = (n: number) => `${(n / 1024 / 1024).toFixed(n < 10 * 1024 * 1024 ? 1
 export function progressLine(h: Heartbeat): string {
   const disks = Object.entries(h.disks).map(([id, d]) => {
     const i = d.initialReplication;
-    const phase = !i.complete
-      ? `initial ${Math.floor((100 * i.doneBytes) / Math.max(1, i.totalBytes))}%`
-      : d.resync
-        ? `resync ${Math.floor((100 * d.resync.doneBytes) / Math.max(1, d.resync.totalBytes))}%`
+    // A resync before the first copy is done is a re-protect's seed: the differential initial replication.
+    const phase = d.resync
+      ? `${i.complete ? "resync" : "initial (differential)"} ${Math.floor((100 * d.resync.doneBytes) / Math.max(1, d.resync.totalBytes))}%`
+      : !i.complete
+        ? `initial ${Math.floor((100 * i.doneBytes) / Math.max(1, i.totalBytes))}%`
         : "replicating";
     const mode = d.mode === "bitmap" ? ` · BITMAP (${mib(d.dirtyBytes)} dirty)` : "";
     return `${id}: ${phase} · seq ${d.nextSeq - 1} · backlog ${d.spoolBatches} (${mib(d.spoolBytes)})${mode}`;
@@ -178,7 +179,7 @@ export function agentCommand(program: Command): Command {
       log(`replicating ${agent.vmName} (item ${agent.itemId}): ${agent.diskIds().join(", ")}; state in ${o.stateDir}; Ctrl-C stops`);
       const served = agent.nbdAddress;
       if (served) {
-        for (const line of nbdHowTo(agent.diskIds(), served)) log(line);
+        for (const line of nbdHowTo(o.disk.map((d) => d.id), served)) log(line);
         if (served.tcp && !isLoopback(served.tcp.host)) log(`warning: NBD on tcp ${served.tcp.host}:${served.tcp.port} has no authentication: anyone who reaches it can read and write these disks`);
       }
 

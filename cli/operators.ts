@@ -74,6 +74,9 @@ export interface AlertView {
 }
 
 const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
+
+/** Where the data flows: a re-protected (reverse) item replicates from the target region back to the original one. */
+const route = (i: Pick<ItemView, "vm" | "targetRegion" | "direction">) => (i.direction === "reverse" ? `${i.targetRegion} → ${i.vm.region}` : `${i.vm.region} → ${i.targetRegion}`);
 const style = () => new Style(useColour());
 
 function positive(flag: string) {
@@ -92,7 +95,7 @@ export function itemsTable(items: ItemView[], s: Style): string {
     items.map((i) => [
       shortId(i.id),
       i.vm.name,
-      `${i.vm.region} → ${i.targetRegion}`,
+      route(i),
       i.direction ?? "forward",
       s.status(i.state),
       s.status(i.health.status),
@@ -107,7 +110,7 @@ export function itemsTable(items: ItemView[], s: Style): string {
 export function itemSummary(i: ItemView, points: PointView[], alerts: AlertView[], s: Style, unicode: boolean, now = new Date()): string {
   const out: string[] = [];
   const line = (label: string, value: string) => out.push(`${label.padEnd(16)}${value}`);
-  out.push(`${s.paint(i.vm.name, "bold")}  ${i.vm.region} → ${i.targetRegion}  (${i.direction ?? "forward"})  item ${i.id}`);
+  out.push(`${s.paint(i.vm.name, "bold")}  ${route(i)}  (${i.direction ?? "forward"})  item ${i.id}`);
   line("State", s.status(i.state));
   line("Health", `${s.status(i.health.status)}${i.health.issues.length ? `  (${i.health.issues.length} issue${i.health.issues.length > 1 ? "s" : ""})` : ""}`);
   const latest = i.latestRecoveryPoint;

@@ -7,6 +7,7 @@ import { RecoveryPoints } from "../shared/recovery-points";
 import { RecoveryPlans } from "../shared/recovery-plans";
 import { FailoverPlanning } from "../shared/failover";
 import { FailoverSteps } from "../shared/failover-steps";
+import { Reprotection } from "../shared/reprotect";
 import { loadConfig, type Config } from "../shared/settings";
 import { Storage, TABLES } from "../shared/storage";
 import type { Fabric } from "../shared/fabric/port";
@@ -37,6 +38,7 @@ export interface Services {
   telemetry: Telemetry;
   /** The services' clock (tests move it). */
   now: () => Date;
+  reprotection: Reprotection;
 }
 
 export interface ServiceOverrides {
@@ -70,8 +72,9 @@ export function createServices(config: Config, overrides: ServiceOverrides = {})
   const protection = new Protection({ config, storage, fabric, items, agents, points, jobs, history, ...clock });
   const planning = new FailoverPlanning({ items, points, plans, ...clock });
   const failover = new FailoverSteps({ config, storage, items, points, fabric, planning, agents, jobs, cacheTimeoutMs: config.failover.cacheTimeoutSeconds * 1000, ...clock });
+  const reprotection = new Reprotection({ config, storage, items, fabric, agents, jobs, ...clock });
   const monitoring = new Monitoring({ config, storage, items, points, jobs, alerts, history, ...clock, onSample: (item, sample) => telemetry.sample(item, sample) });
-  return { config, storage, fabric, items, protection, agents, points, plans, planning, failover, jobs, alerts, history, monitoring, telemetry, now: overrides.now ?? (() => new Date()) };
+  return { config, storage, fabric, items, protection, agents, points, plans, planning, failover, reprotection, jobs, alerts, history, monitoring, telemetry, now: overrides.now ?? (() => new Date()) };
 }
 
 /** LocalFabric (embedded default), or ARM with the Function App's identity; mappings are the control plane's records either way. */

@@ -16,7 +16,7 @@ export const getReplicatedItem = (services: () => Services): HttpFunctionSpec =>
     const s = services();
     const item = await s.protection.get(itemIdParam(request.params.itemId));
     const disks = await s.items.listDisks(item.id);
-    const [status, points] = await Promise.all([readReplicationStatus(s.storage, item.id, disks), s.points.summary(item)]);
+    const [status, points] = await Promise.all([readReplicationStatus(s.storage, item, disks), s.points.summary(item)]);
     return { body: itemView(item, disks, status, points) };
   }),
 });

@@ -28,6 +28,10 @@ import { listAlerts } from "./listAlerts";
 import { getItemHistory } from "./getItemHistory";
 import { dashboard, dashboardAsset } from "./dashboard";
 import { getMetrics } from "./getMetrics";
+import { reprotectItem } from "./reprotectItem";
+import { getReprotect } from "./getReprotect";
+import { resyncItem } from "./resyncItem";
+import { reprotectFunctions } from "./reprotect";
 import { timerSchedules, type TimerSchedules } from "../shared/settings";
 
 /** `schedules` default to process.env's (the Functions host's app settings); the local host passes its own env's. */
@@ -61,5 +65,9 @@ export function functionTable(services: () => Services, schedules: TimerSchedule
     cleanupTestFailover(services),
     releaseAbandonedFailovers(services),
     ...failoverFunctions(services),
+    reprotectItem(services),
+    getReprotect(services),
+    resyncItem(services),
+    ...reprotectFunctions(services),
   ];
 }

@@ -33,6 +33,7 @@ function diskView(d: DiskRecord, live: DiskReplicationStatus | undefined) {
     replicaBlob: d.replicaBlob,
     state: d.state,
     resync: d.resync ?? null,
+    initialTransferredBytes: d.initialTransfer?.bytes ?? 0,
     lastAppliedSeq: d.lastAppliedSeq ?? null,
     lastAppliedAt: d.lastAppliedAt ?? null,
     ...(live
@@ -57,6 +58,9 @@ export function itemView(item: ReplicatedItem, disks: DiskRecord[], status?: Rep
     vm: item.vm,
     targetRegion: item.targetRegion,
     target: item.target ?? null,
+    direction: item.direction ?? "forward",
+    original: item.original ?? null,
+    reprotect: item.reprotect ?? null,
     replicationGroup: item.replicationGroup ?? null,
     policy: item.policy,
     disks: views,

@@ -31,6 +31,15 @@ export const groupInfoSchema = z.object({
 });
 export type GroupInfo = z.infer<typeof groupInfoSchema>;
 
+export const resyncCommandSchema = z.object({
+  diskId: z.string(),
+  resyncId: z.string(),
+  /** The replica's watermark the manifest describes; the agent's resync batches supersede everything after it. */
+  baseSeq: z.number().int().nonnegative(),
+  reason: z.string(),
+});
+export type ResyncCommand = z.infer<typeof resyncCommandSchema>;
+
 export const registrationResponseSchema = z.object({
   itemId: z.string(),
   vmName: z.string(),
@@ -47,6 +56,8 @@ export const registrationResponseSchema = z.object({
     }),
   ),
   policy: policySchema,
+  /** Resyncs to run before any other job (a re-protect's seed: compare with the seeded replica instead of copying whole). */
+  resync: z.array(resyncCommandSchema).optional(),
   replicationGroup: z.string().optional(),
   peers: z.array(z.string()),
   group: groupInfoSchema.optional(),
@@ -77,14 +88,6 @@ export const checkinRequestSchema = z
   .strict();
 export type CheckinRequest = z.infer<typeof checkinRequestSchema>;
 
-export const resyncCommandSchema = z.object({
-  diskId: z.string(),
-  resyncId: z.string(),
-  /** The replica's watermark the manifest describes; the agent's resync batches supersede everything after it. */
-  baseSeq: z.number().int().nonnegative(),
-  reason: z.string(),
-});
-export type ResyncCommand = z.infer<typeof resyncCommandSchema>;
 
 export const checkinResponseSchema = z.object({
   ...sasEndpoints,

@@ -17,9 +17,9 @@ import {
 } from "./agent-protocol";
 import { seqOfBlobName } from "./batch";
 import { BadRequest, Conflict, isConflict, isNotFound, NotFound, Unauthorized } from "./errors";
-import { cacheContainerName, clearIssues, ItemStore, raiseIssue, type DiskRecord, type ReplicatedItem } from "./items";
+import { cacheContainerName, clearIssues, directionOf, isControlPlaneResync, ItemStore, raiseIssue, type DiskRecord, type ReplicatedItem } from "./items";
 import type { Config } from "./settings";
-import { REPLICATION_QUEUE, TABLES, type Storage } from "./storage";
+import { directionAccounts, REPLICATION_QUEUE, TABLES, type Direction, type Storage } from "./storage";
 
 export const hashSecret = (secret: string) => createHash("sha256").update(secret, "utf8").digest("hex");
 
@@ -69,24 +69,39 @@ const NO_AGENT = new Set([...NOT_PROTECTED, "FailoverCommitted"]);
 /** Agent warnings the item's health shows (Warning severity); other codes an agent reports are ignored. */
 export const AGENT_WARNING_CODES: ReadonlySet<string> = new Set(Object.values(AGENT_WARNINGS));
 
+/** The resyncs the control plane waits for (halted disks, a re-protect's seed, an operator's request): the agent runs them. */
+function resyncCommands(disks: DiskRecord[]): ResyncCommand[] {
+  return disks
+    .filter((d) => isControlPlaneResync(d.resync))
+    .map((d) => ({ diskId: d.id, resyncId: d.resync!.id, baseSeq: d.resync!.baseSeq, reason: d.resync!.reason }));
+}
+
+/** CRC32C of an all-zero 64 KiB block: the checksum of every block no page was ever written to. */
+const ZERO_BLOCK_CRC = crc32c(Buffer.alloc(RESYNC_BLOCK_BYTES));
+/** Chunk reads of a manifest in flight at once. */
+const MANIFEST_READS = 4;
+
 /** A registration found its item disabled under it. */
 class ItemGone extends Error {}
 
 export class Agents {
   private readonly now: () => Date;
 
-  private readonly sas: AgentSas;
+  /** Per direction: the cache container lives in the account of the region the VM replicates from. */
+  private readonly sas: Record<Direction, AgentSas>;
 
   constructor(private readonly deps: AgentsDeps) {
     this.now = deps.now ?? (() => new Date());
     const { storage, config } = deps;
-    this.sas = new AgentSas({
-      cache: config.storage.cache,
-      control: config.storage.control,
-      cacheBlobKey: (startsOn, expiresOn) => storage.cacheBlobs.getUserDelegationKey(startsOn, expiresOn),
-      controlQueueKey: (startsOn, expiresOn) => storage.controlQueues.getUserDelegationKey(startsOn, expiresOn),
-      now: this.now,
-    });
+    const signer = (direction: Direction) =>
+      new AgentSas({
+        cache: directionAccounts(config, direction).cache,
+        control: config.storage.control,
+        cacheBlobKey: (startsOn, expiresOn) => storage.cache(direction).getUserDelegationKey(startsOn, expiresOn),
+        controlQueueKey: (startsOn, expiresOn) => storage.controlQueues.getUserDelegationKey(startsOn, expiresOn),
+        now: this.now,
+      });
+    this.sas = { forward: signer("forward"), reverse: signer("reverse") };
   }
 
   private table(): Promise<TableClient> {
@@ -168,7 +183,10 @@ export class Agents {
       vmName: item.vm.name,
       agentKey,
       ...(await this.endpoints(item)),
-      disks: await Promise.all(disks.map(async (d) => ({ id: d.id, role: d.role, sizeBytes: d.sizeBytes, nextSeq: await this.nextSeq(d) }))),
+      disks: await Promise.all(disks.map(async (d) => ({ id: d.id, role: d.role, sizeBytes: d.sizeBytes, nextSeq: await this.nextSeq(directionOf(item), d) }))),
+      // A re-protect's seed (or any resync the control plane waits for) is known before the agent's first job starts:
+      // a disk must compare with its seeded replica, never copy itself whole first.
+      resync: resyncCommands(disks),
       policy: item.policy,
       ...(item.replicationGroup ? { replicationGroup: item.replicationGroup } : {}),
       // The group's agents find each other through `group` (its coordinator and members).
@@ -202,7 +220,7 @@ export class Agents {
       const disk = await this.deps.items.updateDisk(item.id, r.diskId, (d) => {
         // A resync the control plane started (a corrupt batch) covers the whole disk already and must stay: replacing
         // it would un-halt the disk past the batch that was never applied.
-        if (d.resync?.id === r.resyncId || d.resync?.origin === "apply") return undefined;
+        if (d.resync?.id === r.resyncId || isControlPlaneResync(d.resync)) return undefined;
         d.state = "ResyncRequired";
         d.resync = { id: r.resyncId, reason: r.reason, origin: "agent", baseSeq: d.lastAppliedSeq ?? 0, since: at };
         return d;
@@ -219,9 +237,7 @@ export class Agents {
     }
     await this.syncWarnings(item, req.warnings ?? [], at);
     const disks = await this.deps.items.listDisks(item.id);
-    const resync: ResyncCommand[] = disks
-      .filter((d) => d.state === "ResyncRequired" && d.resync?.origin === "apply")
-      .map((d) => ({ diskId: d.id, resyncId: d.resync!.id, baseSeq: d.resync!.baseSeq, reason: d.resync!.reason }));
+    const resync = resyncCommands(disks);
     if (item.replicationGroup && req.groupListen) await this.recordListen(item.replicationGroup, item.id, req.groupListen);
     return {
       ...(await this.endpoints(item)),
@@ -303,29 +319,51 @@ export class Agents {
     const found = await this.deps.items.getDisk(item.id, req.diskId);
     if (!found) throw new NotFound("disk", req.diskId);
     const disk = found.disk;
-    if (disk.resync?.id !== req.resyncId || disk.resync.origin !== "apply") {
+    if (disk.resync?.id !== req.resyncId || !isControlPlaneResync(disk.resync)) {
       throw new Conflict("NoSuchResync", `disk '${disk.id}' has no resync '${req.resyncId}' in progress`, { diskId: disk.id, resync: disk.resync ?? null });
     }
     if (req.offset + req.length > disk.sizeBytes) {
       throw new BadRequest(`range ends past the disk's ${disk.sizeBytes} bytes`, [{ field: "length", message: `offset + length must be ≤ ${disk.sizeBytes}` }]);
     }
-    const blob = (await this.deps.storage.replicas()).getPageBlobClient(disk.replicaBlob);
+    const blob = (await this.deps.storage.replicas(directionOf(item))).getPageBlobClient(disk.replicaBlob);
     const watermark = (await blob.getProperties()).blobSequenceNumber ?? 0;
     if (watermark !== disk.resync.baseSeq) {
       throw new Conflict("ReplicaMoved", `replica of disk '${disk.id}' is at batch ${watermark}, not the resync's base ${disk.resync.baseSeq}`, { watermark });
     }
-    const checksums: number[] = [];
-    const chunk = 4 * 1024 * 1024;
-    for (let at = req.offset; at < req.offset + req.length; at += chunk) {
-      const n = Math.min(chunk, req.offset + req.length - at);
-      const bytes = await blob.downloadToBuffer(at, n);
-      for (let b = 0; b < n; b += RESYNC_BLOCK_BYTES) checksums.push(crc32c(bytes.subarray(b, b + RESYNC_BLOCK_BYTES)));
+    // Only pages that hold data are read (a seed's empty regions, a sparse disk): the rest are zero blocks. Chunks are
+    // read a few at a time, so the checksum pass runs at the account's throughput rather than one request's.
+    const end = req.offset + req.length;
+    const written: [number, number][] = [];
+    for await (const page of blob.listPageRanges(req.offset, req.length).byPage()) {
+      for (const r of page.pageRange ?? []) written.push([Math.max(req.offset, r.start), Math.min(end, r.end + 1)]);
     }
+    const holdsData = (from: number, to: number) => written.some(([a, b]) => a < to && b > from);
+    const checksums: number[] = new Array(req.length / RESYNC_BLOCK_BYTES).fill(ZERO_BLOCK_CRC);
+    const chunk = 4 * 1024 * 1024;
+    const chunks: number[] = [];
+    for (let at = req.offset; at < end; at += chunk) if (holdsData(at, Math.min(end, at + chunk))) chunks.push(at);
+    let next = 0;
+    const worker = async () => {
+      while (next < chunks.length) {
+        const at = chunks[next++]!;
+        const n = Math.min(chunk, end - at);
+        const bytes = await blob.downloadToBuffer(at, n);
+        for (let b = 0; b < n; b += RESYNC_BLOCK_BYTES) checksums[(at - req.offset + b) / RESYNC_BLOCK_BYTES] = crc32c(bytes.subarray(b, b + RESYNC_BLOCK_BYTES));
+      }
+    };
+    await Promise.all(Array.from({ length: MANIFEST_READS }, worker));
     return { diskId: disk.id, resyncId: req.resyncId, baseSeq: watermark, offset: req.offset, blockBytes: RESYNC_BLOCK_BYTES, checksums };
   }
 
   private async protectedItem(itemId: string): Promise<ReplicatedItem> {
     const found = await this.deps.items.get(itemId);
+    if (found?.item.state === "Reprotecting") {
+      // The agent of a re-protect registers as soon as it has its token; the seed is being prepared: it tries again.
+      throw new Conflict("ReprotectInProgress", `replicated item '${itemId}' is being re-protected: its replicas are being seeded; register again shortly`, {
+        itemId,
+        state: found.item.state,
+      });
+    }
     if (!found || NO_AGENT.has(found.item.state)) throw new Unauthorized("the replicated item of this agent is not being protected");
     return found.item;
   }
@@ -343,10 +381,12 @@ export class Agents {
     const now = this.now();
     const expiresOn = new Date(now.getTime() + this.deps.config.agent.sasTtlHours * 3600_000);
     const startsOn = new Date(now.getTime() - 5 * 60_000); // clock skew between the VM and storage
-    const { cache, control } = this.deps.config.storage;
+    const direction = directionOf(item);
+    const { cache } = directionAccounts(this.deps.config, direction);
+    const { control } = this.deps.config.storage;
     const containerName = cacheContainerName(item.id);
-    const blob = await this.sas.cacheContainer(containerName, startsOn, expiresOn);
-    const queue = await this.sas.queue(REPLICATION_QUEUE, startsOn, expiresOn);
+    const blob = await this.sas[direction].cacheContainer(containerName, startsOn, expiresOn);
+    const queue = await this.sas[direction].queue(REPLICATION_QUEUE, startsOn, expiresOn);
     await this.deps.storage.replicationQueue();
     return {
       cache: { containerUrl: `${cache.blobUrl}/${containerName}?${blob.sas}`, expiresOn: blob.expiresOn.toISOString() },
@@ -355,10 +395,10 @@ export class Agents {
   }
 
   /** Above everything applied (the replica's watermark) and everything waiting in the cache: a new agent never reuses a seq. */
-  private async nextSeq(disk: DiskRecord): Promise<number> {
-    const replica = (await this.deps.storage.replicas()).getPageBlobClient(disk.replicaBlob);
+  private async nextSeq(direction: Direction, disk: DiskRecord): Promise<number> {
+    const replica = (await this.deps.storage.replicas(direction)).getPageBlobClient(disk.replicaBlob);
     let highest = (await replica.getProperties()).blobSequenceNumber ?? 0;
-    const cache = this.deps.storage.cacheBlobs.getContainerClient(cacheContainerName(disk.itemId));
+    const cache = this.deps.storage.cache(direction).getContainerClient(cacheContainerName(disk.itemId));
     for await (const b of cache.listBlobsFlat({ prefix: `${disk.id}/` })) highest = Math.max(highest, seqOfBlobName(b.name) ?? 0);
     return highest + 1;
   }

@@ -110,6 +110,10 @@ export type EnableRequest = z.infer<typeof enableRequestSchema>;
 /** PATCH of an item: the replication group to join, or null to leave it. */
 export const updateRequestSchema = z.object({ replicationGroup: groupName.nullable() }).strict();
 
+/** Re-protect and resync take no options (yet): `{}` or no body; anything else is refused by name. */
+export const reprotectRequestSchema = z.object({}).strict();
+export const resyncRequestSchema = z.object({}).strict();
+
 /** `replace`: an agent is already registered for the item and this one takes over (the registered one is locked out). */
 export const registerRequestSchema = z.object({ token: z.string().min(1).max(512), replace: z.boolean().optional() }).strict();
 

@@ -19,6 +19,8 @@ import { isFenced, isLeaseHeld, isNotFound, isTransient } from "./errors";
 import {
   cacheContainerName,
   clearIssues,
+  directionOf,
+  isControlPlaneResync,
   raiseIssue,
   replicaBlobName,
   replicationStateOf,
@@ -28,7 +30,7 @@ import {
   type ReplicatedItem,
 } from "./items";
 import type { Config } from "./settings";
-import { queueMessageText, REPLICATION_POISON_QUEUE, type Storage } from "./storage";
+import { queueMessageText, REPLICATION_POISON_QUEUE, type Direction, type Storage } from "./storage";
 
 const MiB = 1024 * 1024;
 
@@ -238,8 +240,15 @@ async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyO
   const limits = { ...DEFAULT_APPLY_LIMITS, ...deps.limits };
   const log = deps.log ?? (() => undefined);
   const { itemId, diskId } = message;
-  const replica = (await deps.storage.replicas()).getPageBlobClient(replicaBlobName(itemId, diskId));
-  const cache = deps.storage.cacheBlobs.getContainerClient(cacheContainerName(itemId));
+  // The item says which way it replicates, so which accounts hold its cache and replica (one table read).
+  const found = await deps.items.get(itemId);
+  if (!found) {
+    log(`${itemId}/${diskId}: no such item (disabled or unknown); batch ${message.seq} ignored`);
+    return { result: "noop", applied: 0, stop: "gone" };
+  }
+  const direction = directionOf(found.item);
+  const replica = (await deps.storage.replicas(direction)).getPageBlobClient(replicaBlobName(itemId, diskId));
+  const cache = deps.storage.cache(direction).getContainerClient(cacheContainerName(itemId));
 
   // Cheap no-op first: late and duplicate messages end here with two HEAD requests and no table read.
   const watermark = await readWatermark(replica);
@@ -268,7 +277,7 @@ async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyO
   }
   const keeper = new LeaseKeeper(lease, limits.leaseSeconds);
   try {
-    return await new ApplyRun(deps, limits, log, message, replica, cache, lease.leaseId, keeper).run();
+    return await new ApplyRun(deps, limits, log, message, direction, replica, cache, lease.leaseId, keeper).run();
   } finally {
     keeper.stop();
     await lease.releaseLease().catch(() => undefined);
@@ -327,12 +336,15 @@ class ApplyRun {
   private maxWriteMs: number | undefined;
   private recordedAt = Date.now();
   private recordedWatermark = -1;
+  /** Batch blob sizes applied or superseded during initial replication, by seq (recorded once per seq). */
+  private readonly shipped = new Map<number, number>();
 
   constructor(
     private readonly deps: ApplyDeps,
     private readonly limits: ApplyLimits,
     private readonly log: (line: string) => void,
     message: BatchMessage,
+    private readonly direction: Direction,
     private readonly replica: PageBlobClient,
     private readonly cache: ContainerClient,
     private readonly leaseId: string,
@@ -357,6 +369,11 @@ class ApplyRun {
       this.log(`${this.itemId}/${this.diskId}: item is being disabled; nothing applied`);
       return this.end("disabled");
     }
+    if (directionOf(item.item) !== this.direction) {
+      // A re-protect turned the item around since this run looked: these are the other direction's blobs.
+      this.log(`${this.itemId}/${this.diskId}: the item now replicates ${directionOf(item.item)}; nothing applied`);
+      return this.end("gone");
+    }
     this.item = item.item;
     this.disk = disk.disk;
 
@@ -371,10 +388,13 @@ class ApplyRun {
     return this.end(await this.applyContiguous(first));
   }
 
-  /** Stopped at a corrupt batch: the watermark still sits at the resync's base, nothing of the resync applied yet. */
+  /**
+   * Waiting for a control-plane resync (a corrupt batch, a re-protect's seed, an operator's request): the watermark
+   * still sits at the resync's base, nothing of the resync applied yet.
+   */
   private halted(): boolean {
     const r = this.disk.resync;
-    return this.disk.state === "ResyncRequired" && r?.origin === "apply" && this.watermark === r.baseSeq;
+    return this.disk.state !== "Protected" && isControlPlaneResync(r) && this.watermark === r.baseSeq;
   }
 
   /** Batches at or below this were applied (or superseded by the resync) and only need deleting. */
@@ -567,6 +587,8 @@ class ApplyRun {
         return { batch };
       }
       if (batch.header.initialComplete) initialComplete = true;
+      // Shipped all the same: a superseded batch counts toward what the initial replication transferred.
+      if (!this.disk.initialComplete) this.shipped.set(seq, this.listing.get(seq)?.bytes ?? 0);
       skipped.push(seq);
       through = seq;
     }
@@ -637,6 +659,7 @@ class ApplyRun {
         if (isFenced(e)) return this.fencedOut(seq, (e as Error).message);
         throw e;
       }
+      if (!this.disk.initialComplete) this.shipped.set(seq, this.listing.get(seq)?.bytes ?? batch.payload.length);
       this.watermark = seq;
       this.applied++;
       this.appliedBytes += batch.header.payloadLength;
@@ -685,7 +708,7 @@ class ApplyRun {
       if (endsResync && d.resync?.id === h.resyncId) {
         // A control-plane resync compared the whole disk: the replica now equals the source, so initial
         // replication is complete even if the batch that said so was the one lost.
-        if (d.resync?.origin === "apply") d.initialComplete = true;
+        if (isControlPlaneResync(d.resync)) d.initialComplete = true;
         delete d.resync;
         d.state = d.initialComplete ? "Protected" : "InitialReplication";
         changed = true;
@@ -717,6 +740,16 @@ class ApplyRun {
 
   /** Moves the record's progress to this run's; returns the bytes added to its `appliedBytes` (counted once the write lands). */
   private progressFields(d: DiskRecord, at: string): number {
+    if (this.shipped.size > 0) {
+      const t = d.initialTransfer ?? { bytes: 0, throughSeq: 0 };
+      for (const [seq, bytes] of [...this.shipped].sort((a, b) => a[0] - b[0])) {
+        if (seq <= t.throughSeq) continue;
+        t.bytes += bytes;
+        t.throughSeq = seq;
+      }
+      d.initialTransfer = t;
+      this.shipped.clear();
+    }
     if (this.applied === 0) return 0;
     const added = this.appliedBytes - this.recordedBytes;
     d.appliedBytes = (d.appliedBytes ?? 0) + added;
@@ -729,7 +762,7 @@ class ApplyRun {
   /** Progress on the disk record: once per run, or every few seconds of a long one. */
   private async recordProgress(): Promise<void> {
     this.recordedAt = Date.now();
-    if (this.applied === 0 || this.recordedWatermark === this.watermark) return;
+    if ((this.applied === 0 || this.recordedWatermark === this.watermark) && this.shipped.size === 0) return;
     const at = this.now().toISOString();
     let added = 0;
     await this.deps.items.updateDisk(this.itemId, this.diskId, (d) => {

@@ -6,10 +6,21 @@ import { Conflict, IllegalState, isLeaseHeld, isNotFound, NotFound } from "./err
 import type { Fabric, FabricResource } from "./fabric/port";
 import { resourceId } from "./fabric/port";
 import { FailoverPlanning, type FailoverInput } from "./failover";
-import { cacheContainerName, replicaBlobName, replicationStateOf, type FailoverRecord, type ItemStore, type ReplicatedItem } from "./items";
+import {
+  cacheContainerName,
+  directionOf,
+  failoverPlacement,
+  replicaBlobName,
+  replicationSource,
+  replicationStateOf,
+  type FailoverPlacement,
+  type FailoverRecord,
+  type ItemStore,
+  type ReplicatedItem,
+} from "./items";
 import { snapshotAtTag, vmPartition, type RecoveryPoint, type RecoveryPoints } from "./recovery-points";
 import type { Config } from "./settings";
-import { FAILOVER_CONTAINER, type Storage } from "./storage";
+import { FAILOVER_CONTAINER, type Direction, type Storage } from "./storage";
 import type { Jobs, JobStep } from "./jobs";
 
 type StepRecorder = { step(name: string): Promise<void> };
@@ -151,7 +162,11 @@ export class FailoverSteps {
     const item = await this.owned(itemId, input.instanceId);
     const tagId = finalTagId(input.instanceId);
     const sealed = (await this.deps.points.listPartition(vmPartition(itemId))).some((p) => p.id === tagId);
-    if (sealed) await this.deps.fabric.setPowerState(item.vm.region, item.vm.resourceGroup, item.vm.name, "deallocated");
+    if (sealed) {
+      // The VM that replicated: the original one forward, the failed-over one in the recovery region for a failback.
+      const source = replicationSource(item);
+      await this.deps.fabric.setPowerState(source.region, source.resourceGroup, source.name, "deallocated");
+    }
     return sealed;
   }
 
@@ -168,7 +183,8 @@ export class FailoverSteps {
     const pointId = latestPointId(input.instanceId);
     if ((await this.deps.points.listPartition(vmPartition(itemId))).some((p) => p.id === pointId)) return { pointId };
     const disks = await this.deps.items.listDisks(itemId);
-    const cache = this.deps.storage.cacheBlobs.getContainerClient(cacheContainerName(itemId));
+    const direction = directionOf(item);
+    const cache = this.deps.storage.cache(direction).getContainerClient(cacheContainerName(itemId));
     const deadline = Date.now() + (this.deps.drainTimeoutMs ?? DRAIN_DEADLINE_MS);
     for (const disk of disks) {
       const reached = await this.drainDisk(item, disk.id, cache, deadline);
@@ -176,7 +192,7 @@ export class FailoverSteps {
         return { note: "the source region's cache could not be reached: failed over to the latest processed point instead of latest" };
       }
     }
-    const replicas = await this.deps.storage.replicas();
+    const replicas = await this.deps.storage.replicas(direction);
     const pointDisks: RecoveryPoint["disks"] = [];
     let newestWriteMs = 0;
     for (const disk of disks) {
@@ -205,7 +221,7 @@ export class FailoverSteps {
    * contiguous in the cache when the drain began: a source still writing does not make it chase a moving target.
    */
   private async drainDisk(item: ReplicatedItem, diskId: string, cache: ContainerClient, deadline: number): Promise<"drained" | "unreachable"> {
-    const replica = (await this.deps.storage.replicas()).getPageBlobClient(replicaBlobName(item.id, diskId));
+    const replica = (await this.deps.storage.replicas(directionOf(item))).getPageBlobClient(replicaBlobName(item.id, diskId));
     const cached = await this.listCached(cache, diskId);
     if (cached === "unreachable") return "unreachable";
     let watermark = (await replica.getProperties()).blobSequenceNumber ?? 0;
@@ -326,8 +342,9 @@ export class FailoverSteps {
     return `${plan.vmName}-${diskId}-${input.stamp}.vhd`;
   }
 
-  private async failoverContainer(): Promise<ContainerClient> {
-    return this.deps.storage.failover();
+  /** Failover disks sit beside the replicas they are copied from: the recovery region forward, the original one for a failback. */
+  private async failoverContainer(direction: Direction): Promise<ContainerClient> {
+    return this.deps.storage.failover(direction);
   }
 
   /**
@@ -335,12 +352,14 @@ export class FailoverSteps {
    * failover started is never restarted unless it failed) and says whether any is still pending.
    */
   async copyDisks(input: FailoverInput, plan: VmPlan): Promise<{ state: CopyState; copied: number; total: number }> {
-    await this.owned(plan.itemId, input.instanceId);
-    const container = await this.failoverContainer();
-    const replicas = await this.deps.storage.replicas();
+    const item = await this.owned(plan.itemId, input.instanceId);
+    const direction = directionOf(item);
+    const container = await this.failoverContainer(direction);
+    const replicas = await this.deps.storage.replicas(direction);
     const names = plan.disks.map((d) => this.failoverBlobName(input, plan, d.diskId));
     // Recorded before the copies start, so that a rollback or cleanup finds every blob this step may have made.
     await this.record(plan.itemId, input.instanceId, (f) => {
+      f.direction = direction;
       f.resources.disks = [...new Set([...f.resources.disks, ...names])];
     });
     await this.mark(plan.itemId, input.instanceId, "disk copies started");
@@ -364,20 +383,57 @@ export class FailoverSteps {
     return { state: copied === plan.disks.length ? "success" : "pending", copied, total: plan.disks.length };
   }
 
+  /** Where the item fails over to in its direction: the recovery region's target resources, or the original ones (failback). */
+  private placement(item: ReplicatedItem): FailoverPlacement {
+    const p = failoverPlacement(item);
+    if (!p) throw new FailoverStepError("NoTarget", `replicated item '${item.id}' has no target resources for a ${directionOf(item)} failover`);
+    return p;
+  }
+
   /** The target network of the VM: the mapped vnet and subnet, or for a test failover the isolated test network. */
   private async network(input: FailoverInput, item: ReplicatedItem): Promise<{ vnet: FabricResource; subnet: string }> {
-    const target = item.target;
-    if (!target) throw new FailoverStepError("NoTarget", `replicated item '${item.id}' has no target resources`);
-    const mapped = await this.deps.fabric.get(target.vnet.id);
-    if (!mapped) throw new FailoverStepError("NetworkMissing", `target network ${target.vnet.id} no longer exists`);
+    const target = this.placement(item);
+    const mapped = await this.deps.fabric.get(target.vnetId);
+    if (!mapped) throw new FailoverStepError("NetworkMissing", `target network ${target.vnetId} no longer exists`);
     if (input.type !== "test") return { vnet: mapped, subnet: target.subnet };
-    const name = input.testNetwork ?? `${target.vnet.name}-test`;
-    const ensured = await this.deps.fabric.ensureVirtualNetwork(item.targetRegion, target.resourceGroup.name, name, {
+    const name = input.testNetwork ?? `${target.vnetName}-test`;
+    const ensured = await this.deps.fabric.ensureVirtualNetwork(target.region, target.resourceGroup, name, {
       addressSpace: mapped.addressSpace ?? [],
       subnets: mapped.subnets ?? [],
     });
     await this.record(item.id, input.instanceId, (f) => void (f.resources.testNetworkId = ensured.resource.id));
     return { vnet: ensured.resource, subnet: target.subnet };
+  }
+
+  /**
+   * A planned or unplanned failover lands where a VM of the item may already be: the one an earlier failover left in
+   * the recovery region, or (failback) the original VM. That VM is replaced, not duplicated: it goes, with its NIC
+   * (which holds the address to keep) and the failover disks it was made from; recorded first, so a retried step
+   * knows. A VM of that name the item never had is not touched: the step fails instead.
+   */
+  private async replaceLeftVm(input: FailoverInput, item: ReplicatedItem, plan: VmPlan): Promise<void> {
+    if (input.type === "test") return;
+    const target = this.placement(item);
+    const vmId = resourceId("virtualMachine", target.resourceGroup, this.targetVmName(input, plan));
+    const left = await this.deps.fabric.get(vmId);
+    if (!left || left.tags?.failover === input.instanceId) return;
+    const original = directionOf(item) === "reverse" && target.resourceGroup.toLowerCase() === item.vm.resourceGroup.toLowerCase();
+    if (left.tags?.item !== item.id && !original) {
+      throw new FailoverStepError("TargetVmExists", `a VM '${left.name}' that site-recovery did not make for this item exists in ${target.resourceGroup}: remove or rename it, then fail over again`);
+    }
+    const container = await this.failoverContainer(directionOf(item));
+    const prefix = `${container.url}/`;
+    const disks = [left.osDisk, ...(left.dataDisks ?? [])]
+      .filter((d): d is NonNullable<typeof d> => d !== undefined && d.vhdUri.startsWith(prefix))
+      .map((d) => decodeURIComponent(d.vhdUri.slice(prefix.length).split("?")[0]!));
+    await this.record(item.id, input.instanceId, (f) => {
+      f.replaced ??= { vmId: left.id, ...(left.nicId ? { nicId: left.nicId } : {}), disks };
+    });
+    await this.deps.fabric.delete(left.id);
+    if (left.nicId) await this.deps.fabric.delete(left.nicId);
+    for (const name of disks) await container.getPageBlobClient(name).deleteIfExists({ deleteSnapshots: "include" });
+    this.log(`failover ${input.instanceId}: replaced ${left.id} (${disks.length} disk(s))`);
+    await this.mark(item.id, input.instanceId, "left-behind VM replaced");
   }
 
   private targetVmName(input: FailoverInput, plan: VmPlan): string {
@@ -386,15 +442,19 @@ export class FailoverSteps {
 
   async createNic(input: FailoverInput, plan: VmPlan): Promise<{ nicId: string; privateIp: string }> {
     const item = await this.owned(plan.itemId, input.instanceId);
+    const target = this.placement(item);
+    const nicId = resourceId("networkInterface", target.resourceGroup, `${this.targetVmName(input, plan)}-nic`);
+    const made = await this.deps.fabric.get(nicId);
+    if (made?.tags?.failover !== input.instanceId) await this.replaceLeftVm(input, item, plan);
     const { vnet, subnet } = await this.network(input, item);
     const ensured = await this.deps.fabric.ensureNetworkInterface({
-      region: item.targetRegion,
-      resourceGroup: item.target!.resourceGroup.name,
+      region: target.region,
+      resourceGroup: target.resourceGroup,
       name: `${this.targetVmName(input, plan)}-nic`,
       vnetId: vnet.id,
       subnet,
       allocation: input.type === "test" ? "fromEnd" : "retain",
-      ...(item.vm.network.privateIp ? { preferredIp: item.vm.network.privateIp } : {}),
+      ...(target.preferredIp ? { preferredIp: target.preferredIp } : {}),
       tags: { failover: input.instanceId, item: item.id },
     });
     const nic = ensured.resource;
@@ -408,7 +468,8 @@ export class FailoverSteps {
 
   async createVm(input: FailoverInput, plan: VmPlan, nicId: string): Promise<{ vmId: string }> {
     const item = await this.owned(plan.itemId, input.instanceId);
-    const container = await this.failoverContainer();
+    const target = this.placement(item);
+    const container = await this.failoverContainer(directionOf(item));
     const disk = (d: VmPlan["disks"][number]) => ({
       name: `${this.targetVmName(input, plan)}-${d.diskId}`,
       vhdUri: container.getPageBlobClient(this.failoverBlobName(input, plan, d.diskId)).url,
@@ -416,12 +477,12 @@ export class FailoverSteps {
     });
     const os = plan.disks.find((d) => d.index === 0) ?? plan.disks[0]!;
     const ensured = await this.deps.fabric.ensureVirtualMachine({
-      region: item.targetRegion,
-      resourceGroup: item.target!.resourceGroup.name,
+      region: target.region,
+      resourceGroup: target.resourceGroup,
       name: this.targetVmName(input, plan),
       size: item.vm.size,
       nicId,
-      ...(item.target!.availabilitySet ? { availabilitySetId: item.target!.availabilitySet.id } : {}),
+      ...(target.availabilitySetId ? { availabilitySetId: target.availabilitySetId } : {}),
       osDisk: disk(os),
       dataDisks: plan.disks.filter((d) => d !== os).map(disk),
       tags: { failover: input.instanceId, item: item.id, recoveryPoint: plan.point.id },
@@ -433,7 +494,8 @@ export class FailoverSteps {
 
   async startVm(input: FailoverInput, plan: VmPlan): Promise<{ powerState: string }> {
     const item = await this.owned(plan.itemId, input.instanceId);
-    const vm = await this.deps.fabric.setPowerState(item.targetRegion, item.target!.resourceGroup.name, this.targetVmName(input, plan), "running");
+    const target = this.placement(item);
+    const vm = await this.deps.fabric.setPowerState(target.region, target.resourceGroup, this.targetVmName(input, plan), "running");
     await this.mark(item.id, input.instanceId, "VM running");
     return { powerState: vm.powerState ?? "running" };
   }
@@ -454,6 +516,7 @@ export class FailoverSteps {
     const f = updated?.failover ?? item.failover!;
     const vm = f.resources.vmId ? await this.deps.fabric.get(f.resources.vmId) : undefined;
     const name = this.targetVmName(input, plan);
+    const target = this.placement(item);
     return {
       itemId: item.id,
       vm: item.vm.name,
@@ -461,9 +524,9 @@ export class FailoverSteps {
       dataLossWindowSeconds: Math.max(0, Math.round((Date.parse(input.startedAt) - Date.parse(plan.point.time)) / 1000)),
       failoverDurationSeconds: f.durationSeconds ?? duration,
       targetVm: {
-        id: vm?.id ?? resourceId("virtualMachine", item.target!.resourceGroup.name, name),
+        id: vm?.id ?? resourceId("virtualMachine", target.resourceGroup, name),
         name,
-        resourceGroup: item.target!.resourceGroup.name,
+        resourceGroup: target.resourceGroup,
         privateIp: f.resources.privateIp ?? "",
         powerState: vm?.powerState ?? "unknown",
       },
@@ -481,7 +544,7 @@ export class FailoverSteps {
     const fabric = this.deps.fabric;
     if (f.resources.vmId && (await fabric.delete(f.resources.vmId))) removed.push(f.resources.vmId);
     if (f.resources.nicId && (await fabric.delete(f.resources.nicId))) removed.push(f.resources.nicId);
-    const container = await this.failoverContainer();
+    const container = await this.failoverContainer(f.direction ?? "forward");
     for (const name of f.resources.disks) {
       const r = await container.getPageBlobClient(name).deleteIfExists({ deleteSnapshots: "include" });
       if (r.succeeded) removed.push(`${FAILOVER_CONTAINER}/${name}`);
@@ -526,7 +589,8 @@ export class FailoverSteps {
     if (!found || f?.instanceId !== input.instanceId) return [];
     const removed = await this.removeResources(f);
     if (found.item.sourceShutdown) {
-      await this.deps.fabric.setPowerState(found.item.vm.region, found.item.vm.resourceGroup, found.item.vm.name, "running");
+      const source = replicationSource(found.item);
+      await this.deps.fabric.setPowerState(source.region, source.resourceGroup, source.name, "running");
     }
     await this.deps.items.updateItemWithDisks(itemId, (i, disks) => {
       if (i.failover?.instanceId !== input.instanceId) return undefined;

@@ -2,7 +2,7 @@
 import type { TableClient } from "@azure/data-tables";
 import { isConflict, isNotFound, storageStatus } from "./errors";
 import { DISK_ID_PATTERN, ITEM_ID_PATTERN, type ReplicationPolicy } from "./api";
-import type { Storage } from "./storage";
+import type { Direction, Storage } from "./storage";
 import { TABLES } from "./storage";
 
 export type ItemState =
@@ -15,6 +15,7 @@ export type ItemState =
   | "FailedOver"
   | "FailoverCommitted"
   | "TestFailover"
+  | "Reprotecting"
   | "Disabling";
 
 export type HealthStatus = "Healthy" | "Warning" | "Critical";
@@ -74,6 +75,15 @@ export interface ReplicatedItem {
   };
   targetRegion: string;
   target?: TargetResources;
+  /**
+   * Which way the item replicates now (absent: `forward`, as every item before re-protect existed). Re-protect turns
+   * it around; the item keeps its id.
+   */
+  direction?: Direction;
+  /** The VM's original placement as a failback target: recorded by the first re-protect (the user's own resources). */
+  original?: OriginalResources;
+  /** The re-protect the item is in, or the last one it went through. */
+  reprotect?: ReprotectRecord;
   replicationGroup?: string;
   policy: ReplicationPolicy;
   health: { status: HealthStatus; issues: HealthIssue[] };
@@ -94,6 +104,50 @@ export interface ReplicatedItem {
 
 export type FailoverType = "test" | "planned" | "unplanned";
 
+/** The original region's resources a failback lands in: found (or recorded) there, never created or deleted by disable. */
+export interface OriginalResources {
+  resourceGroup: { id: string; name: string };
+  vnet: { id: string; name: string };
+  subnet: string;
+  availabilitySet?: { id: string; name: string };
+}
+
+/** Where the reverse (or forward again) replicas start from, per disk. */
+export type SeedSource =
+  /** The other direction's replica, copied server-side into this direction's replica account (the newest state known). */
+  | "other-direction-replica"
+  /** This direction's replica left from an earlier cycle, reused in place. */
+  | "previous-replica"
+  /** Nothing usable: an empty replica, so the agent ships every block that is not zero. */
+  | "none";
+
+export interface DiskSeed {
+  source: SeedSource;
+  /** Server-side copy started (other-direction-replica), and done. */
+  copyStarted?: boolean;
+  note?: string;
+}
+
+export interface ReprotectRecord {
+  /** The durable orchestration running (or that ran) the re-protect. */
+  instanceId: string;
+  from: Direction;
+  to: Direction;
+  startedAt: string;
+  /** Seeds chosen per disk (recorded before any copy starts, so a resumed step keeps its choice). */
+  seeds?: Record<string, DiskSeed>;
+  /** The replicas are seeded and the agent may register: the differential initial replication runs from here. */
+  seededAt?: string;
+  /** Every disk finished its differential initial replication (the item is Protected in the new direction). */
+  completedAt?: string;
+  /** What was shipped (the differential) and the disks' size, when completed. */
+  transferredBytes?: number;
+  totalBytes?: number;
+  error?: { code: string; message: string };
+  /** The token's expiry, for the job view (the token itself is shown once, in the 202). */
+  tokenExpiresAt?: string;
+}
+
 export interface FailoverRecord {
   /** The durable orchestration running (or that ran) the failover. */
   instanceId: string;
@@ -105,6 +159,10 @@ export interface FailoverRecord {
   previousState: ItemState;
   /** The point the failover disks were copied from. */
   point?: { id: string; kind: "crash" | "app"; time: string; scope: "vm" | "group" };
+  /** The direction the item replicated in when it failed over (which account its failover disks are in). */
+  direction?: Direction;
+  /** A VM that this failover replaced (left in its target resource group by an earlier failover, or the original VM). */
+  replaced?: { vmId: string; nicId?: string; disks: string[] };
   /** What the failover created in the target region, recorded as it is made (cleanup and rollback remove it). */
   resources: { disks: string[]; nicId?: string; privateIp?: string; vmId?: string; testNetworkId?: string };
   completedAt?: string;
@@ -145,6 +203,13 @@ export interface DiskRecord {
   lastAppliedWriteMs?: number;
   /** When the sweep last re-announced this disk's pending batches. */
   lastKickAt?: string;
+  /** When this disk's current initial replication began (enable, or a re-protect's seed). */
+  initialStartedAt?: string;
+  /**
+   * Bytes the agent shipped (batch blobs applied or superseded) while this disk was in initial replication, counted
+   * once per batch (`throughSeq`): the differential proof of a re-protect.
+   */
+  initialTransfer?: { bytes: number; throughSeq: number };
 }
 
 export type DiskState = "InitialReplication" | "Protected" | "ResyncRequired";
@@ -152,8 +217,13 @@ export type DiskState = "InitialReplication" | "Protected" | "ResyncRequired";
 export interface DiskResync {
   id: string;
   reason: string;
-  /** `apply`: the processor halted at `baseSeq` (e.g. a corrupt batch); `agent`: the agent lost write order (spool overflow). */
-  origin: "apply" | "agent";
+  /**
+   * `apply`: the processor halted at `baseSeq` (e.g. a corrupt batch); `agent`: the agent lost write order (spool
+   * overflow); `seed`: a re-protect seeded the replica and the agent ships only the blocks that differ from it;
+   * `request`: an operator asked for a resync. All but `agent` are the control plane's: the disk is halted at
+   * `baseSeq` until the resync's first batch, and the agent fetches the replica's checksums first.
+   */
+  origin: "apply" | "agent" | "seed" | "request";
   baseSeq: number;
   since: string;
   /**
@@ -161,6 +231,56 @@ export interface DiskResync {
    * they held); the resync's first batch must be supersededThrough+1, so a gap never passes for a start.
    */
   supersededThrough?: number;
+}
+
+/** A resync the control plane started (the agent compares against the replica's manifest); `agent` ones are the agent's own. */
+export const isControlPlaneResync = (r: DiskResync | undefined): r is DiskResync => r !== undefined && r.origin !== "agent";
+
+export const directionOf = (item: Pick<ReplicatedItem, "direction">): Direction => item.direction ?? "forward";
+
+/** Where a failover of the item lands in its current direction: the recovery region forward, the original one reverse. */
+export interface FailoverPlacement {
+  region: string;
+  resourceGroup: string;
+  vnetId: string;
+  vnetName: string;
+  subnet: string;
+  availabilitySetId?: string;
+  preferredIp?: string;
+}
+
+export function failoverPlacement(item: ReplicatedItem): FailoverPlacement | undefined {
+  const ip = item.vm.network.privateIp ? { preferredIp: item.vm.network.privateIp } : {};
+  if (directionOf(item) === "forward") {
+    const t = item.target;
+    if (!t) return undefined;
+    return {
+      region: item.targetRegion,
+      resourceGroup: t.resourceGroup.name,
+      vnetId: t.vnet.id,
+      vnetName: t.vnet.name,
+      subnet: t.subnet,
+      ...(t.availabilitySet ? { availabilitySetId: t.availabilitySet.id } : {}),
+      ...ip,
+    };
+  }
+  const o = item.original;
+  if (!o) return undefined;
+  return {
+    region: item.vm.region,
+    resourceGroup: o.resourceGroup.name,
+    vnetId: o.vnet.id,
+    vnetName: o.vnet.name,
+    subnet: o.subnet,
+    ...(o.availabilitySet ? { availabilitySetId: o.availabilitySet.id } : {}),
+    ...ip,
+  };
+}
+
+/** The VM that replicates now (a planned failover shuts it down): the original VM forward, the failed-over one reverse. */
+export function replicationSource(item: ReplicatedItem): { region: string; resourceGroup: string; name: string } {
+  if (directionOf(item) === "forward" || !item.target) return { region: item.vm.region, resourceGroup: item.vm.resourceGroup, name: item.vm.name };
+  return { region: item.targetRegion, resourceGroup: item.target.resourceGroup.name, name: item.vm.name };
 }
 
 /** Replication states the apply side moves an item between; other states (failover, disabling) it leaves alone. */

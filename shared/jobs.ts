@@ -164,11 +164,11 @@ export class Jobs {
     return q.limit ? out.slice(0, q.limit) : out;
   }
 
-  /** Ends the running step and starts `name`. */
+  /** Ends the running step and starts `name`; naming the running step again is a no-op (retried activities). */
   async step(id: string, name: string): Promise<void> {
     const at = this.now().toISOString();
     await this.update(id, (j) => {
-      if (j.state !== "InProgress") return undefined;
+      if (j.state !== "InProgress" || j.steps.some((s) => s.name === name)) return undefined;
       closeSteps(j, "Succeeded", at);
       j.steps.push({ name, state: "InProgress", startedAt: at, endedAt: null });
       return j;

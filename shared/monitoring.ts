@@ -57,7 +57,7 @@ export class Monitoring {
       if (item.state === "Disabling" || item.state === "Enabling" || item.state === "EnableFailed") continue;
       const disks = await items.listDisks(item.id);
       const replicating = REPLICATING.has(item.state);
-      const status = replicating ? await readReplicationStatus(this.deps.storage, item.id, disks, now) : undefined;
+      const status = replicating ? await readReplicationStatus(this.deps.storage, item, disks, now) : undefined;
       const summary = await this.deps.points.summary(item);
       const rpoSeconds = summary.latest ? Math.max(0, Math.round((now.getTime() - Date.parse(summary.latest.time)) / 1000)) : null;
       const recent = await history.list(item.id, now.getTime() - 2 * 3_600_000);

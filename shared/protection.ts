@@ -259,7 +259,8 @@ export class Protection {
 
   /** One page blob per disk: the disk's bytes (sparse, zero) then a fixed-VHD footer; watermark 0. */
   private async createReplicas(itemId: string, req: EnableRequest, undo: Undo): Promise<DiskRecord[]> {
-    const container = await this.deps.storage.replicas();
+    const container = await this.deps.storage.replicas("forward");
+    const startedAt = this.now().toISOString();
     const disks: DiskRecord[] = req.vm.disks.map((d, index) => ({
       itemId,
       id: d.id,
@@ -268,6 +269,7 @@ export class Protection {
       sizeBytes: d.sizeBytes,
       replicaBlob: replicaBlobName(itemId, d.id),
       state: "InitialReplication",
+      initialStartedAt: startedAt,
     }));
     await Promise.all(
       disks.map(async (d) => {
@@ -281,7 +283,7 @@ export class Protection {
   }
 
   private async createCache(itemId: string, undo: Undo): Promise<void> {
-    const container = this.deps.storage.cacheBlobs.getContainerClient(cacheContainerName(itemId));
+    const container = this.deps.storage.cache("forward").getContainerClient(cacheContainerName(itemId));
     undo.push(`delete cache container ${container.containerName}`, () => container.deleteIfExists());
     await container.create({ metadata: { itemid: itemId } });
   }
@@ -328,15 +330,19 @@ export class Protection {
     const itemId = item.id;
     const removed: string[] = [];
     await job?.step("removing the cache and the replicas");
-    if (await storage.cacheBlobs.getContainerClient(cacheContainerName(itemId)).deleteIfExists().then((r) => r.succeeded)) {
-      removed.push(`cache container ${cacheContainerName(itemId)}`);
-    }
-    const replicas = await storage.replicas();
-    for await (const b of replicas.listBlobsFlat({ prefix: `${itemId}/` })) {
-      const blob = replicas.getBlobClient(b.name);
-      // An apply run may hold the replica's lease; disabling wins (the run is fenced out and finds the item gone).
-      await blob.getBlobLeaseClient().breakLease(0).catch(() => undefined);
-      if ((await blob.deleteIfExists({ deleteSnapshots: "include" })).succeeded) removed.push(`replica ${b.name}`);
+    // Both directions: a re-protected item has a cache and replicas in each region (the other direction's are its seed).
+    for (const direction of ["forward", "reverse"] as const) {
+      const where = direction === "forward" ? "" : " (reverse)";
+      if (await storage.cache(direction).getContainerClient(cacheContainerName(itemId)).deleteIfExists().then((r) => r.succeeded)) {
+        removed.push(`cache container ${cacheContainerName(itemId)}${where}`);
+      }
+      const replicas = await storage.replicas(direction);
+      for await (const b of replicas.listBlobsFlat({ prefix: `${itemId}/` })) {
+        const blob = replicas.getBlobClient(b.name);
+        // An apply run may hold the replica's lease; disabling wins (the run is fenced out and finds the item gone).
+        await blob.getBlobLeaseClient().breakLease(0).catch(() => undefined);
+        if ((await blob.deleteIfExists({ deleteSnapshots: "include" })).succeeded) removed.push(`replica ${b.name}${where}`);
+      }
     }
     await job?.step("removing recovery points and agent credentials");
     await this.deps.agents.forget(itemId);

@@ -3,7 +3,7 @@ import type { TableClient } from "@azure/data-tables";
 import type { TagApplied } from "./apply";
 import type { BatchTag } from "./batch";
 import { isConflict, isNotFound } from "./errors";
-import type { ItemStore, ReplicatedItem } from "./items";
+import { directionOf, type ItemStore, type ReplicatedItem } from "./items";
 import { TABLES, type Storage } from "./storage";
 import { pointsToKeep } from "./thinning";
 
@@ -265,7 +265,9 @@ export class RecoveryPoints {
   }
 
   private async deleteSnapshot(d: PointDisk): Promise<void> {
-    const replicas = await this.deps.storage.replicas();
+    // An item's points are always of its current direction: commit deletes them all before a re-protect can turn it.
+    const found = await this.deps.items.get(d.itemId);
+    const replicas = await this.deps.storage.replicas(found ? directionOf(found.item) : "forward");
     await replicas
       .getPageBlobClient(`${d.itemId}/${d.diskId}.vhd`)
       .withSnapshot(d.snapshot)

@@ -103,3 +103,30 @@ export class AgentSas {
   }
 }
 
+
+/**
+ * A read SAS on one blob, for a server-side copy from another account (a re-protect's seed): the copy source is
+ * authorized by its own URL, never by the destination's credential. Signed with the account key, else a user
+ * delegation key from the app's identity.
+ */
+export async function blobReadSas(
+  account: StorageAccount,
+  containerName: string,
+  blobName: string,
+  delegationKey: DelegationKeySource<BlobDelegationKey>,
+  now: Date,
+  ttlMs = 24 * 3600_000,
+): Promise<string> {
+  const permissions = BlobSASPermissions.parse("r");
+  const startsOn = new Date(now.getTime() - 5 * 60_000);
+  const expiresOn = new Date(now.getTime() + ttlMs);
+  if (account.auth.kind === "key") {
+    return generateBlobSASQueryParameters({ containerName, blobName, permissions, startsOn, expiresOn }, new StorageSharedKeyCredential(account.name, account.auth.key)).toString();
+  }
+  const key = await delegationKey(startsOn, expiresOn);
+  return generateBlobSASQueryParameters(
+    { containerName, blobName, permissions, startsOn, expiresOn, ...(account.blobUrl.startsWith("https:") ? { protocol: SASProtocol.Https } : {}) },
+    key,
+    account.name,
+  ).toString();
+}

@@ -2,7 +2,8 @@
 import { heartbeatSchema, HEARTBEAT_BLOB, type Heartbeat } from "./agent-protocol";
 import { batchBlobName, seqOfBlobName } from "./batch";
 import { isNotFound } from "./errors";
-import { cacheContainerName, type DiskRecord } from "./items";
+import { cacheContainerName, directionOf, isControlPlaneResync, type DiskRecord, type ReplicatedItem } from "./items";
+import type { BlobClient } from "@azure/storage-blob";
 import type { Storage } from "./storage";
 
 export interface DiskReplicationStatus {
@@ -13,8 +14,12 @@ export interface DiskReplicationStatus {
   pendingBytes: number;
   /** Age of the oldest write not yet applied (0 when nothing waits). */
   lagSeconds: number;
-  /** The agent's first full copy: 100% once its last batch is applied, else what the heartbeat reports shipped. */
-  initialReplication: { percent: number; doneBytes: number; totalBytes: number };
+  /**
+   * The agent's first full copy (or a re-protect's differential one): 100% once its last batch is applied, else what
+   * the heartbeat reports compared; `transferredBytes` is what was actually shipped (applied or superseded batches);
+   * `etaSeconds` extrapolates the rate since it began (null before there is a rate, 0 when done).
+   */
+  initialReplication: { percent: number; doneBytes: number; totalBytes: number; transferredBytes: number; etaSeconds: number | null };
 }
 
 export interface ReplicationStatus {
@@ -27,11 +32,18 @@ export interface ReplicationStatus {
 const FIRST_WRITE_META = "firstwritems";
 
 /** Reads each disk's replica and cache listing, and the heartbeat, all at once. */
-export async function readReplicationStatus(storage: Storage, itemId: string, disks: DiskRecord[], now: Date = new Date()): Promise<ReplicationStatus> {
-  const cache = storage.cacheBlobs.getContainerClient(cacheContainerName(itemId));
-  const replicas = await storage.replicas();
+export async function readReplicationStatus(
+  storage: Storage,
+  item: Pick<ReplicatedItem, "id" | "direction">,
+  disks: DiskRecord[],
+  now: Date = new Date(),
+): Promise<ReplicationStatus> {
+  const itemId = item.id;
+  const direction = directionOf(item);
+  const cache = storage.cache(direction).getContainerClient(cacheContainerName(itemId));
+  const replicas = await storage.replicas(direction);
   const [heartbeat, ...perDisk] = await Promise.all([
-    readHeartbeat(storage, itemId),
+    readHeartbeat(cache.getBlobClient(HEARTBEAT_BLOB)),
     ...disks.map(async (d) => {
       const watermark = await replicas
         .getPageBlobClient(d.replicaBlob)
@@ -69,27 +81,34 @@ export async function readReplicationStatus(storage: Storage, itemId: string, di
       pendingBatches: p.pendingBatches,
       pendingBytes: p.pendingBytes,
       lagSeconds: p.oldestWriteMs === undefined ? 0 : Math.max(0, Math.round((now.getTime() - p.oldestWriteMs) / 100) / 10),
-      initialReplication: initialProgress(p.disk, heartbeat),
+      initialReplication: initialProgress(p.disk, heartbeat, now),
     };
   }
   return status;
 }
 
-function initialProgress(disk: DiskRecord, heartbeat: Heartbeat | undefined): DiskReplicationStatus["initialReplication"] {
-  const reported = heartbeat?.disks[disk.id]?.initialReplication;
+function initialProgress(disk: DiskRecord, heartbeat: Heartbeat | undefined, now: Date): DiskReplicationStatus["initialReplication"] {
+  const hb = heartbeat?.disks[disk.id];
+  const reported = hb?.initialReplication;
   const totalBytes = reported && reported.totalBytes > 0 ? reported.totalBytes : disk.sizeBytes;
-  if (disk.initialComplete) return { percent: 100, doneBytes: totalBytes, totalBytes };
-  if (!reported) return { percent: 0, doneBytes: 0, totalBytes };
-  const doneBytes = Math.min(reported.doneBytes, totalBytes);
-  return { percent: Math.floor((doneBytes / totalBytes) * 1000) / 10, doneBytes, totalBytes };
+  const transferredBytes = disk.initialTransfer?.bytes ?? 0;
+  if (disk.initialComplete) return { percent: 100, doneBytes: totalBytes, totalBytes, transferredBytes, etaSeconds: 0 };
+  // A seeded (differential) initial replication is the agent's comparison with the replica: its resync's progress.
+  const seed = isControlPlaneResync(disk.resync) && hb?.resync?.id === disk.resync.id ? hb.resync : undefined;
+  const done = seed ? seed.doneBytes : (reported?.doneBytes ?? 0);
+  const doneBytes = Math.min(done, totalBytes);
+  const started = disk.initialStartedAt ? Date.parse(disk.initialStartedAt) : NaN;
+  const elapsed = (now.getTime() - started) / 1000;
+  const etaSeconds = doneBytes > 0 && elapsed > 0 ? Math.round(((totalBytes - doneBytes) * elapsed) / doneBytes) : null;
+  return { percent: Math.floor((doneBytes / totalBytes) * 1000) / 10, doneBytes, totalBytes, transferredBytes, etaSeconds };
 }
 
 /** The heartbeat blob, or undefined when absent or not what the agent protocol says it is. */
-async function readHeartbeat(storage: Storage, itemId: string): Promise<Heartbeat | undefined> {
+async function readHeartbeat(blob: BlobClient): Promise<Heartbeat | undefined> {
   try {
     // One GET (not downloadToBuffer's size-then-range reads): the agent replaces the blob at any moment, and a range
     // read of a blob that changed size in between fails.
-    const res = await storage.cacheBlobs.getContainerClient(cacheContainerName(itemId)).getBlobClient(HEARTBEAT_BLOB).download();
+    const res = await blob.download();
     // The agent uploads its heartbeat; a blob that a Copy Blob made (copy properties last until the next upload) is
     // someone else's, e.g. another item's heartbeat copied in with this item's SAS.
     if (res.copyId || res.copySource) {

@@ -74,9 +74,37 @@ export function tableService(account: StorageAccount): TableServiceClient {
     : new TableServiceClient(account.tableUrl, azureCredential(a), options);
 }
 
+/**
+ * Which way an item replicates. `forward`: from the VM's original region to the recovery (target) region; `reverse`:
+ * after a failover and re-protect, from the recovery region back to the original one.
+ */
+export type Direction = "forward" | "reverse";
+
+/** The other direction (what re-protect turns an item to). */
+export const flipped = (d: Direction): Direction => (d === "forward" ? "reverse" : "forward");
+
+/**
+ * Storage is symmetric across the two regions: the original region's account (`CACHE_STORAGE`) holds the forward
+ * cache and the reverse replicas, the recovery region's account (`REPLICA_STORAGE`) the forward replicas and the
+ * reverse cache. The names inside them are the same in both directions (`cache-<item>`, `replicas/<item>/<disk>.vhd`,
+ * `failover/...`); the account says which direction a blob belongs to.
+ */
+export function directionAccounts(config: Config, direction: Direction): { cache: StorageAccount; replica: StorageAccount } {
+  const { cache, replica } = config.storage;
+  return direction === "forward" ? { cache, replica } : { cache: replica, replica: cache };
+}
+
+/** Re-protect needs storage in both regions: one account for both would hold both directions under the same names. */
+export function regionsAreDistinct(config: Config): boolean {
+  const { cache, replica } = config.storage;
+  return cache.blobUrl.replace(/\/+$/, "").toLowerCase() !== replica.blobUrl.replace(/\/+$/, "").toLowerCase();
+}
+
 /** The storage a running app uses; tables and containers are created on first use, once. */
 export class Storage {
+  /** The recovery region's blobs (REPLICA_STORAGE): forward replicas and failover disks, the reverse cache. */
   readonly replicaBlobs: BlobServiceClient;
+  /** The original region's blobs (CACHE_STORAGE): the forward cache, reverse replicas and failback disks. */
   readonly cacheBlobs: BlobServiceClient;
   readonly controlQueues: QueueServiceClient;
   private readonly tables = new Map<string, Promise<TableClient>>();
@@ -100,13 +128,24 @@ export class Storage {
     return t;
   }
 
-  replicas(): Promise<ContainerClient> {
-    return this.ensureContainer(this.replicaBlobs, REPLICAS_CONTAINER);
+  /** The blob service holding a direction's cache containers (the region the VM replicates from). */
+  cache(direction: Direction): BlobServiceClient {
+    return direction === "forward" ? this.cacheBlobs : this.replicaBlobs;
+  }
+
+  /** The blob service holding a direction's replicas and failover disks (the region the VM replicates to). */
+  replicaService(direction: Direction): BlobServiceClient {
+    return direction === "forward" ? this.replicaBlobs : this.cacheBlobs;
+  }
+
+  /** `forward` unless said: the production code always says (the compiler checked every call before the default). */
+  replicas(direction: Direction = "forward"): Promise<ContainerClient> {
+    return this.ensureContainer(this.replicaService(direction), REPLICAS_CONTAINER);
   }
 
   /** Failover disks (`failover/<vm>-<disk>-<time>.vhd`), next to the replicas they are copied from. */
-  failover(): Promise<ContainerClient> {
-    return this.ensureContainer(this.replicaBlobs, FAILOVER_CONTAINER);
+  failover(direction: Direction = "forward"): Promise<ContainerClient> {
+    return this.ensureContainer(this.replicaService(direction), FAILOVER_CONTAINER);
   }
 
   private ensureContainer(service: BlobServiceClient, name: string): Promise<ContainerClient> {

@@ -2,7 +2,7 @@
 import { announceBatch, STALLED } from "./apply";
 import { seqOfBlobName, batchBlobName } from "./batch";
 import { isNotFound } from "./errors";
-import { cacheContainerName, raiseIssue, type DiskRecord, type ItemState, type ItemStore, type ReplicatedItem } from "./items";
+import { cacheContainerName, directionOf, raiseIssue, type DiskRecord, type ItemState, type ItemStore, type ReplicatedItem } from "./items";
 import type { Config } from "./settings";
 import type { Storage } from "./storage";
 
@@ -22,7 +22,7 @@ export interface SweepReport {
 }
 
 /** Items with nothing to apply: being created, failed to create, or being removed. */
-const NOT_REPLICATING: ReadonlySet<ItemState> = new Set(["Enabling", "EnableFailed", "Disabling"]);
+const NOT_REPLICATING: ReadonlySet<ItemState> = new Set(["Enabling", "EnableFailed", "Disabling", "Reprotecting"]);
 const CONCURRENT_DISKS = 8;
 /** A batch cached this long without the disk moving is shown to the operator (a gap that never fills, a failing processor). */
 export const STALL_WARNING_SECONDS = 300;
@@ -60,7 +60,7 @@ async function sweepDisk(deps: SweepDeps, item: ReplicatedItem, disk: DiskRecord
   if (!quietFor(disk.lastAppliedAt) || !quietFor(disk.lastKickAt)) return undefined;
 
   // Names sort by seq: the first batch blob listed is the lowest, all the sweep needs.
-  const cache = deps.storage.cacheBlobs.getContainerClient(cacheContainerName(disk.itemId));
+  const cache = deps.storage.cache(directionOf(item)).getContainerClient(cacheContainerName(disk.itemId));
   let lowest: { seq: number; lastModified: Date } | undefined;
   try {
     for await (const page of cache.listBlobsFlat({ prefix: `${disk.id}/` }).byPage({ maxPageSize: 10 })) {

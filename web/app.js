@@ -75,7 +75,7 @@
           "tr",
           { class: `item${i.id === state.selected ? " selected" : ""}`, "data-item": i.id, onclick: () => select(i.id) },
           el("td", {}, el("strong", {}, i.vm.name)),
-          el("td", {}, `${i.vm.region} → ${i.targetRegion}`),
+          el("td", {}, i.direction === "reverse" ? `${i.targetRegion} → ${i.vm.region}` : `${i.vm.region} → ${i.targetRegion}`),
           el("td", {}, i.direction ?? "forward"),
           el("td", {}, i.state),
           el("td", {}, badge(i.health.status)),

@@ -29,7 +29,8 @@ interface Point {
   kind: string;
   time: string;
   scope: "vm" | "group";
-  disks: { itemId: string; diskId: string; snapshot: string }[];
+  /** Group points name each disk's item; VM points leave it out. */
+  disks: { itemId?: string; diskId: string; snapshot: string }[];
 }
 
 const now = () => performance.timeOrigin + performance.now();
@@ -38,7 +39,8 @@ describe("exact recovery points through NBD (qemu-io → CLI agents → replicas
   let stack: TestStack;
   let dir: string;
   before(async () => {
-    stack = await startTestStack();
+    // Agents check in every 2 s, so the group's barrier forms within seconds of both agents starting.
+    stack = await startTestStack({ env: { AGENT_CHECKIN_SECONDS: "2" } });
     dir = mkdtempSync(join(tmpdir(), "nbd-points-"));
   });
   after(async () => {
@@ -81,6 +83,8 @@ describe("exact recovery points through NBD (qemu-io → CLI agents → replicas
         for (const v of vms) if ((await stack.api("GET", `replicated-items/${v.id}`)).body.state !== "Protected") return false;
         return vms.every((v) => existsSync(v.sock));
       }, 90_000, output);
+      const groupPoints = async () => (await stack.api("GET", `replicated-items/${vms[0]!.id}/recovery-points`)).body.filter((p: Point) => p.scope === "group").length;
+      await until("the group's barrier formed (a first group point)", async () => (await groupPoints()) > 0, 60_000, output);
 
       // One sequential qemu-io writer per disk: overlapping, 512-aligned writes, each with its own byte pattern.
       const started = now();
@@ -111,12 +115,14 @@ describe("exact recovery points through NBD (qemu-io → CLI agents → replicas
       const ended = now();
 
       // Every point whose tag falls in the writing window, once sealed (the last may need a moment to apply).
-      const all = async () => (await Promise.all(vms.map(async (v) => (await stack.api("GET", `replicated-items/${v.id}/recovery-points`)).body as Point[]))).flat();
-      let inWindow: Point[] = [];
+      // Each item's list: its VM points, and the group points it is part of (their disks name every member's items).
+      const all = async () =>
+        (await Promise.all(vms.map(async (v) => ((await stack.api("GET", `replicated-items/${v.id}/recovery-points`)).body as Point[]).map((p) => ({ ...p, owner: v.id }))))).flat();
+      let inWindow: (Point & { owner: string })[] = [];
       await until("group points sealed during the writes", async () => {
         inWindow = (await all()).filter((p) => Date.parse(p.time) > started && Date.parse(p.time) < ended);
         return inWindow.filter((p) => p.scope === "group").length >= 2;
-      }, 60_000, output);
+      }, 60_000, () => `points in the window: ${JSON.stringify(inWindow.map((p) => [p.scope, p.time]))}, writes ${[...writes.values()].map((l) => l.length)}; window ${new Date(started).toISOString()}..${new Date(ended).toISOString()}\n${output()}`);
       assert.ok(inWindow.some((p) => p.scope === "group"), "group points");
 
       const replicas = await stack.services.storage.replicas();
@@ -124,9 +130,10 @@ describe("exact recovery points through NBD (qemu-io → CLI agents → replicas
       for (const point of inWindow) {
         const t = Date.parse(point.time);
         for (const d of point.disks) {
-          const v = vms.find((x) => x.id === d.itemId)!;
-          const log = writes.get(`${d.itemId}/${d.diskId}`)!;
-          const snap = await replicas.getPageBlobClient(replicaBlobName(d.itemId, d.diskId)).withSnapshot(d.snapshot).downloadToBuffer(0, v.base[d.diskId]!.length);
+          const itemId = d.itemId ?? point.owner;
+          const v = vms.find((x) => x.id === itemId)!;
+          const log = writes.get(`${itemId}/${d.diskId}`)!;
+          const snap = await replicas.getPageBlobClient(replicaBlobName(itemId, d.diskId)).withSnapshot(d.snapshot).downloadToBuffer(0, v.base[d.diskId]!.length);
           // Acknowledged before the cut ⇒ in the point; sent after it ⇒ not. The tag's time is whole milliseconds.
           const kmin = log.filter((w) => w.ackedAt < t).length;
           const kmax = log.filter((w) => w.sentAt < t + 1).length;

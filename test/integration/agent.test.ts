@@ -1,7 +1,7 @@
 // The agent against the real stack (local host + Azurite): registration, tracked writes, the shipped stream, restarts, overflow, resync.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { once } from "node:events";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,6 +14,7 @@ import { crc32c } from "@node-rs/crc32";
 import { RESYNC_BLOCK_BYTES } from "../../shared/agent-protocol";
 import type { BatchTag } from "../../shared/batch";
 import { replicaBlobName } from "../../shared/items";
+import { killChildren, runChild as run, until } from "../support/children";
 import { assertContiguous, readHeartbeat, replayBatches, replayDisk, spoolBatches, stackAppliesBatches, takeAnnouncements, type ShippedBatch } from "../support/cache";
 
 const KiB = 1024;
@@ -34,30 +35,6 @@ function writeAt(path: string, offset: number, data: Buffer): void {
   }
 }
 
-/** Polls `check` until it is true; the failure names what was last seen. */
-async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 60_000, seen: () => string = () => ""): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${seen() ? `: ${seen()}` : ""}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** Every child a test started: killed when the file's tests end, whatever happened, so none outlives them. */
-const children = new Set<ChildProcess>();
-
-/** A child process with its output collected. */
-function run(args: string[]): { child: ChildProcess; output: () => string } {
-  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
-  children.add(child);
-  child.once("exit", () => children.delete(child));
-  let out = "";
-  child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-  child.stderr!.on("data", (d: Buffer) => (out += d.toString()));
-  return { child, output: () => out };
-}
-
 describe("the agent", () => {
   let stack: TestStack;
   let dir: string;
@@ -68,8 +45,7 @@ describe("the agent", () => {
     dir = mkdtempSync(join(tmpdir(), "agent-it-"));
   });
   after(async () => {
-    for (const c of children) c.kill("SIGKILL");
-    await Promise.all([...children].map((c) => once(c, "exit")));
+    await killChildren();
     await stack?.stop();
     rmSync(dir, { recursive: true, force: true });
   });

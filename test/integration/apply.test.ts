@@ -467,7 +467,7 @@ describe("applying batches", () => {
       { id: "data0", sizeBytes: 8 * MiB },
     ]);
     let status = await vm.status();
-    assert.deepEqual(status.disks[0].initialReplication, { percent: 0, doneBytes: 0, totalBytes: DISK }, "no heartbeat yet");
+    assert.deepEqual(status.disks[0].initialReplication, { percent: 0, doneBytes: 0, totalBytes: DISK, transferredBytes: 0, etaSeconds: null }, "no heartbeat yet");
     const heartbeat = {
       agentVersion: "test",
       time: new Date().toISOString(),
@@ -479,7 +479,9 @@ describe("applying batches", () => {
     const text = JSON.stringify(heartbeat);
     await vm.cache().getBlockBlobClient(HEARTBEAT_BLOB).upload(text, Buffer.byteLength(text));
     status = await vm.status();
-    assert.deepEqual(status.disks[0].initialReplication, { percent: 25, doneBytes: 4 * MiB, totalBytes: DISK });
+    const { etaSeconds, ...progress } = status.disks[0].initialReplication;
+    assert.deepEqual(progress, { percent: 25, doneBytes: 4 * MiB, totalBytes: DISK, transferredBytes: 0 });
+    assert.ok(typeof etaSeconds === "number" && etaSeconds >= 0, "an ETA once there is a rate");
     assert.equal(status.disks[1].initialReplication.percent, 0);
     assert.equal(status.heartbeat.agentVersion, "test");
 
@@ -490,6 +492,8 @@ describe("applying batches", () => {
     assert.equal((await vm.item()).state, "InitialReplication", "data0 is still copying");
     status = await vm.status();
     assert.equal(status.disks[0].initialReplication.percent, 100);
+    assert.ok(status.disks[0].initialReplication.transferredBytes > 0, "what the initial copy shipped is counted");
+    assert.equal(status.disks[0].initialReplication.etaSeconds, 0);
 
     await vm.ship(1, randomWrites(next, 8 * MiB, 4), { initial: true }, { diskId: "data0" });
     await vm.ship(2, randomWrites(next, 8 * MiB, 4), { initial: true, initialComplete: true }, { diskId: "data0" });

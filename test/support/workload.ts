@@ -11,6 +11,12 @@ export interface WorkloadOptions {
   maxWrite?: number;
   /** What the disks hold before the first write (keyed `<itemId>/<diskId>`); zeros otherwise. */
   initial?: Map<string, Buffer>;
+  /**
+   * Each disk's writer is paced to at most this many bytes per second (default 1 MiB/s). Unpaced, a writer in the
+   * same process as the stack outruns apply whenever the machine is busy, and the backlog (not the code under test)
+   * decides whether a tag is sealed in time.
+   */
+  bytesPerSecondPerDisk?: number;
 }
 
 /**
@@ -33,6 +39,7 @@ export class Workload {
   constructor(vms: { itemId: string; agent: Agent }[], seed: number, opts: WorkloadOptions) {
     const next = rng(seed);
     const maxWrite = opts.maxWrite ?? 32 * 1024;
+    const rate = opts.bytesPerSecondPerDisk ?? 1024 * 1024;
     for (const { itemId, agent } of vms) {
       for (const id of opts.disks) {
         const model = Buffer.alloc(opts.diskBytes);
@@ -61,7 +68,8 @@ export class Workload {
                 if (--this.inFlight === 0) for (const f of this.idle.splice(0)) f();
               }
               if (!ok) break;
-              await sleep(1);
+              // Paced after each write (no catching up after a pause: that would be a burst).
+              await sleep(Math.max(1, (len / rate) * 1000));
             }
           })(),
         );

@@ -1,0 +1,21 @@
+// POST /api/replicated-items/{itemId}/resync: a ResyncRequired item's waiting disks get a fresh differential resync (ASR's "Resynchronize") → 202 with the item.
+import type { HttpFunctionSpec } from "./spec";
+import type { Services } from "./compose";
+import { jsonHandler } from "./http";
+import { itemView } from "./views";
+import { readOptionalJson } from "./reprotectItem";
+import { itemIdParam } from "../shared/api";
+
+export const resyncItem = (services: () => Services): HttpFunctionSpec => ({
+  kind: "http",
+  name: "resyncItem",
+  route: "replicated-items/{itemId}/resync",
+  methods: ["POST"],
+  authLevel: "function",
+  handler: jsonHandler(async (request) => {
+    const s = services();
+    const itemId = itemIdParam(request.params.itemId);
+    const item = await s.reprotection.requestResync(itemId, await readOptionalJson(request, s.config.http.maxRequestBytes));
+    return { status: 202, body: itemView(item, await s.items.listDisks(item.id)) };
+  }),
+});
