@@ -118,6 +118,15 @@ describe("the DR cycle: re-protect and failback, differential, bytes compared at
     assert.equal(inRecovery[0]!.tags?.failover, fo3.instanceId);
     assert.equal(inRecovery[0]!.powerState, "running");
     assert.equal((await vmsNamed("e2e-rg"))[0]!.powerState, "deallocated", "the failed-back VM is shut down by the planned failover");
+    // Every operation of the cycle is a job (GET /api/jobs), each Succeeded; a re-protect's job is its orchestration.
+    const jobs = (await stack.api("GET", `jobs?itemId=${vm.itemId}`)).body as { id: string; type: string; state: string; steps: { name: string }[] }[];
+    assert.deepEqual(
+      jobs.map((j) => `${j.type} ${j.state}`).reverse(),
+      ["enable", "failover", "commit", "reprotect", "failover", "commit", "reprotect", "failover"].map((t) => `${t} Succeeded`),
+    );
+    const reprotects = jobs.filter((j) => j.type === "reprotect");
+    assert.deepEqual(reprotects.map((j) => j.id).sort(), [rp1.jobId, rp2.jobId].sort());
+    assert.ok(reprotects.every((j) => j.steps.some((st) => st.name === "seeding replicas")), JSON.stringify(reprotects));
     await forward2.stop();
   });
 });
