@@ -192,29 +192,62 @@
     }
   }
 
-  /** The failover to show: one running, else the newest of the last 15 minutes. */
-  function failoverToFollow() {
-    const failovers = state.jobs.filter((j) => j.type === "failover");
-    const running = failovers.find((j) => j.state === "InProgress");
-    if (running) return running.id;
-    const recent = failovers.find((j) => Date.now() - Date.parse(j.endedAt ?? j.startedAt) < 15 * 60_000);
-    return recent ? recent.id : null;
+  /** The operation to follow: a failover or re-protect running, else the newest of the last 15 minutes. */
+  function operationToFollow() {
+    const ops = state.jobs.filter((j) => j.type === "failover" || j.type === "reprotect");
+    return ops.find((j) => j.state === "InProgress") ?? ops.find((j) => Date.now() - Date.parse(j.endedAt ?? j.startedAt) < 15 * 60_000) ?? null;
+  }
+
+  const mib = (n) => `${(n / 1048576).toFixed(1)} MiB`;
+
+  function renderSteps(id, job, current, running) {
+    const seen = (state.seenSteps[id] ??= []);
+    if (current && seen[seen.length - 1] !== current) seen.push(current);
+    // The job's own steps once it has ended (timed where they ran); the steps seen so far while it runs.
+    const steps =
+      job && job.state !== "InProgress" && job.steps.length
+        ? job.steps.map((s) => ({ name: s.name, state: s.state, took: s.endedAt ? (Date.parse(s.endedAt) - Date.parse(s.startedAt)) / 1000 : null }))
+        : seen.map((name, k) => ({ name, state: k === seen.length - 1 && running ? "InProgress" : "Succeeded", took: null }));
+    $("failover-steps").replaceChildren(...steps.map((s) => el("li", { class: s.state, "data-step": s.name }, `${s.name} `, badge(s.state), s.took !== null ? ` ${s.took.toFixed(1)} s` : "")));
+  }
+
+  function setHead(cells) {
+    $("failover-vms").querySelector("thead").replaceChildren(el("tr", {}, ...cells.map((c) => el("th", {}, c))));
   }
 
   async function renderFailover() {
-    const id = failoverToFollow();
-    show("failover-section", Boolean(id));
-    if (!id) return;
+    const job = operationToFollow();
+    show("failover-section", Boolean(job));
+    if (!job) return;
+    const status = $("failover-status");
+    if (job.type === "reprotect") {
+      const r = await api(`replicated-items/${encodeURIComponent(job.itemIds[0])}/reprotect`);
+      const c = r.customStatus || { step: r.runtimeStatus };
+      const p = c.progress;
+      $("failover-heading").textContent = "Re-protect";
+      $("failover-title").textContent = `${vmName(job.itemIds[0])} ${r.from} → ${r.to} ${r.id.slice(0, 8)}`;
+      status.textContent = r.runtimeStatus;
+      status.className = `badge ${r.runtimeStatus}`;
+      $("failover-step").textContent = `${c.step}${p ? ` — compared ${mib(p.doneBytes)} of ${mib(p.totalBytes)}, shipped ${mib(p.transferredBytes)}${p.etaSeconds !== null && p.etaSeconds !== undefined ? `, ETA ${duration(p.etaSeconds)}` : ""}` : ""}${r.error ? ` — ${r.error.code}: ${r.error.message}` : ""}`;
+      setHead(["Disk", "Seeded from", "Compared", "Shipped", "ETA"]);
+      fill(
+        "failover-vms",
+        (p?.disks ?? Object.entries(r.seeds || {}).map(([diskId, sd]) => ({ diskId, seed: sd.source ?? sd, doneBytes: 0, totalBytes: 0, transferredBytes: 0, etaSeconds: null }))).map((d) =>
+          el("tr", { "data-disk": d.diskId }, el("td", {}, d.diskId), el("td", {}, typeof d.seed === "string" ? d.seed : JSON.stringify(d.seed)), el("td", {}, `${mib(d.doneBytes)} of ${mib(d.totalBytes)}`), el("td", {}, mib(d.transferredBytes)), el("td", {}, duration(d.etaSeconds))),
+        ),
+      );
+      renderSteps(r.id, job, c.step, r.state === "InProgress");
+      return;
+    }
+    const id = job.id;
     const st = await api(`failovers/${encodeURIComponent(id)}`);
     const c = st.customStatus || { step: st.runtimeStatus, vms: {} };
-    const seen = (state.seenSteps[id] ??= []);
-    if (c.step && seen[seen.length - 1] !== c.step) seen.push(c.step);
-    const job = state.jobs.find((j) => j.id === id);
-    $("failover-title").textContent = `${st.input?.type ?? job?.details?.failoverType ?? ""} ${id.slice(0, 8)} → ${st.input?.recoveryPoint ?? job?.details?.recoveryPoint ?? ""}`;
-    const status = $("failover-status");
+    $("failover-heading").textContent = "Failover";
+    $("failover-title").textContent = `${st.input?.type ?? job.details?.failoverType ?? ""} ${id.slice(0, 8)} → ${st.input?.recoveryPoint ?? job.details?.recoveryPoint ?? ""}`;
     status.textContent = st.runtimeStatus;
     status.className = `badge ${st.runtimeStatus}`;
     $("failover-step").textContent = `${c.stage ? `group ${c.stage.index}/${c.stage.count}: ` : ""}${c.step}${c.error ? ` — ${c.error}` : ""}${st.output?.rtoSeconds !== undefined ? ` — RTO ${st.output.rtoSeconds.toFixed(1)} s` : ""}`;
+    setHead(["VM", "Step", "Disks", "Recovery point", "IP", "Power"]);
     fill(
       "failover-vms",
       Object.entries(c.vms || {}).map(([itemId, v]) =>
@@ -230,9 +263,7 @@
         ),
       ),
     );
-    // The job's own steps once it has ended (timed by the orchestration); the steps seen so far while it runs.
-    const steps = job && job.state !== "InProgress" && job.steps.length ? job.steps.map((s) => ({ name: s.name, state: s.state, took: s.endedAt ? (Date.parse(s.endedAt) - Date.parse(s.startedAt)) / 1000 : null })) : seen.map((name, k) => ({ name, state: k === seen.length - 1 && st.runtimeStatus === "Running" ? "InProgress" : "Succeeded", took: null }));
-    $("failover-steps").replaceChildren(...steps.map((s) => el("li", { class: s.state, "data-step": s.name }, `${s.name} `, badge(s.state), s.took !== null ? ` ${s.took.toFixed(1)} s` : "")));
+    renderSteps(id, job, c.step, st.runtimeStatus === "Running" || st.runtimeStatus === "Pending");
   }
 
   // ---- the refresh loop: each part shown as soon as it answers; what fails is named, what was loaded stays
