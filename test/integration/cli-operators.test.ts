@@ -176,7 +176,11 @@ describe("the CLI for people (a process against a running stack)", () => {
     assert.deepEqual(failoverSteps.filter((s) => s !== "Pending" && s !== "Running"), ["validating", "choosing recovery points", "copying disks", "creating network interfaces", "creating VMs", "starting VMs", "completed"].filter((s) => failoverSteps.includes(s)));
     assert.ok(failoverSteps.includes("completed"));
     const vmLines = lines.filter((l) => /^\s+\+\s*[\d.]+s\s+web-1\s/.test(l));
-    assert.ok(vmLines.length >= 2, r.stdout);
+    // How many VM lines show depends on how the CLI's polls fall against the steps (a quick failover can finish
+    // between two polls): at least the last state, and each line a change from the one before.
+    assert.ok(vmLines.length >= 1, r.stdout);
+    const states = vmLines.map((l) => l.replace(/^\s+\+\s*[\d.]+s\s+/, ""));
+    assert.ok(states.every((st, i) => i === 0 || st !== states[i - 1]), `a line only when the VM's state changes: ${r.stdout}`);
     assert.match(vmLines[vmLines.length - 1]!, /web-1\s+running \(2\/2 copied\) ip 10\.\d+\.\d+\.\d+/);
     assert.match(r.stdout, /VM\s+RUNS AS\s+IP\s+POWER\s+RECOVERY POINT/);
     assert.match(r.stdout, /web-1\s+web-1-test\s+10\.\d+\.\d+\.\d+\s+running/);
