@@ -3,8 +3,7 @@ import * as df from "durable-functions";
 import type { OrchestrationContext } from "durable-functions";
 import type { Services } from "./compose";
 import type { ActivityFunctionSpec, FunctionSpec, OrchestrationFunctionSpec } from "./spec";
-import { ApiError, isTransient, storageCode, storageStatus } from "../shared/errors";
-import { FabricError } from "../shared/fabric/port";
+import { firstLine, step as finalStep, stepRetry, unwrap, type StepResult } from "./steps";
 import type { FailoverInput } from "../shared/failover";
 import { FailoverStepError, type CopyState, type VmOutcome, type VmPlan } from "../shared/failover-steps";
 import type { JobStep } from "../shared/jobs";
@@ -15,9 +14,6 @@ export const FAILOVER_ORCHESTRATION = "failover";
 export const SHUTDOWN_TIMEOUT_MS = 10 * 60_000;
 const COPY_POLL_MS = 2_000;
 const FINAL_SYNC_POLL_MS = 1_000;
-
-/** What an activity returns: its value, or a failure no retry can fix (so it is not retried). */
-type StepResult<T> = { value: T } | { failed: { code: string; message: string } };
 
 /** Per VM, what the custom status shows. */
 interface VmProgress {
@@ -49,20 +45,6 @@ export interface FailoverOutput {
   vms: VmOutcome[];
 }
 
-function retry(): df.RetryOptions {
-  const r = new df.RetryOptions(1000, 5);
-  r.backoffCoefficient = 2;
-  r.maxRetryIntervalInMilliseconds = 30_000;
-  return r;
-}
-
-const firstLine = (text: string) => text.split("\n")[0]!.trim();
-
-function unwrap<T>(step: string, r: StepResult<T>): T {
-  if ("failed" in r) throw new Error(`${step}: ${r.failed.code}: ${r.failed.message}`);
-  return r.value;
-}
-
 function* orchestrate(context: OrchestrationContext): Generator<df.Task, FailoverOutput, unknown> {
   const input = context.df.getInput() as FailoverInput;
   const ids = input.stages.flat();
@@ -83,14 +65,14 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
   // A job that cannot be recorded must not turn a failover into a failure (nor a failure into a second rollback).
   const endJob = function* (outcome: { state: "Succeeded" | "Failed"; error?: { code: string; message: string } }): Generator<df.Task, void, unknown> {
     try {
-      yield context.df.callActivityWithRetry("failoverJobEnd", retry(), { instanceId: input.instanceId, type: input.type, steps, ...outcome });
+      yield context.df.callActivityWithRetry("failoverJobEnd", stepRetry(), { instanceId: input.instanceId, type: input.type, steps, ...outcome });
     } catch {
       // the job stays InProgress; the failover's own status is the truth
     }
   };
   // One step for several VMs at once: the activities run in parallel, the first final failure stops the failover.
   const all = function* <T>(name: string, inputs: unknown[]): Generator<df.Task, T[], unknown> {
-    const results = (yield context.df.Task.all(inputs.map((i) => context.df.callActivityWithRetry(name, retry(), i)))) as StepResult<T>[];
+    const results = (yield context.df.Task.all(inputs.map((i) => context.df.callActivityWithRetry(name, stepRetry(), i)))) as StepResult<T>[];
     return results.map((r) => unwrap(name, r));
   };
   const later = (ms: number) => context.df.createTimer(new Date(context.df.currentUtcDateTime.getTime() + ms));
@@ -186,7 +168,7 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
     show("rolling back");
     // Nothing half-done: what the failover made goes and the items return to replication (retried like any step).
     try {
-      yield context.df.Task.all(ids.map((itemId) => context.df.callActivityWithRetry("failoverRollback", retry(), { input, itemId, error: message })));
+      yield context.df.Task.all(ids.map((itemId) => context.df.callActivityWithRetry("failoverRollback", stepRetry(), { input, itemId, error: message })));
     } catch (r) {
       // Still the failover's error that fails it; what the rollback left is on the items (their failover record).
       status.error = `${message}; the rollback failed too: ${firstLine((r as Error).message)}`;
@@ -201,24 +183,8 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
   }
 }
 
-/** An activity whose final failures (a FailoverStepError, an API error) are returned, not thrown into retries. */
-function step<I>(name: string, run: (input: I) => Promise<unknown>): ActivityFunctionSpec {
-  return {
-    kind: "activity",
-    name,
-    handler: async (input) => {
-      try {
-        return { value: (await run(input as I)) ?? null };
-      } catch (e) {
-        if (e instanceof FailoverStepError || e instanceof ApiError || e instanceof FabricError) return { failed: { code: e.code, message: e.message } };
-        // A storage refusal (4xx but 408/429: a snapshot gone, a bad request) does not get better by retrying.
-        const status = storageStatus(e);
-        if (status !== undefined && !isTransient(e)) return { failed: { code: storageCode(e) ?? `Storage${status}`, message: firstLine((e as Error).message) } };
-        throw e; // transient or unknown: the orchestration's retry options decide
-      }
-    },
-  };
-}
+/** An activity of this orchestration: its own step errors are final too. */
+const step = <I>(name: string, run: (input: I) => Promise<unknown>): ActivityFunctionSpec => finalStep<I>(name, run, FailoverStepError);
 
 export function failoverFunctions(services: () => Services): FunctionSpec[] {
   const f = () => services().failover;

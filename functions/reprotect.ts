@@ -3,8 +3,7 @@ import * as df from "durable-functions";
 import type { OrchestrationContext } from "durable-functions";
 import type { Services } from "./compose";
 import type { ActivityFunctionSpec, FunctionSpec, OrchestrationFunctionSpec } from "./spec";
-import { ApiError, isTransient, storageCode, storageStatus } from "../shared/errors";
-import { FabricError } from "../shared/fabric/port";
+import { firstLine, step as finalStep, stepRetry, unwrap, type StepResult } from "./steps";
 import type { DiskSeed } from "../shared/items";
 import { ReprotectStepError, type ReprotectInput, type ReprotectProgress } from "../shared/reprotect";
 
@@ -15,8 +14,6 @@ const SEED_POLL_MS = 2_000;
 export const PROGRESS_POLL_MS = 3_000;
 /** Polls before the orchestration continues as new (its history stays short on a long initial replication). */
 const POLLS_PER_EPISODE = 200;
-
-type StepResult<T> = { value: T } | { failed: { code: string; message: string } };
 
 export interface ReprotectStatus {
   step: string;
@@ -42,20 +39,6 @@ export interface ReprotectOutput {
 
 type Episode = ReprotectInput & { phase?: "monitor"; seededAt?: string; seeds?: Record<string, DiskSeed> };
 
-function retry(): df.RetryOptions {
-  const r = new df.RetryOptions(1000, 5);
-  r.backoffCoefficient = 2;
-  r.maxRetryIntervalInMilliseconds = 30_000;
-  return r;
-}
-
-const firstLine = (text: string) => text.split("\n")[0]!.trim();
-
-function unwrap<T>(step: string, r: StepResult<T>): T {
-  if ("failed" in r) throw new Error(`${step}: ${r.failed.code}: ${r.failed.message}`);
-  return r.value;
-}
-
 function* orchestrate(context: OrchestrationContext): Generator<df.Task, ReprotectOutput, unknown> {
   const input = context.df.getInput() as Episode;
   const status: ReprotectStatus = { step: "preparing", from: input.from, to: input.to, seeds: input.seeds ?? {} };
@@ -64,7 +47,7 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Reprote
     context.df.setCustomStatus(status);
   };
   const one = function* <T>(name: string, i: unknown): Generator<df.Task, T, unknown> {
-    return unwrap(name, (yield context.df.callActivityWithRetry(name, retry(), i)) as StepResult<T>);
+    return unwrap(name, (yield context.df.callActivityWithRetry(name, stepRetry(), i)) as StepResult<T>);
   };
   const later = (ms: number) => context.df.createTimer(new Date(context.df.currentUtcDateTime.getTime() + ms));
   const base: ReprotectInput = { instanceId: input.instanceId, itemId: input.itemId, from: input.from, to: input.to, startedAt: input.startedAt };
@@ -78,7 +61,7 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Reprote
       show("seeding replicas");
       let pending = disks.map((d) => d.diskId);
       for (;;) {
-        const results = (yield context.df.Task.all(pending.map((diskId) => context.df.callActivityWithRetry("reprotectSeedDisk", retry(), { input: base, diskId })))) as StepResult<{
+        const results = (yield context.df.Task.all(pending.map((diskId) => context.df.callActivityWithRetry("reprotectSeedDisk", stepRetry(), { input: base, diskId })))) as StepResult<{
           state: "success" | "pending";
           seed: DiskSeed;
         }>[];
@@ -129,7 +112,7 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Reprote
     status.error = message;
     show(handedOver ? "failed" : "rolling back");
     try {
-      yield context.df.callActivityWithRetry("reprotectRollback", retry(), { input: base, error: message });
+      yield context.df.callActivityWithRetry("reprotectRollback", stepRetry(), { input: base, error: message });
     } catch (r) {
       status.error = `${message}; the rollback failed too: ${firstLine((r as Error).message)}`;
     }
@@ -138,23 +121,8 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Reprote
   }
 }
 
-/** An activity whose final failures are returned, not thrown into retries. */
-function step<I>(name: string, run: (input: I) => Promise<unknown>): ActivityFunctionSpec {
-  return {
-    kind: "activity",
-    name,
-    handler: async (input) => {
-      try {
-        return { value: (await run(input as I)) ?? null };
-      } catch (e) {
-        if (e instanceof ReprotectStepError || e instanceof ApiError || e instanceof FabricError) return { failed: { code: e.code, message: e.message } };
-        const status = storageStatus(e);
-        if (status !== undefined && !isTransient(e)) return { failed: { code: storageCode(e) ?? `Storage${status}`, message: firstLine((e as Error).message) } };
-        throw e;
-      }
-    },
-  };
-}
+/** An activity of this orchestration: its own step errors are final too. */
+const step = <I>(name: string, run: (input: I) => Promise<unknown>): ActivityFunctionSpec => finalStep<I>(name, run, ReprotectStepError);
 
 export function reprotectFunctions(services: () => Services): FunctionSpec[] {
   const r = () => services().reprotection;
