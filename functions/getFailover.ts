@@ -5,6 +5,7 @@ import { errorResponse } from "./http";
 import { FAILOVER_ORCHESTRATION } from "./failover";
 import { NotFound } from "../shared/errors";
 import { instanceIdParam } from "../shared/api";
+import { instanceStatus } from "./instance-status";
 
 export const getFailover = (_services: () => Services): DurableClientHttpFunctionSpec => ({
   kind: "http",
@@ -17,10 +18,7 @@ export const getFailover = (_services: () => Services): DurableClientHttpFunctio
     try {
       // Checked before it goes into the durable client's URL ('..' or '/' there would address another endpoint).
       const id = instanceIdParam(request.params.instanceId);
-      const st = await client.getStatus(id, { showInput: true }).catch((e: Error) => {
-        if (/HTTP 404/.test(e.message)) return undefined;
-        throw e;
-      });
+      const st = await instanceStatus(client, id, true);
       if (!st || st.name !== FAILOVER_ORCHESTRATION) throw new NotFound("failover", id);
       return {
         status: 200,

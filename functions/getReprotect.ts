@@ -4,6 +4,7 @@ import type { Services } from "./compose";
 import { errorResponse } from "./http";
 import { itemIdParam } from "../shared/api";
 import { ApiError, NotFound } from "../shared/errors";
+import { instanceStatus } from "./instance-status";
 
 export const getReprotect = (services: () => Services): DurableClientHttpFunctionSpec => ({
   kind: "http",
@@ -20,10 +21,7 @@ export const getReprotect = (services: () => Services): DurableClientHttpFunctio
       if (!found) throw new NotFound("replicatedItem", itemId);
       const r = found.item.reprotect;
       if (!r) throw new ApiError(404, "NotFound", `replicated item '${itemId}' has never been re-protected`, { itemId });
-      const st = await client.getStatus(r.instanceId, { showInput: false }).catch((e: Error) => {
-        if (/HTTP 404/.test(e.message)) return undefined;
-        throw e;
-      });
+      const st = await instanceStatus(client, r.instanceId);
       const runtimeStatus = st?.runtimeStatus ?? (r.completedAt ? "Completed" : "Unknown");
       return {
         status: 200,
