@@ -10,7 +10,7 @@ import { loadConfig } from "../../shared/settings";
 import { replicaBlobName } from "../../shared/items";
 import { startTestStorage, type LocalStorage } from "../support/storage";
 import { startTestStack, type TestStack } from "../support/stack";
-import { assertReplicaEqualsSource, lastSeq, protectVm, runWorkload, waitForWatermark, type E2eVm, type StackLike } from "../support/e2e";
+import { assertReplicaEqualsSource, lastSeq, protectVm, runWorkload, waitForWatermark, type E2eVm, type StackLike, hostProcessApi } from "../support/e2e";
 import { Agent } from "../../agent";
 
 const DISKS = ["os", "data0"];
@@ -38,10 +38,7 @@ describe("the local host killed (SIGKILL) mid-apply and restarted", () => {
     const stack: StackLike = {
       url: host.url,
       services,
-      api: async (method, path, body) => {
-        const res = await fetch(`${host!.url}/api/${path}`, { method, headers: { "content-type": "application/json" }, ...(body ? { body: JSON.stringify(body) } : {}) });
-        return { status: res.status, body: await res.json() };
-      },
+      api: hostProcessApi(() => host!.url),
     };
     const vm: E2eVm = await protectVm(stack, "host-kill");
     try {

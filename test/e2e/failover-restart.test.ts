@@ -7,7 +7,7 @@ import { freePort, startHostProcess, type HostProcess } from "../../local/proces
 import { loadConfig } from "../../shared/settings";
 import { vmPartition } from "../../shared/recovery-points";
 import { startTestStorage, type LocalStorage } from "../support/storage";
-import { protectVm, type E2eVm, type StackLike } from "../support/e2e";
+import { protectVm, type E2eVm, type StackLike, hostProcessApi } from "../support/e2e";
 import { assertFailoverDisk, startFailover, waitFailover } from "../support/failover";
 
 const DISK_MIB = 8;
@@ -34,11 +34,7 @@ describe("failover with the local host in its own process", () => {
     stack = {
       url: host.url,
       services,
-      api: async (method, path, body) => {
-        const res = await fetch(`${host!.url}/api/${path}`, { method, headers: { "content-type": "application/json" }, ...(body ? { body: JSON.stringify(body) } : {}) });
-        const text = await res.text();
-        return { status: res.status, body: text ? JSON.parse(text) : undefined };
-      },
+      api: hostProcessApi(() => host!.url),
     };
     vm = await protectVm(stack, "fo-kill", DISK_MIB);
     const agent = await vm.startAgent({ tagIntervalMs: 3_600_000 });

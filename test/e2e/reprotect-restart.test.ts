@@ -10,7 +10,7 @@ import { cacheContainerName } from "../../shared/items";
 import { vmPartition } from "../../shared/recovery-points";
 import { loadConfig } from "../../shared/settings";
 import { startTestStorage, type LocalStorage } from "../support/storage";
-import { protectVm, runWorkload, type E2eVm, type StackLike } from "../support/e2e";
+import { protectVm, runWorkload, type E2eVm, type StackLike, hostProcessApi } from "../support/e2e";
 import { runFailover, startFailover, waitFailover } from "../support/failover";
 import { CLI, killChildren, runChild, stopChild, until } from "../support/children";
 import { assertDiskEquals, assertReplicaEquals, changeBlocks, materialize, reprotect, waitItem } from "../support/reprotect";
@@ -53,11 +53,7 @@ describe("re-protect and failback with the local host and the CLI agent in their
     stack = {
       url: host.url,
       services,
-      api: async (method, path, body) => {
-        const res = await fetch(`${host!.url}/api/${path}`, { method, headers: { "content-type": "application/json" }, ...(body ? { body: JSON.stringify(body) } : {}) });
-        const text = await res.text();
-        return { status: res.status, body: text ? JSON.parse(text) : undefined };
-      },
+      api: hostProcessApi(() => host!.url),
     };
     dir = mkdtempSync(join(tmpdir(), "reprotect-restart-"));
     vm = await protectVm(stack, "rp-kill", DISK_MIB);

@@ -18,6 +18,15 @@ const MiB = 1024 * 1024;
 /** What the helpers need of a stack: its API and its storage (an in-process stack or a host in another process). */
 export type StackLike = Pick<TestStack, "url" | "services" | "api">;
 
+/** The HTTP API of whichever host process runs now (tests that kill and restart the host): `url()` is read per call. */
+export function hostProcessApi(url: () => string): StackLike["api"] {
+  return async (method, path, body) => {
+    const res = await fetch(`${url()}/api/${path}`, { method, headers: { "content-type": "application/json" }, ...(body ? { body: JSON.stringify(body) } : {}) });
+    const text = await res.text();
+    return { status: res.status, body: text ? JSON.parse(text) : undefined };
+  };
+}
+
 export function e2eEnableBody(name: string, diskMiB = 64) {
   return {
     vm: {
