@@ -110,7 +110,9 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
     closeSync(fd);
 
     const agentSock = join(stack.dir, "agent.sock");
-    const agent = spawn(process.execPath, [join(ROOT, "dist", "cli", "main.js"), "--url", stack.url, "agent", "--token", item.agentRegistration.token, "--disk", `os=${agentImage}`, "--state-dir", join(stack.dir, "agent-state"), "--nbd", agentSock], {
+    // BENCH_AGENT_NODE_ARGS: extra node flags for the agent alone (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
+    const nodeArgs = process.env.BENCH_AGENT_NODE_ARGS?.split(" ").filter(Boolean) ?? [];
+    const agent = spawn(process.execPath, [...nodeArgs, join(ROOT, "dist", "cli", "main.js"), "--url", stack.url, "agent", "--token", item.agentRegistration.token, "--disk", `os=${agentImage}`, "--state-dir", join(stack.dir, "agent-state"), "--nbd", agentSock], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     children.push(agent);
