@@ -1,7 +1,7 @@
 // The local durable runtime: drives orchestrations episode by episode through the SDK's replay engine, runs their activities, timers, retries and sub-orchestrations, with all state in Table Storage so a killed host resumes where it was.
 import { randomUUID } from "node:crypto";
 import type { InvocationContext, LogHandler } from "@azure/functions";
-import type { ActivityFunctionSpec, OrchestrationFunctionSpec } from "../functions/spec";
+import type { ActivityFunctionSpec, OrchestrationFunctionSpec } from "../../functions/spec";
 import {
   ActionType,
   actionLabel,
@@ -24,7 +24,7 @@ import {
   type EpisodeOutcome,
   type HistoryEvent,
   type RetryMark,
-} from "./durableHistory";
+} from "./history";
 import {
   CheckpointConflict,
   TERMINAL,
@@ -36,7 +36,7 @@ import {
   type InstanceRecord,
   type LoadedInstance,
   type ParentLink,
-} from "./durableStore";
+} from "./store";
 
 export interface DurableRuntimeOptions {
   store: DurableStore;
