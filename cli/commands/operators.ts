@@ -1,7 +1,7 @@
 // The CLI's operator views: status (table, one item's summary, --watch), recovery-points, jobs, alerts; tables for people, --json for scripts.
 import { Command, InvalidArgumentError, Option } from "commander";
-import type { ApiClient } from "../shared/contract/client";
-import { formatBytes, formatDuration, formatTable, formatTime, progressBar, shortId, Style, useColour } from "./format";
+import type { ApiClient } from "../../shared/contract/client";
+import { formatBytes, formatDuration, formatTable, formatTime, printJson, progressBar, shortId, Style, useColour } from "../format";
 
 /** The fields of an item the views read (GET /api/replicated-items[/{id}]). */
 export interface ItemView {
@@ -73,7 +73,7 @@ export interface AlertView {
   clearedAt: string | null;
 }
 
-const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
+const print = printJson;
 
 /** Where the data flows: a re-protected (reverse) item replicates from the target region back to the original one. */
 const route = (i: Pick<ItemView, "vm" | "targetRegion" | "direction">) => (i.direction === "reverse" ? `${i.targetRegion} → ${i.vm.region}` : `${i.vm.region} → ${i.targetRegion}`);
