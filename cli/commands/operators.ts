@@ -1,4 +1,5 @@
 // The CLI's operator views: status (table, one item's summary, --watch), recovery-points, jobs, alerts; tables for people, --json for scripts.
+import { setTimeout as sleep } from "node:timers/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
 import type { ApiClient } from "../../shared/contract/client";
 import { formatBytes, formatDuration, formatTable, formatTime, printJson, progressBar, shortId, Style, useColour } from "../format";
@@ -233,7 +234,7 @@ export function operatorCommands(program: Command, client: (cmd: Command) => Api
         if (tty && !o.json) process.stdout.write(`\x1b[2J\x1b[H${text}\n\n${style().paint(`every ${o.interval} s · ${new Date().toLocaleTimeString()} · Ctrl-C to stop`, "grey")}\n`);
         else console.log(`${o.json ? "" : `--- ${new Date().toISOString()}\n`}${text}`);
         if (o.times !== undefined && n >= o.times) return;
-        await new Promise((r) => setTimeout(r, o.interval * 1000));
+        await sleep(o.interval * 1000);
       }
     });
 
