@@ -25,7 +25,13 @@ export function drillCommands(program: Command): void {
     .option("--verbose", "also print the host's and the agents' log lines")
     .action(async (o: { diskMib: number; seconds: number; mbps: number; report?: string; verbose?: boolean }) => {
       const { runDemo, DEFAULT_REPORT_PATH } = await import("../demo");
-      const report = await runDemo({ diskMiB: o.diskMib, seconds: o.seconds, mbps: o.mbps, reportPath: o.report ?? DEFAULT_REPORT_PATH, verbose: o.verbose ?? false });
+      const report = await runDemo({
+        diskMiB: o.diskMib,
+        seconds: o.seconds,
+        mbps: o.mbps,
+        reportPath: o.report ?? DEFAULT_REPORT_PATH,
+        verbose: o.verbose ?? false,
+      });
       // The storage clients keep sockets alive; the drill is over.
       process.exit(report.ok ? 0 : 1);
     });
