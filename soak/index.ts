@@ -14,6 +14,8 @@ import { SoakVm, type Capture } from "./vms";
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A timer that does not keep the process alive once it has lost its race. */
+const bound = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 const GROUP = "soak-tier";
 /** A scanned disk's point holds the disk as it was at one instant of its quiet round, up to this long before the tag's time. */
 const SCAN_SLACK_MS = 15_000;
@@ -40,6 +42,17 @@ export interface SoakOptions {
   dir?: string;
   keep?: boolean;
   faults?: readonly FaultKind[];
+  /** Bytes per second each writer writes to each disk (default 64 KiB/s): what the replicas must keep up with. */
+  bytesPerSecond?: number;
+  /** How long a convergence check may take in all before it is a divergence (default 180 s). */
+  convergenceTimeoutMs?: number;
+  /** How long a failover may run before it is a divergence (default 300 s). */
+  failoverTimeoutMs?: number;
+  /** No fault is injected in the last this-many ms of the run (default 15 s): the end checks start from a settled stack. */
+  quietEndMs?: number;
+  /** A convergence check every this-many faults (default 5; 0: only the final one); a test failover every this-many (default 3). */
+  convergenceEvery?: number;
+  testFailoverEvery?: number;
   log?: (line: string) => void;
 }
 
@@ -102,8 +115,47 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     throw new Divergence(what);
   };
 
+  // Every child this run starts is killed on every way out: the end of the run, an error, SIGINT/SIGTERM, process exit.
+  const children = new Set<{ pid?: number | undefined; exitCode: number | null; signalCode: NodeJS.Signals | null }>();
+  const killChildren = () => {
+    for (const c of children) {
+      if (c.pid === undefined || c.exitCode !== null || c.signalCode !== null) continue;
+      try {
+        process.kill(c.pid, "SIGCONT");
+        process.kill(c.pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+  };
+  let azuritePid = -1;
+  const killAzurite = () => {
+    try {
+      if (azuritePid > 0) {
+        process.kill(azuritePid, "SIGCONT");
+        process.kill(azuritePid, "SIGKILL");
+      }
+    } catch {
+      // already gone
+    }
+  };
+  const onSignal = (sig: NodeJS.Signals) => {
+    log(`${sig}: killing every process of the soak; data and logs kept in ${dir}`);
+    killChildren();
+    killAzurite();
+    process.exit(sig === "SIGINT" ? 130 : 143);
+  };
+  const onExit = () => {
+    killChildren();
+    killAzurite();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  process.on("exit", onExit);
+
   // The stack: Azurite on disk, two or three Function App instances sharing it.
   let storage: LocalStorage = await startAzurite({ location: join(dir, "azurite"), silent: true });
+  azuritePid = storage.pid;
   const env: NodeJS.ProcessEnv = {
     AzureWebJobsStorage: storage.control,
     CACHE_STORAGE: storage.cache,
@@ -119,6 +171,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   const hosts: (HostProcess | undefined)[] = [];
   const startHost = async (i: number) => {
     const h = await startHostProcess(env, { port: ports[i]!, timeoutMs: 60_000 });
+    children.add(h.child);
     const out = createWriteStream(join(dir, "logs", `host-${i}.log`), { flags: "a" });
     h.child.stdout!.on("data", (b: Buffer) => out.write(b));
     h.child.stderr!.on("data", (b: Buffer) => out.write(b));
@@ -131,21 +184,25 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   let apiCalls = 0;
   /** The API of whichever instance answers (one may be down). */
   // The soak reads a few fields of each answer.
+  // Each call is bounded: 15 s per attempt, 45 s in all (a host restarts in a few seconds; Azurite stalls for at most 8).
   const api = async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
     let last: unknown;
     // Round robin, not the seeded generator: the fault schedule must not depend on how many calls were made.
     const start = apiCalls++ % hostCount;
-    for (let attempt = 0; attempt < hostCount * 20; attempt++) {
+    const deadline = Date.now() + 45_000;
+    for (let attempt = 0; ; attempt++) {
       const i = (start + attempt) % hostCount;
+      const left = deadline - Date.now();
+      if (left <= 0) break;
       try {
         const res = await fetch(`${urlOf(i)}/api/${path}`, {
           method,
           headers: { "content-type": "application/json" },
-          signal: AbortSignal.timeout(60_000),
+          signal: AbortSignal.timeout(Math.min(15_000, left)),
           ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
         });
         const text = await res.text();
-        if (res.status >= 500 && attempt < hostCount * 20 - 1) {
+        if (res.status >= 500 && deadline - Date.now() > 500) {
           last = new Error(`${res.status} ${text}`);
           await sleep(500);
           continue;
@@ -156,7 +213,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         await sleep(250);
       }
     }
-    throw new Error(`no instance answered ${method} ${path}: ${String(last)}`);
+    throw new Error(`no instance answered ${method} ${path} within 45 s: ${String(last)}`);
   };
 
   // The VMs.
@@ -181,6 +238,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   const lag: number[] = [];
   const faultCounts: Record<string, number> = {};
   let ok = false;
+  const failoverTimeoutMs = opts.failoverTimeoutMs ?? 300_000;
+  /** The background watcher runs while this is true: every way out turns it off. */
+  let background = false;
   try {
     for (const [i, l] of layout.entries()) {
       const res = await api("POST", "replicated-items", {
@@ -212,8 +272,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           diskBytes,
           dir,
           seed: seed * 10 + i,
-          bytesPerSecond: 64 * 1024,
+          bytesPerSecond: opts.bytesPerSecond ?? 64 * 1024,
           log,
+          onChild: (c) => children.add(c),
         }),
       );
     }
@@ -239,7 +300,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
 
     const snapshotBytes = async (itemId: string, diskId: string, snapshot: string): Promise<Buffer | undefined> => {
       try {
-        return await replicas.getPageBlobClient(replicaBlobName(itemId, diskId)).withSnapshot(snapshot).downloadToBuffer(0, diskBytes);
+        return await replicas.getPageBlobClient(replicaBlobName(itemId, diskId)).withSnapshot(snapshot).downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(30_000) });
       } catch (e) {
         if ((e as { statusCode?: number }).statusCode === 404) return undefined; // pruned meanwhile
         throw e;
@@ -290,7 +351,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     };
 
     // Background: points verified as they are sealed, RPO and lag sampled, recovery times after faults.
-    let background = true;
+    background = true;
     let backgroundError: unknown;
     const watcher = (async () => {
       while (background) {
@@ -370,6 +431,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           await storage.stop();
           await sleep(between(500, 2000));
           storage = await startAzurite({ location: join(dir, "azurite"), silent: true, blobPort: storage.ports.blob, queuePort: storage.ports.queue, tablePort: storage.ports.table });
+          azuritePid = storage.pid;
           return r;
         }
         case "queue-duplicate": {
@@ -416,7 +478,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     };
 
     const workloadPaused = async <T,>(f: () => Promise<T>): Promise<T> => {
-      await Promise.all(vms.map((v) => v.pause()));
+      const paused = Promise.all(vms.map((v) => v.pause()));
+      const late = await Promise.race([paused.then(() => false), bound(30_000).then(() => true)]);
+      if (late) {
+        for (const v of vms) v.go();
+        diverge(`the workload did not pause within 30 s (a write never acknowledged): ${vms.filter((v) => v.writeInFlight).map((v) => v.spec.name).join(", ")}`);
+      }
       try {
         return await f();
       } finally {
@@ -428,6 +495,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const convergence = async () => {
       await workloadPaused(async () => {
         const r = record("convergence", "workload paused; every Protected disk must reach its model");
+        const limitMs = opts.convergenceTimeoutMs ?? 180_000;
+        const deadline = Date.now() + limitMs;
         for (const v of vms) {
           const item = (await api("GET", `replicated-items/${v.itemId}`)).body;
           if (item?.state !== "Protected") {
@@ -437,10 +506,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           for (const d of v.spec.diskIds) {
             const model = Buffer.from(v.models.get(d)!.current());
             const blob = replicas.getPageBlobClient(replicaBlobName(v.itemId, d));
-            const deadline = Date.now() + 120_000;
             let nextNote = Date.now() + 10_000;
             for (;;) {
-              const bytes = await blob.downloadToBuffer(0, diskBytes);
+              const bytes = await blob.downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(30_000) });
               if (bytes.equals(model)) break;
               if (Date.now() > nextNote) {
                 nextNote = Date.now() + 10_000;
@@ -449,13 +517,15 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
               }
               if (Date.now() > deadline) {
                 const props = await blob.getProperties();
-                diverge(`convergence: ${v.spec.name}/${d} (${v.spec.capture}) replica differs from its source 120 s after the workload paused (first difference at byte ${firstDifference(bytes, model)}, watermark ${props.blobSequenceNumber})`);
+                diverge(`convergence: ${v.spec.name}/${d} (${v.spec.capture}) replica differs from its source ${Math.round(limitMs / 1000)} s after the workload paused (first difference at byte ${firstDifference(bytes, model)}, watermark ${props.blobSequenceNumber})`);
               }
               await sleep(1000);
             }
           }
         }
         r.endedAt = Date.now();
+        r.detail += `: converged in ${((r.endedAt - Date.parse(r.at)) / 1000).toFixed(1)} s`;
+        log(`  converged in ${((r.endedAt - Date.parse(r.at)) / 1000).toFixed(1)} s`);
         convergenceChecks++;
       });
     };
@@ -479,12 +549,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       }
       if (res.status !== 202) diverge(`test failover ${JSON.stringify(body)}: ${res.status} ${JSON.stringify(res.body)}`);
       const id = res.body.id as string;
-      const deadline = Date.now() + 300_000;
+      const deadline = Date.now() + failoverTimeoutMs;
       let st: any;
       for (;;) {
         st = (await api("GET", `failovers/${id}`)).body;
         if (["Completed", "Failed", "Terminated"].includes(st?.runtimeStatus)) break;
-        if (Date.now() > deadline) diverge(`test failover ${id} still ${st?.runtimeStatus} after 300 s: ${JSON.stringify(st?.customStatus)}`);
+        if (Date.now() > deadline) diverge(`test failover ${id} still ${st?.runtimeStatus} after ${failoverTimeoutMs / 1000} s: ${JSON.stringify(st?.customStatus)}`);
         await sleep(500);
       }
       if (st.runtimeStatus !== "Completed") diverge(`test failover ${id} ${st.runtimeStatus}: ${JSON.stringify(st.output)}`);
@@ -492,7 +562,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       for (const out of st.output.vms as { itemId: string; recoveryPoint: { id: string; time: string }; disks: { diskId: string; blob: string }[] }[]) {
         const v = byId.get(out.itemId)!;
         for (const d of out.disks) {
-          const bytes = await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer();
+          const bytes = await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) });
           if (bytes.length !== diskBytes + 512) diverge(`failover disk ${d.blob}: ${bytes.length} bytes, expected the disk and a 512-byte footer`);
           checkAt(v, d.diskId, out.recoveryPoint.time, bytes.subarray(0, diskBytes), `failover disk ${d.blob} (point ${out.recoveryPoint.id})`);
         }
@@ -506,9 +576,13 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     };
 
     // The schedule: a fault, a pause, now and then a test failover or a convergence check, until the time is up.
+    // Faults stop a quiet while before the end, so that the last checks start from a settled stack.
     const endAt = t0 + opts.minutes * 60_000;
+    const quietEndMs = opts.quietEndMs ?? 15_000;
+    const failoverEvery = opts.testFailoverEvery ?? 3;
+    const convergenceEvery = opts.convergenceEvery ?? 5;
     let cycle = 0;
-    while (Date.now() < endAt) {
+    while (Date.now() < endAt - quietEndMs) {
       checkBackground();
       cycle++;
       const kind = pick(enabled);
@@ -516,11 +590,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       f.endedAt = Date.now();
       await sleep(between(3000, 8000));
       checkBackground();
-      if (cycle % 3 === 0) await testFailover();
-      if (cycle % 5 === 0) await convergence();
+      if (failoverEvery > 0 && cycle % failoverEvery === 0) await testFailover();
+      if (convergenceEvery > 0 && cycle % convergenceEvery === 0) await convergence();
     }
-    // The end: a last convergence check, every sealed point verified, then a planned failover of the group.
-    await sleep(5000);
+    // The end: a quiet while, a last convergence check, every sealed point verified, then a planned failover of the group.
+    log(`faults over (${cycle} cycles); quiet until the end`);
+    await sleep(Math.max(5000, endAt - Date.now()));
     await convergence();
     await verifyPoints();
     checkBackground();
@@ -528,11 +603,11 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const res = await api("POST", "failovers", { groupId: GROUP, type: "planned", recoveryPoint: "latest" });
     if (res.status !== 202) diverge(`planned failover: ${res.status} ${JSON.stringify(res.body)}`);
     let st: any;
-    const deadline = Date.now() + 300_000;
+    const deadline = Date.now() + failoverTimeoutMs;
     for (;;) {
       st = (await api("GET", `failovers/${res.body.id}`)).body;
       if (["Completed", "Failed", "Terminated"].includes(st?.runtimeStatus)) break;
-      if (Date.now() > deadline) diverge(`planned failover still ${st?.runtimeStatus} after 300 s`);
+      if (Date.now() > deadline) diverge(`planned failover still ${st?.runtimeStatus} after ${failoverTimeoutMs / 1000} s: ${JSON.stringify(st?.customStatus)}`);
       await sleep(500);
     }
     if (st.runtimeStatus !== "Completed") diverge(`planned failover ${st.runtimeStatus}: ${JSON.stringify(st.output)}`);
@@ -543,7 +618,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     for (const out of st.output.vms as { itemId: string; disks: { diskId: string; blob: string }[] }[]) {
       const v = byId.get(out.itemId)!;
       for (const d of out.disks) {
-        const bytes = (await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer()).subarray(0, diskBytes);
+        const bytes = (await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) })).subarray(0, diskBytes);
         const model = v.models.get(d.diskId)!.current();
         if (!bytes.equals(model)) diverge(`planned failover disk ${d.blob} of ${v.spec.name}/${d.diskId} lacks acknowledged writes (first difference at byte ${firstDifference(bytes, model)})`);
       }
@@ -560,7 +635,14 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       log(`ERROR: ${e instanceof Error ? e.stack : String(e)}`);
     }
   } finally {
-    await stopAll();
+    background = false;
+    // A graceful stop, bounded; then whatever is still running is killed.
+    await Promise.race([stopAll(), bound(30_000)]);
+    killChildren();
+    killAzurite();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    process.off("exit", onExit);
   }
 
   const stats = (xs: number[]) => ({ p50: round(percentile(xs, 50), 1), p90: round(percentile(xs, 90), 1), p99: round(percentile(xs, 99), 1), max: round(xs.length ? Math.max(...xs) : NaN, 1) });

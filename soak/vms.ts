@@ -29,6 +29,8 @@ export interface VmSpec {
   /** Per disk. */
   bytesPerSecond: number;
   log: (line: string) => void;
+  /** Told of every process started for this VM (the soak kills them all on its way out). */
+  onChild?: (child: ChildProcess) => void;
 }
 
 /** Reads `length` bytes of an image file at `offset`. */
@@ -143,8 +145,14 @@ export class SoakVm {
     if (first) for (const d of s.diskIds) this.writerLoops.push(s.capture === "nbd" ? this.nbdWriter(d) : this.scanWriter(d));
   }
 
+  /** A write issued and not yet acknowledged, on any disk. */
+  get writeInFlight(): boolean {
+    return [...this.models.values()].some((m) => m.pending !== undefined);
+  }
+
   private attach(child: ChildProcess): void {
     this.proc = child;
+    this.spec.onChild?.(child);
     child.stdout!.on("data", (b: Buffer) => this.logStream.write(b));
     child.stderr!.on("data", (b: Buffer) => this.logStream.write(b));
     child.once("exit", (code, signal) => this.logStream.write(`--- agent exited (${signal ?? code})\n`));
@@ -191,7 +199,7 @@ export class SoakVm {
       const exited = once(child, "exit");
       if (this.spec.capture === "library") child.send({ type: "stop" });
       else child.kill("SIGTERM");
-      await Promise.race([exited, sleep(20_000)]);
+      await Promise.race([exited, new Promise<void>((r) => setTimeout(r, 20_000).unref())]);
       if (this.alive) child.kill("SIGKILL");
     }
     await Promise.all(this.writerLoops);
