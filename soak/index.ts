@@ -4,9 +4,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startAzurite, type LocalStorage } from "../local/azurite";
 import { freePort, startHostProcess, type HostProcess } from "../local/process";
-import { loadConfig } from "../shared/settings";
-import { REPLICATION_QUEUE, Storage, queueService } from "../shared/storage";
-import { replicaBlobName } from "../shared/items";
+import { loadConfig } from "../shared/config/settings";
+import { REPLICATION_QUEUE, Storage, queueService } from "../shared/storage/clients";
+import { replicaBlobName } from "../shared/protection/items";
 import { rng } from "../test/support/batches";
 import { percentile, round, table } from "../bench/harness";
 import { firstDifference } from "./model";
@@ -85,6 +85,30 @@ export interface SoakReport {
 }
 
 class Divergence extends Error {}
+
+/** The fields of the API's answers that the soak reads (each answer has some of them). */
+interface Answer {
+  id: string;
+  state?: string;
+  rpoSeconds?: number;
+  disks?: { lagSeconds?: number }[];
+  agentRegistration: { token: string };
+  error?: unknown;
+}
+
+interface FailoverVm {
+  itemId: string;
+  recoveryPoint: { id: string; time: string };
+  disks: { diskId: string; blob: string }[];
+}
+
+interface FailoverAnswer {
+  runtimeStatus?: string;
+  customStatus?: unknown;
+  output?: { vms: FailoverVm[] };
+}
+
+const FINISHED = ["Completed", "Failed", "Terminated"];
 
 interface ApiPoint {
   id: string;
@@ -185,7 +209,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   /** The API of whichever instance answers (one may be down). */
   // The soak reads a few fields of each answer.
   // Each call is bounded: 15 s per attempt, 45 s in all (a host restarts in a few seconds; Azurite stalls for at most 8).
-  const api = async (method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> => {
+  const api = async <T = Answer,>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> => {
     let last: unknown;
     // Round robin, not the seeded generator: the fault schedule must not depend on how many calls were made.
     const start = apiCalls++ % hostCount;
@@ -207,7 +231,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           await sleep(500);
           continue;
         }
-        return { status: res.status, body: text ? JSON.parse(text) : undefined };
+        return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T };
       } catch (e) {
         last = e;
         await sleep(250);
@@ -227,7 +251,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   const vms: SoakVm[] = [];
   const stopAll = async () => {
     await Promise.all(vms.map((v) => v.stop().catch(() => undefined)));
-    await Promise.all(hosts.map((h) => h?.stop().catch(() => undefined)));
+    await Promise.all(hosts.filter((h) => h !== undefined).map((h) => h.stop().catch(() => undefined)));
     await storage.stop().catch(() => undefined);
   };
   let pointsVerified = 0;
@@ -313,9 +337,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     };
     const verifyPoints = async () => {
       for (const owner of vms) {
-        const res = await api("GET", `replicated-items/${owner.itemId}/recovery-points`);
+        const res = await api<ApiPoint[]>("GET", `replicated-items/${owner.itemId}/recovery-points`);
         if (res.status !== 200) continue;
-        for (const p of res.body as ApiPoint[]) {
+        for (const p of res.body) {
           const t = Date.parse(p.time);
           const members = p.scope === "group" ? vms.filter((v) => v.spec.group === GROUP) : [owner];
           for (const v of members) newestPoint.set(v.itemId, Math.max(newestPoint.get(v.itemId) ?? 0, t));
@@ -342,8 +366,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const pointDisks = async (p: ApiPoint) => {
       const out: { itemId: string; diskId: string; snapshot: string }[] = [];
       for (const v of vms.filter((x) => x.spec.group === GROUP)) {
-        const res = await api("GET", `replicated-items/${v.itemId}/recovery-points`);
-        const mine = (res.body as ApiPoint[]).find((x) => x.id === p.id);
+        const res = await api<ApiPoint[]>("GET", `replicated-items/${v.itemId}/recovery-points`);
+        if (res.status !== 200) return undefined;
+        const mine = res.body.find((x) => x.id === p.id);
         if (!mine) return undefined; // not listed by every member yet (or pruned)
         for (const d of mine.disks) out.push({ itemId: v.itemId, diskId: d.diskId, snapshot: d.snapshot });
       }
@@ -536,7 +561,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       const target = group ? undefined : pick(vms);
       let recoveryPoint = "latest-processed";
       if (target && next() < 0.5) {
-        const pts = (await api("GET", `replicated-items/${target.itemId}/recovery-points`)).body as ApiPoint[];
+        const pts = (await api<ApiPoint[]>("GET", `replicated-items/${target.itemId}/recovery-points`)).body ?? [];
         const vmPts = pts.filter((p) => p.scope === "vm");
         if (vmPts.length > 0) recoveryPoint = pick(vmPts).id;
       }
@@ -548,18 +573,18 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         return;
       }
       if (res.status !== 202) diverge(`test failover ${JSON.stringify(body)}: ${res.status} ${JSON.stringify(res.body)}`);
-      const id = res.body.id as string;
+      const id = res.body.id;
       const deadline = Date.now() + failoverTimeoutMs;
-      let st: any;
+      let st: FailoverAnswer | undefined;
       for (;;) {
-        st = (await api("GET", `failovers/${id}`)).body;
-        if (["Completed", "Failed", "Terminated"].includes(st?.runtimeStatus)) break;
+        st = (await api<FailoverAnswer | undefined>("GET", `failovers/${id}`)).body;
+        if (FINISHED.includes(st?.runtimeStatus ?? "")) break;
         if (Date.now() > deadline) diverge(`test failover ${id} still ${st?.runtimeStatus} after ${failoverTimeoutMs / 1000} s: ${JSON.stringify(st?.customStatus)}`);
         await sleep(500);
       }
-      if (st.runtimeStatus !== "Completed") diverge(`test failover ${id} ${st.runtimeStatus}: ${JSON.stringify(st.output)}`);
+      if (st?.runtimeStatus !== "Completed" || !st.output) return diverge(`test failover ${id} ${st?.runtimeStatus}: ${JSON.stringify(st?.output)}`);
       const failover = await store.failover();
-      for (const out of st.output.vms as { itemId: string; recoveryPoint: { id: string; time: string }; disks: { diskId: string; blob: string }[] }[]) {
+      for (const out of st.output.vms) {
         const v = byId.get(out.itemId)!;
         for (const d of out.disks) {
           const bytes = await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) });
@@ -568,7 +593,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         }
         failoversVerified++;
       }
-      for (const out of st.output.vms as { itemId: string }[]) {
+      for (const out of st.output.vms) {
         const c = await api("POST", `replicated-items/${out.itemId}/test-failover-cleanup`, {});
         if (c.status >= 300) diverge(`test-failover-cleanup of ${byId.get(out.itemId)!.spec.name}: ${c.status} ${JSON.stringify(c.body)}`);
       }
@@ -602,20 +627,20 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const planned = record("planned-failover", `group ${GROUP} to latest: every acknowledged write must be on the failover disks`);
     const res = await api("POST", "failovers", { groupId: GROUP, type: "planned", recoveryPoint: "latest" });
     if (res.status !== 202) diverge(`planned failover: ${res.status} ${JSON.stringify(res.body)}`);
-    let st: any;
+    let st: FailoverAnswer | undefined;
     const deadline = Date.now() + failoverTimeoutMs;
     for (;;) {
-      st = (await api("GET", `failovers/${res.body.id}`)).body;
-      if (["Completed", "Failed", "Terminated"].includes(st?.runtimeStatus)) break;
+      st = (await api<FailoverAnswer | undefined>("GET", `failovers/${res.body.id}`)).body;
+      if (FINISHED.includes(st?.runtimeStatus ?? "")) break;
       if (Date.now() > deadline) diverge(`planned failover still ${st?.runtimeStatus} after ${failoverTimeoutMs / 1000} s: ${JSON.stringify(st?.customStatus)}`);
       await sleep(500);
     }
-    if (st.runtimeStatus !== "Completed") diverge(`planned failover ${st.runtimeStatus}: ${JSON.stringify(st.output)}`);
+    if (st?.runtimeStatus !== "Completed" || !st.output) return diverge(`planned failover ${st?.runtimeStatus}: ${JSON.stringify(st?.output)}`);
     // The group's writers were refused at the shutdown; what they had acknowledged is the model now.
     const members = vms.filter((v) => v.spec.group === GROUP);
     await Promise.all(members.map((v) => v.pause()));
     const failover = await store.failover();
-    for (const out of st.output.vms as { itemId: string; disks: { diskId: string; blob: string }[] }[]) {
+    for (const out of st.output.vms) {
       const v = byId.get(out.itemId)!;
       for (const d of out.disks) {
         const bytes = (await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) })).subarray(0, diskBytes);

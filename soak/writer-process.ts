@@ -46,9 +46,9 @@ async function main(config: WriterConfig): Promise<void> {
   let paused: Promise<void> | undefined;
   let resume: () => void = () => undefined;
   let inFlight = 0;
-  let idle: (() => void)[] = [];
+  const idle: (() => void)[] = [];
   let running = true;
-  process.on("message", async (c: WriterCommand) => {
+  const onCommand = async (c: WriterCommand) => {
     if (c.type === "pause") {
       paused ??= new Promise((r) => (resume = r));
       if (inFlight > 0) await new Promise<void>((r) => idle.push(r));
@@ -62,7 +62,8 @@ async function main(config: WriterConfig): Promise<void> {
       await agent.stop();
       process.exit(0);
     }
-  });
+  };
+  process.on("message", (c: WriterCommand) => void onCommand(c));
   send({ type: "ready" });
   const next = rng(config.seed);
   await Promise.all(
