@@ -5,8 +5,9 @@ import { join } from "node:path";
 import { startAzurite, type LocalStorage } from "../local/azurite";
 import { freePort, startHostProcess, type HostProcess } from "../local/process";
 import { loadConfig } from "../shared/config/settings";
-import { REPLICATION_QUEUE, Storage, queueService } from "../shared/storage/clients";
-import { replicaBlobName } from "../shared/protection/items";
+import { REPLICATION_QUEUE, Storage, blobService, queueService } from "../shared/storage/clients";
+import { cacheContainerName, replicaBlobName } from "../shared/protection/items";
+import { batchBlobName, seqOfBlobName } from "../shared/replication/batch";
 import { rng } from "../test/support/batches";
 import { percentile, round, table } from "../bench/harness";
 import { firstDifference } from "./model";
@@ -30,6 +31,7 @@ export const FAULT_KINDS = [
   "queue-drop",
   "lease-break",
   "nbd-vanish",
+  "batch-late",
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -494,6 +496,38 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
             await sleep(20);
           }
           return record(kind, "no replica was leased within 5 s: nothing broken");
+        }
+        case "batch-late": {
+          // A batch that arrives after later ones (an upload retried, a slow path): it is taken out of the cache above
+          // the watermark and put back a few seconds later. The disk must wait at the gap, never apply past it.
+          const order = vms.map((_, k) => (k + Math.floor(next() * vms.length)) % vms.length);
+          for (const k of order) {
+            const v = vms[k]!;
+            const d = pick(v.spec.diskIds);
+            const watermark = (await replicas.getPageBlobClient(replicaBlobName(v.itemId, d)).getProperties()).blobSequenceNumber ?? 0;
+            const cache = blobService(config.storage.cache).getContainerClient(cacheContainerName(v.itemId));
+            const seqs: number[] = [];
+            for await (const b of cache.listBlobsFlat({ prefix: `${d}/` })) {
+              const seq = seqOfBlobName(b.name);
+              if (seq !== undefined && seq > watermark + 1) seqs.push(seq);
+            }
+            if (seqs.length === 0) continue;
+            const seq = Math.min(...seqs);
+            const blob = cache.getBlockBlobClient(batchBlobName(d, seq));
+            let data: Buffer;
+            try {
+              data = await blob.downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) });
+              await blob.delete();
+            } catch {
+              continue; // applied and removed meanwhile
+            }
+            const ms = between(4000, 10_000);
+            const r = record(kind, `${v.spec.name}/${d} batch ${seq} (watermark ${watermark}) held back for ${Math.round(ms)} ms while later batches arrive`);
+            await sleep(ms);
+            await blob.upload(data, data.length);
+            return r;
+          }
+          return record(kind, "no batch above the watermark to hold back");
         }
         case "nbd-vanish": {
           const v = vms.find((x) => x.spec.capture === "nbd")!;
