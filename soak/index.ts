@@ -500,18 +500,27 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         case "batch-late": {
           // A batch that arrives after later ones (an upload retried, a slow path): it is taken out of the cache above
           // the watermark and put back a few seconds later. The disk must wait at the gap, never apply past it.
-          const order = vms.map((_, k) => (k + Math.floor(next() * vms.length)) % vms.length);
-          for (const k of order) {
-            const v = vms[k]!;
-            const d = pick(v.spec.diskIds);
-            const watermark = (await replicas.getPageBlobClient(replicaBlobName(v.itemId, d)).getProperties()).blobSequenceNumber ?? 0;
-            const cache = blobService(config.storage.cache).getContainerClient(cacheContainerName(v.itemId));
+          // The apply keeps up and prefetches what it lists, so the batch taken is a new one, the moment it appears.
+          const v = pick(vms);
+          const d = pick(v.spec.diskIds);
+          const cache = blobService(config.storage.cache).getContainerClient(cacheContainerName(v.itemId));
+          const listed = async () => {
             const seqs: number[] = [];
             for await (const b of cache.listBlobsFlat({ prefix: `${d}/` })) {
               const seq = seqOfBlobName(b.name);
-              if (seq !== undefined && seq > watermark + 1) seqs.push(seq);
+              if (seq !== undefined) seqs.push(seq);
             }
-            if (seqs.length === 0) continue;
+            return seqs;
+          };
+          const seen = Math.max((await replicas.getPageBlobClient(replicaBlobName(v.itemId, d)).getProperties()).blobSequenceNumber ?? 0, ...(await listed()));
+          const until = Date.now() + 10_000;
+          while (Date.now() < until) {
+            const seqs = (await listed()).filter((s) => s > seen);
+            if (seqs.length === 0) {
+              await sleep(10);
+              continue;
+            }
+            const watermark = (await replicas.getPageBlobClient(replicaBlobName(v.itemId, d)).getProperties()).blobSequenceNumber ?? 0;
             const seq = Math.min(...seqs);
             const blob = cache.getBlockBlobClient(batchBlobName(d, seq));
             let data: Buffer;
@@ -524,10 +533,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
             const ms = between(4000, 10_000);
             const r = record(kind, `${v.spec.name}/${d} batch ${seq} (watermark ${watermark}) held back for ${Math.round(ms)} ms while later batches arrive`);
             await sleep(ms);
+            const after = (await replicas.getPageBlobClient(replicaBlobName(v.itemId, d)).getProperties()).blobSequenceNumber ?? 0;
             await blob.upload(data, data.length);
+            log(`  put back; the watermark is ${after}`);
             return r;
           }
-          return record(kind, "no batch above the watermark to hold back");
+          return record(kind, `${v.spec.name}/${d}: no batch above the watermark within 10 s`);
         }
         case "nbd-vanish": {
           const v = vms.find((x) => x.spec.capture === "nbd")!;
