@@ -1,4 +1,5 @@
 // Stands in for `func start`: serves the table's HTTP functions, polls its storage queues, fires its timers and runs its durable orchestrations the way the Functions host does, with no business logic.
+import { setTimeout as sleep } from "node:timers/promises";
 import { randomBytes,randomUUID } from "node:crypto";
 import { createServer,type IncomingMessage,type Server,type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -27,7 +28,7 @@ import { DurableRuntime } from "./durable/runtime";
 import { DurableStore } from "./durable/store";
 import { QueueListener } from "./queues";
 import { TimerRunner } from "./timers";
-import { CompiledRoute,DEFAULT_MAX_REQUEST_BYTES,DEFAULT_TASK_HUB,DRAIN_POLL_MS,HttpFailure,LOOPBACK_NAMES,MAX_HEADER_BYTES,answerClientError,compareRank,compileRoute,discardRest,flattenHeaders,hostForUrl,levelPrefix,sameSecret,sendError,sleep,writeResponse } from "./http";
+import { CompiledRoute,DEFAULT_MAX_REQUEST_BYTES,DEFAULT_TASK_HUB,DRAIN_POLL_MS,HttpFailure,LOOPBACK_NAMES,MAX_HEADER_BYTES,answerClientError,compareRank,compileRoute,discardRest,flattenHeaders,hostForUrl,levelPrefix,sameSecret,sendError,writeResponse } from "./http";
 import { loadHostJson, queueSettingsFrom, type HostJson, type QueueSettings } from "./host-json";
 
 

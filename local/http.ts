@@ -220,6 +220,3 @@ export function levelPrefix(level: LogLevel): string {
   return level === "information" ? "" : `${level}: `;
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
