@@ -647,7 +647,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
 
     // The schedule: a fault, a pause, now and then a test failover or a convergence check, until the time is up.
     // Faults stop a quiet while before the end, so that the last checks start from a settled stack.
-    const endAt = t0 + opts.minutes * 60_000;
+    // The minutes count from every VM Protected: on a loaded machine the stack's start must not eat the faults' time.
+    const endAt = Date.now() + opts.minutes * 60_000;
     const quietEndMs = opts.quietEndMs ?? 15_000;
     const failoverEvery = opts.testFailoverEvery ?? 3;
     const convergenceEvery = opts.convergenceEvery ?? 5;

@@ -7,7 +7,7 @@ test("a short soak with a fixed seed finds no divergence, and did verify points 
   const lines: string[] = [];
   const started = Date.now();
   const report = await runSoak({
-    minutes: 1.25,
+    minutes: 1,
     seed: 20261206,
     diskMiB: 8,
     // Light enough that a loaded 2-core machine keeps up: the final convergence takes seconds, not minutes.
