@@ -126,6 +126,7 @@ export const settingsSchema = z.object({
   MAX_REQUEST_BYTES: intSetting(1024, 100 * 1024 * 1024, 1024 * 1024),
   SWEEP_SCHEDULE: ncrontab("*/30 * * * * *"),
   SWEEP_STALL_SECONDS: intSetting(0, 86400, 30),
+  APPLY_MAX_BATCHES_PER_RUN: intSetting(1, 1_000_000, 50_000),
   SEAL_SCHEDULE: ncrontab("*/15 * * * * *"),
   RPO_CRITICAL_MINUTES: intSetting(1, 1440, 60),
   RPO_ALERT_MINUTES: intSetting(1, 1440, 30),
@@ -292,6 +293,8 @@ export interface Config {
   http: { maxRequestBytes: number };
   /** The cache sweep: how often it runs, and how long a disk with batches waiting may make no progress before it is re-kicked. */
   sweep: { schedule: string; stallSeconds: number };
+  /** Apply: how many batches one leased run writes before it lets the disk go (re-announced, for any instance to take). */
+  apply: { maxBatchesPerRun: number };
   /** The sealing pass (thinning, pruning, RPO health); points themselves are sealed as tags arrive. */
   recoveryPoints: { sealSchedule: string; rpoCriticalMinutes: number };
   /** What operators are told: alert thresholds, where alerts go, how long jobs and history are kept. */
@@ -349,6 +352,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     agent: { tokenTtlHours: s.AGENT_TOKEN_TTL_HOURS, sasTtlHours: s.AGENT_SAS_TTL_HOURS, checkinSeconds: s.AGENT_CHECKIN_SECONDS },
     http: { maxRequestBytes: s.MAX_REQUEST_BYTES },
     sweep: { schedule: s.SWEEP_SCHEDULE, stallSeconds: s.SWEEP_STALL_SECONDS },
+    apply: { maxBatchesPerRun: s.APPLY_MAX_BATCHES_PER_RUN },
     recoveryPoints: { sealSchedule: s.SEAL_SCHEDULE, rpoCriticalMinutes: s.RPO_CRITICAL_MINUTES },
     failover: { cacheTimeoutSeconds: s.FAILOVER_CACHE_TIMEOUT_SECONDS },
     monitoring: {

@@ -95,6 +95,8 @@ export interface ApplyOutcome {
   watermark?: number;
   /** Batches written by this call. */
   applied: number;
+  /** The first seq a leased run wrote (it wrote every seq from there to `watermark`, but those a resync superseded). */
+  appliedFrom?: number;
   stop?: ApplyStop;
 }
 
@@ -150,7 +152,7 @@ export async function applyBatches(deps: ApplyDeps, message: BatchMessage): Prom
 }
 
 async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyOutcome> {
-  const limits = { ...DEFAULT_APPLY_LIMITS, ...deps.limits };
+  const limits = { ...DEFAULT_APPLY_LIMITS, maxBatchesPerRun: deps.config.apply?.maxBatchesPerRun ?? DEFAULT_APPLY_LIMITS.maxBatchesPerRun, ...deps.limits };
   const log = deps.log ?? (() => undefined);
   const { itemId, diskId } = message;
   // The item says which way it replicates, so which accounts hold its cache and replica (one table read).
@@ -190,7 +192,10 @@ async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyO
   }
   const keeper = new LeaseKeeper(lease, limits.leaseSeconds);
   try {
-    return await new ApplyRun(deps, limits, log, message, direction, replica, cache, lease.leaseId, keeper).run();
+    const outcome = await new ApplyRun(deps, limits, log, message, direction, replica, cache, lease.leaseId, keeper).run();
+    // One line per leased run that wrote: which batches this holder applied (the one writer of the replica meanwhile).
+    if (outcome.appliedFrom !== undefined) log(`${itemId}/${diskId}: applied batches ${outcome.appliedFrom}-${outcome.watermark} under lease, stopped: ${outcome.stop}`);
+    return outcome;
   } finally {
     keeper.stop();
     await lease.releaseLease().catch(() => undefined);
@@ -213,6 +218,8 @@ class ApplyRun {
   private item!: ReplicatedItem;
   private disk!: DiskRecord;
   private watermark = 0;
+  /** The first seq this run wrote. */
+  private firstApplied: number | undefined;
   private listing = new Map<number, ListedBatch>();
   private readonly prefetched = new Map<number, Promise<Buffer>>();
   private prefetchedBytes = 0;
@@ -551,6 +558,7 @@ class ApplyRun {
       }
       if (!this.disk.initialComplete) this.shipped.set(seq, this.listing.get(seq)?.bytes ?? batch.payload.length);
       this.watermark = seq;
+      this.firstApplied ??= seq;
       this.applied++;
       this.appliedBytes += batch.header.payloadLength;
       this.maxWriteMs = Math.max(this.maxWriteMs ?? 0, batch.header.lastWriteMs);
@@ -675,6 +683,6 @@ class ApplyRun {
         await this.deps.items.updateItem(this.itemId, (item) => (clearIssues(item, resolved) ? { ...item, updatedAt: this.now().toISOString() } : undefined));
       }
     }
-    return { result: "ran", watermark: this.watermark, applied: this.applied, stop };
+    return { result: "ran", watermark: this.watermark, applied: this.applied, stop, ...(this.firstApplied !== undefined ? { appliedFrom: this.firstApplied } : {}) };
   }
 }
