@@ -1,7 +1,7 @@
 // What every replicated disk shares: sequence numbers, the seal → spool → commit pipeline, and the background jobs (initial copy, resync).
 import { mkdir, open } from "node:fs/promises";
 import { crc32c } from "@node-rs/crc32";
-import { encodeBatch, type BatchFlags, type BatchTag, type Extent } from "../shared/batch";
+import { encodeBatchHeader, type BatchFlags, type BatchTag, type Extent } from "../shared/batch";
 import { MAX_MANIFEST_RANGE, RESYNC_BLOCK_BYTES, type ManifestResponse, type ResyncCommand } from "../shared/agent-protocol";
 import { readJsonFile, writeFileAtomic } from "./files";
 import { Mutex, Signal } from "./gate";
@@ -23,7 +23,7 @@ export interface DiskTuning {
   spoolLowWater: number;
 }
 
-export const DEFAULT_TUNING: DiskTuning = { maxBatchBytes: 4 * 1024 * 1024, sealIntervalMs: 1000, pipelineDepth: 2, spoolLowWater: 0.5 };
+export const DEFAULT_TUNING: DiskTuning = { maxBatchBytes: 4 * 1024 * 1024, sealIntervalMs: 1000, pipelineDepth: 4, spoolLowWater: 0.5 };
 
 /** What a disk needs from its agent. */
 export interface DiskContext {
@@ -75,6 +75,8 @@ export interface SealedBatch {
   firstWriteMs: number;
   lastWriteMs: number;
   tag?: BatchTag;
+  /** Called once the payload is durable in the spool: its buffer may be reused (emit does not copy it). */
+  release?: () => void;
 }
 
 /** A job that walks the disk from `cursor`: `found` holds ranges in [cursor, scannedTo) that still have to be shipped. */
@@ -170,12 +172,13 @@ export abstract class ReplicatedDisk {
   // ---- the pipeline: seal (caller, under sealMutex) → spool (concurrent) → commit (in seq order) ----
 
   /**
-   * Hands out the next seq, encodes the batch and writes it to the spool (concurrently with other batches); resolves
-   * once it is committed: durable, the state that says so saved, handed to the shipper. Call under sealMutex.
+   * Hands out the next seq, encodes the batch's header and writes header and payload to the spool (concurrently with
+   * other batches; the payload is not copied: batch.release says when its buffer is free again); resolves once it is
+   * committed: durable, the state that says so saved, handed to the shipper. Call under sealMutex.
    */
   protected emit(batch: SealedBatch, onCommit?: (s: DiskState) => void, afterCommit?: () => void | Promise<void>): Promise<void> {
     const seq = this.allocSeq++;
-    const encoded = encodeBatch(
+    const header = encodeBatchHeader(
       {
         itemId: this.ctx.itemId,
         diskId: this.id,
@@ -188,12 +191,16 @@ export abstract class ReplicatedDisk {
       },
       batch.payload,
     );
-    this.ctx.spool.reserve(this.id, encoded.length);
+    const size = header.length + batch.payload.length;
+    this.ctx.spool.reserve(this.id, size);
     const durable = this.retrying("SpoolWriteFailed", `writing batch ${seq} of disk ${this.id} to the spool`, () =>
-      this.ctx.spool.put(this.id, seq, encoded, encoded.length),
+      this.ctx.spool.put(this.id, seq, [header, batch.payload], size),
     );
     this.durable.add(durable);
-    void durable.then(() => this.durable.delete(durable));
+    void durable.then(() => {
+      this.durable.delete(durable);
+      batch.release?.();
+    });
     let committed!: Promise<void>;
     const step = this.chain(async () => {
       await durable;
