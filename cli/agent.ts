@@ -2,7 +2,7 @@
 import { Command, InvalidArgumentError, Option } from "commander";
 import { Agent, DEFAULT_STATE_DIR } from "../agent";
 import { isLoopback, parseTcpAddress } from "../agent/nbd/server";
-import type { Heartbeat } from "../shared/agent-protocol";
+import type { Heartbeat } from "../shared/protection/agent-protocol";
 
 /** `os=/dev/sda` → { id: "os", path: "/dev/sda" } (repeatable). */
 export function parseDiskPath(value: string, previous: { id: string; path: string }[] = []) {

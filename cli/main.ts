@@ -1,9 +1,10 @@
 // The `site-recovery` command: runs the local stack and talks to the HTTP API of a local or deployed app.
 import { readFile } from "node:fs/promises";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
-import { ApiCallError, ApiClient } from "./client";
+import { ApiCallError, ApiClient } from "../shared/contract/client";
 import { agentCommand } from "./agent";
-import { followFailover, type FailoverStatusBody } from "./follow-failover";
+import { followFailover } from "./follow-failover";
+import { type FailoverStatusBody } from "../shared/contract/responses";
 import { formatDuration, formatTable, Style, useColour } from "./format";
 import { operatorCommands } from "./operators";
 
@@ -234,7 +235,7 @@ export function buildProgram(): Command {
     .option("--json", "print JSON")
     .action(async (itemId: string, o: { json?: boolean }, cmd: Command) => {
       const { reprotectLine } = await import("./reprotect");
-      const job = await client(cmd).call<import("./reprotect").ReprotectJob>("GET", `replicated-items/${encodeURIComponent(itemId)}/reprotect`);
+      const job = await client(cmd).call<import("../shared/contract/responses").ReprotectJob>("GET", `replicated-items/${encodeURIComponent(itemId)}/reprotect`);
       if (o.json) return print(job);
       console.log(`re-protect ${job.id} (${job.from} → ${job.to}): ${job.state}`);
       console.log(`  ${reprotectLine(job)}`);

@@ -1,6 +1,6 @@
 // The CLI's operator views: status (table, one item's summary, --watch), recovery-points, jobs, alerts; tables for people, --json for scripts.
 import { Command, InvalidArgumentError, Option } from "commander";
-import type { ApiClient } from "./client";
+import type { ApiClient } from "../shared/contract/client";
 import { formatBytes, formatDuration, formatTable, formatTime, progressBar, shortId, Style, useColour } from "./format";
 
 /** The fields of an item the views read (GET /api/replicated-items[/{id}]). */

@@ -32,7 +32,7 @@ import type {
   TimerFunctionSpec,
 } from "../functions/spec";
 import { durableBase, DurableHttpApi, RPC_BASE, type DurableApiResponse } from "./durableHttp";
-import { isStorageUnavailable, STORAGE_RETRY_AFTER_SECONDS } from "../shared/errors";
+import { isStorageUnavailable, STORAGE_RETRY_AFTER_SECONDS } from "../shared/contract/errors";
 import { DurableRuntime } from "./durableRuntime";
 import { DurableStore } from "./durableStore";
 
@@ -967,7 +967,7 @@ class QueueListener {
       this.received++;
       const p = this.process(m).catch(() => undefined);
       this.processing.add(p);
-      p.finally(() => this.processing.delete(p));
+      void p.finally(() => this.processing.delete(p));
     }
     return messages.length;
   }

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Semaphore } from "../../local/durableRuntime";
-import { DRAIN_DEADLINE_MS } from "../../shared/failover-steps";
+import { DRAIN_DEADLINE_MS } from "../../shared/failover/steps";
 
 test("the durable runtime's semaphore never admits more than its limit, even when a caller arrives between a release and the waiter's wake-up", async () => {
   const sem = new Semaphore(1);

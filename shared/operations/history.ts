@@ -1,8 +1,8 @@
 // Replication history: RPO, lag, backlog and churn per item, sampled by the monitoring pass and thinned like recovery points.
 import type { TableClient } from "@azure/data-tables";
-import { isNotFound } from "./errors";
-import type { Storage } from "./storage";
-import { TABLES } from "./storage";
+import { isNotFound } from "../contract/errors";
+import type { Storage } from "../storage/clients";
+import { TABLES } from "../storage/clients";
 
 export interface HistorySample {
   time: string;

@@ -1,9 +1,9 @@
 // The control plane's side of the agent: registration, check-ins (SAS renewal, resync commands), resync manifests.
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { crc32c } from "@node-rs/crc32";
-import { AgentSas } from "./sas";
+import { AgentSas } from "../storage/sas";
 import type { TableClient } from "@azure/data-tables";
-import { parseInput, registerRequestSchema } from "./api";
+import { parseInput, registerRequestSchema } from "../contract/api";
 import {
   AGENT_WARNINGS,
   checkinRequestSchema,
@@ -15,11 +15,12 @@ import {
   type RegistrationResponse,
   type ResyncCommand,
 } from "./agent-protocol";
-import { seqOfBlobName } from "./batch";
-import { BadRequest, Conflict, isConflict, isNotFound, NotFound, Unauthorized } from "./errors";
-import { cacheContainerName, clearIssues, directionOf, isControlPlaneResync, ItemStore, raiseIssue, type DiskRecord, type ReplicatedItem } from "./items";
-import type { Config } from "./settings";
-import { directionAccounts, REPLICATION_QUEUE, TABLES, type Direction, type Storage } from "./storage";
+import { seqOfBlobName } from "../replication/batch";
+import { BadRequest, Conflict, isConflict, isNotFound, NotFound, Unauthorized } from "../contract/errors";
+import { cacheContainerName, clearIssues, directionOf, isControlPlaneResync, raiseIssue, type DiskRecord, type ReplicatedItem } from "./items";
+import { ItemStore } from "../storage/item-store";
+import type { Config } from "../config/settings";
+import { directionAccounts, REPLICATION_QUEUE, TABLES, type Direction, type Storage } from "../storage/clients";
 
 export const hashSecret = (secret: string) => createHash("sha256").update(secret, "utf8").digest("hex");
 

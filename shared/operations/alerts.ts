@@ -2,9 +2,9 @@
 import { createHmac, randomUUID } from "node:crypto";
 import type { TableClient } from "@azure/data-tables";
 import { z } from "zod";
-import { isConflict, isNotFound } from "./errors";
-import type { Storage } from "./storage";
-import { TABLES } from "./storage";
+import { isConflict, isNotFound } from "../contract/errors";
+import type { Storage } from "../storage/clients";
+import { TABLES } from "../storage/clients";
 
 /** Every alert code, with its severity and the ASR error it stands for where there is one. */
 export const ALERT_CODES = {

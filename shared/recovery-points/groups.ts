@@ -1,9 +1,9 @@
 // Replication group membership: one ETag-conditional record per group, so that concurrent enables cannot overfill a group or mix region pairs.
 import type { TableClient } from "@azure/data-tables";
-import { MAX_GROUP_VMS } from "./api";
-import { Conflict, isConflict, isNotFound, storageStatus } from "./errors";
-import type { ItemStore } from "./items";
-import { TABLES, type Storage } from "./storage";
+import { MAX_GROUP_VMS } from "../contract/api";
+import { Conflict, isConflict, isNotFound, storageStatus } from "../contract/errors";
+import type { ItemStore } from "../storage/item-store";
+import { TABLES, type Storage } from "../storage/clients";
 
 /** The group's row in ReplicationGroups (partition: the group); its members with when each was claimed. */
 interface MembershipEntity {

@@ -1,7 +1,7 @@
 // How a replicated item is shown over the API: the stored record plus its disks, without secrets.
-import type { DiskRecord, ReplicatedItem } from "../shared/items";
-import type { DiskReplicationStatus, ReplicationStatus } from "../shared/status";
-import type { RecoveryPoint } from "../shared/recovery-points";
+import type { DiskRecord, ReplicatedItem } from "../protection/items";
+import type { DiskReplicationStatus, ReplicationStatus } from "../replication/status";
+import type { RecoveryPoint } from "../recovery-points/points";
 
 /** A recovery point as the API shows it; a group point lists the item's own disks and the group's members. */
 export function pointView(p: RecoveryPoint, itemId?: string) {
@@ -86,3 +86,8 @@ export function itemView(item: ReplicatedItem, disks: DiskRecord[], status?: Rep
     updatedAt: item.updatedAt,
   };
 }
+
+/** A recovery point as GET …/recovery-points answers it. */
+export type PointView = ReturnType<typeof pointView>;
+/** An item as GET /api/replicated-items[/{id}] answers it (the per-disk storage fields and RPO only on a single GET). */
+export type ItemView = ReturnType<typeof itemView>;

@@ -1,10 +1,11 @@
 // Recovery plans: named, ordered groups of replicated items that fail over together (ASR: ≤ 7 groups, ≤ 100 items).
 import { randomBytes } from "node:crypto";
 import type { TableClient } from "@azure/data-tables";
-import { createPlanRequestSchema, fieldPath, parseInput } from "./api";
-import { ApiError, BadRequest, Conflict, NotFound, isConflict, isNotFound, type FieldIssue } from "./errors";
-import type { ItemStore, ReplicatedItem } from "./items";
-import { TABLES, type Storage } from "./storage";
+import { createPlanRequestSchema, fieldPath, parseInput } from "../contract/api";
+import { ApiError, BadRequest, Conflict, NotFound, isConflict, isNotFound, type FieldIssue } from "../contract/errors";
+import type { ReplicatedItem } from "../protection/items";
+import type { ItemStore } from "../storage/item-store";
+import { TABLES, type Storage } from "../storage/clients";
 
 export interface RecoveryPlan {
   id: string;

@@ -1,7 +1,8 @@
 // The sealing pass: seal tags every disk reached, thin and prune points, expire dead arrivals, judge RPO health.
-import type { ItemStore, ReplicatedItem } from "./items";
-import { clearIssues, raiseIssue } from "./items";
-import { RecoveryPoints, type RecoveryPoint } from "./recovery-points";
+import type { ReplicatedItem } from "../protection/items";
+import type { ItemStore } from "../storage/item-store";
+import { clearIssues, raiseIssue } from "../protection/items";
+import { RecoveryPoints, type RecoveryPoint } from "./points";
 
 export interface SealingDeps {
   items: ItemStore;

@@ -1,8 +1,9 @@
 // Failover planning: the request, which items it selects in which order, which recovery point each gets, and the lock that makes one failover own them.
-import { failoverRequestSchema, parseInput, type FailoverRequest } from "./api";
-import { ApiError, BadRequest, Conflict, IllegalState, NotFound, storageStatus } from "./errors";
-import type { FailoverRecord, FailoverType, ItemState, ItemStore, ReplicatedItem } from "./items";
-import { groupPartition, type RecoveryPoint, type RecoveryPoints } from "./recovery-points";
+import { failoverRequestSchema, parseInput, type FailoverRequest } from "../contract/api";
+import { ApiError, BadRequest, Conflict, IllegalState, NotFound, storageStatus } from "../contract/errors";
+import type { FailoverRecord, FailoverType, ItemState, ReplicatedItem } from "../protection/items";
+import type { ItemStore } from "../storage/item-store";
+import { groupPartition, type RecoveryPoint, type RecoveryPoints } from "../recovery-points/points";
 
 /** What the orchestration is started with: everything decided, nothing left to look up but the points. */
 export interface FailoverInput {

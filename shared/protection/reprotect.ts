@@ -1,27 +1,17 @@
 // Re-protect (turn a committed item around, seed its new replicas from what is left, hand over to the agent) and resync on request.
-import { parseInput, reprotectRequestSchema, resyncRequestSchema } from "./api";
+import { parseInput, reprotectRequestSchema, resyncRequestSchema } from "../contract/api";
 import type { Agents } from "./agents";
 import type { PageBlobClient } from "@azure/storage-blob";
-import { Conflict, IllegalState, isLeaseHeld, isNotFound, NotFound, storageCode, storageStatus } from "./errors";
-import type { Fabric } from "./fabric/port";
-import {
-  cacheContainerName,
-  directionOf,
-  isControlPlaneResync,
-  replicaBlobName,
-  type DiskRecord,
-  type DiskSeed,
-  type ItemStore,
-  type OriginalResources,
-  type ReplicatedItem,
-  type SeedSource,
-} from "./items";
-import { blobReadSas } from "./sas";
-import type { Config } from "./settings";
-import { readReplicationStatus } from "./status";
-import { directionAccounts, flipped, regionsAreDistinct, REPLICAS_CONTAINER, type Direction, type Storage } from "./storage";
-import { VHD_FOOTER_BYTES, vhdFooter } from "./vhd";
-import type { Jobs } from "./jobs";
+import { Conflict, IllegalState, isLeaseHeld, isNotFound, NotFound, storageCode, storageStatus } from "../contract/errors";
+import type { Fabric } from "../fabric/port";
+import { cacheContainerName, directionOf, isControlPlaneResync, replicaBlobName, type DiskRecord, type DiskSeed, type OriginalResources, type ReplicatedItem, type SeedSource } from "./items";
+import { type ItemStore } from "../storage/item-store";
+import { blobReadSas } from "../storage/sas";
+import type { Config } from "../config/settings";
+import { readReplicationStatus } from "../replication/status";
+import { directionAccounts, flipped, regionsAreDistinct, REPLICAS_CONTAINER, type Direction, type Storage } from "../storage/clients";
+import { VHD_FOOTER_BYTES, vhdFooter } from "../replication/vhd";
+import type { Jobs } from "../operations/jobs";
 
 /** What the orchestration is started with. */
 export interface ReprotectInput {

@@ -7,7 +7,7 @@ import {
   StorageSharedKeyCredential as QueueKeyCredential,
   type UserDelegationKey as QueueDelegationKey,
 } from "@azure/storage-queue";
-import type { StorageAccount } from "./settings";
+import type { StorageAccount } from "../config/settings";
 
 /** Azure signs user delegation keys (and so their SAS) for at most 7 days from now. */
 export const MAX_DELEGATION_MS = 7 * 24 * 3600_000;

@@ -1,6 +1,6 @@
 // What the agent and the control plane say to each other: registration, check-in, resync manifests, the heartbeat blob.
 import { z } from "zod";
-import { diskIdSchema, itemIdSchema, policySchema } from "./api";
+import { diskIdSchema, itemIdSchema, policySchema } from "../contract/api";
 
 /** Block size of resync manifests: the agent and the replica compare CRC32C checksums of blocks this large. */
 export const RESYNC_BLOCK_BYTES = 64 * 1024;

@@ -1,10 +1,10 @@
 // Live replication status of an item's disks, read from storage: watermarks, what waits in the cache, the agent's heartbeat.
-import { heartbeatSchema, HEARTBEAT_BLOB, type Heartbeat } from "./agent-protocol";
+import { heartbeatSchema, HEARTBEAT_BLOB, type Heartbeat } from "../protection/agent-protocol";
 import { batchBlobName, seqOfBlobName } from "./batch";
-import { isNotFound } from "./errors";
-import { cacheContainerName, directionOf, isControlPlaneResync, type DiskRecord, type ReplicatedItem } from "./items";
+import { isNotFound } from "../contract/errors";
+import { cacheContainerName, directionOf, isControlPlaneResync, type DiskRecord, type ReplicatedItem } from "../protection/items";
 import type { BlobClient } from "@azure/storage-blob";
-import type { Storage } from "./storage";
+import type { Storage } from "../storage/clients";
 
 export interface DiskReplicationStatus {
   /** Last fully applied batch (the replica's sequence number); null when the replica is missing. */

@@ -1,10 +1,11 @@
 // Recovery points: tag arrivals (a replica snapshot per disk per tag), sealing complete tags, listing, pruning.
 import type { TableClient } from "@azure/data-tables";
-import type { TagApplied } from "./apply";
-import type { BatchTag } from "./batch";
-import { isConflict, isNotFound } from "./errors";
-import { directionOf, type ItemStore, type ReplicatedItem } from "./items";
-import { TABLES, type Storage } from "./storage";
+import type { TagApplied } from "../replication/apply";
+import type { BatchTag } from "../replication/batch";
+import { isConflict, isNotFound } from "../contract/errors";
+import { directionOf, type ReplicatedItem } from "../protection/items";
+import { type ItemStore } from "../storage/item-store";
+import { TABLES, type Storage } from "../storage/clients";
 import { pointsToKeep } from "./thinning";
 
 export interface PointDisk {

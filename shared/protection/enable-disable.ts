@@ -1,25 +1,18 @@
 // Protecting a VM: enable replication (target resources, replicas, cache), disable it, and register its agent.
 import { randomUUID } from "node:crypto";
-import { enableRequestSchema, parseInput, updateRequestSchema, type EnableRequest } from "./api";
+import { enableRequestSchema, parseInput, updateRequestSchema, type EnableRequest } from "../contract/api";
 import type { Agents } from "./agents";
-import type { RecoveryPoints } from "./recovery-points";
-import { Conflict, IllegalState, NotFound } from "./errors";
-import { ReplicationGroups } from "./groups";
-import { resourceGroupIdOf, type Fabric, type FabricResource } from "./fabric/port";
-import {
-  cacheContainerName,
-  ItemStore,
-  replicaBlobName,
-  vmKey,
-  type DiskRecord,
-  type ReplicatedItem,
-  type TargetResources,
-} from "./items";
-import type { Config } from "./settings";
-import type { Storage } from "./storage";
-import { VHD_FOOTER_BYTES, vhdFooter } from "./vhd";
-import type { JobHandle, Jobs } from "./jobs";
-import type { ReplicationHistory } from "./history";
+import type { RecoveryPoints } from "../recovery-points/points";
+import { Conflict, IllegalState, NotFound } from "../contract/errors";
+import { ReplicationGroups } from "../recovery-points/groups";
+import { resourceGroupIdOf, type Fabric, type FabricResource } from "../fabric/port";
+import { cacheContainerName, replicaBlobName, vmKey, type DiskRecord, type ReplicatedItem, type TargetResources } from "./items";
+import { ItemStore } from "../storage/item-store";
+import type { Config } from "../config/settings";
+import type { Storage } from "../storage/clients";
+import { VHD_FOOTER_BYTES, vhdFooter } from "../replication/vhd";
+import type { JobHandle, Jobs } from "../operations/jobs";
+import type { ReplicationHistory } from "../operations/history";
 
 export interface ProtectionDeps {
   config: Config;

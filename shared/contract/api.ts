@@ -1,7 +1,7 @@
 // What crosses the wire: zod schemas for requests, the types inferred from them, and the 400 they produce.
 import { z } from "zod";
 import { BadRequest, type FieldIssue } from "./errors";
-import { AZURE_REGIONS } from "./regions";
+import { AZURE_REGIONS } from "../config/regions";
 
 export const MiB = 1024 * 1024;
 export const TiB = 1024 * 1024 * MiB;

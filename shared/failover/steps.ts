@@ -1,27 +1,17 @@
 // The failover's steps, each idempotent (a retried or replayed step finds its own work done): drain and cut, copy disks, NIC, VM, start, record, roll back.
 import type { ContainerClient } from "@azure/storage-blob";
-import { applyBatches } from "./apply";
-import { seqOfBlobName, batchBlobName } from "./batch";
-import { Conflict, IllegalState, isLeaseHeld, isNotFound, NotFound } from "./errors";
-import type { Fabric, FabricResource } from "./fabric/port";
-import { resourceId } from "./fabric/port";
-import { FailoverPlanning, type FailoverInput } from "./failover";
-import {
-  cacheContainerName,
-  directionOf,
-  failoverPlacement,
-  replicaBlobName,
-  replicationSource,
-  replicationStateOf,
-  type FailoverPlacement,
-  type FailoverRecord,
-  type ItemStore,
-  type ReplicatedItem,
-} from "./items";
-import { snapshotAtTag, vmPartition, type RecoveryPoint, type RecoveryPoints } from "./recovery-points";
-import type { Config } from "./settings";
-import { FAILOVER_CONTAINER, type Direction, type Storage } from "./storage";
-import type { Jobs, JobStep } from "./jobs";
+import { applyBatches } from "../replication/apply";
+import { seqOfBlobName, batchBlobName } from "../replication/batch";
+import { Conflict, IllegalState, isLeaseHeld, isNotFound, NotFound } from "../contract/errors";
+import type { Fabric, FabricResource } from "../fabric/port";
+import { resourceId } from "../fabric/port";
+import { FailoverPlanning, type FailoverInput } from "./start";
+import { cacheContainerName, directionOf, failoverPlacement, replicaBlobName, replicationSource, replicationStateOf, type FailoverPlacement, type FailoverRecord, type ReplicatedItem } from "../protection/items";
+import { type ItemStore } from "../storage/item-store";
+import { snapshotAtTag, vmPartition, type RecoveryPoint, type RecoveryPoints } from "../recovery-points/points";
+import type { Config } from "../config/settings";
+import { FAILOVER_CONTAINER, type Direction, type Storage } from "../storage/clients";
+import type { Jobs, JobStep } from "../operations/jobs";
 
 type StepRecorder = { step(name: string): Promise<void> };
 

@@ -15,22 +15,11 @@ import {
   type BatchMessage,
   type BatchTag,
 } from "./batch";
-import { isFenced, isLeaseHeld, isNotFound, isTransient } from "./errors";
-import {
-  cacheContainerName,
-  clearIssues,
-  directionOf,
-  isControlPlaneResync,
-  raiseIssue,
-  replicaBlobName,
-  replicationStateOf,
-  type DiskRecord,
-  type HealthIssue,
-  type ItemStore,
-  type ReplicatedItem,
-} from "./items";
-import type { Config } from "./settings";
-import { queueMessageText, REPLICATION_POISON_QUEUE, type Direction, type Storage } from "./storage";
+import { isFenced, isLeaseHeld, isNotFound, isTransient } from "../contract/errors";
+import { cacheContainerName, clearIssues, directionOf, isControlPlaneResync, raiseIssue, replicaBlobName, replicationStateOf, type DiskRecord, type HealthIssue, type ReplicatedItem } from "../protection/items";
+import { type ItemStore } from "../storage/item-store";
+import type { Config } from "../config/settings";
+import { queueMessageText, REPLICATION_POISON_QUEUE, type Direction, type Storage } from "../storage/clients";
 
 const MiB = 1024 * 1024;
 
@@ -84,7 +73,7 @@ export const DEFAULT_APPLY_LIMITS: ApplyLimits = {
   progressEveryMs: 5_000,
 };
 
-/** What the recovery-point recorder (snapshotAtTag in recovery-points.ts: snapshot + arrival) receives when a tagged batch has been applied. */
+/** What the recovery-point recorder (snapshotAtTag in recovery-points/points.ts: snapshot + arrival) receives when a tagged batch has been applied. */
 export interface TagApplied {
   item: ReplicatedItem;
   disk: DiskRecord;

@@ -2,7 +2,7 @@
 import type { Attributes, Meter } from "@opentelemetry/api";
 import { ConsoleMetricExporter, MeterProvider, MetricReader, PeriodicExportingMetricReader, type ResourceMetrics } from "@opentelemetry/sdk-metrics";
 import type { HistorySample } from "./history";
-import type { ReplicatedItem } from "./items";
+import type { ReplicatedItem } from "../protection/items";
 
 export const METRIC_NAMES = {
   rpo: "site_recovery.rpo",

@@ -4,7 +4,7 @@ import { QueueServiceClient, StorageSharedKeyCredential as QueueKeyCredential, Q
 import { AzureNamedKeyCredential, TableClient, TableServiceClient } from "@azure/data-tables";
 import type { TokenCredential } from "@azure/identity";
 import { azureCredential } from "./identity";
-import type { Config, StorageAccount } from "./settings";
+import type { Config, StorageAccount } from "../config/settings";
 
 export const REPLICATION_QUEUE = "replication-batches";
 /** Where the Functions host moves a replication message after maxDequeueCount failed attempts. */

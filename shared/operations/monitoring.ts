@@ -1,12 +1,13 @@
 // The monitoring pass (run by the sealing timer): samples each item's history, finds the alert conditions that hold, reconciles and delivers alerts, prunes jobs.
 import type { AlertCondition, Alerts } from "./alerts";
 import type { HistorySample, ReplicationHistory } from "./history";
-import type { ItemState, ItemStore, ReplicatedItem, DiskRecord } from "./items";
+import type { ItemState, ReplicatedItem, DiskRecord } from "../protection/items";
+import type { ItemStore } from "../storage/item-store";
 import type { Job, Jobs } from "./jobs";
-import type { RecoveryPoints } from "./recovery-points";
-import type { Config } from "./settings";
-import { readReplicationStatus, type ReplicationStatus } from "./status";
-import type { Storage } from "./storage";
+import type { RecoveryPoints } from "../recovery-points/points";
+import type { Config } from "../config/settings";
+import { readReplicationStatus, type ReplicationStatus } from "../replication/status";
+import type { Storage } from "../storage/clients";
 
 export interface MonitoringDeps {
   config: Config;

@@ -2,9 +2,9 @@
 import { randomUUID } from "node:crypto";
 import type { TableClient } from "@azure/data-tables";
 import { z } from "zod";
-import { ApiError, isNotFound } from "./errors";
-import type { Storage } from "./storage";
-import { TABLES } from "./storage";
+import { ApiError, isNotFound } from "../contract/errors";
+import type { Storage } from "../storage/clients";
+import { TABLES } from "../storage/clients";
 
 export const JOB_TYPES = ["enable", "disable", "failover", "commit", "test-failover-cleanup", "reprotect", "resync"] as const;
 export type JobType = (typeof JOB_TYPES)[number];
