@@ -80,7 +80,7 @@ export class DirtyLog {
   /** Appends a range (written when this returns; throws if it cannot be). */
   append(offset: number, length: number): void {
     const rec = encodeDirtyRecord(offset, length, this.record);
-    for (let done = 0; done < rec.length; ) done += writeSync(this.fd, rec, done, rec.length - done);
+    for (let done = 0; done < rec.length;) done += writeSync(this.fd, rec, done, rec.length - done);
     this.records++;
   }
 

@@ -95,7 +95,7 @@ export class Spool {
     let size = 0;
     try {
       for (const p of parts) {
-        for (let done = 0; done < p.length; ) done += (await fh.write(p, done, p.length - done)).bytesWritten;
+        for (let done = 0; done < p.length;) done += (await fh.write(p, done, p.length - done)).bytesWritten;
         size += p.length;
       }
       await this.syncTogether(fh);
