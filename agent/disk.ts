@@ -142,6 +142,7 @@ export abstract class ReplicatedDisk {
   private initialSweep: Sweep | undefined;
   private resyncSweep: ResyncSweep | undefined;
   private readonly idleWaiters: (() => void)[] = [];
+  private scanChunk: Buffer | undefined;
 
   constructor(
     protected readonly ctx: DiskContext,
@@ -158,7 +159,7 @@ export abstract class ReplicatedDisk {
   /** Seals the open batch with the job's extra ranges, if any (see TrackedDisk and ScannedDisk). */
   protected abstract sealAttempt(extra?: ExtraRequest): Promise<SealResult>;
   /** Reads current bytes without the write lock (a job looking for what to ship; seals re-read under the lock). */
-  protected abstract readUnlocked(offset: number, length: number): Promise<Buffer>;
+  protected abstract readUnlocked(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   /** A job of this kind of disk that goes before the shared ones (bitmap drain, scan pass), if due. */
   protected abstract ownJob(): (() => Promise<void>) | undefined;
   /** Bytes known to differ from the replica and not yet sealed. */
@@ -333,6 +334,14 @@ export abstract class ReplicatedDisk {
     return Math.floor(this.ctx.spool.maxBytes * this.ctx.tuning.spoolLowWater);
   }
 
+  /**
+   * The one buffer the disk's jobs read through when they look at the disk chunk by chunk (one job runs at a time, and
+   * each is done with a chunk before it reads the next): a sweep of the whole disk allocates nothing per chunk.
+   */
+  protected scanBuffer(): Buffer {
+    return (this.scanChunk ??= Buffer.allocUnsafe(READ_CHUNK));
+  }
+
   /** Ranges of [from, scannedTo) worth copying: every block, or (replica still all zeros) every block that is not all zeros. */
   private async findUsed(sw: Sweep, skipZeros: boolean): Promise<void> {
     const target = this.ctx.tuning.maxBatchBytes;
@@ -345,7 +354,7 @@ export abstract class ReplicatedDisk {
     }
     while (sw.found.bytes < target && sw.scannedTo < windowEnd) {
       const len = Math.min(READ_CHUNK, windowEnd - sw.scannedTo);
-      const buf = await this.readUnlocked(sw.scannedTo, len);
+      const buf = await this.readUnlocked(sw.scannedTo, len, this.scanBuffer());
       forEachBlock(sw.scannedTo, len, (start, end) => {
         const part = buf.subarray(start - sw.scannedTo, end - sw.scannedTo);
         if (!part.equals(ZERO_BLOCK.subarray(0, part.length))) sw.found.add(start, end);
@@ -506,7 +515,7 @@ export abstract class ReplicatedDisk {
     }
     for (let from = at; from < end; from += READ_CHUNK) {
       const len = Math.min(READ_CHUNK, end - from);
-      const buf = await this.readUnlocked(from, len);
+      const buf = await this.readUnlocked(from, len, this.scanBuffer());
       for (let off = 0; off < len; off += RESYNC_BLOCK_BYTES) {
         const block = (from + off) / RESYNC_BLOCK_BYTES;
         const replica = sums.readUInt32LE((block - firstBlock) * 4);

@@ -188,9 +188,9 @@ export class TrackedDisk extends ReplicatedDisk {
     else this.armSealTimer();
   }
 
-  /** Reads the image (what the workload would read back). */
-  async read(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(length);
+  /** Reads the image (what the workload would read back); into `into` when given and large enough. */
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
@@ -261,8 +261,8 @@ export class TrackedDisk extends ReplicatedDisk {
     await this.fh.datasync();
   }
 
-  protected readUnlocked(offset: number, length: number): Promise<Buffer> {
-    return this.read(offset, length);
+  protected readUnlocked(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    return this.read(offset, length, into);
   }
 
   protected ownJob(): (() => Promise<void>) | undefined {
