@@ -1,7 +1,7 @@
 // The layering check (`npm run lint`): which folder may import which. The pipeline's layers are
 //   agent/ (on the VM) → shared/replication/batch + shared/protection/agent-protocol only;
-//   shared/ (the decisions, by stage) → no functions/, local/, cli/, bench/, test/; no Azure SDK calls outside the
-//     adapters (shared/storage/, shared/fabric/) — the stages may hold SDK *types* of the clients they are handed;
+//   shared/ (the decisions, by stage) → no functions/, local/, cli/, bench/, test/; no Azure SDK import outside the
+//     adapters (shared/storage/, shared/fabric/) but the SDK *types* of the clients a stage is handed;
 //   functions/ (wiring) → shared/ and functions/ (its composition root and the host-facing glue), nothing else;
 //   no import cycles anywhere.
 /** @type {import('dependency-cruiser').IConfiguration} */
@@ -23,9 +23,9 @@ module.exports = {
       to: { path: "^(functions|local|cli|bench|test|agent)/" },
     },
     {
-      name: "stages-call-no-sdk",
+      name: "stages-import-no-sdk",
       severity: "error",
-      comment: "Only the adapters (shared/storage, shared/fabric) call the Azure SDKs; a stage is handed clients and may name their types.",
+      comment: "Only the adapters (shared/storage, shared/fabric) import the Azure SDKs; a stage is handed clients and may name their types.",
       from: { path: "^shared/", pathNot: "^shared/(storage|fabric)/" },
       to: { path: "@azure/", dependencyTypesNot: ["type-only"] },
     },

@@ -1,4 +1,5 @@
 // `site-recovery demo`: a complete DR drill on a throwaway local stack — two VMs in one replication group, a live workload, a test failover, an unplanned failover, every failed-over disk checked block by block against its source at the recovery point.
+import { setTimeout as sleep } from "node:timers/promises";
 import { randomBytes } from "node:crypto";
 import { closeSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -243,7 +244,6 @@ export interface DemoReport {
   error?: string;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
 const secs = (s: number) => `${s.toFixed(1)} s`;
 const short = (id: string) => (id.length > 12 ? id.slice(0, 8) : id);

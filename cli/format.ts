@@ -87,3 +87,4 @@ export function formatTime(iso: string | null | undefined, now = new Date()): st
 }
 
 export const shortId = (id: string) => id.slice(0, 8);
+export const printJson = (v: unknown) => console.log(JSON.stringify(v, null, 2));

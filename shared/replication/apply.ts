@@ -1,27 +1,28 @@
-// Applies a disk's cached batches to its replica in sequence order, under a lease and fenced by the replica's sequence number (the watermark).
+// Applies a disk's cached batches to its replica in sequence order, under a lease (lease.ts) and fenced by the replica's
+// sequence number, the watermark (replica.ts), within the bounds of limits.ts. Over 500 lines because one run (ApplyRun)
+// is one state machine — list, prefetch, verify, write, fence, record, re-announce — whose steps share its fields.
 import { randomUUID } from "node:crypto";
-import type { BlobLeaseClient, ContainerClient, PageBlobClient } from "@azure/storage-blob";
+import type { ContainerClient,PageBlobClient } from "@azure/storage-blob";
 import { z } from "zod";
 import {
-  batchBlobName,
-  checkExtents,
-  CorruptBatchError,
-  decodeBatch,
-  MAX_PAGE_WRITE,
-  pageWrites,
-  seqOfBlobName,
-  type Batch,
-  type BatchHeader,
-  type BatchMessage,
-  type BatchTag,
+batchBlobName,
+checkExtents,
+CorruptBatchError,
+decodeBatch,seqOfBlobName,
+type Batch,
+type BatchHeader,
+type BatchMessage,
+type BatchTag
 } from "./batch";
-import { isFenced, isLeaseHeld, isNotFound, isTransient } from "../contract/errors";
-import { cacheContainerName, clearIssues, directionOf, isControlPlaneResync, raiseIssue, replicaBlobName, replicationStateOf, type DiskRecord, type HealthIssue, type ReplicatedItem } from "../protection/items";
+import { isFenced,isLeaseHeld,isNotFound } from "../contract/errors";
+import { cacheContainerName,clearIssues,directionOf,isControlPlaneResync,raiseIssue,replicaBlobName,replicationStateOf,type DiskRecord,type HealthIssue,type ReplicatedItem } from "../protection/items";
 import { type ItemStore } from "../storage/item-store";
 import type { Config } from "../config/settings";
-import { queueMessageText, REPLICATION_POISON_QUEUE, type Direction, type Storage } from "../storage/clients";
+import { queueMessageText,type Direction,type Storage } from "../storage/clients";
+import { downloadBlob,readWatermark,writeBatch } from "./replica";
+import { LeaseKeeper } from "./lease";
+import { ApplyLimits,DEFAULT_APPLY_LIMITS } from "./limits";
 
-const MiB = 1024 * 1024;
 
 /** Health issue the cache sweep raises when a disk's cached batches wait too long; a run that moves the disk clears it. */
 export const STALLED = "ReplicationStalled";
@@ -35,43 +36,6 @@ export const batchMessageSchema = z.object({
   seq: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
 }) satisfies z.ZodType<BatchMessage>;
 
-export interface ApplyLimits {
-  /** One invocation's time budget; past it the run re-announces the disk and returns, far from the function timeout. */
-  maxRunMs: number;
-  maxBatchesPerRun: number;
-  /** Lease on the replica, renewed at a third of it while the run lasts. */
-  leaseSeconds: number;
-  /** Delay of a message re-announced because another processor holds the lease. */
-  busyRetrySeconds: number;
-  /**
-   * Downloads run this far ahead of the batch being written: enough to keep writes busy (more only competes with
-   * them for the storage account), and small because a Function App instance runs many disks at once.
-   */
-  prefetchBytes: number;
-  prefetchBatches: number;
-  /** Page writes of one batch in flight at once (safe: a batch's extents are disjoint). */
-  writeConcurrency: number;
-  /**
-   * Page writes are cut to at most this (≤ 4 MiB) so that a batch of one large extent still has several writes in
-   * flight: a blob takes concurrent writes far faster than one long one (Azurite: 4 MiB sequential ~130 MB/s,
-   * concurrent ~225).
-   */
-  writeChunkBytes: number;
-  /** How often a long run records its progress on the disk record (table writes cost). */
-  progressEveryMs: number;
-}
-
-export const DEFAULT_APPLY_LIMITS: ApplyLimits = {
-  maxRunMs: 120_000,
-  maxBatchesPerRun: 50_000,
-  leaseSeconds: 30,
-  busyRetrySeconds: 5,
-  prefetchBytes: 16 * MiB,
-  prefetchBatches: 4,
-  writeConcurrency: 8,
-  writeChunkBytes: MiB,
-  progressEveryMs: 5_000,
-};
 
 /** What the recovery-point recorder (snapshotAtTag in recovery-points/points.ts: snapshot + arrival) receives when a tagged batch has been applied. */
 export interface TagApplied {
@@ -128,56 +92,6 @@ export interface ApplyOutcome {
 export async function announceBatch(storage: Storage, message: BatchMessage, delaySeconds = 0): Promise<void> {
   const queue = await storage.replicationQueue();
   await queue.sendMessage(queueMessageText(message), delaySeconds > 0 ? { visibilityTimeout: delaySeconds } : {});
-}
-
-/** The replica's watermark: its blob sequence number; undefined when the replica does not exist. */
-export async function readWatermark(replica: PageBlobClient, leaseId?: string): Promise<number | undefined> {
-  try {
-    const p = await replica.getProperties(leaseId ? { conditions: { leaseId } } : {});
-    return p.blobSequenceNumber ?? 0;
-  } catch (e) {
-    if (isNotFound(e)) return undefined;
-    throw e;
-  }
-}
-
-/**
- * Writes one batch's pages (each ≤ 4 MiB, 512-aligned), every write fenced by the lease and by the watermark it
- * must follow: a processor whose lease was taken, or that read a watermark since moved, gets 412 and writes nothing.
- * On a failure the writes already in flight finish before the error is thrown, so none outlives the call.
- */
-export async function writeBatch(
-  replica: PageBlobClient,
-  batch: Batch,
-  fence: { leaseId: string; watermark: number },
-  tuning: Pick<ApplyLimits, "writeConcurrency" | "writeChunkBytes"> = DEFAULT_APPLY_LIMITS,
-): Promise<void> {
-  const writes = splitWrites(pageWrites(batch), Math.min(tuning.writeChunkBytes, MAX_PAGE_WRITE));
-  const concurrency = tuning.writeConcurrency;
-  const conditions = { leaseId: fence.leaseId, ifSequenceNumberEqualTo: fence.watermark };
-  let next = 0;
-  let failure: { error: unknown } | undefined;
-  const worker = async () => {
-    while (!failure && next < writes.length) {
-      const w = writes[next++];
-      try {
-        await replica.uploadPages(w.data, w.offset, w.data.length, { conditions });
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, writes.length)) }, worker));
-  if (failure) throw failure.error;
-}
-
-/** Cuts writes to `chunk` bytes (a multiple of 512, so alignment holds). */
-function splitWrites(writes: { offset: number; data: Buffer }[], chunk: number): { offset: number; data: Buffer }[] {
-  const out: { offset: number; data: Buffer }[] = [];
-  for (const w of writes) {
-    for (let at = 0; at < w.data.length; at += chunk) out.push({ offset: w.offset + at, data: w.data.subarray(at, at + chunk) });
-  }
-  return out;
 }
 
 /** Runs in progress in this process, per disk: a message for a disk already being applied asks that run to look again. */
@@ -270,31 +184,6 @@ async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyO
   } finally {
     keeper.stop();
     await lease.releaseLease().catch(() => undefined);
-  }
-}
-
-/** Renews the lease at a third of its duration; notes when it was lost so the run stops before its writes are refused. */
-class LeaseKeeper {
-  lost = false;
-  private readonly timer: NodeJS.Timeout;
-  private renewing: Promise<unknown> | undefined;
-
-  constructor(lease: BlobLeaseClient, seconds: number) {
-    this.timer = setInterval(() => {
-      if (this.renewing) return;
-      this.renewing = lease
-        .renewLease()
-        .catch((e: unknown) => {
-          // A transient failure leaves two more tries before the lease lapses; anything else means it is gone.
-          if (!isTransient(e)) this.lost = true;
-        })
-        .finally(() => (this.renewing = undefined));
-    }, (seconds * 1000) / 3);
-    this.timer.unref();
-  }
-
-  stop(): void {
-    clearInterval(this.timer);
   }
 }
 
@@ -776,39 +665,4 @@ class ApplyRun {
     }
     return { result: "ran", watermark: this.watermark, applied: this.applied, stop };
   }
-}
-
-/** One GET of the whole blob; a body shorter than announced is a failed download (retried), never a batch to verify. */
-async function downloadBlob(cache: ContainerClient, name: string): Promise<Buffer> {
-  const r = await cache.getBlobClient(name).download(0);
-  const body = r.readableStreamBody;
-  if (!body) throw new Error(`download of ${name} returned no body`);
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(chunk as Buffer);
-  const bytes = Buffer.concat(chunks);
-  if (r.contentLength !== undefined && bytes.length !== r.contentLength) {
-    throw new Error(`download of ${name} ended after ${bytes.length} of ${r.contentLength} bytes`);
-  }
-  return bytes;
-}
-
-/** Records a message the host gave up on (moved to the poison queue) as a warning on its item; false for an unknown item. */
-export async function recordPoisonMessage(deps: { items: ItemStore; now?: () => Date }, message: BatchMessage): Promise<boolean> {
-  const at = (deps.now ?? (() => new Date()))().toISOString();
-  const item = await deps.items.updateItem(message.itemId, (i) => {
-    if (i.state === "Disabling") return undefined;
-    const open = i.health.issues.find((x) => x.code === "PoisonMessage" && x.diskId === message.diskId);
-    raiseIssue(i, {
-      code: "PoisonMessage",
-      severity: "Warning",
-      diskId: message.diskId,
-      // The highest failed batch: the issue clears once the disk's watermark passes it.
-      seq: Math.max(open?.seq ?? 0, message.seq),
-      since: at,
-      message: `disk '${message.diskId}': applying batch ${message.seq} failed on every delivery and its message was moved to ${REPLICATION_POISON_QUEUE}; the cache sweep keeps re-announcing the disk, see the function log for the error`,
-    });
-    i.updatedAt = at;
-    return i;
-  });
-  return item !== undefined && item.state !== "Disabling";
 }

@@ -9,7 +9,7 @@ import { enableBody } from "../support/requests";
 import { startFailover, waitFailover } from "../support/failover";
 import { signAlert, SIGNATURE_HEADER, TIMESTAMP_HEADER, type Alert, type AlertEvent } from "../../shared/operations/alerts";
 import { batchBlobName } from "../../shared/replication/batch";
-import { recordPoisonMessage } from "../../shared/replication/apply";
+import { recordPoisonMessage } from "../../shared/replication/poison";
 import { cacheContainerName, clearIssues } from "../../shared/protection/items";
 import { HEARTBEAT_BLOB } from "../../shared/protection/agent-protocol";
 

@@ -1,7 +1,8 @@
 // A whole local stack for tests: in-memory Azurite on free ports, the services, and the local host over a real socket.
 import { createServices, type Services } from "../../functions/compose";
 import { functionTable } from "../../functions/table";
-import { LocalFunctionsHost, type LocalHostOptions, type QueueSettings } from "../../local/host";
+import { LocalFunctionsHost, type LocalHostOptions } from "../../local/host";
+import { type QueueSettings } from "../../local/host-json";
 import { loadConfig, timerSchedules } from "../../shared/config/settings";
 import { blobService, queueService, tableClient, tableService } from "../../shared/storage/clients";
 import type { Fabric } from "../../shared/fabric/port";

@@ -2,7 +2,7 @@
 import { createHash } from "node:crypto";
 import { odata, TableClient, type TableEntity, type TableEntityResult, type TransactionAction } from "@azure/data-tables";
 import { BlobServiceClient, type ContainerClient } from "@azure/storage-blob";
-import type { ActionSignature, HistoryEvent } from "./durableHistory";
+import type { ActionSignature, HistoryEvent } from "./history";
 
 export type RuntimeStatus = "Pending" | "Running" | "Completed" | "Failed" | "Terminated" | "ContinuedAsNew" | "Canceled" | "Suspended";
 

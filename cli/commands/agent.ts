@@ -1,8 +1,8 @@
 // `site-recovery agent`: runs the agent on a VM — registers with a token once, then scans the given disks (or serves them over NBD and tracks every write) and ships their changes until stopped.
 import { Command, InvalidArgumentError, Option } from "commander";
-import { Agent, DEFAULT_STATE_DIR } from "../agent";
-import { isLoopback, parseTcpAddress } from "../agent/nbd/server";
-import type { Heartbeat } from "../shared/protection/agent-protocol";
+import { Agent, DEFAULT_STATE_DIR } from "../../agent";
+import { isLoopback, parseTcpAddress } from "../../agent/nbd/server";
+import type { Heartbeat } from "../../shared/protection/agent-protocol";
 
 /** `os=/dev/sda` → { id: "os", path: "/dev/sda" } (repeatable). */
 export function parseDiskPath(value: string, previous: { id: string; path: string }[] = []) {

@@ -1,7 +1,8 @@
 // The CLI's operator views: status (table, one item's summary, --watch), recovery-points, jobs, alerts; tables for people, --json for scripts.
+import { setTimeout as sleep } from "node:timers/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
-import type { ApiClient } from "../shared/contract/client";
-import { formatBytes, formatDuration, formatTable, formatTime, progressBar, shortId, Style, useColour } from "./format";
+import type { ApiClient } from "../../shared/contract/client";
+import { formatBytes, formatDuration, formatTable, formatTime, printJson, progressBar, shortId, Style, useColour } from "../format";
 
 /** The fields of an item the views read (GET /api/replicated-items[/{id}]). */
 export interface ItemView {
@@ -73,7 +74,7 @@ export interface AlertView {
   clearedAt: string | null;
 }
 
-const print = (v: unknown) => console.log(JSON.stringify(v, null, 2));
+const print = printJson;
 
 /** Where the data flows: a re-protected (reverse) item replicates from the target region back to the original one. */
 const route = (i: Pick<ItemView, "vm" | "targetRegion" | "direction">) => (i.direction === "reverse" ? `${i.targetRegion} → ${i.vm.region}` : `${i.vm.region} → ${i.targetRegion}`);
@@ -233,7 +234,7 @@ export function operatorCommands(program: Command, client: (cmd: Command) => Api
         if (tty && !o.json) process.stdout.write(`\x1b[2J\x1b[H${text}\n\n${style().paint(`every ${o.interval} s · ${new Date().toLocaleTimeString()} · Ctrl-C to stop`, "grey")}\n`);
         else console.log(`${o.json ? "" : `--- ${new Date().toISOString()}\n`}${text}`);
         if (o.times !== undefined && n >= o.times) return;
-        await new Promise((r) => setTimeout(r, o.interval * 1000));
+        await sleep(o.interval * 1000);
       }
     });
 

@@ -1,7 +1,7 @@
 // The Durable Functions HTTP management API (`/runtime/webhooks/durabletask/…` and the client's rpc base `/durabletask/…`) and the durable client binding data, as the extension serves and sends them.
-import { EVENT_NAMES, EventType, type HistoryEvent } from "./durableHistory";
-import { DurableRequestError, type DurableRuntime } from "./durableRuntime";
-import { TERMINAL, type InstanceRecord, type RuntimeStatus } from "./durableStore";
+import { EVENT_NAMES, EventType, type HistoryEvent } from "./history";
+import { DurableRequestError, type DurableRuntime } from "./runtime";
+import { TERMINAL, type InstanceRecord, type RuntimeStatus } from "./store";
 
 export const WEBHOOK_BASE = "/runtime/webhooks/durabletask";
 /** Where `rpcBaseUrl` points: the JS DurableClient sends every call here when it is set. */
