@@ -1,15 +1,14 @@
 // How a failover ends, other than by completing: a rollback (also of an abandoned one), the commit, a test failover's cleanup, and its job.
 import type { ContainerClient } from "@azure/storage-blob";
-import { Conflict,IllegalState,NotFound } from "../contract/errors";
+import { Conflict, IllegalState, NotFound } from "../contract/errors";
 import type { Fabric } from "../fabric/port";
-import { FailoverPlanning,type FailoverInput } from "./start";
-import { replicationSource,replicationStateOf,type FailoverRecord,type ReplicatedItem } from "../protection/items";
+import { FailoverPlanning, type FailoverInput } from "./start";
+import { replicationSource, replicationStateOf, type FailoverRecord, type ReplicatedItem } from "../protection/items";
 import { type ItemStore } from "../storage/item-store";
 import { type RecoveryPoints } from "../recovery-points/points";
 import type { Config } from "../config/settings";
-import { FAILOVER_CONTAINER,type Direction,type Storage } from "../storage/clients";
-import type { Jobs,JobStep } from "../operations/jobs";
-
+import { FAILOVER_CONTAINER, type Direction, type Storage } from "../storage/clients";
+import type { Jobs, JobStep } from "../operations/jobs";
 
 export type StepRecorder = { step(name: string): Promise<void> };
 
@@ -158,7 +157,8 @@ export class FailoverEndings {
     const found = await this.deps.items.get(itemId);
     if (!found) throw new NotFound("replicated item", itemId);
     const f = found.item.failover;
-    if (found.item.state !== "TestFailover" || !f || f.type !== "test") throw new IllegalState(itemId, found.item.state, "clean up a test failover (there is none)");
+    if (found.item.state !== "TestFailover" || !f || f.type !== "test")
+      throw new IllegalState(itemId, found.item.state, "clean up a test failover (there is none)");
     if (!f.completedAt && !f.error) {
       throw new Conflict("TestFailoverRunning", `the test failover of '${itemId}' is still running (instance ${f.instanceId}); clean up when it has finished`, {
         itemId,
@@ -198,7 +198,10 @@ export class FailoverEndings {
   }
 
   /** A failover's job ends with the orchestration (its steps as the orchestration timed them), or when it is found abandoned. */
-  async endJob(instanceId: string, outcome: { state: "Succeeded" | "Failed"; error?: { code: string; message: string }; steps?: JobStep[] }): Promise<number | undefined> {
+  async endJob(
+    instanceId: string,
+    outcome: { state: "Succeeded" | "Failed"; error?: { code: string; message: string }; steps?: JobStep[] },
+  ): Promise<number | undefined> {
     const job = await this.deps.jobs?.end(instanceId, outcome.state, outcome.error, outcome.steps);
     return job?.durationSeconds ?? undefined;
   }

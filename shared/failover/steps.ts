@@ -2,23 +2,30 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { ContainerClient } from "@azure/storage-blob";
 import { applyBatches } from "../replication/apply";
-import { seqOfBlobName,batchBlobName } from "../replication/batch";
-import { isLeaseHeld,isNotFound } from "../contract/errors";
+import { seqOfBlobName, batchBlobName } from "../replication/batch";
+import { isLeaseHeld, isNotFound } from "../contract/errors";
 import type { FabricResource } from "../fabric/port";
 import { resourceId } from "../fabric/port";
 import { type FailoverInput } from "./start";
 import { FailoverEndings } from "./endings";
-import { cacheContainerName,directionOf,failoverPlacement,replicaBlobName,replicationSource,type FailoverPlacement,type FailoverRecord,type ReplicatedItem } from "../protection/items";
-import { snapshotAtTag,vmPartition,type RecoveryPoint } from "../recovery-points/points";
+import {
+  cacheContainerName,
+  directionOf,
+  failoverPlacement,
+  replicaBlobName,
+  replicationSource,
+  type FailoverPlacement,
+  type FailoverRecord,
+  type ReplicatedItem,
+} from "../protection/items";
+import { snapshotAtTag, vmPartition, type RecoveryPoint } from "../recovery-points/points";
 import { FAILOVER_CONTAINER } from "../storage/clients";
-
 
 /**
  * How long a drain for `latest` may apply before it gives up with its own error. It must end well inside the
  * activity's `functionTimeout` (host.json: 10 min), or the host kills the activity before the deadline says why.
  */
 export const DRAIN_DEADLINE_MS = 8 * 60_000;
-
 
 /** A failover step that cannot succeed by retrying (the orchestration stops and rolls back). */
 export class FailoverStepError extends Error {
@@ -60,10 +67,8 @@ export const finalTagId = (instanceId: string) => `final-${instanceId}`;
 /** The point `latest` cuts from the drained replicas. */
 export const latestPointId = (instanceId: string) => `latest-${instanceId}`;
 
-
 /** Apply stops after which draining cannot get further. */
 const HALTS: ReadonlySet<string> = new Set(["corrupt", "awaitingResync", "gone", "disabled"]);
-
 
 /** The steps that carry a failover forward; how it ends (rollback, commit, cleanup) is in endings.ts. */
 export type { FailoverStepsDeps } from "./endings";
@@ -304,7 +309,6 @@ export class FailoverSteps extends FailoverEndings {
     return `${plan.vmName}-${diskId}-${input.stamp}.vhd`;
   }
 
-
   /**
    * Starts a server-side copy of each disk's snapshot into `failover/<vm>-<disk>-<time>.vhd` (once: a copy this
    * failover started is never restarted unless it failed) and says whether any is still pending.
@@ -332,7 +336,9 @@ export class FailoverSteps extends FailoverEndings {
         // no SAS (Azurite, given a SAS, first downloads the whole source to check it, and fails past ~512 MiB).
         const source = replicas.getPageBlobClient(replicaBlobName(plan.itemId, d.diskId)).withSnapshot(d.snapshot);
         // The poller's first poll starts the copy; its status is then checked by later calls of this step, not waited on here.
-        const poller = await target.beginCopyFromURL(source.url, { metadata: { failover: input.instanceId, item: plan.itemId, disk: d.diskId, point: plan.point.id } });
+        const poller = await target.beginCopyFromURL(source.url, {
+          metadata: { failover: input.instanceId, item: plan.itemId, disk: d.diskId, point: plan.point.id },
+        });
         poller.stopPolling();
         return poller.getOperationState().result?.copyStatus === "success";
       }),
@@ -377,7 +383,10 @@ export class FailoverSteps extends FailoverEndings {
     if (!left || left.tags?.failover === input.instanceId) return;
     const original = directionOf(item) === "reverse" && target.resourceGroup.toLowerCase() === item.vm.resourceGroup.toLowerCase();
     if (left.tags?.item !== item.id && !original) {
-      throw new FailoverStepError("TargetVmExists", `a VM '${left.name}' that site-recovery did not make for this item exists in ${target.resourceGroup}: remove or rename it, then fail over again`);
+      throw new FailoverStepError(
+        "TargetVmExists",
+        `a VM '${left.name}' that site-recovery did not make for this item exists in ${target.resourceGroup}: remove or rename it, then fail over again`,
+      );
     }
     const container = await this.failoverContainer(directionOf(item));
     const prefix = `${container.url}/`;
