@@ -1,7 +1,7 @@
 // What every replicated disk shares: sequence numbers, the seal → spool → commit pipeline, and the background jobs (initial copy, resync).
 import { mkdir, open } from "node:fs/promises";
 import { crc32c } from "@node-rs/crc32";
-import { encodeBatch, type BatchFlags, type BatchTag, type Extent } from "../shared/replication/batch";
+import { encodeBatchHeader, type BatchFlags, type BatchTag, type Extent } from "../shared/replication/batch";
 import { MAX_MANIFEST_RANGE, RESYNC_BLOCK_BYTES, type ManifestResponse, type ResyncCommand } from "../shared/protection/agent-protocol";
 import { readJsonFile, writeFileAtomic } from "./files";
 import { Mutex, Signal } from "./gate";
@@ -23,7 +23,7 @@ export interface DiskTuning {
   spoolLowWater: number;
 }
 
-export const DEFAULT_TUNING: DiskTuning = { maxBatchBytes: 4 * 1024 * 1024, sealIntervalMs: 1000, pipelineDepth: 2, spoolLowWater: 0.5 };
+export const DEFAULT_TUNING: DiskTuning = { maxBatchBytes: 4 * 1024 * 1024, sealIntervalMs: 1000, pipelineDepth: 4, spoolLowWater: 0.5 };
 
 /** What a disk needs from its agent. */
 export interface DiskContext {
@@ -75,6 +75,8 @@ export interface SealedBatch {
   firstWriteMs: number;
   lastWriteMs: number;
   tag?: BatchTag;
+  /** Called once the payload is durable in the spool: its buffer may be reused (emit does not copy it). */
+  release?: () => void;
 }
 
 /** A job that walks the disk from `cursor`: `found` holds ranges in [cursor, scannedTo) that still have to be shipped. */
@@ -140,6 +142,7 @@ export abstract class ReplicatedDisk {
   private initialSweep: Sweep | undefined;
   private resyncSweep: ResyncSweep | undefined;
   private readonly idleWaiters: (() => void)[] = [];
+  private scanChunk: Buffer | undefined;
 
   constructor(
     protected readonly ctx: DiskContext,
@@ -156,7 +159,7 @@ export abstract class ReplicatedDisk {
   /** Seals the open batch with the job's extra ranges, if any (see TrackedDisk and ScannedDisk). */
   protected abstract sealAttempt(extra?: ExtraRequest): Promise<SealResult>;
   /** Reads current bytes without the write lock (a job looking for what to ship; seals re-read under the lock). */
-  protected abstract readUnlocked(offset: number, length: number): Promise<Buffer>;
+  protected abstract readUnlocked(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   /** A job of this kind of disk that goes before the shared ones (bitmap drain, scan pass), if due. */
   protected abstract ownJob(): (() => Promise<void>) | undefined;
   /** Bytes known to differ from the replica and not yet sealed. */
@@ -170,12 +173,13 @@ export abstract class ReplicatedDisk {
   // ---- the pipeline: seal (caller, under sealMutex) → spool (concurrent) → commit (in seq order) ----
 
   /**
-   * Hands out the next seq, encodes the batch and writes it to the spool (concurrently with other batches); resolves
-   * once it is committed: durable, the state that says so saved, handed to the shipper. Call under sealMutex.
+   * Hands out the next seq, encodes the batch's header and writes header and payload to the spool (concurrently with
+   * other batches; the payload is not copied: batch.release says when its buffer is free again); resolves once it is
+   * committed: durable, the state that says so saved, handed to the shipper. Call under sealMutex.
    */
   protected emit(batch: SealedBatch, onCommit?: (s: DiskState) => void, afterCommit?: () => void | Promise<void>): Promise<void> {
     const seq = this.allocSeq++;
-    const encoded = encodeBatch(
+    const header = encodeBatchHeader(
       {
         itemId: this.ctx.itemId,
         diskId: this.id,
@@ -188,12 +192,16 @@ export abstract class ReplicatedDisk {
       },
       batch.payload,
     );
-    this.ctx.spool.reserve(this.id, encoded.length);
+    const size = header.length + batch.payload.length;
+    this.ctx.spool.reserve(this.id, size);
     const durable = this.retrying("SpoolWriteFailed", `writing batch ${seq} of disk ${this.id} to the spool`, () =>
-      this.ctx.spool.put(this.id, seq, encoded, encoded.length),
+      this.ctx.spool.put(this.id, seq, [header, batch.payload], size),
     );
     this.durable.add(durable);
-    void durable.then(() => this.durable.delete(durable));
+    void durable.then(() => {
+      this.durable.delete(durable);
+      batch.release?.();
+    });
     let committed!: Promise<void>;
     const step = this.chain(async () => {
       await durable;
@@ -326,6 +334,14 @@ export abstract class ReplicatedDisk {
     return Math.floor(this.ctx.spool.maxBytes * this.ctx.tuning.spoolLowWater);
   }
 
+  /**
+   * The one buffer the disk's jobs read through when they look at the disk chunk by chunk (one job runs at a time, and
+   * each is done with a chunk before it reads the next): a sweep of the whole disk allocates nothing per chunk.
+   */
+  protected scanBuffer(): Buffer {
+    return (this.scanChunk ??= Buffer.allocUnsafe(READ_CHUNK));
+  }
+
   /** Ranges of [from, scannedTo) worth copying: every block, or (replica still all zeros) every block that is not all zeros. */
   private async findUsed(sw: Sweep, skipZeros: boolean): Promise<void> {
     const target = this.ctx.tuning.maxBatchBytes;
@@ -338,7 +354,7 @@ export abstract class ReplicatedDisk {
     }
     while (sw.found.bytes < target && sw.scannedTo < windowEnd) {
       const len = Math.min(READ_CHUNK, windowEnd - sw.scannedTo);
-      const buf = await this.readUnlocked(sw.scannedTo, len);
+      const buf = await this.readUnlocked(sw.scannedTo, len, this.scanBuffer());
       forEachBlock(sw.scannedTo, len, (start, end) => {
         const part = buf.subarray(start - sw.scannedTo, end - sw.scannedTo);
         if (!part.equals(ZERO_BLOCK.subarray(0, part.length))) sw.found.add(start, end);
@@ -499,7 +515,7 @@ export abstract class ReplicatedDisk {
     }
     for (let from = at; from < end; from += READ_CHUNK) {
       const len = Math.min(READ_CHUNK, end - from);
-      const buf = await this.readUnlocked(from, len);
+      const buf = await this.readUnlocked(from, len, this.scanBuffer());
       for (let off = 0; off < len; off += RESYNC_BLOCK_BYTES) {
         const block = (from + off) / RESYNC_BLOCK_BYTES;
         const replica = sums.readUInt32LE((block - firstBlock) * 4);

@@ -131,8 +131,8 @@ export class ScannedDisk extends ReplicatedDisk {
     await this.settled();
   }
 
-  protected async readUnlocked(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(length);
+  protected async readUnlocked(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.source.read(buf, done, length - done, offset + done);
@@ -225,7 +225,7 @@ export class ScannedDisk extends ReplicatedDisk {
     while (pass.scannedTo < end && pass.found.bytes < budget && !this.closed) {
       const from = pass.scannedTo;
       const len = Math.min(READ_CHUNK, end - from);
-      const buf = await this.readUnlocked(from, len);
+      const buf = await this.readUnlocked(from, len, this.scanBuffer());
       for (let off = 0; off < len; off += FINGERPRINT_BLOCK) {
         const i = (from + off) / FINGERPRINT_BLOCK;
         const changed = !pass.baseline || crc32c(buf.subarray(off, off + FINGERPRINT_BLOCK)) !== this.fp[i];

@@ -1,7 +1,7 @@
 // Ships spooled batches: upload to the item's cache container, announce on the queue, then drop from the spool; retries forever.
 import { AnonymousCredential, ContainerClient } from "@azure/storage-blob";
 import { AnonymousCredential as QueueAnonymousCredential, QueueClient } from "@azure/storage-queue";
-import { batchBlobName, decodeBatch, type BatchMessage } from "../shared/replication/batch";
+import { batchBlobName, batchWriteTimes, type BatchMessage } from "../shared/replication/batch";
 import { HEARTBEAT_BLOB } from "../shared/protection/agent-protocol";
 import type { Health } from "./health";
 import { backoffMs, classify, describe, sleep } from "./retry";
@@ -43,6 +43,8 @@ export class Shipper {
   private paused = false;
   private nextDisk = 0;
   private failures = 0;
+  /** Read buffers of finished uploads, reused by the next ones: steady shipping allocates no buffer per batch. */
+  private readonly freeBuffers: { buffer: Buffer }[] = [];
   /** Batches acknowledged by the cache since start. */
   shipped = 0;
   shippedBytes = 0;
@@ -128,10 +130,21 @@ export class Shipper {
   }
 
   private async ship(diskId: string, seq: number): Promise<void> {
+    const slot = this.freeBuffers.pop() ?? { buffer: Buffer.alloc(0) };
+    try {
+      await this.shipFrom(slot, diskId, seq);
+    } finally {
+      if (this.freeBuffers.length < this.opts.concurrency) this.freeBuffers.push(slot);
+    }
+  }
+
+  private async shipFrom(slot: { buffer: Buffer }, diskId: string, seq: number): Promise<void> {
     const { spool, health, itemId } = this.opts;
     for (let attempt = 0; !this.stopping.signal.aborted; attempt++) {
       try {
-        const data = await spool.read(diskId, seq);
+        const data = await spool.readInto(diskId, seq, slot.buffer);
+        // A batch larger than the slot's buffer was read into one of its own: the slot keeps the larger one.
+        if (data.length > slot.buffer.length) slot.buffer = data;
         const times = writeTimes(data);
         await this.container.getBlockBlobClient(batchBlobName(diskId, seq)).upload(data, data.length, {
           metadata: { firstwritems: String(times.first), lastwritems: String(times.last) },
@@ -204,12 +217,11 @@ export class Shipper {
   }
 }
 
-/** The write times a batch's header carries (a batch that does not decode is shipped anyway: the apply side quarantines it). */
+/**
+ * The write times a batch's header carries, for the blob's metadata. The payload's checksum is not checked here (the
+ * apply side checks it before anything is written): a batch that does not decode is shipped anyway and quarantined there.
+ */
 function writeTimes(data: Buffer): { first: number; last: number } {
-  try {
-    const { header } = decodeBatch(data);
-    return { first: Math.round(header.firstWriteMs), last: Math.round(header.lastWriteMs) };
-  } catch {
-    return { first: 0, last: 0 };
-  }
+  const t = batchWriteTimes(data);
+  return t ? { first: Math.round(t.firstWriteMs), last: Math.round(t.lastWriteMs) } : { first: 0, last: 0 };
 }

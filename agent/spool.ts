@@ -1,5 +1,5 @@
 // The local spool: sealed batches, one durable file each, kept until the cache has them and the queue announced them.
-import { mkdir, open, readdir, readFile, rename, stat, unlink } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, rename, stat, unlink, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { SEQ_DIGITS } from "../shared/replication/batch";
 import { statePaths } from "./state";
@@ -19,6 +19,9 @@ export class Spool {
   private readonly perDisk = new Map<string, { batches: Map<number, number>; reserved: number }>();
   private total = 0;
   private waiters: { below: number; resolve: () => void }[] = [];
+  /** The sync round being formed (it starts when the one before it ends), and the end of the last round started. */
+  private forming: { members: Promise<void>[]; go: Promise<void> } | undefined;
+  private roundsTail: Promise<unknown> = Promise.resolve();
   /** Called when a batch leaves the spool (room for jobs waiting on it). */
   onChange: (() => void) | undefined;
 
@@ -79,27 +82,74 @@ export class Spool {
     this.total += bytes;
   }
 
-  /** Writes a batch durably (temp file, fsync, rename); its reservation becomes its size. */
-  async put(diskId: string, seq: number, data: Buffer, reserved: number): Promise<void> {
+  /**
+   * Writes a batch durably (temp file, fdatasync, rename); its reservation becomes its size. `parts` are written one
+   * after the other (a header and a payload need not be copied into one buffer); the caller keeps them unchanged until
+   * this resolves (a failed attempt is retried from them). Syncs are group-committed: files written while a round of
+   * syncs runs are synced together in the next round, so a burst of batches costs a few journal commits, not one each.
+   */
+  async put(diskId: string, seq: number, parts: readonly Buffer[], reserved: number): Promise<void> {
     const path = this.path(diskId, seq);
     const tmp = `${path}.tmp`;
     const fh = await open(tmp, "w");
+    let size = 0;
     try {
-      let done = 0;
-      while (done < data.length) done += (await fh.write(data, done, data.length - done)).bytesWritten;
-      await fh.sync();
+      for (const p of parts) {
+        for (let done = 0; done < p.length;) done += (await fh.write(p, done, p.length - done)).bytesWritten;
+        size += p.length;
+      }
+      await this.syncTogether(fh);
     } finally {
       await fh.close();
     }
     await rename(tmp, path);
     const d = this.disk(diskId);
     d.reserved -= reserved;
-    this.total += data.length - reserved;
-    d.batches.set(seq, data.length);
+    this.total += size - reserved;
+    d.batches.set(seq, size);
+  }
+
+  /** Joins the next sync round; resolves once this file's data is on stable storage. */
+  private syncTogether(fh: FileHandle): Promise<void> {
+    if (!this.forming) {
+      const round = {
+        members: [] as Promise<void>[],
+        go: this.roundsTail.then(() => {
+          this.forming = undefined;
+        }),
+      };
+      this.forming = round;
+      // Registered before any member's: when the previous round ends, this round closes and its syncs start together.
+      this.roundsTail = round.go.then(() => Promise.allSettled(round.members));
+    }
+    const mine = this.forming.go.then(() => fh.datasync());
+    this.forming.members.push(mine);
+    return mine;
   }
 
   read(diskId: string, seq: number): Promise<Buffer> {
     return readFile(this.path(diskId, seq));
+  }
+
+  /**
+   * Reads a batch into `into` when it fits (the returned buffer is then a view of it), else into a new buffer: a
+   * reader that reuses its buffer allocates nothing per batch.
+   */
+  async readInto(diskId: string, seq: number, into: Buffer): Promise<Buffer> {
+    const fh = await open(this.path(diskId, seq), "r");
+    try {
+      const { size } = await fh.stat();
+      const buf = size <= into.length ? into.subarray(0, size) : Buffer.allocUnsafe(size);
+      let done = 0;
+      while (done < size) {
+        const { bytesRead } = await fh.read(buf, done, size - done, done);
+        if (bytesRead === 0) throw new Error(`spool file of batch ${seq} of disk ${diskId} shrank while being read`);
+        done += bytesRead;
+      }
+      return buf;
+    } finally {
+      await fh.close();
+    }
   }
 
   async remove(diskId: string, seq: number): Promise<void> {

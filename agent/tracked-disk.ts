@@ -51,7 +51,8 @@ export class TrackedDisk extends ReplicatedDisk {
   private lastWriteMs = 0;
   private sealTimer: NodeJS.Timeout | undefined;
   private sizeSeal: Promise<SealResult> | undefined;
-  private payloadBuffer = Buffer.alloc(0);
+  /** Payload buffers of batches no longer in the spool pipeline, reused by the next seals (at most pipelineDepth + 1 exist). */
+  private readonly freePayloads: Buffer[] = [];
   /** syncWrites: the sync in progress, and the one queued behind it (shared by every caller meanwhile). */
   private runningSync: Promise<void> | undefined;
   private queuedSync: Promise<void> | undefined;
@@ -177,8 +178,7 @@ export class TrackedDisk extends ReplicatedDisk {
       await this.sealForSize();
     }
     try {
-      const logged = this.track(start, end);
-      if (logged) await logged;
+      this.track(start, end);
       let done = 0;
       while (done < data.length) done += (await this.fh.write(data, done, data.length - done, offset + done)).bytesWritten;
     } finally {
@@ -188,9 +188,9 @@ export class TrackedDisk extends ReplicatedDisk {
     else this.armSealTimer();
   }
 
-  /** Reads the image (what the workload would read back). */
-  async read(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(length);
+  /** Reads the image (what the workload would read back); into `into` when given and large enough. */
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.fh.read(buf, done, length - done, offset + done);
@@ -200,22 +200,20 @@ export class TrackedDisk extends ReplicatedDisk {
     return done < length ? buf.fill(0, done) : buf;
   }
 
-  /**
-   * Write-ahead: the range is in the dirty log before the image is written (the caller awaits the promise). A range
-   * already tracked is not logged again, but its write still waits for appends in flight (one of them may be its range's).
-   */
-  private track(start: number, end: number): Promise<void> | undefined {
+  /** Write-ahead: the range is in the dirty log (appended synchronously) before the image is written. A range already tracked is not logged again. */
+  private track(start: number, end: number): void {
     const now = Date.now();
     this.lastWriteMs = now;
     if (this.bitmap) {
-      if (this.bitmap.covers(start, end)) return this.log.settled();
+      if (this.bitmap.covers(start, end)) return;
+      this.log.append(start, end - start);
       this.bitmap.mark(start, end);
-      return this.log.append(start, end - start);
+      return;
     }
-    if (this.dirty.covers(start, end)) return this.log.settled();
+    if (this.dirty.covers(start, end)) return;
+    this.log.append(start, end - start);
     if (this.dirty.isEmpty) this.firstWriteMs = now;
     this.dirty.add(start, end);
-    return this.log.append(start, end - start);
   }
 
   private armSealTimer(): void {
@@ -263,8 +261,8 @@ export class TrackedDisk extends ReplicatedDisk {
     await this.fh.datasync();
   }
 
-  protected readUnlocked(offset: number, length: number): Promise<Buffer> {
-    return this.read(offset, length);
+  protected readUnlocked(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    return this.read(offset, length, into);
   }
 
   protected ownJob(): (() => Promise<void>) | undefined {
@@ -429,7 +427,7 @@ export class TrackedDisk extends ReplicatedDisk {
       const gen = this.log.length > 0 ? this.log.rotate() : this.log.generation - 1;
       const batch: SealedBatch = {
         extents: ranges.toExtents(),
-        payload: this.readRanges(ranges),
+        ...this.readRanges(ranges),
         flags: taken?.flags ?? {},
         firstWriteMs: wrote ? this.firstWriteMs : now,
         lastWriteMs: wrote ? this.lastWriteMs : now,
@@ -444,7 +442,7 @@ export class TrackedDisk extends ReplicatedDisk {
       const gen = this.log.length > 0 ? this.log.rotate() : this.log.generation - 1;
       const batch: SealedBatch = {
         extents: ranges.toExtents(),
-        payload: this.readRanges(ranges),
+        ...this.readRanges(ranges),
         flags: { resyncId: overflow.resyncId, ...(complete ? { resyncComplete: true } : {}) },
         firstWriteMs: now,
         lastWriteMs: now,
@@ -523,11 +521,14 @@ export class TrackedDisk extends ReplicatedDisk {
 
   /**
    * The current bytes of `ranges`, read synchronously: the caller holds the write lock, and page-cache reads take
-   * microseconds. Read into the disk's one payload buffer: encodeBatch copies it before the next seal can start.
+   * microseconds. Read into a reused payload buffer (handed back by the batch's `release` once it is durable in the
+   * spool): a steady write load allocates no new buffers, so it leaves V8's collector nothing to chase.
    */
-  private readRanges(ranges: RangeSet): Buffer {
-    if (this.payloadBuffer.length < ranges.bytes) this.payloadBuffer = Buffer.allocUnsafe(Math.max(ranges.bytes, this.ctx.tuning.maxBatchBytes));
-    const payload = this.payloadBuffer.subarray(0, ranges.bytes);
+  private readRanges(ranges: RangeSet): { payload: Buffer; release: () => void } {
+    const want = Math.max(ranges.bytes, this.ctx.tuning.maxBatchBytes);
+    let buffer = this.freePayloads.pop();
+    if (!buffer || buffer.length < ranges.bytes) buffer = Buffer.allocUnsafe(want);
+    const payload = buffer.subarray(0, ranges.bytes);
     let at = 0;
     for (const r of ranges) {
       const len = r.end - r.start;
@@ -542,7 +543,13 @@ export class TrackedDisk extends ReplicatedDisk {
       }
       at += len;
     }
-    return payload;
+    const kept = buffer;
+    return {
+      payload,
+      release: () => {
+        if (kept.length === want && this.freePayloads.length < this.ctx.tuning.pipelineDepth) this.freePayloads.push(kept);
+      },
+    };
   }
 
   override async close(): Promise<void> {

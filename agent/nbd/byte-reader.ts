@@ -9,7 +9,7 @@ export class ConnectionClosedError extends Error {
 export class ByteReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
-  private want: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
+  private want: { n: number; into: Buffer | undefined; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
   private ended: Error | undefined;
 
   constructor(private readonly socket: Socket) {
@@ -25,13 +25,16 @@ export class ByteReader {
     socket.on("error", (e) => this.end(new ConnectionClosedError(`the connection failed: ${e.message}`)));
   }
 
-  /** Resolves with exactly `n` bytes; rejects with ConnectionClosedError if they never all arrive. One read at a time. */
-  read(n: number): Promise<Buffer> {
+  /**
+   * Resolves with exactly `n` bytes; rejects with ConnectionClosedError if they never all arrive. One read at a time.
+   * Bytes that span several socket reads are gathered into `into` (at least `n` bytes) when given, else a new buffer.
+   */
+  read(n: number, into?: Buffer): Promise<Buffer> {
     if (this.want) return Promise.reject(new Error("ByteReader: a read is already pending"));
-    if (this.buffered >= n) return Promise.resolve(this.take(n));
+    if (this.buffered >= n) return Promise.resolve(this.take(n, into));
     if (this.ended) return Promise.reject(this.ended);
     return new Promise((resolve, reject) => {
-      this.want = { n, resolve, reject };
+      this.want = { n, into, resolve, reject };
       this.socket.resume();
     });
   }
@@ -64,10 +67,10 @@ export class ByteReader {
     if (this.buffered < w.n) return;
     this.want = undefined;
     this.socket.pause();
-    w.resolve(this.take(w.n));
+    w.resolve(this.take(w.n, w.into));
   }
 
-  private take(n: number): Buffer {
+  private take(n: number, into: Buffer | undefined): Buffer {
     if (n === 0) return Buffer.alloc(0);
     const first = this.chunks[0]!;
     let out: Buffer;
@@ -76,7 +79,7 @@ export class ByteReader {
       if (first.length === n) this.chunks.shift();
       else this.chunks[0] = first.subarray(n);
     } else {
-      out = Buffer.allocUnsafe(n);
+      out = into && into.length >= n ? into.subarray(0, n) : Buffer.allocUnsafe(n);
       let at = 0;
       while (at < n) {
         const c = this.chunks[0]!;

@@ -3,6 +3,7 @@ import type { Socket } from "node:net";
 import { ByteReader, ConnectionClosedError } from "./byte-reader";
 import { nbdErrorOf, type NbdExport } from "./disk-export";
 import { negotiate, type BlockSizes } from "./handshake";
+import type { PayloadPool } from "./payload-pool";
 import { Cmd, CmdFlag, decodeRequest, encodeSimpleReply, NbdErr, ProtocolViolation, REQUEST_BYTES, REQUEST_MAGIC, type Request } from "./protocol";
 import { describe } from "../retry";
 
@@ -13,6 +14,8 @@ export interface ConnectionOptions {
   maxInFlight: number;
   /** Payload bytes (written or to be read back) held at once by this connection's running requests. */
   maxBytesInFlight: number;
+  /** Where WRITE payloads are gathered (shared by the server's connections). */
+  payloads?: PayloadPool;
   log: (line: string) => void;
 }
 
@@ -118,10 +121,18 @@ export class NbdConnection {
             throw new ProtocolViolation(`WRITE of ${req.length} bytes (at most ${maxPayloadBytes})`);
           }
           // Read whole before anything is applied: a client that vanishes mid-payload leaves no trace on the disk.
-          const data = await this.reader.read(req.length);
+          const pooled = this.opts.payloads?.take(req.length);
+          const data = await this.reader.read(req.length, pooled);
+          // Given back once the request is answered: nothing holds a payload after its write resolves.
+          const giveBack = pooled && data.buffer === pooled.buffer ? () => this.opts.payloads!.give(pooled) : undefined;
+          if (pooled && !giveBack) this.opts.payloads!.give(pooled);
           if ((req.flags & ~CmdFlag.FUA) !== 0) fail(NbdErr.EINVAL);
           else if (past) fail(NbdErr.ENOSPC);
-          else this.start(req, req.length, () => exp.write(req.offset, data, fua));
+          else {
+            this.start(req, req.length, () => exp.write(req.offset, data, fua), giveBack);
+            break;
+          }
+          giveBack?.();
           break;
         }
         case Cmd.READ:
@@ -149,7 +160,7 @@ export class NbdConnection {
   }
 
   /** Runs a request now (its place in the export's order is taken by this call) and answers it when it settles. */
-  private start(req: Request, bytes: number, op: () => Promise<Buffer | void>): void {
+  private start(req: Request, bytes: number, op: () => Promise<Buffer | void>, done?: () => void): void {
     this.inFlight++;
     this.bytesInFlight += bytes;
     op()
@@ -176,6 +187,7 @@ export class NbdConnection {
         }
       })
       .finally(() => {
+        done?.();
         this.inFlight--;
         this.bytesInFlight -= bytes;
         this.wake();

@@ -2,6 +2,7 @@
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import { connect, createServer, isIP, type Server, type Socket } from "node:net";
 import { NbdConnection } from "./connection";
+import { PayloadPool } from "./payload-pool";
 import type { NbdExport } from "./disk-export";
 
 export const DEFAULT_MAX_PAYLOAD_BYTES = 32 * 1024 * 1024;
@@ -23,6 +24,8 @@ export interface NbdAddress {
 
 export class NbdServer {
   private readonly connections = new Set<NbdConnection>();
+  /** WRITE payload buffers kept for reuse across connections (idle ones up to this many bytes). */
+  private readonly payloads = new PayloadPool(16 * 1024 * 1024);
   private readonly sockets = new Set<Socket>();
   private closing: Promise<void> | undefined;
   private socketIno = 0;
@@ -91,7 +94,13 @@ export class NbdServer {
     const conn = new NbdConnection(
       socket,
       this.byName,
-      { maxPayloadBytes: this.opts.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES, maxInFlight: 64, maxBytesInFlight: 64 * 1024 * 1024, log: this.opts.log ?? (() => {}) },
+      {
+        maxPayloadBytes: this.opts.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
+        maxInFlight: 64,
+        maxBytesInFlight: 64 * 1024 * 1024,
+        payloads: this.payloads,
+        log: this.opts.log ?? (() => {}),
+      },
       `#${++this.peers} ${how}`,
     );
     this.connections.add(conn);

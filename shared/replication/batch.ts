@@ -118,6 +118,14 @@ function str(s: string): Buffer {
 
 /** Encodes a batch; the payload checksum is computed here. */
 export function encodeBatch(h: Omit<BatchHeader, "payloadLength" | "payloadCrc32c">, payload: Buffer): Buffer {
+  return Buffer.concat([encodeBatchHeader(h, payload), payload]);
+}
+
+/**
+ * A batch's header alone (the payload's checksum in it): the batch is this followed by the payload, so that a writer
+ * can write both without copying the payload into one buffer.
+ */
+export function encodeBatchHeader(h: Omit<BatchHeader, "payloadLength" | "payloadCrc32c">, payload: Buffer): Buffer {
   checkExtents(h.extents);
   const total = h.extents.reduce((n, e) => n + e.length, 0);
   if (total !== payload.length) throw new RangeError(`extents cover ${total} bytes but the payload has ${payload.length}`);
@@ -148,7 +156,19 @@ export function encodeBatch(h: Omit<BatchHeader, "payloadLength" | "payloadCrc32
   const head = Buffer.concat([fixed, strings, ext]);
   const crc = Buffer.alloc(4);
   crc.writeUInt32LE(crc32c(head), 0);
-  return Buffer.concat([head, crc, payload]);
+  return Buffer.concat([head, crc]);
+}
+
+/**
+ * The write times of a batch whose header checksum holds, without checking the payload (the apply side does that);
+ * undefined for anything that is not a batch header.
+ */
+export function batchWriteTimes(buf: Buffer): { firstWriteMs: number; lastWriteMs: number } | undefined {
+  if (buf.length < FIXED + 4 || buf.toString("ascii", 0, 4) !== BATCH_MAGIC || buf.readUInt16LE(4) !== BATCH_VERSION) return undefined;
+  const headerLength = buf.readUInt32LE(8);
+  if (headerLength < FIXED + 4 || headerLength > buf.length) return undefined;
+  if (crc32c(buf.subarray(0, headerLength - 4)) !== buf.readUInt32LE(headerLength - 4)) return undefined;
+  return { firstWriteMs: buf.readDoubleLE(20), lastWriteMs: buf.readDoubleLE(28) };
 }
 
 /** Decodes and verifies a batch; anything inconsistent is a CorruptBatchError, never a partial result. */

@@ -1,9 +1,12 @@
 // The agent's dirty range set, its coalescing into extents, job prefixes, the bitmap of bitmap mode, and the dirty log's records.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { alignOut, RangeSet, takePrefix } from "../../agent/ranges";
 import { BlockBitmap } from "../../agent/bitmap";
-import { DIRTY_RECORD_BYTES, encodeDirtyRecord, parseDirtyLog } from "../../agent/dirty-log";
+import { DIRTY_RECORD_BYTES, DirtyLog, encodeDirtyRecord, parseDirtyLog } from "../../agent/dirty-log";
 import { checkExtents } from "../../shared/replication/batch";
 import { encodeBatchMessage } from "../../agent/shipper";
 import { backoffMs } from "../../agent/retry";
@@ -161,6 +164,29 @@ test("the dirty log replays its records and stops at a torn tail", () => {
   const garbled = Buffer.from(buf);
   garbled[DIRTY_RECORD_BYTES + 3]! ^= 0xff;
   assert.deepEqual(parseDirtyLog(garbled), want.slice(0, 1), "a damaged record ends the log");
+  assert.deepEqual(parseDirtyLog(Buffer.concat([buf, Buffer.alloc(64 * KiB)])), want, "the zero-filled space ahead of the records ends the log");
+});
+
+test("a dirty log reopened after a crash yields exactly its records, past any number of zero-filled chunks", () => {
+  const dir = mkdtempSync(join(tmpdir(), "dirty-log-"));
+  try {
+    const { log } = DirtyLog.open(dir);
+    const want: { start: number; end: number }[] = [];
+    // More records than one zero-filled chunk holds: the file is extended while records are appended.
+    for (let i = 0; i < 5000; i++) {
+      log.append(i * 4096, 512);
+      want.push({ start: i * 4096, end: i * 4096 + 512 });
+    }
+    const ended = log.rotate();
+    log.append(7 * 512, 512);
+    log.close();
+    const again = DirtyLog.open(dir);
+    assert.deepEqual(again.replayed, [...want, { start: 3584, end: 4096 }]);
+    assert.deepEqual(again.replayedGens, [ended, ended + 1]);
+    again.log.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("a batch is announced as base64 of its JSON message, as the Functions queue trigger expects", () => {

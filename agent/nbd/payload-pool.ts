@@ -1,0 +1,32 @@
+// Reused buffers for WRITE payloads that span several socket reads, so that a steady write load allocates (and leaves V8's collector) nothing per request.
+
+/** Payloads up to this size arrive in one socket read often enough, or are cheap to allocate: not pooled. */
+const MIN_POOLED = 64 * 1024;
+
+/** Buffers by size class (powers of two); at most `maxRetainedBytes` are kept idle, shared by every connection. */
+export class PayloadPool {
+  private readonly idle = new Map<number, Buffer[]>();
+  private retained = 0;
+
+  constructor(private readonly maxRetainedBytes: number) {}
+
+  /** A buffer of at least `n` bytes for a payload (give it back with `give` once nothing uses it), or undefined if `n` is not pooled. */
+  take(n: number): Buffer | undefined {
+    if (n < MIN_POOLED) return undefined;
+    const size = 2 ** Math.ceil(Math.log2(n));
+    const b = this.idle.get(size)?.pop();
+    if (b) {
+      this.retained -= b.length;
+      return b;
+    }
+    return Buffer.allocUnsafe(size);
+  }
+
+  give(b: Buffer): void {
+    if (this.retained + b.length > this.maxRetainedBytes) return;
+    let list = this.idle.get(b.length);
+    if (!list) this.idle.set(b.length, (list = []));
+    list.push(b);
+    this.retained += b.length;
+  }
+}
