@@ -1,9 +1,8 @@
-// A re-protect seed copied through the control plane in one pass: the pages that hold data, and the per-block checksums the agent's differential compare needs, kept beside the replica so nobody reads the seed a second time.
+// A re-protect seed copied through the control plane in one pass: the pages that hold data, and the per-block checksums the agent's differential compare needs, kept beside the replicas so nobody reads the seed a second time.
 import type { BlockBlobClient, ContainerClient, PageBlobClient } from "@azure/storage-blob";
 import { crc32c } from "@node-rs/crc32";
 import { RESYNC_BLOCK_BYTES } from "./agent-protocol";
 import { isNotFound } from "./errors";
-import { replicaBlobName } from "./items";
 
 /** CRC32C of an all-zero 64 KiB block: the checksum of every block no page was ever written to. */
 export const ZERO_BLOCK_CRC = crc32c(Buffer.alloc(RESYNC_BLOCK_BYTES));
@@ -14,8 +13,11 @@ const COPY_CHUNK = 4 * 1024 * 1024;
 const COPY_PARALLELISM = 8;
 const ZERO_BLOCK = Buffer.alloc(RESYNC_BLOCK_BYTES);
 
-/** The seed's checksums: a block blob beside the replica (`<item>/<disk>.vhd.seed-crc32c`), one little-endian uint32 per 64 KiB block. */
-export const seedChecksumsBlobName = (itemId: string, diskId: string) => `${replicaBlobName(itemId, diskId)}.seed-crc32c`;
+/** Where seeds' checksums are kept in a replica account's `replicas` container (apart from the replicas, `<item>/<disk>.vhd`). */
+export const SEED_CHECKSUMS_PREFIX = "seed-checksums/";
+
+/** A seed's checksums: a block blob `seed-checksums/<item>/<disk>.crc32c`, one little-endian uint32 per 64 KiB block. */
+export const seedChecksumsBlobName = (itemId: string, diskId: string) => `${SEED_CHECKSUMS_PREFIX}${itemId}/${diskId}.crc32c`;
 
 /**
  * Copies the pages of `source` that hold data into a fresh page blob `target` of `size` bytes (the disk and its footer),
