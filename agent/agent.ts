@@ -3,8 +3,8 @@
 import { createHash, randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
-import { AGENT_WARNINGS, type CheckinResponse, type Heartbeat, type RegistrationResponse } from "../shared/agent-protocol";
-import type { BatchTag, TagKind } from "../shared/batch";
+import { AGENT_WARNINGS, type CheckinResponse, type Heartbeat, type RegistrationResponse } from "../shared/protection/agent-protocol";
+import type { BatchTag, TagKind } from "../shared/replication/batch";
 import { ControlPlane, ControlPlaneError } from "./control-plane";
 import { DEFAULT_TUNING, type DiskContext, type DiskSpec, type DiskTuning, type ReplicatedDisk } from "./disk";
 import { lockStateDir, readJsonFile, writeFileAtomic } from "./files";

@@ -1,7 +1,7 @@
 // App-consistent tags (ASR: app-consistent recovery points): pre-freeze script, an `app` tag, post-thaw script — with the freeze bounded.
 import { spawn } from "node:child_process";
-import { AGENT_WARNINGS } from "../shared/agent-protocol";
-import type { BatchTag, TagKind } from "../shared/batch";
+import { AGENT_WARNINGS } from "../shared/protection/agent-protocol";
+import type { BatchTag, TagKind } from "../shared/replication/batch";
 import type { Health } from "./health";
 
 /** The agent health issue (and the item health issue the control plane raises from it); ASR reports 153006. */

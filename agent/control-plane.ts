@@ -9,7 +9,7 @@ import {
   type ManifestRequest,
   type ManifestResponse,
   type RegistrationResponse,
-} from "../shared/agent-protocol";
+} from "../shared/protection/agent-protocol";
 
 /** The service answered with an error (status and the API's error code), or could not be reached (status 0). */
 export class ControlPlaneError extends Error {

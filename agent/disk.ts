@@ -1,8 +1,8 @@
 // What every replicated disk shares: sequence numbers, the seal → spool → commit pipeline, and the background jobs (initial copy, resync).
 import { mkdir, open } from "node:fs/promises";
 import { crc32c } from "@node-rs/crc32";
-import { encodeBatch, type BatchFlags, type BatchTag, type Extent } from "../shared/batch";
-import { MAX_MANIFEST_RANGE, RESYNC_BLOCK_BYTES, type ManifestResponse, type ResyncCommand } from "../shared/agent-protocol";
+import { encodeBatch, type BatchFlags, type BatchTag, type Extent } from "../shared/replication/batch";
+import { MAX_MANIFEST_RANGE, RESYNC_BLOCK_BYTES, type ManifestResponse, type ResyncCommand } from "../shared/protection/agent-protocol";
 import { readJsonFile, writeFileAtomic } from "./files";
 import { Mutex, Signal } from "./gate";
 import type { Health } from "./health";

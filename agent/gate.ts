@@ -73,14 +73,13 @@ export class Signal {
 
   wait(ms: number): Promise<void> {
     return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters = this.waiters.filter((w) => w !== done);
+        resolve();
+      };
       const timer = setTimeout(done, ms);
       timer.unref?.();
-      const self = this;
-      function done() {
-        clearTimeout(timer);
-        self.waiters = self.waiters.filter((w) => w !== done);
-        resolve();
-      }
       this.waiters.push(done);
     });
   }

@@ -1,8 +1,8 @@
 // The agent's part in its replication group: listens for the group's barrier, and is its coordinator or a member
 // connected to the coordinator, as the control plane says at each check-in.
 import { networkInterfaces } from "node:os";
-import type { GroupInfo } from "../shared/agent-protocol";
-import type { BatchTag, TagKind } from "../shared/batch";
+import type { GroupInfo } from "../shared/protection/agent-protocol";
+import type { BatchTag, TagKind } from "../shared/replication/batch";
 import { GROUP_PORT, GroupCoordinator, GroupMember, type BarrierParticipant, type GroupTagOutcome } from "./group";
 import { backoffMs, describe } from "./retry";
 import { TrackedDisk, type DiskHold } from "./tracked-disk";

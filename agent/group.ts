@@ -1,7 +1,7 @@
 // The replication-group barrier: agents of a group cut the same tag at one instant, over TCP (default port 20004).
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { createServer, connect, type Server, type Socket } from "node:net";
-import type { TagKind } from "../shared/batch";
+import type { TagKind } from "../shared/replication/batch";
 
 export const GROUP_PORT = 20004;
 

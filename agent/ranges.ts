@@ -1,5 +1,5 @@
 // Sets of byte ranges on a disk: the dirty set of the open batch, the blocks an initial copy or a resync ships.
-import { SECTOR, type Extent } from "../shared/batch";
+import { SECTOR, type Extent } from "../shared/replication/batch";
 
 /** A half-open byte range [start, end). */
 export interface Range {

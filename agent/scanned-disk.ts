@@ -1,9 +1,9 @@
 // A disk written by other programs (an image file, a block device): found changed by scanning, block by block, against fingerprints of what was shipped.
 import { open, type FileHandle } from "node:fs/promises";
 import { crc32c } from "@node-rs/crc32";
-import { decodeBatch } from "../shared/batch";
-import { RESYNC_BLOCK_BYTES } from "../shared/agent-protocol";
-import type { BatchTag } from "../shared/batch";
+import { decodeBatch } from "../shared/replication/batch";
+import { RESYNC_BLOCK_BYTES } from "../shared/protection/agent-protocol";
+import type { BatchTag } from "../shared/replication/batch";
 import { forEachBlock, loadDiskState, ReplicatedDisk, ZERO_BLOCK, type DiskContext, type DiskSpec, type ExtraRequest, type SealResult } from "./disk";
 import { QuietProbe, type Look } from "./quiet";
 import { RangeSet, takePrefix } from "./ranges";

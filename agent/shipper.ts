@@ -1,8 +1,8 @@
 // Ships spooled batches: upload to the item's cache container, announce on the queue, then drop from the spool; retries forever.
 import { AnonymousCredential, ContainerClient } from "@azure/storage-blob";
 import { AnonymousCredential as QueueAnonymousCredential, QueueClient } from "@azure/storage-queue";
-import { batchBlobName, decodeBatch, type BatchMessage } from "../shared/batch";
-import { HEARTBEAT_BLOB } from "../shared/agent-protocol";
+import { batchBlobName, decodeBatch, type BatchMessage } from "../shared/replication/batch";
+import { HEARTBEAT_BLOB } from "../shared/protection/agent-protocol";
 import type { Health } from "./health";
 import { backoffMs, classify, describe, sleep } from "./retry";
 import type { Spool } from "./spool";

@@ -1,7 +1,7 @@
 // The local spool: sealed batches, one durable file each, kept until the cache has them and the queue announced them.
 import { mkdir, open, readdir, readFile, rename, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
-import { SEQ_DIGITS } from "../shared/batch";
+import { SEQ_DIGITS } from "../shared/replication/batch";
 import { statePaths } from "./state";
 
 const BATCH_FILE = /^(\d+)\.batch$/;

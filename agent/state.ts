@@ -1,7 +1,7 @@
 // The agent's state directory: what it holds, where, and the schemas of its JSON files.
 import { join } from "node:path";
 import { z } from "zod";
-import { registrationResponseSchema } from "../shared/agent-protocol";
+import { registrationResponseSchema } from "../shared/protection/agent-protocol";
 
 /**
  * Layout (every JSON file replaced atomically: temp file + rename):

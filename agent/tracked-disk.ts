@@ -9,7 +9,7 @@ import { removeIfExists, writeFileAtomic } from "./files";
 import { WriteGate } from "./gate";
 import { alignOut, RangeSet } from "./ranges";
 import { statePaths, type DiskState } from "./state";
-import { SECTOR, type BatchTag } from "../shared/batch";
+import { SECTOR, type BatchTag } from "../shared/replication/batch";
 
 /** In bitmap mode the dirty log is folded into the bitmap file after this many records (or the seal interval). */
 const FOLD_RECORDS = 64 * 1024;

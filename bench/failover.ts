@@ -5,8 +5,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { Agent } from "../agent";
-import { parseConnectionString } from "../shared/settings";
-import { blobService } from "../shared/storage";
+import { parseConnectionString } from "../shared/config/settings";
+import { blobService } from "../shared/storage/clients";
 import { api, BENCH_GROUP, startBenchGroup, machine, percentile, round, startBenchStack, table, writeResults } from "./harness";
 
 const MiB = 1024 * 1024;
@@ -46,7 +46,7 @@ const STEP_ORDER = [
   "starting VMs",
   "completed",
 ];
-/** The items' failover timeline marks (shared/failover-steps.ts), in order. */
+/** The items' failover timeline marks (shared/failover/steps.ts), in order. */
 const MARKS = ["recovery point chosen", "disk copies started", "network interface created", "VM created", "VM running"];
 /** Server-side phases: from one mark (the failover's acceptance first) to the next, slowest VM of the group. */
 const PHASES: [string, string, string][] = [

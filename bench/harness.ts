@@ -4,6 +4,7 @@ import { cpus, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { Agent } from "../agent";
 import { startAzurite, type LocalStorage } from "../local/azurite";
+import { ApiClient, type ApiResponse } from "../shared/contract/client";
 import { startHostProcess, type HostProcess } from "../local/process";
 
 export const ROOT = resolve(__dirname, "..", "..");
@@ -86,11 +87,12 @@ export class ProcessMeter {
 }
 
 /** One call to the stack's HTTP API; the body parsed when it is JSON. */
-// Benchmarks read a few fields of each response.
-export async function api(stack: BenchStack, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-  const res = await fetch(`${stack.url}/api/${path}`, { method, headers: { "content-type": "application/json" }, ...(body ? { body: JSON.stringify(body) } : {}) });
-  return { status: res.status, body: await res.json().catch(() => undefined) };
+export function api<T = any>(stack: BenchStack, method: string, path: string, body?: unknown): Promise<ApiResponse<T>> {
+  return new ApiClient(stack.url).request<T>(method, path, body);
 }
+
+/** The stack's API through the one typed client. */
+export const client = (stack: BenchStack) => new ApiClient(stack.url);
 
 /** Enables a benchmark VM (disks `os`, `data0`, …) in a replication group. */
 export async function enableBenchVm(

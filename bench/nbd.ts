@@ -185,7 +185,7 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
     return out;
   } finally {
     for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
-    await Promise.all(children.map((c) => (c.exitCode === null ? new Promise((r) => c.once("exit", r)) : undefined)));
+    await Promise.all(children.map((c) => (c.exitCode === null ? new Promise((r) => c.once("exit", r)) : Promise.resolve())));
     await stack.stop();
   }
 }

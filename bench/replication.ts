@@ -4,8 +4,8 @@ import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { BlobServiceClient, type PageBlobClient } from "@azure/storage-blob";
 import { Agent } from "../agent";
-import { parseConnectionString } from "../shared/settings";
-import { blobService } from "../shared/storage";
+import { parseConnectionString } from "../shared/config/settings";
+import { blobService } from "../shared/storage/clients";
 import { machine, percentile, ProcessMeter, round, startBenchStack, table, writeResults, type BenchStack } from "./harness";
 
 const MiB = 1024 * 1024;

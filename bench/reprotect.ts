@@ -3,9 +3,9 @@ import { mkdirSync, openSync, writeSync, closeSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { Agent } from "../agent";
-import { loadConfig } from "../shared/settings";
-import { Storage } from "../shared/storage";
-import { replicaBlobName } from "../shared/items";
+import { loadConfig } from "../shared/config/settings";
+import { Storage } from "../shared/storage/clients";
+import { replicaBlobName } from "../shared/protection/items";
 import { api, machine, round, startBenchStack, table, writeResults, type BenchStack } from "./harness";
 
 export interface ReprotectBenchOptions {

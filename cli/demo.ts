@@ -6,20 +6,20 @@ import { dirname, join, resolve } from "node:path";
 import { crc32c } from "@node-rs/crc32";
 import type { ContainerClient } from "@azure/storage-blob";
 import { Agent } from "../agent";
-import type { BatchTag } from "../shared/batch";
-import { loadConfig, timerSchedules } from "../shared/settings";
-import { blobService, FAILOVER_CONTAINER } from "../shared/storage";
+import type { BatchTag } from "../shared/replication/batch";
+import { loadConfig, timerSchedules } from "../shared/config/settings";
+import { blobService, FAILOVER_CONTAINER } from "../shared/storage/clients";
 import { createServices } from "../functions/compose";
 import { functionTable } from "../functions/table";
-import type { FailoverOutput } from "../functions/failover";
+import type { FailoverOutput } from "../shared/contract/responses";
 import { startAzurite, type LocalStorage } from "../local/azurite";
 import { LocalFunctionsHost } from "../local/host";
 import { freePort } from "../local/process";
 import { PACKAGE_ROOT } from "../local/start";
-import { ApiCallError, ApiClient } from "./client";
+import { ApiCallError, ApiClient } from "../shared/contract/client";
 import { followFailover } from "./follow-failover";
 import { QemuIo } from "./qemu-io";
-import { formatTable } from "./main";
+import { formatTable } from "./format";
 
 const MiB = 1024 * 1024;
 /** Fingerprint granularity: the CRC32C of every 64 KiB block (what a differential resync compares too). */
@@ -285,7 +285,7 @@ export async function runDemo(opts: DemoOptions): Promise<DemoReport> {
   const cleanup = () =>
     (cleaned ??= (async () => {
       await workload?.stop().catch(() => undefined);
-      await Promise.all(vms.map((v) => v.agent?.stop(2000).catch(() => undefined)));
+      await Promise.all(vms.map((v) => v.agent?.stop(2000).catch(() => undefined) ?? Promise.resolve()));
       await host?.stop().catch(() => undefined);
       await storage?.stop().catch(() => undefined);
       rmSync(dir, { recursive: true, force: true });

@@ -1,15 +1,7 @@
 // Following a failover from the CLI and the drill: its status polled until it ends, each change of progress shown as one line.
-import type { FailoverOutput, FailoverStatus } from "../functions/failover";
-import type { ApiClient } from "./client";
+import type { FailoverStatusBody } from "../shared/contract/responses";
+import type { ApiClient } from "../shared/contract/client";
 
-/** What `GET /api/failovers/{id}` answers (the fields the CLI reads). */
-export interface FailoverStatusBody {
-  instanceId: string;
-  runtimeStatus: string;
-  customStatus: FailoverStatus | null;
-  /** The output once completed; the orchestrator's error text once failed. */
-  output: FailoverOutput | string | null;
-}
 
 const RUNNING = new Set(["Running", "Pending", "ContinuedAsNew"]);
 

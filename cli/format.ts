@@ -26,7 +26,6 @@ export class Style {
   }
 }
 
-// eslint-disable-next-line no-control-regex
 const ANSI = /\x1b\[[0-9;]*m/g;
 export const visibleLength = (s: string) => s.replace(ANSI, "").length;
 
@@ -88,3 +87,4 @@ export function formatTime(iso: string | null | undefined, now = new Date()): st
 }
 
 export const shortId = (id: string) => id.slice(0, 8);
+export const printJson = (v: unknown) => console.log(JSON.stringify(v, null, 2));

@@ -1,19 +1,7 @@
 // `site-recovery reprotect` and `resync`: turn a committed item around and follow its differential initial replication (seeded, compared, shipped, ETA).
-import type { ApiClient } from "./client";
-import type { ReprotectStatus } from "../functions/reprotect";
+import type { ApiClient } from "../shared/contract/client";
+import type { ReprotectJob } from "../shared/contract/responses";
 
-/** What `GET /api/replicated-items/{id}/reprotect` answers (the fields the CLI reads). */
-export interface ReprotectJob {
-  id: string;
-  state: "InProgress" | "Succeeded" | "Failed";
-  runtimeStatus: string;
-  from: string;
-  to: string;
-  seeds: Record<string, { source: string; note?: string }>;
-  customStatus: ReprotectStatus | null;
-  output: { transferredBytes: number; totalBytes: number; durationSeconds: number; disks: { diskId: string; transferredBytes: number; totalBytes: number; seed: string }[] } | string | null;
-  error: { code: string; message: string } | null;
-}
 
 const mib = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`;
 const eta = (s: number | null | undefined) => (s === null || s === undefined ? "ETA -" : s === 0 ? "done" : `ETA ${s >= 120 ? `${Math.round(s / 60)} min` : `${s} s`}`);

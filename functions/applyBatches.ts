@@ -1,9 +1,9 @@
-// Queue trigger on replication-batches: applies the announced disk's cached batches in order (shared/apply.ts decides everything).
+// Queue trigger on replication-batches: applies the announced disk's cached batches in order (shared/replication/apply.ts decides everything).
 import type { Services } from "./compose";
 import type { QueueFunctionSpec } from "./spec";
-import * as apply from "../shared/apply";
-import { REPLICATION_QUEUE } from "../shared/storage";
-import { snapshotAtTag } from "../shared/recovery-points";
+import * as apply from "../shared/replication/apply";
+import { REPLICATION_QUEUE } from "../shared/storage/clients";
+import { snapshotAtTag } from "../shared/recovery-points/points";
 
 /** A short, safe rendering of whatever arrived, for the log line of a dropped message. */
 export function preview(message: unknown): string {

@@ -2,8 +2,8 @@
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
-import { itemView } from "./views";
-import { itemIdParam } from "../shared/api";
+import { itemView } from "../shared/contract/views";
+import { itemIdParam } from "../shared/contract/api";
 
 export const cleanupTestFailover = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",

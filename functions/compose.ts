@@ -1,24 +1,24 @@
 // The composition root: builds the storage clients, the fabric and the use cases once, from settings.
-import { Agents } from "../shared/agents";
+import { Agents } from "../shared/protection/agents";
 import { LocalFabric } from "../shared/fabric/local";
-import { ItemStore } from "../shared/items";
-import { Protection } from "../shared/protection";
-import { RecoveryPoints } from "../shared/recovery-points";
-import { RecoveryPlans } from "../shared/recovery-plans";
-import { FailoverPlanning } from "../shared/failover";
-import { FailoverSteps } from "../shared/failover-steps";
-import { Reprotection } from "../shared/reprotect";
-import { loadConfig, type Config } from "../shared/settings";
-import { Storage, TABLES } from "../shared/storage";
+import { ItemStore } from "../shared/storage/item-store";
+import { Protection } from "../shared/protection/enable-disable";
+import { RecoveryPoints } from "../shared/recovery-points/points";
+import { RecoveryPlans } from "../shared/failover/recovery-plans";
+import { FailoverPlanning } from "../shared/failover/start";
+import { FailoverSteps } from "../shared/failover/steps";
+import { Reprotection } from "../shared/protection/reprotect";
+import { loadConfig, type Config } from "../shared/config/settings";
+import { Storage, TABLES } from "../shared/storage/clients";
 import type { Fabric } from "../shared/fabric/port";
 import { ArmFabric } from "../shared/fabric/arm";
 import { ArmClient } from "../shared/fabric/arm-client";
-import { azureCredential } from "../shared/identity";
-import { Jobs } from "../shared/jobs";
-import { Alerts } from "../shared/alerts";
-import { ReplicationHistory } from "../shared/history";
-import { Monitoring } from "../shared/monitoring";
-import { Telemetry } from "../shared/telemetry";
+import { azureCredential } from "../shared/storage/identity";
+import { Jobs } from "../shared/operations/jobs";
+import { Alerts } from "../shared/operations/alerts";
+import { ReplicationHistory } from "../shared/operations/history";
+import { Monitoring } from "../shared/operations/monitoring";
+import { Telemetry } from "../shared/operations/telemetry";
 
 export interface Services {
   config: Config;

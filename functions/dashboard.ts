@@ -4,7 +4,7 @@ import { extname, join, normalize, sep } from "node:path";
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { errorResponse } from "./http";
-import { NotFound } from "../shared/errors";
+import { NotFound } from "../shared/contract/errors";
 
 /** web/ at the package root (this file runs from dist/functions/). */
 export const WEB_ROOT = join(__dirname, "..", "..", "web");

@@ -2,7 +2,7 @@
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
-import { itemIdParam } from "../shared/api";
+import { itemIdParam } from "../shared/contract/api";
 
 export const disableReplication = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",

@@ -2,7 +2,7 @@
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler, readJson } from "./http";
-import { itemView } from "./views";
+import { itemView } from "../shared/contract/views";
 
 export const enableReplication = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",

@@ -1,12 +1,13 @@
-// The durable failover: an orchestration that runs shared/failover-steps.ts step by step (each an activity with retries), publishing progress as its custom status.
+// The durable failover: an orchestration that runs shared/failover/steps.ts step by step (each an activity with retries), publishing progress as its custom status.
 import * as df from "durable-functions";
 import type { OrchestrationContext } from "durable-functions";
 import type { Services } from "./compose";
 import type { ActivityFunctionSpec, FunctionSpec, OrchestrationFunctionSpec } from "./spec";
 import { firstLine, step as finalStep, stepRetry, unwrap, type StepResult } from "./steps";
-import type { FailoverInput } from "../shared/failover";
-import { FailoverStepError, type CopyState, type VmOutcome, type VmPlan } from "../shared/failover-steps";
-import type { JobStep } from "../shared/jobs";
+import type { FailoverInput } from "../shared/failover/start";
+import { FailoverStepError, type CopyState, type VmOutcome, type VmPlan } from "../shared/failover/steps";
+import type { JobStep } from "../shared/operations/jobs";
+import type { FailoverOutput, FailoverStatus } from "../shared/contract/responses";
 
 export const FAILOVER_ORCHESTRATION = "failover";
 
@@ -15,35 +16,6 @@ export const SHUTDOWN_TIMEOUT_MS = 10 * 60_000;
 const COPY_POLL_MS = 2_000;
 const FINAL_SYNC_POLL_MS = 1_000;
 
-/** Per VM, what the custom status shows. */
-interface VmProgress {
-  vm: string;
-  step: string;
-  recoveryPoint?: { id: string; kind: string; time: string; scope: string };
-  disks?: string;
-  privateIp?: string;
-  powerState?: string;
-  note?: string;
-}
-
-export interface FailoverStatus {
-  step: string;
-  /** Recovery plans: the group being failed over (1-based) and how many there are. */
-  stage?: { index: number; count: number };
-  vms: Record<string, VmProgress>;
-  error?: string;
-}
-
-export interface FailoverOutput {
-  instanceId: string;
-  type: FailoverInput["type"];
-  recoveryPoint: string;
-  startedAt: string;
-  completedAt: string;
-  /** Start of the failover to the last VM running (orchestration time). */
-  rtoSeconds: number;
-  vms: VmOutcome[];
-}
 
 function* orchestrate(context: OrchestrationContext): Generator<df.Task, FailoverOutput, unknown> {
   const input = context.df.getInput() as FailoverInput;

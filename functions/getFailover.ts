@@ -3,8 +3,8 @@ import type { DurableClientHttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { errorResponse } from "./http";
 import { FAILOVER_ORCHESTRATION } from "./failover";
-import { NotFound } from "../shared/errors";
-import { instanceIdParam } from "../shared/api";
+import { NotFound } from "../shared/contract/errors";
+import { instanceIdParam } from "../shared/contract/api";
 import { instanceStatus } from "./instance-status";
 
 export const getFailover = (_services: () => Services): DurableClientHttpFunctionSpec => ({

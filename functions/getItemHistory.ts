@@ -3,7 +3,7 @@ import { z } from "zod";
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
-import { itemIdParam, parseInput } from "../shared/api";
+import { itemIdParam, parseInput } from "../shared/contract/api";
 
 const historyQuery = z.object({ hours: z.coerce.number().min(0.1).max(360).default(24) }).strict();
 

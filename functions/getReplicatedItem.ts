@@ -2,9 +2,9 @@
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
-import { itemView } from "./views";
-import { readReplicationStatus } from "../shared/status";
-import { itemIdParam } from "../shared/api";
+import { itemView } from "../shared/contract/views";
+import { readReplicationStatus } from "../shared/replication/status";
+import { itemIdParam } from "../shared/contract/api";
 
 export const getReplicatedItem = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",

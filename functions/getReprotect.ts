@@ -2,8 +2,8 @@
 import type { DurableClientHttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { errorResponse } from "./http";
-import { itemIdParam } from "../shared/api";
-import { ApiError, NotFound } from "../shared/errors";
+import { itemIdParam } from "../shared/contract/api";
+import { ApiError, NotFound } from "../shared/contract/errors";
 import { instanceStatus } from "./instance-status";
 
 export const getReprotect = (services: () => Services): DurableClientHttpFunctionSpec => ({

@@ -1,6 +1,6 @@
 // The one place HTTP functions turn requests into domain calls and domain errors into the JSON envelope.
 import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
-import { ApiError, BadRequest, isStorageUnavailable, PayloadTooLarge, STORAGE_RETRY_AFTER_SECONDS } from "../shared/errors";
+import { ApiError, BadRequest, isStorageUnavailable, PayloadTooLarge, STORAGE_RETRY_AFTER_SECONDS } from "../shared/contract/errors";
 
 export interface JsonResult {
   status?: number;
@@ -27,7 +27,7 @@ const DURABLE_UNAVAILABLE = /unexpected status code: 503\b/;
 
 export function errorResponse(error: unknown, context: InvocationContext): HttpResponseInit {
   if (error instanceof ApiError) return { status: error.status, jsonBody: error.toBody() };
-  // Storage down: 503 and when to try again, never a 500 (the SDK's retries are bounded, see shared/storage.ts).
+  // Storage down: 503 and when to try again, never a 500 (the SDK's retries are bounded, see shared/storage/clients.ts).
   if (isStorageUnavailable(error) || (error instanceof Error && DURABLE_UNAVAILABLE.test(error.message))) {
     context.warn(`storage unavailable: ${(error as Error).message}`);
     return {

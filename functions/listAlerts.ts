@@ -2,8 +2,8 @@
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
-import { parseInput } from "../shared/api";
-import { alertQuerySchema } from "../shared/alerts";
+import { parseInput } from "../shared/contract/api";
+import { alertQuerySchema } from "../shared/operations/alerts";
 
 export const listAlerts = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",

@@ -2,8 +2,8 @@
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
-import { parseInput } from "../shared/api";
-import { jobQuerySchema } from "../shared/jobs";
+import { parseInput } from "../shared/contract/api";
+import { jobQuerySchema } from "../shared/operations/jobs";
 
 export const listJobs = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",

@@ -2,8 +2,8 @@
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
-import { pointView } from "./views";
-import { itemIdParam } from "../shared/api";
+import { pointView } from "../shared/contract/views";
+import { itemIdParam } from "../shared/contract/api";
 
 export const listRecoveryPoints = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",

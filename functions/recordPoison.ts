@@ -1,8 +1,9 @@
 // Queue trigger on replication-batches-poison: a message the host gave up on becomes a health issue the operator sees.
 import type { Services } from "./compose";
 import type { QueueFunctionSpec } from "./spec";
-import { batchMessageSchema, recordPoisonMessage } from "../shared/apply";
-import { REPLICATION_POISON_QUEUE } from "../shared/storage";
+import { batchMessageSchema } from "../shared/replication/apply";
+import { recordPoisonMessage } from "../shared/replication/poison";
+import { REPLICATION_POISON_QUEUE } from "../shared/storage/clients";
 import { preview } from "./applyBatches";
 
 export const recordPoison = (services: () => Services): QueueFunctionSpec => ({

@@ -4,8 +4,9 @@ import type { OrchestrationContext } from "durable-functions";
 import type { Services } from "./compose";
 import type { ActivityFunctionSpec, FunctionSpec, OrchestrationFunctionSpec } from "./spec";
 import { firstLine, step as finalStep, stepRetry, unwrap, type StepResult } from "./steps";
-import type { DiskSeed } from "../shared/items";
-import { ReprotectStepError, type ReprotectInput, type ReprotectProgress } from "../shared/reprotect";
+import type { DiskSeed } from "../shared/protection/items";
+import { ReprotectStepError, type ReprotectInput, type ReprotectProgress } from "../shared/protection/reprotect";
+import type { ReprotectOutput, ReprotectStatus } from "../shared/contract/responses";
 
 export const REPROTECT_ORCHESTRATION = "reprotect";
 
@@ -15,27 +16,6 @@ export const PROGRESS_POLL_MS = 3_000;
 /** Polls before the orchestration continues as new (its history stays short on a long initial replication). */
 const POLLS_PER_EPISODE = 200;
 
-export interface ReprotectStatus {
-  step: string;
-  from: string;
-  to: string;
-  seeds: Record<string, DiskSeed>;
-  progress?: Omit<ReprotectProgress, "state">;
-  error?: string;
-}
-
-export interface ReprotectOutput {
-  instanceId: string;
-  itemId: string;
-  direction: string;
-  startedAt: string;
-  seededAt: string;
-  completedAt: string;
-  durationSeconds: number;
-  transferredBytes: number;
-  totalBytes: number;
-  disks: ReprotectProgress["disks"];
-}
 
 type Episode = ReprotectInput & { phase?: "monitor"; seededAt?: string; seeds?: Record<string, DiskSeed> };
 

@@ -4,11 +4,11 @@ import type { HttpRequest } from "@azure/functions";
 import type { DurableClientHttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { errorResponse } from "./http";
-import { itemView } from "./views";
+import { itemView } from "../shared/contract/views";
 import { REPROTECT_ORCHESTRATION } from "./reprotect";
-import { itemIdParam } from "../shared/api";
-import { BadRequest, PayloadTooLarge } from "../shared/errors";
-import type { JobHandle } from "../shared/jobs";
+import { itemIdParam } from "../shared/contract/api";
+import { BadRequest, PayloadTooLarge } from "../shared/contract/errors";
+import type { JobHandle } from "../shared/operations/jobs";
 
 /** `{}` or no body at all: re-protect takes no options. */
 export async function readOptionalJson(request: HttpRequest, maxBytes: number): Promise<unknown> {

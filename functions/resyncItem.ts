@@ -2,9 +2,9 @@
 import type { HttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { jsonHandler } from "./http";
-import { itemView } from "./views";
+import { itemView } from "../shared/contract/views";
 import { readOptionalJson } from "./reprotectItem";
-import { itemIdParam } from "../shared/api";
+import { itemIdParam } from "../shared/contract/api";
 
 export const resyncItem = (services: () => Services): HttpFunctionSpec => ({
   kind: "http",

@@ -1,9 +1,9 @@
 // Timer: thins and prunes recovery points, expires tags that can no longer complete, judges RPO health, then runs the monitoring pass (history, alerts, jobs).
 import type { Services } from "./compose";
 import type { TimerFunctionSpec } from "./spec";
-import { sealRecoveryPoints as seal } from "../shared/sealing";
+import { sealRecoveryPoints as seal } from "../shared/recovery-points/sealing";
 
-/** `schedule` is the resolved SEAL_SCHEDULE setting (see shared/settings.ts timerSchedules). */
+/** `schedule` is the resolved SEAL_SCHEDULE setting (see shared/config/settings.ts timerSchedules). */
 export const sealRecoveryPoints = (services: () => Services, schedule: string): TimerFunctionSpec => ({
   kind: "timer",
   name: "sealRecoveryPoints",

@@ -4,7 +4,7 @@ import type { DurableClientHttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
 import { errorResponse, readJson } from "./http";
 import { FAILOVER_ORCHESTRATION } from "./failover";
-import type { JobHandle } from "../shared/jobs";
+import type { JobHandle } from "../shared/operations/jobs";
 
 export const startFailover = (services: () => Services): DurableClientHttpFunctionSpec => ({
   kind: "http",

@@ -1,7 +1,7 @@
 // What the durable orchestrations (failover, re-protect) share: activities whose final failures are returned instead of retried, the retry policy, and reading a step's result.
 import * as df from "durable-functions";
 import type { ActivityFunctionSpec } from "./spec";
-import { ApiError, isTransient, storageCode, storageStatus } from "../shared/errors";
+import { ApiError, isTransient, storageCode, storageStatus } from "../shared/contract/errors";
 import { FabricError } from "../shared/fabric/port";
 
 /** What an activity returns: its value, or a failure no retry can fix (so it is not retried). */

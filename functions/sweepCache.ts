@@ -1,9 +1,9 @@
 // Timer: re-announces disks whose cached batches nobody is applying (a lost queue message only delays, never loses).
 import type { Services } from "./compose";
 import type { TimerFunctionSpec } from "./spec";
-import { sweepCache as sweep } from "../shared/sweep";
+import { sweepCache as sweep } from "../shared/replication/sweep";
 
-/** `schedule` is the resolved SWEEP_SCHEDULE setting (see shared/settings.ts timerSchedules for why it is not `%SWEEP_SCHEDULE%`). */
+/** `schedule` is the resolved SWEEP_SCHEDULE setting (see shared/config/settings.ts timerSchedules for why it is not `%SWEEP_SCHEDULE%`). */
 export const sweepCache = (services: () => Services, schedule: string): TimerFunctionSpec => ({
   kind: "timer",
   name: "sweepCache",

@@ -33,7 +33,7 @@ import { reprotectItem } from "./reprotectItem";
 import { getReprotect } from "./getReprotect";
 import { resyncItem } from "./resyncItem";
 import { reprotectFunctions } from "./reprotect";
-import { timerSchedules, type TimerSchedules } from "../shared/settings";
+import { timerSchedules, type TimerSchedules } from "../shared/config/settings";
 
 /** `schedules` default to process.env's (the Functions host's app settings); the local host passes its own env's. */
 export function functionTable(services: () => Services, schedules: TimerSchedules = timerSchedules()): FunctionSpec[] {

@@ -3,7 +3,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir } from "node:fs/promises";
 import { createServer, connect } from "node:net";
 import { resolve as resolvePath } from "node:path";
-import { DEV_ACCOUNT, DEV_KEY } from "../shared/settings";
+import { DEV_ACCOUNT, DEV_KEY } from "../shared/config/settings";
 
 /** The second account stands in for the source-region cache; its key is fixed so connection strings stay stable across restarts. */
 export const CACHE_ACCOUNT = "sourcecache";
@@ -170,7 +170,7 @@ async function launch(opts: AzuriteOptions, ports: AzurePorts, location: string 
   );
   const onParentExit = () => child.kill("SIGTERM");
   process.once("exit", onParentExit);
-  exited.then(() => process.removeListener("exit", onParentExit));
+  void exited.then(() => process.removeListener("exit", onParentExit));
 
   const ready = waitForPorts([ports.blob, ports.queue, ports.table], opts.startTimeoutMs ?? 60_000);
   const early = exited.then(({ code, signal }) => {

@@ -2,7 +2,7 @@
 import { resolve } from "node:path";
 import { createServices } from "../functions/compose";
 import { functionTable } from "../functions/table";
-import { describeStorageAuth, loadConfig, SettingsError, timerSchedules, zodProblems, type Config } from "../shared/settings";
+import { describeStorageAuth, loadConfig, SettingsError, timerSchedules, zodProblems, type Config } from "../shared/config/settings";
 import { startAzurite, type LocalStorage } from "./azurite";
 import { LocalFunctionsHost } from "./host";
 import { z } from "zod";

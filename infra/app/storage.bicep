@@ -8,7 +8,7 @@ param tags object = {}
 param deploymentContainerName string
 param replicaSharedKeyAccess bool = false
 
-// The names the app uses (shared/storage.ts): queue and poison queue of the queue trigger, disk containers.
+// The names the app uses (shared/storage/clients.ts): queue and poison queue of the queue trigger, disk containers.
 var replicationQueue = 'replication-batches'
 var containers = [deploymentContainerName, 'replicas', 'failover']
 

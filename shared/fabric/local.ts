@@ -1,7 +1,7 @@
 // LocalFabric: the fabric port kept in Table Storage, the embedded stand-in for Azure Resource Manager.
 import { createHash } from "node:crypto";
 import { odata, type TableClient } from "@azure/data-tables";
-import { isConflict, isNotFound, storageStatus } from "../errors";
+import { isConflict, isNotFound, storageStatus } from "../contract/errors";
 import {
   FabricError,
   resourceId,

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { startTestStack, type TestStack } from "../support/stack";
 import { protectVm, type E2eVm } from "../support/e2e";
 import type { Agent } from "../../agent";
-import type { BatchTag } from "../../shared/batch";
+import type { BatchTag } from "../../shared/replication/batch";
 
 // Generous, so that a loaded machine (the suite runs files in parallel) never turns a good freeze into a crash tag.
 const FREEZE_TIMEOUT_MS = 3000;

@@ -10,9 +10,9 @@ import { assertFailoverDisk, runFailover, startFailover, waitFailover } from "..
 import { FakeArm, fakeArmCredential, FAKE_ARM_ENDPOINT } from "../support/fake-arm";
 import { ArmFabric } from "../../shared/fabric/arm";
 import { ArmClient } from "../../shared/fabric/arm-client";
-import { vmPartition } from "../../shared/recovery-points";
+import { vmPartition } from "../../shared/recovery-points/points";
 import type { Agent } from "../../agent";
-import type { BatchTag } from "../../shared/batch";
+import type { BatchTag } from "../../shared/replication/batch";
 
 const MiB = 1024 * 1024;
 const DISK_MIB = 8;

@@ -8,12 +8,12 @@ import { join } from "node:path";
 import { startTestStack, type TestStack } from "../support/stack";
 import { assertReplicaEqualsSource, deliver, lastSeq, protectVm, type E2eVm } from "../support/e2e";
 import { cacheBatches } from "../support/cache";
-import { cacheContainerName, replicaBlobName } from "../../shared/items";
+import { cacheContainerName, replicaBlobName } from "../../shared/protection/items";
 import { Workload } from "../support/workload";
 import { assertFailoverDisk, runFailover, startFailover, waitFailover } from "../support/failover";
 import type { Agent } from "../../agent";
-import type { BatchTag } from "../../shared/batch";
-import { groupPartition, vmPartition, type RecoveryPoint } from "../../shared/recovery-points";
+import type { BatchTag } from "../../shared/replication/batch";
+import { groupPartition, vmPartition, type RecoveryPoint } from "../../shared/recovery-points/points";
 
 const MiB = 1024 * 1024;
 const DISK_MIB = 8;

@@ -7,8 +7,8 @@ import { startTestStack, type TestStack } from "../support/stack";
 import { Workload as BaseWorkload } from "../support/workload";
 import { protectVm, type E2eVm } from "../support/e2e";
 import type { Agent } from "../../agent";
-import { replicaBlobName } from "../../shared/items";
-import { groupPartition, vmPartition, type RecoveryPoint } from "../../shared/recovery-points";
+import { replicaBlobName } from "../../shared/protection/items";
+import { groupPartition, vmPartition, type RecoveryPoint } from "../../shared/recovery-points/points";
 
 const MiB = 1024 * 1024;
 const DISK_MIB = 8;

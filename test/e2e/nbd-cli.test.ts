@@ -7,7 +7,7 @@ import { once } from "node:events";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { replicaBlobName } from "../../shared/items";
+import { replicaBlobName } from "../../shared/protection/items";
 import { e2eEnableBody } from "../support/e2e";
 import { nbdUnixUrl, qemuIo } from "../support/nbd-client";
 import { startTestStack, type TestStack } from "../support/stack";

@@ -9,7 +9,7 @@ import { randomBytes, rng } from "../support/batches";
 import { CLI, killChildren, runChild, stopChild, until } from "../support/children";
 import { enableBody } from "../support/requests";
 import { startTestStack, type TestStack } from "../support/stack";
-import { replicaBlobName } from "../../shared/items";
+import { replicaBlobName } from "../../shared/protection/items";
 
 const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 const usable =

@@ -5,8 +5,8 @@ import { startTestStack, type TestStack } from "../support/stack";
 import { takeAnnouncements } from "../support/cache";
 import { rng } from "../support/batches";
 import { assertReplicaEqualsSource, deliver, lastSeq, protectVm, runWorkload, waitForWatermark, type E2eVm } from "../support/e2e";
-import { cacheContainerName } from "../../shared/items";
-import { CorruptBatchError, decodeBatch, type BatchMessage } from "../../shared/batch";
+import { cacheContainerName } from "../../shared/protection/items";
+import { CorruptBatchError, decodeBatch, type BatchMessage } from "../../shared/replication/batch";
 
 const DISKS = ["os", "data0"];
 

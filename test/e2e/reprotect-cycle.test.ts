@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Agent } from "../../agent";
-import { vmPartition } from "../../shared/recovery-points";
+import { vmPartition } from "../../shared/recovery-points/points";
 import { startTestStack, type TestStack } from "../support/stack";
 import { protectVm, runWorkload, type E2eVm } from "../support/e2e";
 import { runFailover } from "../support/failover";

@@ -6,8 +6,8 @@ import { startTestStack, type TestStack } from "../support/stack";
 import { takeAnnouncements } from "../support/cache";
 import { assertReplicaEqualsSource, deliver, lastSeq, protectVm, runWorkload, waitForWatermark, type E2eVm } from "../support/e2e";
 import { CLI } from "../support/children";
-import { cacheContainerName } from "../../shared/items";
-import type { BatchMessage } from "../../shared/batch";
+import { cacheContainerName } from "../../shared/protection/items";
+import type { BatchMessage } from "../../shared/replication/batch";
 
 const DISKS = ["os", "data0"];
 

@@ -10,7 +10,7 @@ import { randomBytes, rng } from "../support/batches";
 import { CLI, killChildren, runChild, stopChild, until } from "../support/children";
 import { enableBody } from "../support/requests";
 import { startTestStack, type TestStack } from "../support/stack";
-import { replicaBlobName } from "../../shared/items";
+import { replicaBlobName } from "../../shared/protection/items";
 import { assertFailoverDisk, startFailover, waitFailover } from "../support/failover";
 
 const MiB = 1024 * 1024;

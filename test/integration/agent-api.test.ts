@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { crc32c } from "@node-rs/crc32";
 import { startTestStack, type TestStack } from "../support/stack";
-import { RESYNC_BLOCK_BYTES } from "../../shared/agent-protocol";
+import { RESYNC_BLOCK_BYTES } from "../../shared/protection/agent-protocol";
 import { enableBody } from "../support/requests";
 
 describe("agent check-in and resync manifests", () => {

@@ -7,9 +7,9 @@ import { startTestStack, type TestStack } from "../support/stack";
 import { rng } from "../support/batches";
 import { protectVm, type E2eVm } from "../support/e2e";
 import type { Agent } from "../../agent";
-import { replicaBlobName } from "../../shared/items";
-import { vmPartition, type RecoveryPoint } from "../../shared/recovery-points";
-import type { ItemStore } from "../../shared/items";
+import { replicaBlobName } from "../../shared/protection/items";
+import { vmPartition, type RecoveryPoint } from "../../shared/recovery-points/points";
+import type { ItemStore } from "../../shared/storage/item-store";
 
 const MiB = 1024 * 1024;
 const DISK_MIB = 8;

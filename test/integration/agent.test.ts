@@ -11,9 +11,9 @@ import { randomBytes, rng } from "../support/batches";
 import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
 import { crc32c } from "@node-rs/crc32";
-import { RESYNC_BLOCK_BYTES } from "../../shared/agent-protocol";
-import type { BatchTag } from "../../shared/batch";
-import { replicaBlobName } from "../../shared/items";
+import { RESYNC_BLOCK_BYTES } from "../../shared/protection/agent-protocol";
+import type { BatchTag } from "../../shared/replication/batch";
+import { replicaBlobName } from "../../shared/protection/items";
 import { killChildren, runChild as run, until } from "../support/children";
 import { assertContiguous, readHeartbeat, replayBatches, replayDisk, spoolBatches, stackAppliesBatches, takeAnnouncements, type ShippedBatch } from "../support/cache";
 

@@ -7,11 +7,11 @@ import { randomUUID, timingSafeEqual } from "node:crypto";
 import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
 import { startFailover, waitFailover } from "../support/failover";
-import { signAlert, SIGNATURE_HEADER, TIMESTAMP_HEADER, type Alert, type AlertEvent } from "../../shared/alerts";
-import { batchBlobName } from "../../shared/batch";
-import { recordPoisonMessage } from "../../shared/apply";
-import { cacheContainerName, clearIssues } from "../../shared/items";
-import { HEARTBEAT_BLOB } from "../../shared/agent-protocol";
+import { signAlert, SIGNATURE_HEADER, TIMESTAMP_HEADER, type Alert, type AlertEvent } from "../../shared/operations/alerts";
+import { batchBlobName } from "../../shared/replication/batch";
+import { recordPoisonMessage } from "../../shared/replication/poison";
+import { cacheContainerName, clearIssues } from "../../shared/protection/items";
+import { HEARTBEAT_BLOB } from "../../shared/protection/agent-protocol";
 
 const SECRET = "webhook-secret-for-the-alert-tests";
 const MIN = 60_000;

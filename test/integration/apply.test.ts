@@ -1,15 +1,17 @@
 // Applying cached batches to replicas against real Azurite: order, gaps, duplicates, fencing, crash safety, corruption, resync, sweep, poison.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import type { BlobLeaseClient } from "@azure/storage-blob";
 import { QueueClient } from "@azure/storage-queue";
 import { startTestStack, type TestStack } from "../support/stack";
 import { DiskModel, encodeWrites, KiB, MiB, randomBytes, randomWrites, rng, type BatchSpec, type Write } from "../support/batches";
-import { applyBatches, readWatermark, writeBatch, type ApplyDeps, type ApplyOutcome } from "../../shared/apply";
-import { batchBlobName, decodeBatch, pageWrites, type BatchMessage } from "../../shared/batch";
-import { cacheContainerName, replicaBlobName } from "../../shared/items";
-import { queueMessageText, REPLICATION_POISON_QUEUE, REPLICATION_QUEUE } from "../../shared/storage";
-import { sweepCache } from "../../shared/sweep";
-import { HEARTBEAT_BLOB, RESYNC_BLOCK_BYTES } from "../../shared/agent-protocol";
+import { applyBatches, type ApplyDeps, type ApplyOutcome } from "../../shared/replication/apply";
+import { readWatermark, writeBatch } from "../../shared/replication/replica";
+import { batchBlobName, decodeBatch, pageWrites, type BatchMessage } from "../../shared/replication/batch";
+import { cacheContainerName, replicaBlobName } from "../../shared/protection/items";
+import { queueMessageText, REPLICATION_POISON_QUEUE, REPLICATION_QUEUE } from "../../shared/storage/clients";
+import { sweepCache } from "../../shared/replication/sweep";
+import { HEARTBEAT_BLOB, RESYNC_BLOCK_BYTES } from "../../shared/protection/agent-protocol";
 import { crc32c } from "@node-rs/crc32";
 
 const DISK = 16 * MiB;
@@ -285,8 +287,7 @@ describe("applying batches", () => {
     await vm.ship(1, randomWrites(next, DISK, 6), { tag });
     const afterOne = vm.sources.get("os")!.clone();
     await vm.ship(2, randomWrites(next, DISK, 6));
-    const replica = await vm.replica();
-    let thief: ReturnType<typeof replica.getBlobLeaseClient> | undefined;
+    let thief: BlobLeaseClient | undefined;
     let tagged: number | undefined;
     // Another processor breaks the lease and takes it just after batch 1 (the recovery-point hook is the seam).
     const out = await vm.apply(1, "os", {

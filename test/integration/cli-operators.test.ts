@@ -7,14 +7,13 @@ import { randomUUID } from "node:crypto";
 import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
 import { FabricError, type Fabric } from "../../shared/fabric/port";
-import { cacheContainerName } from "../../shared/items";
-import { HEARTBEAT_BLOB } from "../../shared/agent-protocol";
+import { cacheContainerName } from "../../shared/protection/items";
+import { HEARTBEAT_BLOB } from "../../shared/protection/agent-protocol";
 
 const KEY = "cli-test-key-0123456789";
 const CLI = join(__dirname, "..", "..", "cli", "main.js");
 const NEVER = "0 0 0 1 1 *";
 const MiB = 1024 * 1024;
-// eslint-disable-next-line no-control-regex
 const ANSI = /\x1b\[[0-9;]*m/;
 
 interface Run {

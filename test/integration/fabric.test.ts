@@ -18,8 +18,8 @@ import {
   type Subnet,
   type VirtualMachineSpec,
 } from "../../shared/fabric/port";
-import { loadConfig } from "../../shared/settings";
-import { Storage, TABLES, tableClient } from "../../shared/storage";
+import { loadConfig } from "../../shared/config/settings";
+import { Storage, TABLES, tableClient } from "../../shared/storage/clients";
 import { startTestStorage, type LocalStorage } from "../support/storage";
 import { FakeArm, fakeArmCredential, FAKE_ARM_ENDPOINT, type FakeArmOptions } from "../support/fake-arm";
 

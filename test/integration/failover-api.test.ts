@@ -4,8 +4,8 @@ import assert from "node:assert/strict";
 import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
 import { waitFailover } from "../support/failover";
-import type { ItemState, ReplicatedItem } from "../../shared/items";
-import type { RecoveryPoint } from "../../shared/recovery-points";
+import type { ItemState, ReplicatedItem } from "../../shared/protection/items";
+import type { RecoveryPoint } from "../../shared/recovery-points/points";
 
 const MIN = 60_000;
 /** A snapshot time in the shape Azure gives; no replica has it (nothing is copied in the refused requests). */

@@ -5,9 +5,9 @@ import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
 import { ContainerClient } from "@azure/storage-blob";
 import { encodeWrites } from "../support/batches";
-import { HEARTBEAT_BLOB } from "../../shared/agent-protocol";
-import { batchBlobName } from "../../shared/batch";
-import { applyBatches } from "../../shared/apply";
+import { HEARTBEAT_BLOB } from "../../shared/protection/agent-protocol";
+import { batchBlobName } from "../../shared/replication/batch";
+import { applyBatches } from "../../shared/replication/apply";
 
 /** Items and their disks as stored: what "nothing changed" compares. */
 async function itemsAndDisks(stack: TestStack): Promise<string> {

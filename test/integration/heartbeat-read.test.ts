@@ -3,8 +3,8 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
-import { HEARTBEAT_BLOB } from "../../shared/agent-protocol";
-import { cacheContainerName } from "../../shared/items";
+import { HEARTBEAT_BLOB } from "../../shared/protection/agent-protocol";
+import { cacheContainerName } from "../../shared/protection/items";
 
 let stack: TestStack;
 before(async () => {

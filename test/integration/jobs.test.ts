@@ -6,7 +6,7 @@ import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
 import { startFailover, waitFailover } from "../support/failover";
 import { FabricError, type Fabric } from "../../shared/fabric/port";
-import type { Job } from "../../shared/jobs";
+import type { Job } from "../../shared/operations/jobs";
 
 /** Items whose name starts with this get a VM creation refused by the fabric (quota), as ARM would. */
 const NO_QUOTA = "noquota-";

@@ -9,8 +9,8 @@ import { ContainerClient, BlockBlobClient } from "@azure/storage-blob";
 import { QueueClient } from "@azure/storage-queue";
 import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
-import { isValidFixedVhdFooter } from "../../shared/vhd";
-import { cacheContainerName } from "../../shared/items";
+import { isValidFixedVhdFooter } from "../../shared/replication/vhd";
+import { cacheContainerName } from "../../shared/protection/items";
 import type { Fabric } from "../../shared/fabric/port";
 
 /** A SAS-authorised call's HTTP status (2xx on success). */

@@ -154,7 +154,7 @@ describe("recovery plans", () => {
 
   test("exactly 7 groups and 100 items are within the limits", async () => {
     // Checked with the schema alone: enabling 100 VMs would make this test slow for nothing.
-    const { createPlanRequestSchema } = await import("../../shared/api");
+    const { createPlanRequestSchema } = await import("../../shared/contract/api");
     const ok = createPlanRequestSchema.safeParse({ name: "full plan", groups: [...Array.from({ length: 6 }, (_, g) => [`g${g}`]), unique(94)] });
     assert.ok(ok.success, JSON.stringify(ok.error?.issues));
   });

@@ -4,8 +4,8 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
-import type { BatchTag } from "../../shared/batch";
-import { sealRecoveryPoints } from "../../shared/sealing";
+import type { BatchTag } from "../../shared/replication/batch";
+import { sealRecoveryPoints } from "../../shared/recovery-points/sealing";
 
 const HOUR = 3600_000;
 

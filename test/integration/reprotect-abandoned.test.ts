@@ -2,7 +2,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import type { Fabric } from "../../shared/fabric/port";
-import { cacheContainerName } from "../../shared/items";
+import { cacheContainerName } from "../../shared/protection/items";
 import { startTestStack, type TestStack } from "../support/stack";
 import { e2eEnableBody } from "../support/e2e";
 

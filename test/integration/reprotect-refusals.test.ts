@@ -1,7 +1,7 @@
 // Re-protect, resync and failback refused: every wrong state, unknown ids, bad bodies — each with its status, the error envelope, and nothing changed in storage.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import type { ItemState } from "../../shared/items";
+import type { ItemState } from "../../shared/protection/items";
 import { startTestStack, type TestStack } from "../support/stack";
 import { e2eEnableBody } from "../support/e2e";
 

@@ -6,7 +6,7 @@ import type { AddressInfo } from "node:net";
 import { startTestStack, type TestStack } from "../support/stack";
 import { enableBody } from "../support/requests";
 import { startLocalStack } from "../../local/start";
-import { DEV_KEY } from "../../shared/settings";
+import { DEV_KEY } from "../../shared/config/settings";
 
 /** A port nothing listens on (taken, then released). */
 async function closedPort(): Promise<number> {

@@ -1,11 +1,11 @@
-// Integration test for shared/vhd: qemu-img must read our fixed VHDs at their exact size and with the right contents.
+// Integration test for shared/replication/vhd.ts: qemu-img must read our fixed VHDs at their exact size and with the right contents.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { VHD_FOOTER_BYTES, vhdFooter } from "../../shared/vhd";
+import { VHD_FOOTER_BYTES, vhdFooter } from "../../shared/replication/vhd";
 
 const MIB = 1024 * 1024;
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "site-recovery-vhd-"));

@@ -1,5 +1,5 @@
 // Batches for tests, built with the real encoder, and a byte model of the disk they should produce.
-import { encodeBatch, type BatchFlags, type BatchTag, type Extent } from "../../shared/batch";
+import { encodeBatch, type BatchFlags, type BatchTag, type Extent } from "../../shared/replication/batch";
 
 export const SECTOR = 512;
 export const KiB = 1024;

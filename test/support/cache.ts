@@ -3,9 +3,9 @@ import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { ContainerClient } from "@azure/storage-blob";
 import type { QueueClient } from "@azure/storage-queue";
-import { decodeBatch, seqOfBlobName, type BatchHeader, type BatchMessage } from "../../shared/batch";
-import { HEARTBEAT_BLOB, heartbeatSchema, type Heartbeat } from "../../shared/agent-protocol";
-import { cacheContainerName, replicaBlobName } from "../../shared/items";
+import { decodeBatch, seqOfBlobName, type BatchHeader, type BatchMessage } from "../../shared/replication/batch";
+import { HEARTBEAT_BLOB, heartbeatSchema, type Heartbeat } from "../../shared/protection/agent-protocol";
+import { cacheContainerName, replicaBlobName } from "../../shared/protection/items";
 import type { TestStack } from "./stack";
 
 export interface ShippedBatch {

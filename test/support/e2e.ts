@@ -6,8 +6,9 @@ import { join } from "node:path";
 import assert from "node:assert/strict";
 import { InvocationContext } from "@azure/functions";
 import { Agent, type AgentOptions } from "../../agent";
-import type { BatchMessage } from "../../shared/batch";
-import { replicaBlobName } from "../../shared/items";
+import { ApiClient } from "../../shared/contract/client";
+import type { BatchMessage } from "../../shared/replication/batch";
+import { replicaBlobName } from "../../shared/protection/items";
 import { functionTable } from "../../functions/table";
 import type { QueueFunctionSpec } from "../../functions/spec";
 import { rng } from "./batches";
@@ -20,11 +21,7 @@ export type StackLike = Pick<TestStack, "url" | "services" | "api">;
 
 /** The HTTP API of whichever host process runs now (tests that kill and restart the host): `url()` is read per call. */
 export function hostProcessApi(url: () => string): StackLike["api"] {
-  return async (method, path, body) => {
-    const res = await fetch(`${url()}/api/${path}`, { method, headers: { "content-type": "application/json" }, ...(body ? { body: JSON.stringify(body) } : {}) });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  };
+  return (method, path, body, headers) => new ApiClient(url()).request(method, path, body, headers);
 }
 
 export function e2eEnableBody(name: string, diskMiB = 64) {

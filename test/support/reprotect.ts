@@ -4,8 +4,8 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Agent, type AgentOptions } from "../../agent";
-import { replicaBlobName } from "../../shared/items";
-import type { Direction } from "../../shared/storage";
+import { replicaBlobName } from "../../shared/protection/items";
+import type { Direction } from "../../shared/storage/clients";
 import type { StackLike } from "./e2e";
 
 const MiB = 1024 * 1024;

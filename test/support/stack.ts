@@ -1,17 +1,16 @@
 // A whole local stack for tests: in-memory Azurite on free ports, the services, and the local host over a real socket.
 import { createServices, type Services } from "../../functions/compose";
 import { functionTable } from "../../functions/table";
-import { LocalFunctionsHost, type LocalHostOptions, type QueueSettings } from "../../local/host";
-import { loadConfig, timerSchedules } from "../../shared/settings";
-import { blobService, queueService, tableClient, tableService } from "../../shared/storage";
+import { LocalFunctionsHost, type LocalHostOptions } from "../../local/host";
+import { type QueueSettings } from "../../local/host-json";
+import { loadConfig, timerSchedules } from "../../shared/config/settings";
+import { blobService, queueService, tableClient, tableService } from "../../shared/storage/clients";
 import type { Fabric } from "../../shared/fabric/port";
+import { ApiClient, type ApiResponse as ClientResponse } from "../../shared/contract/client";
 import { startTestStorage, type LocalStorage } from "./storage";
 
-export interface ApiResponse {
-  status: number;
-  // Responses are checked field by field in the tests.
-  body: any;
-}
+/** A response as the tests read it: any status, the body's fields checked one by one (through the one API client). */
+export type ApiResponse = ClientResponse<any>;
 
 export interface TestStack {
   url: string;
@@ -73,15 +72,7 @@ export async function startTestStack(opts: TestStackOptions = {}): Promise<TestS
     env,
     azurite: storage,
     clock,
-    async api(method, path, body, headers = {}) {
-      const res = await fetch(`${url}/api/${path}`, {
-        method,
-        headers: { "content-type": "application/json", ...headers },
-        ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) }),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text ? JSON.parse(text) : undefined };
-    },
+    api: (method, path, body, headers = {}) => new ApiClient(url).request(method, path, body, headers),
     async snapshot() {
       const out: string[] = [];
       for (const account of [config.storage.control, config.storage.cache]) {

@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { decodeBatch, type Batch } from "../../shared/batch";
+import { decodeBatch, type Batch } from "../../shared/replication/batch";
 import { DEFAULT_TUNING, type DiskContext, type DiskTuning } from "../../agent/disk";
 import { Health } from "../../agent/health";
 import { Shipper } from "../../agent/shipper";

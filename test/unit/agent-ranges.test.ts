@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { alignOut, RangeSet, takePrefix } from "../../agent/ranges";
 import { BlockBitmap } from "../../agent/bitmap";
 import { DIRTY_RECORD_BYTES, encodeDirtyRecord, parseDirtyLog } from "../../agent/dirty-log";
-import { checkExtents } from "../../shared/batch";
+import { checkExtents } from "../../shared/replication/batch";
 import { encodeBatchMessage } from "../../agent/shipper";
 import { backoffMs } from "../../agent/retry";
 

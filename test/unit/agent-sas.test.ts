@@ -1,8 +1,8 @@
 // Agents' SAS: account-key SAS for keyed connections, user delegation SAS (blob and queue) for identity-based ones.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { AgentSas, DelegationKeyCache, MAX_DELEGATION_MS } from "../../shared/sas";
-import { parseConnectionString, type StorageAccount } from "../../shared/settings";
+import { AgentSas, DelegationKeyCache, MAX_DELEGATION_MS } from "../../shared/storage/sas";
+import { parseConnectionString, type StorageAccount } from "../../shared/config/settings";
 
 const T0 = new Date("2030-01-01T00:00:00Z");
 const HOUR = 3600_000;

@@ -1,9 +1,9 @@
 // The enable request: what it accepts, what it refuses (naming the field), and the target names it implies.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { enableRequestSchema, parseInput, MiB } from "../../shared/api";
-import { BadRequest } from "../../shared/errors";
-import { targetNames } from "../../shared/protection";
+import { enableRequestSchema, parseInput, MiB } from "../../shared/contract/api";
+import { BadRequest } from "../../shared/contract/errors";
+import { targetNames } from "../../shared/protection/enable-disable";
 
 const minimal = () => ({
   vm: {

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { appConsistentTag, runScript, APP_CONSISTENCY_FAILED } from "../../agent/app-consistency";
 import { Health } from "../../agent/health";
-import type { BatchTag, TagKind } from "../../shared/batch";
+import type { BatchTag, TagKind } from "../../shared/replication/batch";
 
 const fakeCut = (delayMs: number, fail = false) => async (kindAtCut: () => TagKind): Promise<BatchTag | undefined> => {
   await new Promise((r) => setTimeout(r, delayMs));

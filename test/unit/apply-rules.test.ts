@@ -1,9 +1,9 @@
 // The rules of the apply side that need no storage: item state from its disks, health issues, the queue message, sweep settings.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { batchMessageSchema } from "../../shared/apply";
-import { clearIssues, raiseIssue, replicationStateOf, type DiskRecord, type ReplicatedItem } from "../../shared/items";
-import { loadConfig, SettingsError, timerSchedules } from "../../shared/settings";
+import { batchMessageSchema } from "../../shared/replication/apply";
+import { clearIssues, raiseIssue, replicationStateOf, type DiskRecord, type ReplicatedItem } from "../../shared/protection/items";
+import { loadConfig, SettingsError, timerSchedules } from "../../shared/config/settings";
 
 const item = (state: ReplicatedItem["state"]): ReplicatedItem =>
   ({ id: "i", state, health: { status: "Healthy", issues: [] } }) as unknown as ReplicatedItem;

@@ -10,7 +10,7 @@ import {
   pageWrites,
   seqOfBlobName,
   type Batch,
-} from "../../shared/batch";
+} from "../../shared/replication/batch";
 import { KiB, MiB, randomBytes, rng } from "../support/batches";
 
 const header = {

@@ -14,7 +14,7 @@ import {
   taskCompleted,
   type Action,
   type HistoryEvent,
-} from "../../local/durableHistory";
+} from "../../local/durable/history";
 
 const at = "2024-01-01T00:00:00.000Z";
 const quiet = () => undefined;

@@ -5,8 +5,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { CONNECTIONS, IDENTITY_SUFFIXES, loadConfig, SETTING_NAMES, SettingsError, type ConnectionName } from "../../shared/settings";
-import { FAILOVER_CONTAINER, queueMessageText, REPLICAS_CONTAINER, REPLICATION_POISON_QUEUE, REPLICATION_QUEUE } from "../../shared/storage";
+import { CONNECTIONS, IDENTITY_SUFFIXES, loadConfig, SETTING_NAMES, SettingsError, type ConnectionName } from "../../shared/config/settings";
+import { FAILOVER_CONTAINER, queueMessageText, REPLICAS_CONTAINER, REPLICATION_POISON_QUEUE, REPLICATION_QUEUE } from "../../shared/storage/clients";
 
 const ROOT = resolve(__dirname, "..", "..", "..");
 const read = (path: string) => readFileSync(join(ROOT, path), "utf8");

@@ -3,8 +3,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { Semaphore } from "../../local/durableRuntime";
-import { DRAIN_DEADLINE_MS } from "../../shared/failover-steps";
+import { Semaphore } from "../../local/durable/runtime";
+import { DRAIN_DEADLINE_MS } from "../../shared/failover/steps";
 
 test("the durable runtime's semaphore never admits more than its limit, even when a caller arrives between a release and the waiter's wake-up", async () => {
   const sem = new Semaphore(1);

@@ -5,8 +5,8 @@ import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { formatDuration, formatTable, progressBar, Style, useColour } from "../../cli/format";
-import { samplesToKeep } from "../../shared/history";
-import { signAlert } from "../../shared/alerts";
+import { samplesToKeep } from "../../shared/operations/history";
+import { signAlert } from "../../shared/operations/alerts";
 
 const ROOT = join(__dirname, "..", "..", "..");
 

@@ -2,9 +2,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { StorageSharedKeyCredential } from "@azure/storage-blob";
-import { describeStorageAuth, loadConfig, parseConnectionString, SettingsError, DEV_ACCOUNT } from "../../shared/settings";
-import { blobService, queueService, tokenCredential } from "../../shared/storage";
-import { azureCredential } from "../../shared/identity";
+import { describeStorageAuth, loadConfig, parseConnectionString, SettingsError, DEV_ACCOUNT } from "../../shared/config/settings";
+import { blobService, queueService, tokenCredential } from "../../shared/storage/clients";
+import { azureCredential } from "../../shared/storage/identity";
 
 const cs = (name: string) =>
   `DefaultEndpointsProtocol=http;AccountName=${name};AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:1/${name};QueueEndpoint=http://127.0.0.1:2/${name};TableEndpoint=http://127.0.0.1:3/${name};`;

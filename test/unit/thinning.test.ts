@@ -1,7 +1,7 @@
 // Thinning keeps every recent point, then one per bucket, bounded whatever the cadence and retention.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { pointsToKeep, thinningTiers, type PointTime } from "../../shared/thinning";
+import { pointsToKeep, thinningTiers, type PointTime } from "../../shared/recovery-points/thinning";
 
 const MIN = 60_000;
 const HOUR = 60 * MIN;

@@ -1,7 +1,7 @@
-// Unit tests for shared/vhd: footer layout, checksum, CHS geometry and size validation.
+// Unit tests for shared/replication/vhd.ts: footer layout, checksum, CHS geometry and size validation.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { VHD_FOOTER_BYTES, chsGeometry, isValidFixedVhdFooter, parseVhdFooter, vhdFooter } from "../../shared/vhd";
+import { VHD_FOOTER_BYTES, chsGeometry, isValidFixedVhdFooter, parseVhdFooter, vhdFooter } from "../../shared/replication/vhd";
 
 const MIB = 1024 * 1024;
 const GIB = 1024 * MIB;

@@ -1,0 +1,44 @@
+// `start`, `demo` and `bench`: the local stack, the DR drill on a throwaway stack, the benchmarks.
+import { Command } from "commander";
+import { positiveInt } from "../options";
+
+/** `start`: the local stack. */
+export function localCommands(program: Command): void {
+  program
+    .command("start")
+    .description("run the local stack: embedded Azurite and the local Functions host on :7071")
+    .action(async () => {
+      const { runLocalStack } = await import("../../local/start");
+      await runLocalStack();
+    });
+}
+
+/** `demo` and `bench`: they start their own throwaway stack. */
+export function drillCommands(program: Command): void {
+  program
+    .command("demo")
+    .description("a complete DR drill on a throwaway local stack: protect a group of two VMs, live writes, test and unplanned failover, every disk verified")
+    .option("--disk-mib <n>", "size of each of the 4 disks, MiB", positiveInt("--disk-mib", 4096), 64)
+    .option("--seconds <s>", "length of the live workload before the test failover", positiveInt("--seconds", 3600), 30)
+    .option("--mbps <n>", "workload rate over all disks, MB/s", positiveInt("--mbps", 100), 4)
+    .option("--report <path>", "where the JSON report goes", undefined)
+    .option("--verbose", "also print the host's and the agents' log lines")
+    .action(async (o: { diskMib: number; seconds: number; mbps: number; report?: string; verbose?: boolean }) => {
+      const { runDemo, DEFAULT_REPORT_PATH } = await import("../demo");
+      const report = await runDemo({ diskMiB: o.diskMib, seconds: o.seconds, mbps: o.mbps, reportPath: o.report ?? DEFAULT_REPORT_PATH, verbose: o.verbose ?? false });
+      // The storage clients keep sockets alive; the drill is over.
+      process.exit(report.ok ? 0 : 1);
+    });
+
+  program
+    .command("bench")
+    .description("measure against the local stack (not a test): writes JSON under bench/results and prints a table")
+    .argument("<name>", "replication | recovery-points | failover | nbd | reprotect")
+    .option("--seconds <s>", "length of each measured phase", (v) => Number(v), 30)
+    .action(async (name: string, o: { seconds: number }) => {
+      const { runBenchmark } = await import("../../bench");
+      await runBenchmark(name, { seconds: o.seconds });
+      // The benchmark's clients keep sockets alive; its work is done.
+      process.exit(0);
+    });
+}

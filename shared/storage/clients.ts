@@ -1,0 +1,172 @@
+// Typed storage clients for the three accounts (control, replica, cache), built once from Config.
+import { BlobServiceClient, StorageSharedKeyCredential, ContainerClient } from "@azure/storage-blob";
+import { QueueServiceClient, StorageSharedKeyCredential as QueueKeyCredential, QueueClient } from "@azure/storage-queue";
+import { AzureNamedKeyCredential, TableClient, TableServiceClient } from "@azure/data-tables";
+import type { TokenCredential } from "@azure/identity";
+import { azureCredential } from "./identity";
+import type { Config, StorageAccount } from "../config/settings";
+
+export const REPLICATION_QUEUE = "replication-batches";
+/** Where the Functions host moves a replication message after maxDequeueCount failed attempts. */
+export const REPLICATION_POISON_QUEUE = `${REPLICATION_QUEUE}-poison`;
+export const REPLICAS_CONTAINER = "replicas";
+export const FAILOVER_CONTAINER = "failover";
+
+export const TABLES = {
+  items: "ReplicatedItems",
+  disks: "Disks",
+  registrations: "AgentRegistrations",
+  fabric: "FabricResources",
+  recoveryPoints: "RecoveryPoints",
+  tagArrivals: "TagArrivals",
+  replicationGroups: "ReplicationGroups",
+  recoveryPlans: "RecoveryPlans",
+  jobs: "Jobs",
+  alerts: "Alerts",
+  history: "ReplicationHistory",
+} as const;
+export type TableName = (typeof TABLES)[keyof typeof TABLES];
+
+const isHttp = (url: string) => url.startsWith("http:");
+
+/** Queue-trigger messages are base64 of JSON (host.json messageEncoding); Azure caps the text at 64 KiB. */
+export function queueMessageText(value: unknown): string {
+  const text = Buffer.from(JSON.stringify(value), "utf8").toString("base64");
+  if (text.length > 65536) throw new RangeError(`queue message of ${text.length} characters exceeds 64 KiB`);
+  return text;
+}
+
+/**
+ * Retries are bounded (the SDKs' defaults wait 4-7 s on an unreachable account): a request answers 503 quickly when
+ * storage is down, and queue-triggered work is retried by the host instead.
+ */
+export const STORAGE_RETRY = { maxTries: 3, retryDelayInMs: 200, maxRetryDelayInMs: 1000 } as const;
+const TABLE_RETRY = { maxRetries: STORAGE_RETRY.maxTries - 1, retryDelayInMs: STORAGE_RETRY.retryDelayInMs, maxRetryDelayInMs: STORAGE_RETRY.maxRetryDelayInMs };
+
+/** The Entra credential of an identity-based connection; undefined for a keyed one. */
+export function tokenCredential(account: StorageAccount): TokenCredential | undefined {
+  return account.auth.kind === "identity" ? azureCredential(account.auth) : undefined;
+}
+
+export function blobService(account: StorageAccount): BlobServiceClient {
+  const a = account.auth;
+  return new BlobServiceClient(account.blobUrl, a.kind === "key" ? new StorageSharedKeyCredential(account.name, a.key) : azureCredential(a), { retryOptions: STORAGE_RETRY });
+}
+
+export function queueService(account: StorageAccount): QueueServiceClient {
+  const a = account.auth;
+  return new QueueServiceClient(account.queueUrl, a.kind === "key" ? new QueueKeyCredential(account.name, a.key) : azureCredential(a), { retryOptions: STORAGE_RETRY });
+}
+
+export function tableClient(account: StorageAccount, table: string): TableClient {
+  const a = account.auth;
+  const options = { allowInsecureConnection: isHttp(account.tableUrl), retryOptions: TABLE_RETRY };
+  return a.kind === "key"
+    ? new TableClient(account.tableUrl, table, new AzureNamedKeyCredential(account.name, a.key), options)
+    : new TableClient(account.tableUrl, table, azureCredential(a), options);
+}
+
+export function tableService(account: StorageAccount): TableServiceClient {
+  const a = account.auth;
+  const options = { allowInsecureConnection: isHttp(account.tableUrl), retryOptions: TABLE_RETRY };
+  return a.kind === "key"
+    ? new TableServiceClient(account.tableUrl, new AzureNamedKeyCredential(account.name, a.key), options)
+    : new TableServiceClient(account.tableUrl, azureCredential(a), options);
+}
+
+/**
+ * Which way an item replicates. `forward`: from the VM's original region to the recovery (target) region; `reverse`:
+ * after a failover and re-protect, from the recovery region back to the original one.
+ */
+export type Direction = "forward" | "reverse";
+
+/** The other direction (what re-protect turns an item to). */
+export const flipped = (d: Direction): Direction => (d === "forward" ? "reverse" : "forward");
+
+/**
+ * Storage is symmetric across the two regions: the original region's account (`CACHE_STORAGE`) holds the forward
+ * cache and the reverse replicas, the recovery region's account (`REPLICA_STORAGE`) the forward replicas and the
+ * reverse cache. The names inside them are the same in both directions (`cache-<item>`, `replicas/<item>/<disk>.vhd`,
+ * `failover/...`); the account says which direction a blob belongs to.
+ */
+export function directionAccounts(config: Config, direction: Direction): { cache: StorageAccount; replica: StorageAccount } {
+  const { cache, replica } = config.storage;
+  return direction === "forward" ? { cache, replica } : { cache: replica, replica: cache };
+}
+
+/** Re-protect needs storage in both regions: one account for both would hold both directions under the same names. */
+export function regionsAreDistinct(config: Config): boolean {
+  const { cache, replica } = config.storage;
+  return cache.blobUrl.replace(/\/+$/, "").toLowerCase() !== replica.blobUrl.replace(/\/+$/, "").toLowerCase();
+}
+
+/** The storage a running app uses; tables and containers are created on first use, once. */
+export class Storage {
+  /** The recovery region's blobs (REPLICA_STORAGE): forward replicas and failover disks, the reverse cache. */
+  readonly replicaBlobs: BlobServiceClient;
+  /** The original region's blobs (CACHE_STORAGE): the forward cache, reverse replicas and failback disks. */
+  readonly cacheBlobs: BlobServiceClient;
+  readonly controlQueues: QueueServiceClient;
+  private readonly tables = new Map<string, Promise<TableClient>>();
+  private readonly containers = new Map<string, Promise<ContainerClient>>();
+  private queue: Promise<QueueClient> | undefined;
+
+  constructor(readonly config: Config) {
+    this.replicaBlobs = blobService(config.storage.replica);
+    this.cacheBlobs = blobService(config.storage.cache);
+    this.controlQueues = queueService(config.storage.control);
+  }
+
+  table(name: TableName): Promise<TableClient> {
+    let t = this.tables.get(name);
+    if (!t) {
+      const client = tableClient(this.config.storage.control, name);
+      t = client.createTable().then(() => client);
+      t.catch(() => this.tables.delete(name));
+      this.tables.set(name, t);
+    }
+    return t;
+  }
+
+  /** The blob service holding a direction's cache containers (the region the VM replicates from). */
+  cache(direction: Direction): BlobServiceClient {
+    return direction === "forward" ? this.cacheBlobs : this.replicaBlobs;
+  }
+
+  /** The blob service holding a direction's replicas and failover disks (the region the VM replicates to). */
+  replicaService(direction: Direction): BlobServiceClient {
+    return direction === "forward" ? this.replicaBlobs : this.cacheBlobs;
+  }
+
+  /** `forward` unless said: the production code always says (the compiler checked every call before the default). */
+  replicas(direction: Direction = "forward"): Promise<ContainerClient> {
+    return this.ensureContainer(this.replicaService(direction), REPLICAS_CONTAINER);
+  }
+
+  /** Failover disks (`failover/<vm>-<disk>-<time>.vhd`), next to the replicas they are copied from. */
+  failover(direction: Direction = "forward"): Promise<ContainerClient> {
+    return this.ensureContainer(this.replicaService(direction), FAILOVER_CONTAINER);
+  }
+
+  private ensureContainer(service: BlobServiceClient, name: string): Promise<ContainerClient> {
+    const key = `${service.url}|${name}`;
+    let c = this.containers.get(key);
+    if (!c) {
+      const client = service.getContainerClient(name);
+      c = client.createIfNotExists().then(() => client);
+      c.catch(() => this.containers.delete(key));
+      this.containers.set(key, c);
+    }
+    return c;
+  }
+
+  /** Created on first use, once per process: every re-announced batch would otherwise pay a round trip. */
+  replicationQueue(): Promise<QueueClient> {
+    if (!this.queue) {
+      const q = this.controlQueues.getQueueClient(REPLICATION_QUEUE);
+      this.queue = q.createIfNotExists().then(() => q);
+      this.queue.catch(() => (this.queue = undefined));
+    }
+    return this.queue;
+  }
+}
