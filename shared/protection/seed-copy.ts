@@ -77,7 +77,8 @@ export async function bindSeedChecksums(replicas: ContainerClient, itemId: strin
   const blob = replicas.getBlockBlobClient(seedChecksumsBlobName(itemId, diskId));
   const props = await blob.getProperties().catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
   if (props?.metadata?.resync !== resyncId) return false;
-  if (props.metadata.replicaetag !== replicaEtag) await blob.setMetadata({ resync: resyncId, replicaetag: replicaEtag }, { conditions: { ifMatch: props.etag! } });
+  if (props.metadata.replicaetag !== replicaEtag)
+    await blob.setMetadata({ resync: resyncId, replicaetag: replicaEtag }, { conditions: { ifMatch: props.etag! } });
   return true;
 }
 

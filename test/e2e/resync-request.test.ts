@@ -38,7 +38,8 @@ describe("resync on request", () => {
     await stack?.stop();
   });
 
-  const announcements = async (v: E2eVm): Promise<BatchMessage[]> => (await takeAnnouncements(await stack.services.storage.replicationQueue())).filter((m) => m.itemId === v.itemId);
+  const announcements = async (v: E2eVm): Promise<BatchMessage[]> =>
+    (await takeAnnouncements(await stack.services.storage.replicationQueue())).filter((m) => m.itemId === v.itemId);
 
   test("a ResyncRequired item resynced with `site-recovery resync <item>`: the request's differential resync ends Protected, replicas equal to the sources", async () => {
     vm = await protectVm(stack, "resync-request");
@@ -71,7 +72,9 @@ describe("resync on request", () => {
     const os = (await stack.services.items.getDisk(v.itemId, "os"))!.disk;
     assert.equal(os.resync, undefined, "a disk that was not waiting is left alone");
     const jobs = await cli(stack, ["jobs", "--json"]);
-    const job = (JSON.parse(jobs.stdout) as { type: string; itemIds: string[]; state: string }[]).find((j) => j.type === "resync" && j.itemIds.includes(v.itemId));
+    const job = (JSON.parse(jobs.stdout) as { type: string; itemIds: string[]; state: string }[]).find(
+      (j) => j.type === "resync" && j.itemIds.includes(v.itemId),
+    );
     assert.equal(job?.state, "Succeeded", JSON.stringify(job));
 
     // The agent learns of the request's resync at its next check-in and ships the blocks that differ.

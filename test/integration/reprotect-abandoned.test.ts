@@ -53,7 +53,8 @@ describe("abandoned re-protects are released", () => {
     return id;
   }
 
-  const cacheExists = (direction: "forward" | "reverse", id: string) => stack.services.storage.cache(direction).getContainerClient(cacheContainerName(id)).exists();
+  const cacheExists = (direction: "forward" | "reverse", id: string) =>
+    stack.services.storage.cache(direction).getContainerClient(cacheContainerName(id)).exists();
 
   test("a terminated re-protect hands its item back: FailoverCommitted, direction unchanged, new cache and token gone, job failed", async () => {
     const id = await committedItem("terminated");
@@ -67,7 +68,7 @@ describe("abandoned re-protects are released", () => {
     }
     const t = await fetch(`${stack.url}/runtime/webhooks/durabletask/instances/${instanceId}/terminate?reason=operator`, { method: "POST" });
     assert.equal(t.status, 202);
-    for (const until = Date.now() + 20_000; ; ) {
+    for (const until = Date.now() + 20_000; ;) {
       const st = await stack.api("GET", `replicated-items/${id}/reprotect`);
       if (st.body.runtimeStatus === "Terminated") break;
       assert.ok(Date.now() < until, `terminated: ${JSON.stringify(st.body.runtimeStatus)}`);
