@@ -1,4 +1,5 @@
 // `npm run bench -- failover`: the RTO of a replication group of two VMs under a live workload, through the HTTP API:
+import { setTimeout as sleep } from "node:timers/promises";
 // repeated test failovers to the latest processed point and to latest (cache drained first), each cleaned up, then one
 // unplanned failover; wall RTO, the orchestration's own RTO, per-step durations, the backlog `latest` drained.
 import { mkdtempSync, rmSync } from "node:fs";
@@ -11,7 +12,6 @@ import { api, BENCH_GROUP, startBenchGroup, machine, percentile, round, startBen
 
 const MiB = 1024 * 1024;
 const POLL_MS = 100;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export interface FailoverBenchOptions {
   /** Test failovers per recovery-point choice. */

@@ -1,4 +1,5 @@
 // What every benchmark shares: a local stack in child processes (Azurite, the Functions host), stats, and results files.
+import { setTimeout as sleep } from "node:timers/promises";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
@@ -153,7 +154,7 @@ export async function startBenchGroup(
   const deadline = Date.now() + 60_000;
   while (!agents.some((a) => a.groupRole === "coordinator" && a.groupMembersConnected().length === 1)) {
     if (Date.now() > deadline) throw new Error(`the group did not form: roles ${agents.map((a) => a.groupRole).join(", ")}`);
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
   }
   return items;
 }

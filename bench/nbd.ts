@@ -1,4 +1,5 @@
 // `npm run bench -- nbd`: the agent's NBD front end against nbdkit's file plugin on the same storage in the same run — bulk copy, 1 MiB writes, random 4 KiB and 64 KiB FUA writes — with replication running.
+import { setTimeout as sleep } from "node:timers/promises";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, openSync, readFileSync, writeSync } from "node:fs";
 import { randomBytes } from "node:crypto";
@@ -89,7 +90,7 @@ async function waitFor(what: string, check: () => boolean | Promise<boolean>, ti
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
+    await sleep(200);
   }
 }
 

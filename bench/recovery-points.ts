@@ -1,4 +1,5 @@
 // `npm run bench -- recovery-points`: a replication group of two VMs under churn, crash-consistent group tags at the
+import { setTimeout as sleep } from "node:timers/promises";
 // policy's frequency through the TCP barrier: achieved cadence, seal lag (tag time → point sealed), the barrier's write hold.
 import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
@@ -41,7 +42,7 @@ async function churn(agent: Agent, diskIds: string[], o: RecoveryPointsBenchOpti
     while (performance.now() < end) {
       const due = t0 + (mine / ((ratePerDisk / 2) * 1e6)) * 1000;
       const wait = due - performance.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      if (wait > 0) await sleep(wait);
       const from = Math.floor(Math.random() * 15) * writeBytes;
       await disk.write(Math.floor(Math.random() * slots) * writeBytes, payload.subarray(from, from + writeBytes));
       mine += writeBytes;
@@ -93,7 +94,7 @@ export async function benchRecoveryPoints(o: RecoveryPointsBenchOptions) {
       const res = await api(stack, "GET", `replicated-items/${items[0]!.id}/recovery-points`);
       points = (res.body as PointView[]).filter((p) => p.scope === "group" && Date.parse(p.time) >= startedAt.getTime());
       if (points.length > 0 && tries > 5) break;
-      await new Promise((r) => setTimeout(r, 200));
+      await sleep(200);
     }
     const times = points.map((p) => Date.parse(p.time)).sort((a, b) => a - b);
     const intervals = times.slice(1).map((t, i) => (t - times[i]!) / 1000);

@@ -1,4 +1,5 @@
 // `npm run bench -- replication`: sustained churn through tracked disks, applied throughput and lag against raw page writes.
+import { setTimeout as sleep } from "node:timers/promises";
 import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
@@ -100,7 +101,7 @@ class LagProbe {
     const t0 = performance.now();
     while (this.diskIds.some((id) => (this.seen.get(id) ?? 0) < k)) {
       if (performance.now() - t0 > timeoutMs) throw new Error(`marker ${k} not applied after ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
     }
     return performance.now();
   }
@@ -157,9 +158,9 @@ async function phase(
         // Two writers share a disk's rate.
         const due = t0 + (mine / ((o.ratePerDiskMBps * 1e6) / WRITERS_PER_DISK)) * 1000;
         const wait = due - performance.now();
-        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        if (wait > 0) await sleep(wait);
       } else {
-        while (performance.now() < end && (agent.status().disks[id]?.spoolBytes ?? 0) > o.maxBacklogMiB * MiB) await new Promise((r) => setTimeout(r, 5));
+        while (performance.now() < end && (agent.status().disks[id]?.spoolBytes ?? 0) > o.maxBacklogMiB * MiB) await sleep(5);
       }
       const offset = (pattern.sequential ? cursor++ % slots : Math.floor(Math.random() * slots)) * writeBytes;
       const from = Math.floor(Math.random() * 15) * writeBytes;

@@ -1,4 +1,5 @@
 // Following a failover from the CLI and the drill: its status polled until it ends, each change of progress shown as one line.
+import { setTimeout as sleep } from "node:timers/promises";
 import type { FailoverStatusBody } from "../shared/contract/responses";
 import type { ApiClient } from "../shared/contract/client";
 
@@ -38,6 +39,6 @@ export async function followFailover(api: ApiClient, id: string, show: (line: st
     }
     if (!RUNNING.has(st.runtimeStatus)) return st;
     if (o.timeoutMs !== undefined && Date.now() - started > o.timeoutMs) throw new Error(`failover ${id} did not finish within ${o.timeoutMs / 1000} s (last: ${line})`);
-    await new Promise((r) => setTimeout(r, o.pollMs ?? 500));
+    await sleep(o.pollMs ?? 500);
   }
 }

@@ -1,6 +1,6 @@
 // The `site-recovery` command: runs the local stack and talks to the HTTP API of a local or deployed app. One module per
 // group of commands under commands/, their shared options in options.ts, their output in format.ts.
-import { Command,CommanderError,Option } from "commander";
+import { Command, CommanderError, Option } from "commander";
 import { ApiCallError } from "../shared/contract/client";
 import { agentCommand } from "./commands/agent";
 import { failoverCommands } from "./commands/failover";
@@ -8,7 +8,7 @@ import { drillCommands, localCommands } from "./commands/local";
 import { protectionCommands } from "./commands/protection";
 import { reprotectCommands } from "./commands/reprotect";
 import { operatorCommands } from "./commands/operators";
-import { client,EXIT } from "./options";
+import { client, EXIT } from "./options";
 
 export { EXIT, parseDiskOption } from "./options";
 

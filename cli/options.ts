@@ -1,5 +1,5 @@
 // What every command shares: the API client from the global options, exit codes, option parsers.
-import { Command,InvalidArgumentError } from "commander";
+import { Command, InvalidArgumentError } from "commander";
 import { ApiClient } from "../shared/contract/client";
 
 /**
@@ -9,7 +9,18 @@ import { ApiClient } from "../shared/contract/client";
  */
 export const EXIT = { ok: 0, failed: 1, usage: 2, unavailable: 3, notFound: 4 } as const;
 
-const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  b: 1,
+  k: 1024,
+  kib: 1024,
+  m: 1024 ** 2,
+  mib: 1024 ** 2,
+  g: 1024 ** 3,
+  gib: 1024 ** 3,
+  t: 1024 ** 4,
+  tib: 1024 ** 4,
+};
 
 /** `os=1GiB` → { id: "os", sizeBytes: 1073741824 }. */
 export function parseDiskOption(value: string, previous: { id: string; sizeBytes: number }[] = []) {
@@ -37,4 +48,3 @@ export function client(cmd: Command): ApiClient {
   const o = cmd.optsWithGlobals<GlobalOptions>();
   return new ApiClient(o.url, o.key);
 }
-

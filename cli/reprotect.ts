@@ -1,4 +1,5 @@
 // `site-recovery reprotect` and `resync`: turn a committed item around and follow its differential initial replication (seeded, compared, shipped, ETA).
+import { setTimeout as sleep } from "node:timers/promises";
 import type { ApiClient } from "../shared/contract/client";
 import type { ReprotectJob } from "../shared/contract/responses";
 
@@ -24,6 +25,6 @@ export async function followReprotect(api: ApiClient, itemId: string, show: (lin
     const line = reprotectLine(job);
     if (line !== last) show((last = line));
     if (job.state !== "InProgress") return job;
-    await new Promise((r) => setTimeout(r, pollMs));
+    await sleep(pollMs);
   }
 }

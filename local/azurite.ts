@@ -1,4 +1,5 @@
 // Runs Azurite from node_modules as a child process with two accounts (control plane and source cache) and hands back their connection strings.
+import { setTimeout as sleep } from "node:timers/promises";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir } from "node:fs/promises";
 import { createServer, connect } from "node:net";
@@ -140,12 +141,18 @@ async function launch(opts: AzuriteOptions, ports: AzurePorts, location: string 
     "--skipApiVersionCheck",
     "--disableTelemetry",
     "--loose",
-    "--blobHost", HOST,
-    "--queueHost", HOST,
-    "--tableHost", HOST,
-    "--blobPort", String(ports.blob),
-    "--queuePort", String(ports.queue),
-    "--tablePort", String(ports.table),
+    "--blobHost",
+    HOST,
+    "--queueHost",
+    HOST,
+    "--tableHost",
+    HOST,
+    "--blobPort",
+    String(ports.blob),
+    "--queuePort",
+    String(ports.queue),
+    "--tablePort",
+    String(ports.table),
     ...(location ? ["--location", location] : ["--inMemoryPersistence"]),
     ...(opts.silent ? ["--silent"] : []),
   ];
@@ -229,7 +236,7 @@ async function waitForPorts(ports: number[], timeoutMs: number): Promise<void> {
     if (Date.now() > deadline) {
       throw new Error(`Azurite did not accept connections on port(s) ${[...pending].join(", ")} within ${timeoutMs} ms`);
     }
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
   }
 }
 

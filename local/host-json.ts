@@ -2,7 +2,6 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
-
 // ---------------------------------------------------------------------------------------------
 // host.json: the single source of the trigger settings, shared with Azure.
 

@@ -1,35 +1,39 @@
 // Stands in for `func start`: serves the table's HTTP functions, polls its storage queues, fires its timers and runs its durable orchestrations the way the Functions host does, with no business logic.
-import { randomBytes,randomUUID } from "node:crypto";
-import { createServer,type IncomingMessage,type Server,type ServerResponse } from "node:http";
+import { setTimeout as sleep } from "node:timers/promises";
+import { randomBytes, randomUUID } from "node:crypto";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import { format } from "node:util";
-import {
-HttpRequest,
-HttpResponse,
-InvocationContext,type FunctionInput,
-type HttpResponseInit,
-type LogHandler,
-type LogLevel
-} from "@azure/functions";
+import { HttpRequest, HttpResponse, InvocationContext, type FunctionInput, type HttpResponseInit, type LogHandler, type LogLevel } from "@azure/functions";
 import * as df from "durable-functions";
-import type {
-ActivityFunctionSpec,
-FunctionSpec,
-HttpFunctionSpec,
-OrchestrationFunctionSpec,
-QueueFunctionSpec,
-TimerFunctionSpec,
-} from "../functions/spec";
-import { durableBase,DurableHttpApi,RPC_BASE,type DurableApiResponse } from "./durable/http";
-import { isStorageUnavailable,STORAGE_RETRY_AFTER_SECONDS } from "../shared/contract/errors";
+import type { ActivityFunctionSpec, FunctionSpec, HttpFunctionSpec, OrchestrationFunctionSpec, QueueFunctionSpec, TimerFunctionSpec } from "../functions/spec";
+import { durableBase, DurableHttpApi, RPC_BASE, type DurableApiResponse } from "./durable/http";
+import { isStorageUnavailable, STORAGE_RETRY_AFTER_SECONDS } from "../shared/contract/errors";
 import { DurableRuntime } from "./durable/runtime";
 import { DurableStore } from "./durable/store";
 import { QueueListener } from "./queues";
 import { TimerRunner } from "./timers";
-import { CompiledRoute,DEFAULT_MAX_REQUEST_BYTES,DEFAULT_TASK_HUB,DRAIN_POLL_MS,HttpFailure,LOOPBACK_NAMES,MAX_HEADER_BYTES,answerClientError,compareRank,compileRoute,discardRest,flattenHeaders,hostForUrl,levelPrefix,sameSecret,sendError,sleep,writeResponse } from "./http";
+import {
+  CompiledRoute,
+  DEFAULT_MAX_REQUEST_BYTES,
+  DEFAULT_TASK_HUB,
+  DRAIN_POLL_MS,
+  HttpFailure,
+  LOOPBACK_NAMES,
+  MAX_HEADER_BYTES,
+  answerClientError,
+  compareRank,
+  compileRoute,
+  discardRest,
+  flattenHeaders,
+  hostForUrl,
+  levelPrefix,
+  sameSecret,
+  sendError,
+  writeResponse,
+} from "./http";
 import { loadHostJson, queueSettingsFrom, type HostJson, type QueueSettings } from "./host-json";
-
 
 // ---------------------------------------------------------------------------------------------
 
@@ -131,7 +135,12 @@ export class LocalFunctionsHost {
             spec,
             this.env,
             (run) =>
-              this.invoke(spec.name, run, undefined, spec.durableClient ? [[df.input.durableClient(), this.durable!.api.bindingData(this.ownOrigin(), this.clientRpcBase())]] : []),
+              this.invoke(
+                spec.name,
+                run,
+                undefined,
+                spec.durableClient ? [[df.input.durableClient(), this.durable!.api.bindingData(this.ownOrigin(), this.clientRpcBase())]] : [],
+              ),
             this.log,
           ),
       );
@@ -315,7 +324,9 @@ export class LocalFunctionsHost {
       invocationId,
       triggerMetadata,
       logHandler: this.logHandler(functionName),
-      ...(extraInputs.length ? { options: { trigger: { type: "unknown", name: "trigger" }, extraInputs: extraInputs.map(([input]) => input), extraOutputs: [] } } : {}),
+      ...(extraInputs.length
+        ? { options: { trigger: { type: "unknown", name: "trigger" }, extraInputs: extraInputs.map(([input]) => input), extraOutputs: [] } }
+        : {}),
     });
     // What the extension does for input bindings (here: the durable client's binding data).
     for (const [input, value] of extraInputs) context.extraInputs.set(input, value);
@@ -406,7 +417,8 @@ export class LocalFunctionsHost {
     else if (key) {
       const header = req.headers["x-functions-key"];
       const given = (Array.isArray(header) ? header[0] : header) ?? url.searchParams.get("code") ?? "";
-      if (!sameSecret(given, key)) throw new HttpFailure(401, "Unauthorized", "missing or invalid key for the durable endpoints (x-functions-key header or ?code=)");
+      if (!sameSecret(given, key))
+        throw new HttpFailure(401, "Unauthorized", "missing or invalid key for the durable endpoints (x-functions-key header or ?code=)");
     }
     const body = await this.readBody(req, res);
     const headers = flattenHeaders(req);
@@ -414,11 +426,15 @@ export class LocalFunctionsHost {
     try {
       r = await this.durable!.api.handle({ method, url, body, origin: this.origin(url), headers }, base);
     } catch (e) {
-      if (isStorageUnavailable(e)) throw new HttpFailure(503, "StorageUnavailable", "storage is not reachable; try again shortly", { "retry-after": String(STORAGE_RETRY_AFTER_SECONDS) });
+      if (isStorageUnavailable(e))
+        throw new HttpFailure(503, "StorageUnavailable", "storage is not reachable; try again shortly", { "retry-after": String(STORAGE_RETRY_AFTER_SECONDS) });
       throw e;
     }
     const text = r.body === undefined ? "" : JSON.stringify(r.body);
-    res.writeHead(r.status, { ...r.headers, ...(text ? { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(text) } : { "content-length": 0 }) });
+    res.writeHead(r.status, {
+      ...r.headers,
+      ...(text ? { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(text) } : { "content-length": 0 }),
+    });
     res.end(text);
   }
 
@@ -459,7 +475,8 @@ export class LocalFunctionsHost {
     const name = m[1]!.toLowerCase();
     const port = m[2] === undefined ? undefined : Number(m[2]);
     if (LOOPBACK_NAMES.has(name) || name.endsWith(".localhost")) {
-      if (port !== undefined && port !== this.port) throw new HttpFailure(400, "InvalidHost", `Host '${header}' names another port than this host's (${this.port})`);
+      if (port !== undefined && port !== this.port)
+        throw new HttpFailure(400, "InvalidHost", `Host '${header}' names another port than this host's (${this.port})`);
       return header;
     }
     if (this.allowedHosts.has(name)) return header;

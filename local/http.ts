@@ -1,17 +1,12 @@
 // The local host's HTTP seams: route templates compiled and ranked as the Functions host does, error envelopes, body limits, responses and cookies, the Host allow-list.
-import { createHash,timingSafeEqual } from "node:crypto";
-import { type IncomingMessage,type ServerResponse } from "node:http";
+import { createHash, timingSafeEqual } from "node:crypto";
+import { type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream as NodeReadableStream } from "node:stream/web";
-import {
-HttpResponse,type Cookie,type LogLevel
-} from "@azure/functions";
-import type {
-HttpFunctionSpec
-} from "../functions/spec";
-
+import { HttpResponse, type Cookie, type LogLevel } from "@azure/functions";
+import type { HttpFunctionSpec } from "../functions/spec";
 
 type ErrorCode = "NotFound" | "MethodNotAllowed" | "PayloadTooLarge" | "Unauthorized" | "InternalError" | "InvalidHost" | "StorageUnavailable";
 
@@ -34,7 +29,6 @@ export const LOOPBACK_NAMES: ReadonlySet<string> = new Set(["localhost", "127.0.
 /** What the Durable extension calls a task hub it was given no name for, when running locally. */
 export const DEFAULT_TASK_HUB = "TestHubName";
 export const DRAIN_POLL_MS = 50;
-
 
 // ---------------------------------------------------------------------------------------------
 // Routing
@@ -213,13 +207,11 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): v
           ? [408, "Request Timeout", "RequestTimeout", "the request was not received in time"]
           : [400, "Bad Request", "MalformedRequest", `the request is not valid HTTP/1.1 (${err.code ?? "parse error"})`];
   const body = JSON.stringify({ error: { code, message } });
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
 }
 
 export function levelPrefix(level: LogLevel): string {
   return level === "information" ? "" : `${level}: `;
-}
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }

@@ -1,4 +1,5 @@
 // The local host in a process of its own (`site-recovery start` against given storage): for crash tests and benchmarks.
+import { setTimeout as sleep } from "node:timers/promises";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer } from "node:net";
 import { resolve } from "node:path";
@@ -57,7 +58,7 @@ export async function startHostProcess(env: NodeJS.ProcessEnv, opts: { port?: nu
       child.kill("SIGKILL");
       throw new Error(`the local host did not start: ${output}`);
     }
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
   }
   const end = async (signal: NodeJS.Signals) => {
     if (child.exitCode === null && child.signalCode === null) child.kill(signal);

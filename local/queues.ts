@@ -1,13 +1,8 @@
 // Queue trigger: the host's QueueListener and QueueProcessor, reduced to what a single instance needs.
-import {
-InvocationContext
-} from "@azure/functions";
-import { QueueClient,type ReceivedMessageItem } from "@azure/storage-queue";
-import type {
-QueueFunctionSpec
-} from "../functions/spec";
-import { MIN_POLL_MS,QueueSettings } from "./host-json";
-
+import { InvocationContext } from "@azure/functions";
+import { QueueClient, type ReceivedMessageItem } from "@azure/storage-queue";
+import type { QueueFunctionSpec } from "../functions/spec";
+import { MIN_POLL_MS, QueueSettings } from "./host-json";
 
 // ---------------------------------------------------------------------------------------------
 // Queue trigger: the host's QueueListener and QueueProcessor, reduced to what a single instance needs.
@@ -158,19 +153,22 @@ export class QueueListener {
     // Keep the message invisible while the handler runs, renewing at half the lease like the host.
     const leaseSeconds = Math.max(1, Math.ceil(this.settings.messageLeaseMs / 1000));
     let renewing: Promise<void> | undefined;
-    const renew = setInterval(() => {
-      // Each renewal needs the previous one's pop receipt: never two at once.
-      if (renewing) return;
-      renewing = client
-        .updateMessage(message.messageId, popReceipt, undefined, leaseSeconds)
-        .then(
-          (r) => {
-            if (r.popReceipt) popReceipt = r.popReceipt;
-          },
-          () => undefined,
-        )
-        .finally(() => (renewing = undefined));
-    }, Math.max(500, this.settings.messageLeaseMs / 2));
+    const renew = setInterval(
+      () => {
+        // Each renewal needs the previous one's pop receipt: never two at once.
+        if (renewing) return;
+        renewing = client
+          .updateMessage(message.messageId, popReceipt, undefined, leaseSeconds)
+          .then(
+            (r) => {
+              if (r.popReceipt) popReceipt = r.popReceipt;
+            },
+            () => undefined,
+          )
+          .finally(() => (renewing = undefined));
+      },
+      Math.max(500, this.settings.messageLeaseMs / 2),
+    );
 
     let ok = false;
     try {

@@ -21,10 +21,11 @@ const localSettings = z.object({
 
 /** Storage named by a setting did not answer at start-up; the message says which setting, what was tried, and the fix. */
 export class StorageUnreachableError extends Error {
-  constructor(readonly problems: { setting: string; endpoint: string; reason: string }[], hint: string) {
-    super(
-      `storage cannot be reached:\n${problems.map((p) => `  ${p.setting}: ${p.endpoint} — ${p.reason}`).join("\n")}\n${hint}`,
-    );
+  constructor(
+    readonly problems: { setting: string; endpoint: string; reason: string }[],
+    hint: string,
+  ) {
+    super(`storage cannot be reached:\n${problems.map((p) => `  ${p.setting}: ${p.endpoint} — ${p.reason}`).join("\n")}\n${hint}`);
     this.name = "StorageUnreachableError";
   }
 }
@@ -58,7 +59,8 @@ export async function checkStorageReachable(env: NodeJS.ProcessEnv, config: Conf
   const results = await Promise.all(probes.map(async (p) => ({ ...p, reason: await unreachable(p.endpoint) })));
   const down = results.filter((r): r is typeof r & { reason: string } => r.reason !== undefined);
   // The source region's cache may be down (that is what DR is for): the control plane starts, and says so.
-  for (const c of down.filter((r) => r.setting === "CACHE_STORAGE")) log(`warning: CACHE_STORAGE (${c.endpoint}) does not answer: ${c.reason}; starting anyway`);
+  for (const c of down.filter((r) => r.setting === "CACHE_STORAGE"))
+    log(`warning: CACHE_STORAGE (${c.endpoint}) does not answer: ${c.reason}; starting anyway`);
   const problems = down.filter((r) => r.setting !== "CACHE_STORAGE");
   if (problems.length === 0) return;
   const dev = /usedevelopmentstorage=true/i.test(env.AzureWebJobsStorage ?? "");
@@ -82,7 +84,10 @@ export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log:
   // The local host keeps durable state and polls queues through a connection string, as `func start` with Azurite does.
   const identityKeys = Object.keys(env).filter((k) => k.startsWith("AzureWebJobsStorage__") && env[k]?.trim());
   if (identityKeys.length > 0) {
-    problems.push({ setting: identityKeys[0]!, message: "the local host takes AzureWebJobsStorage as a connection string; identity-based connections are for a deployed Function App" });
+    problems.push({
+      setting: identityKeys[0]!,
+      message: "the local host takes AzureWebJobsStorage as a connection string; identity-based connections are for a deployed Function App",
+    });
   }
   try {
     loadConfig({ ...env, AzureWebJobsStorage: env.AzureWebJobsStorage?.trim() || "UseDevelopmentStorage=true" });
@@ -108,14 +113,17 @@ export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log:
     // Storage that is not there fails the start with the setting named, rather than an SDK stack trace later.
     await checkStorageReachable(env, config, log);
     const services = createServices(config, { log });
-    const host = new LocalFunctionsHost(functionTable(() => services, timerSchedules(env)), {
-      port: s.FUNCTIONS_HTTP_PORT,
-      maxRequestBytes: config.http.maxRequestBytes,
-      durable: { taskHub: config.taskHub },
-      env,
-      log,
-      ...(s.FUNCTIONS_KEY ? { functionKey: s.FUNCTIONS_KEY } : {}),
-    });
+    const host = new LocalFunctionsHost(
+      functionTable(() => services, timerSchedules(env)),
+      {
+        port: s.FUNCTIONS_HTTP_PORT,
+        maxRequestBytes: config.http.maxRequestBytes,
+        durable: { taskHub: config.taskHub },
+        env,
+        log,
+        ...(s.FUNCTIONS_KEY ? { functionKey: s.FUNCTIONS_KEY } : {}),
+      },
+    );
     const { port } = await host.start();
     const url = `http://localhost:${port}`;
     log(host.describe(url));

@@ -1,14 +1,9 @@
 // Timer trigger: NCRONTAB (six fields, seconds first) through croner, never overlapping itself.
-import {
-type Timer
-} from "@azure/functions";
+import { type Timer } from "@azure/functions";
 import { Cron } from "croner";
 import * as df from "durable-functions";
-import type {
-TimerFunctionSpec
-} from "../functions/spec";
+import type { TimerFunctionSpec } from "../functions/spec";
 import { Invoker } from "./queues";
-
 
 // ---------------------------------------------------------------------------------------------
 // Timer trigger: NCRONTAB (six fields, seconds first) through croner, never overlapping itself.
@@ -57,7 +52,9 @@ export class TimerRunner {
     // NCRONTAB requires both day-of-month and day-of-week to match (croner's legacy mode would OR them).
     this.job = new Cron(this.pattern!, { legacyMode: false, timezone: this.timezone() }, (self) => {
       if (this.current) {
-        this.log(`[${new Date().toISOString()}] Timer '${this.name}' is still running; skipping the occurrence at ${(self.currentRun() ?? new Date()).toISOString()}`);
+        this.log(
+          `[${new Date().toISOString()}] Timer '${this.name}' is still running; skipping the occurrence at ${(self.currentRun() ?? new Date()).toISOString()}`,
+        );
         return;
       }
       void this.runNow("schedule").catch(() => undefined);

@@ -19,8 +19,11 @@ const positiveInt = (what: string) => (v: string) => {
 
 /** `--pre-freeze "fsfreeze -f /data"` → ["fsfreeze", "-f", "/data"]: split on whitespace, run without a shell (no quoting). */
 export function parseCommandLine(value: string): string[] {
-  const argv = value.trim().split(/\s+/).filter((a) => a.length > 0);
-  if (argv.length === 0) throw new InvalidArgumentError("expected a command, e.g. \"fsfreeze -f /data\"");
+  const argv = value
+    .trim()
+    .split(/\s+/)
+    .filter((a) => a.length > 0);
+  if (argv.length === 0) throw new InvalidArgumentError('expected a command, e.g. "fsfreeze -f /data"');
   return argv;
 }
 
@@ -110,7 +113,9 @@ export function agentCommand(program: Command): Command {
       "with --nbd: a disk that stays scanned beside the NBD exports, e.g. the OS disk (repeat); a quiet scan round then vouches for it at each tag",
       parseDiskPath,
     )
-    .addOption(new Option("--state-dir <dir>", "registration, progress and spool (keep it across restarts)").env("SITE_RECOVERY_AGENT_STATE").default(DEFAULT_STATE_DIR))
+    .addOption(
+      new Option("--state-dir <dir>", "registration, progress and spool (keep it across restarts)").env("SITE_RECOVERY_AGENT_STATE").default(DEFAULT_STATE_DIR),
+    )
     .option(
       "--scan-interval <seconds>",
       "seconds between scan rounds of the scanned disks; a round in which no disk changed cuts a crash-consistent point (at most every crashConsistentFrequencySeconds)",
@@ -123,15 +128,24 @@ export function agentCommand(program: Command): Command {
         "and crash-consistent tags (and app-consistent ones with --pre-freeze) are cut at the policy's cadence. The agent holds each image or device exclusively while it serves it",
     )
     .option("--nbd-tcp <[host:]port>", "also serve the exports on TCP (no authentication: loopback by default; a bare port means 127.0.0.1)", tcpAddress)
-    .option("--spool-max-mb <mib>", "local spool bound; beyond it a disk tracks dirty blocks (bitmap mode) until the spool drains", positiveInt("--spool-max-mb"), 1024)
+    .option(
+      "--spool-max-mb <mib>",
+      "local spool bound; beyond it a disk tracks dirty blocks (bitmap mode) until the spool drains",
+      positiveInt("--spool-max-mb"),
+      1024,
+    )
     .option("--upload-concurrency <n>", "batches uploading at once", positiveInt("--upload-concurrency"), 4)
     .option(
       "--pre-freeze <command>",
-      "app-consistent tags: quiesce the workload before each one, e.g. \"fsfreeze -f /data\" (split on whitespace, run without a shell; " +
+      'app-consistent tags: quiesce the workload before each one, e.g. "fsfreeze -f /data" (split on whitespace, run without a shell; ' +
         "exit 0 = frozen; a failure or timeout yields a crash-consistent tag and an AppConsistencyFailed warning). App tags need every disk served with --nbd",
       parseCommandLine,
     )
-    .option("--post-thaw <command>", "run after each app tag whose pre-freeze succeeded, e.g. \"fsfreeze -u /data\" (split on whitespace, no shell)", parseCommandLine)
+    .option(
+      "--post-thaw <command>",
+      'run after each app tag whose pre-freeze succeeded, e.g. "fsfreeze -u /data" (split on whitespace, no shell)',
+      parseCommandLine,
+    )
     .option("--freeze-timeout <seconds>", "bound on the pre-freeze, the frozen time and the post-thaw (at most 60)", freezeSeconds, 10)
     .option("--group-port <port>", "replication groups: the barrier's TCP port (0: any free port)", port, 20004)
     .option("--group-host <address>", "replication groups: the barrier's listening address", "0.0.0.0")
@@ -174,13 +188,20 @@ export function agentCommand(program: Command): Command {
         return;
       }
       if (o.preFreeze && (!o.nbd || o.scanDisk?.length)) {
-        log("note: --pre-freeze acts on app-consistent tags, which need every disk served over NBD; with scanned disks the points are crash-consistent (after quiet scan rounds), so it is not run");
+        log(
+          "note: --pre-freeze acts on app-consistent tags, which need every disk served over NBD; with scanned disks the points are crash-consistent (after quiet scan rounds), so it is not run",
+        );
       }
       log(`replicating ${agent.vmName} (item ${agent.itemId}): ${agent.diskIds().join(", ")}; state in ${o.stateDir}; Ctrl-C stops`);
       const served = agent.nbdAddress;
       if (served) {
-        for (const line of nbdHowTo(o.disk.map((d) => d.id), served)) log(line);
-        if (served.tcp && !isLoopback(served.tcp.host)) log(`warning: NBD on tcp ${served.tcp.host}:${served.tcp.port} has no authentication: anyone who reaches it can read and write these disks`);
+        for (const line of nbdHowTo(
+          o.disk.map((d) => d.id),
+          served,
+        ))
+          log(line);
+        if (served.tcp && !isLoopback(served.tcp.host))
+          log(`warning: NBD on tcp ${served.tcp.host}:${served.tcp.port} has no authentication: anyone who reaches it can read and write these disks`);
       }
 
       let last = "";

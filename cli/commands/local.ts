@@ -13,7 +13,7 @@ export function localCommands(program: Command): void {
     });
 }
 
-/** `demo` and `bench`: they start their own throwaway stack. */
+/** `demo`, `soak` and `bench`: they start their own throwaway stack. */
 export function drillCommands(program: Command): void {
   program
     .command("demo")
@@ -25,8 +25,32 @@ export function drillCommands(program: Command): void {
     .option("--verbose", "also print the host's and the agents' log lines")
     .action(async (o: { diskMib: number; seconds: number; mbps: number; report?: string; verbose?: boolean }) => {
       const { runDemo, DEFAULT_REPORT_PATH } = await import("../demo");
-      const report = await runDemo({ diskMiB: o.diskMib, seconds: o.seconds, mbps: o.mbps, reportPath: o.report ?? DEFAULT_REPORT_PATH, verbose: o.verbose ?? false });
+      const report = await runDemo({
+        diskMiB: o.diskMib,
+        seconds: o.seconds,
+        mbps: o.mbps,
+        reportPath: o.report ?? DEFAULT_REPORT_PATH,
+        verbose: o.verbose ?? false,
+      });
       // The storage clients keep sockets alive; the drill is over.
+      process.exit(report.ok ? 0 : 1);
+    });
+
+  program
+    .command("soak")
+    .description("a chaos soak on a local stack in real processes: four VMs under a seeded workload, seeded faults, every point and failover disk checked against a byte model")
+    .option("--minutes <n>", "how long faults are injected", (v) => Number(v), 30)
+    .option("--seed <s>", "the seed of the workload and of the fault schedule (printed; the same seed replays the same schedule)", (v) => Number(v))
+    .option("--disk-mib <n>", "size of each of the 8 disks, MiB", positiveInt("--disk-mib", 1024), 16)
+    .option("--hosts <n>", "Function App instances (host processes)", positiveInt("--hosts", 3), 2)
+    .option("--keep", "keep the stack's data and logs after a clean run too")
+    .action(async (o: { minutes: number; seed?: number; diskMib: number; hosts: number; keep?: boolean }) => {
+      const { runSoak, formatReport } = await import("../../soak");
+      const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
+      console.log(`soak: seed ${seed}, ${o.minutes} min (reproduce: npm run soak -- --minutes ${o.minutes} --seed ${seed})`);
+      const report = await runSoak({ minutes: o.minutes, seed, diskMiB: o.diskMib, hosts: o.hosts, keep: o.keep ?? false, log: (l) => console.log(l) });
+      console.log(formatReport(report));
+      // The storage clients keep sockets alive; the soak is over.
       process.exit(report.ok ? 0 : 1);
     });
 

@@ -1,4 +1,5 @@
 // The CLI's operator views: status (table, one item's summary, --watch), recovery-points, jobs, alerts; tables for people, --json for scripts.
+import { setTimeout as sleep } from "node:timers/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
 import type { ApiClient } from "../../shared/contract/client";
 import { formatBytes, formatDuration, formatTable, formatTime, printJson, progressBar, shortId, Style, useColour } from "../format";
@@ -76,7 +77,8 @@ export interface AlertView {
 const print = printJson;
 
 /** Where the data flows: a re-protected (reverse) item replicates from the target region back to the original one. */
-const route = (i: Pick<ItemView, "vm" | "targetRegion" | "direction">) => (i.direction === "reverse" ? `${i.targetRegion} → ${i.vm.region}` : `${i.vm.region} → ${i.targetRegion}`);
+const route = (i: Pick<ItemView, "vm" | "targetRegion" | "direction">) =>
+  i.direction === "reverse" ? `${i.targetRegion} → ${i.vm.region}` : `${i.vm.region} → ${i.targetRegion}`;
 const style = () => new Style(useColour());
 
 function positive(flag: string) {
@@ -114,7 +116,12 @@ export function itemSummary(i: ItemView, points: PointView[], alerts: AlertView[
   line("State", s.status(i.state));
   line("Health", `${s.status(i.health.status)}${i.health.issues.length ? `  (${i.health.issues.length} issue${i.health.issues.length > 1 ? "s" : ""})` : ""}`);
   const latest = i.latestRecoveryPoint;
-  line("RPO", i.rpoSeconds === null ? "- (no recovery point yet)" : `${formatDuration(i.rpoSeconds)}  (newest point ${shortId(latest!.id)} ${latest!.kind}/${latest!.scope} at ${formatTime(latest!.time, now)})`);
+  line(
+    "RPO",
+    i.rpoSeconds === null
+      ? "- (no recovery point yet)"
+      : `${formatDuration(i.rpoSeconds)}  (newest point ${shortId(latest!.id)} ${latest!.kind}/${latest!.scope} at ${formatTime(latest!.time, now)})`,
+  );
   if (i.lagSeconds !== undefined) line("Lag", formatDuration(i.lagSeconds));
   if (i.replicationGroup) line("Group", i.replicationGroup);
   const beat = i.heartbeat;
@@ -137,14 +144,28 @@ export function itemSummary(i: ItemView, points: PointView[], alerts: AlertView[
   );
   out.push("", `Recovery points  ${points.length}${points.length > 5 ? " (newest 5)" : ""}`);
   if (points.length === 0) out.push("  none yet");
-  else out.push(formatTable(["  POINT", "KIND", "SCOPE", "TIME", "AGE"], points.slice(0, 5).map((p) => [`  ${shortId(p.id)}`, p.kind, p.scope, formatTime(p.time, now), formatDuration((now.getTime() - Date.parse(p.time)) / 1000)])));
+  else
+    out.push(
+      formatTable(
+        ["  POINT", "KIND", "SCOPE", "TIME", "AGE"],
+        points
+          .slice(0, 5)
+          .map((p) => [`  ${shortId(p.id)}`, p.kind, p.scope, formatTime(p.time, now), formatDuration((now.getTime() - Date.parse(p.time)) / 1000)]),
+      ),
+    );
   const f = i.failover;
   out.push("", "Last failover");
   if (!f) out.push("  none");
   else {
-    const outcome = f.error ? s.status("Failed") + ` ${f.error.code}: ${f.error.message}` : f.completedAt ? s.status("Completed") + ` in ${formatDuration(f.durationSeconds)}` : s.status("Running");
+    const outcome = f.error
+      ? s.status("Failed") + ` ${f.error.code}: ${f.error.message}`
+      : f.completedAt
+        ? s.status("Completed") + ` in ${formatDuration(f.durationSeconds)}`
+        : s.status("Running");
     const after = f.committedAt ? ", committed" : f.cleanedUpAt ? ", cleaned up" : "";
-    out.push(`  ${f.type} ${shortId(f.instanceId)} started ${formatTime(f.startedAt, now)}: ${outcome}${after}${f.point ? `; point ${shortId(f.point.id)} ${f.point.kind}/${f.point.scope} ${formatTime(f.point.time, now)}` : ""}`);
+    out.push(
+      `  ${f.type} ${shortId(f.instanceId)} started ${formatTime(f.startedAt, now)}: ${outcome}${after}${f.point ? `; point ${shortId(f.point.id)} ${f.point.kind}/${f.point.scope} ${formatTime(f.point.time, now)}` : ""}`,
+    );
   }
   if (i.health.issues.length) {
     out.push("", "Issues");
@@ -193,7 +214,14 @@ export function pointsTable(points: PointView[], s: Style, now = new Date()): st
   if (points.length === 0) return "No recovery points yet.";
   return formatTable(
     ["POINT", "KIND", "SCOPE", "TIME", "AGE", "DISKS"],
-    points.map((p) => [p.id, p.kind === "app" ? s.paint("app", "green") : "crash", p.scope, formatTime(p.time, now), formatDuration((now.getTime() - Date.parse(p.time)) / 1000), String(p.disks.length)]),
+    points.map((p) => [
+      p.id,
+      p.kind === "app" ? s.paint("app", "green") : "crash",
+      p.scope,
+      formatTime(p.time, now),
+      formatDuration((now.getTime() - Date.parse(p.time)) / 1000),
+      String(p.disks.length),
+    ]),
   );
 }
 
@@ -230,10 +258,13 @@ export function operatorCommands(program: Command, client: (cmd: Command) => Api
       for (let n = 1; ; n++) {
         const text = await render();
         // On a terminal the view is redrawn in place; in a pipe or a log each refresh follows the last, with its time.
-        if (tty && !o.json) process.stdout.write(`\x1b[2J\x1b[H${text}\n\n${style().paint(`every ${o.interval} s · ${new Date().toLocaleTimeString()} · Ctrl-C to stop`, "grey")}\n`);
+        if (tty && !o.json)
+          process.stdout.write(
+            `\x1b[2J\x1b[H${text}\n\n${style().paint(`every ${o.interval} s · ${new Date().toLocaleTimeString()} · Ctrl-C to stop`, "grey")}\n`,
+          );
         else console.log(`${o.json ? "" : `--- ${new Date().toISOString()}\n`}${text}`);
         if (o.times !== undefined && n >= o.times) return;
-        await new Promise((r) => setTimeout(r, o.interval * 1000));
+        await sleep(o.interval * 1000);
       }
     });
 
@@ -275,13 +306,20 @@ export function operatorCommands(program: Command, client: (cmd: Command) => Api
     .command("jobs")
     .description("operations (enable, disable, failover, commit, cleanup, re-protect, resync), newest first")
     .option("--item <itemId>", "only this item's")
-    .addOption(new Option("--type <type>", "only this type").choices(["enable", "disable", "failover", "commit", "test-failover-cleanup", "reprotect", "resync"]))
+    .addOption(
+      new Option("--type <type>", "only this type").choices(["enable", "disable", "failover", "commit", "test-failover-cleanup", "reprotect", "resync"]),
+    )
     .addOption(new Option("--state <state>", "only in this state").choices(["InProgress", "Succeeded", "Failed"]))
     .addOption(new Option("--limit <n>", "at most n").argParser(positive("--limit")).default(20))
     .option("--json", "print the API's JSON")
     .action(async (o: { item?: string; type?: string; state?: string; limit: number; json?: boolean }, cmd: Command) => {
       const api = client(cmd);
-      const q = new URLSearchParams({ limit: String(o.limit), ...(o.item ? { itemId: o.item } : {}), ...(o.type ? { type: o.type } : {}), ...(o.state ? { state: o.state } : {}) });
+      const q = new URLSearchParams({
+        limit: String(o.limit),
+        ...(o.item ? { itemId: o.item } : {}),
+        ...(o.type ? { type: o.type } : {}),
+        ...(o.state ? { state: o.state } : {}),
+      });
       const jobs = await api.call<JobView[]>("GET", `jobs?${q}`);
       if (o.json) return print(jobs);
       console.log(jobsTable(jobs, names(await api.call<ItemView[]>("GET", "replicated-items")), style()));

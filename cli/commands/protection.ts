@@ -2,7 +2,7 @@
 import { readFile } from "node:fs/promises";
 import { Command } from "commander";
 import { printJson as print } from "../format";
-import { client,parseDiskOption } from "../options";
+import { client, parseDiskOption } from "../options";
 
 export function protectionCommands(program: Command): void {
   program

@@ -1,4 +1,5 @@
 // The local durable runtime: drives orchestrations episode by episode through the SDK's replay engine, runs their activities, timers, retries and sub-orchestrations, with all state in Table Storage so a killed host resumes where it was.
+import { setTimeout as sleep } from "node:timers/promises";
 import { randomUUID } from "node:crypto";
 import type { InvocationContext, LogHandler } from "@azure/functions";
 import type { ActivityFunctionSpec, OrchestrationFunctionSpec } from "../../functions/spec";
@@ -715,7 +716,7 @@ export class DurableRuntime {
         return;
       } catch (e) {
         if (attempt >= COMPLETION_WRITE_ATTEMPTS) throw e;
-        await new Promise((r) => setTimeout(r, Math.min(100 * 2 ** attempt, 5000)));
+        await sleep(Math.min(100 * 2 ** attempt, 5000));
       }
     }
   }

@@ -17,12 +17,8 @@ const region = z
   .refine((r) => AZURE_REGIONS.has(r), { message: "unknown Azure region (use an ARM location name such as eastus)" });
 
 // ARM naming rules, kept to what both a VM and its replica resources accept.
-const vmName = z
-  .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9_]$|^[A-Za-z0-9]$/, "1-64 letters, digits, '_', '.', '-'; not ending in '.' or '-'");
-const rgName = z
-  .string()
-  .regex(/^[A-Za-z0-9_().-]{0,89}[A-Za-z0-9_()-]$/, "1-90 letters, digits, '_', '(', ')', '.', '-'; not ending in '.'");
+const vmName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9_]$|^[A-Za-z0-9]$/, "1-64 letters, digits, '_', '.', '-'; not ending in '.' or '-'");
+const rgName = z.string().regex(/^[A-Za-z0-9_().-]{0,89}[A-Za-z0-9_()-]$/, "1-90 letters, digits, '_', '(', ')', '.', '-'; not ending in '.'");
 // `-asr` is appended to default target names, so leave room for it.
 const resourceName = z
   .string()
@@ -31,9 +27,7 @@ const resourceName = z
 export const DISK_ID_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const diskId = z.string().regex(DISK_ID_PATTERN, "1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit");
 export const diskIdSchema = diskId;
-const ipv4 = z
-  .string()
-  .regex(/^((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/, "an IPv4 address");
+const ipv4 = z.string().regex(/^((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/, "an IPv4 address");
 
 const groupName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$/, "1-80 letters, digits, '_', '.', '-'");
 
@@ -66,9 +60,7 @@ export const enableRequestSchema = z
         region,
         resourceGroup: rgName,
         size: z.string().regex(/^[A-Za-z0-9_]{1,64}$/, "an Azure VM size such as Standard_D2s_v5"),
-        network: z
-          .object({ vnet: resourceName, subnet: resourceName, privateIp: ipv4.optional() })
-          .strict(),
+        network: z.object({ vnet: resourceName, subnet: resourceName, privateIp: ipv4.optional() }).strict(),
         availabilitySet: resourceName.optional(),
         disks: z
           .array(diskSpec)
@@ -191,20 +183,25 @@ export const failoverRequestSchema = z
         const r = raw as Record<string, unknown>;
         const given = (["itemIds", "groupId", "planId"] as const).filter((k) => r[k] !== undefined);
         if (given.length === 0) ctx.addIssue({ code: "custom", path: ["itemIds"], message: "select what to fail over: one of itemIds, groupId or planId" });
-        if (given.length > 1) for (const k of given) ctx.addIssue({ code: "custom", path: [k], message: `give only one of itemIds, groupId, planId (got ${given.join(", ")})` });
+        if (given.length > 1)
+          for (const k of given) ctx.addIssue({ code: "custom", path: [k], message: `give only one of itemIds, groupId, planId (got ${given.join(", ")})` });
         const ids = Array.isArray(r.itemIds) ? (r.itemIds as unknown[]) : [];
         const twice = ids.findIndex((x, n) => ids.indexOf(x) !== n);
         if (twice >= 0) ctx.addIssue({ code: "custom", path: ["itemIds", twice], message: `item '${String(ids[twice])}' is listed twice` });
-        if (r.testNetwork !== undefined && r.type !== "test") ctx.addIssue({ code: "custom", path: ["testNetwork"], message: "only a test failover takes a test network" });
+        if (r.testNetwork !== undefined && r.type !== "test")
+          ctx.addIssue({ code: "custom", path: ["testNetwork"], message: "only a test failover takes a test network" });
         if (r.type === "planned" && r.recoveryPoint !== undefined && r.recoveryPoint !== "latest") {
-          ctx.addIssue({ code: "custom", path: ["recoveryPoint"], message: "a planned failover shuts the source down and fails over to everything it wrote: only 'latest'" });
+          ctx.addIssue({
+            code: "custom",
+            path: ["recoveryPoint"],
+            message: "a planned failover shuts the source down and fails over to everything it wrote: only 'latest'",
+          });
         }
       },
       { when: (payload) => typeof payload.value === "object" && payload.value !== null },
     ),
   );
 export type FailoverRequest = z.infer<typeof failoverRequestSchema>;
-
 
 /** Field paths as an operator writes them: `vm.disks[1].sizeBytes`. */
 export function fieldPath(path: readonly PropertyKey[]): string {

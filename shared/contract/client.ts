@@ -144,5 +144,4 @@ export class ApiClient {
   alerts(query = ""): Promise<Alert[]> {
     return this.call("GET", `alerts${query ? `?${query}` : ""}`);
   }
-
 }

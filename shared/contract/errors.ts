@@ -23,7 +23,10 @@ export class ApiError extends Error {
 }
 
 export class BadRequest extends ApiError {
-  constructor(message: string, readonly fields: FieldIssue[] = []) {
+  constructor(
+    message: string,
+    readonly fields: FieldIssue[] = [],
+  ) {
     super(400, "InvalidInput", message, fields.length ? fields : undefined);
   }
 }

@@ -76,6 +76,14 @@ export interface ReprotectJob {
   to: string;
   seeds: Record<string, { source: string; note?: string }>;
   customStatus: ReprotectStatus | null;
-  output: { transferredBytes: number; totalBytes: number; durationSeconds: number; disks: { diskId: string; transferredBytes: number; totalBytes: number; seed: string }[] } | string | null;
+  output:
+    | {
+        transferredBytes: number;
+        totalBytes: number;
+        durationSeconds: number;
+        disks: { diskId: string; transferredBytes: number; totalBytes: number; seed: string }[];
+      }
+    | string
+    | null;
   error: { code: string; message: string } | null;
 }

@@ -12,7 +12,9 @@ export function pointView(p: RecoveryPoint, itemId?: string) {
     scope: p.scope,
     ...(p.group ? { group: p.group } : {}),
     ...(p.members ? { members: p.members } : {}),
-    disks: p.disks.filter((d) => !itemId || d.itemId === itemId).map((d) => ({ ...(itemId ? {} : { itemId: d.itemId }), diskId: d.diskId, snapshot: d.snapshot, seq: d.seq })),
+    disks: p.disks
+      .filter((d) => !itemId || d.itemId === itemId)
+      .map((d) => ({ ...(itemId ? {} : { itemId: d.itemId }), diskId: d.diskId, snapshot: d.snapshot, seq: d.seq })),
     sealedAt: p.sealedAt,
   };
 }

@@ -1,4 +1,5 @@
 // A small Azure Resource Manager client: JSON over the Azure SDK's pipeline (bearer token, 429 retried with its
+import { setTimeout as sleep } from "node:timers/promises";
 // Retry-After), long-running operations polled the way ARM answers them and bounded in time, errors kept by code.
 import {
   bearerTokenAuthenticationPolicy,
@@ -48,7 +49,6 @@ export interface ArmResponse {
 }
 
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function parseBody(res: PipelineResponse): unknown {
   const text = res.bodyAsText;

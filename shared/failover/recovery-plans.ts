@@ -69,7 +69,11 @@ export class RecoveryPlans {
       } catch (e) {
         if (!isConflict(e)) throw e;
         const holder = await this.nameHolder(plan.name);
-        if (holder) throw new Conflict("PlanExists", `a recovery plan named '${req.name}' already exists: plan '${holder}' (names are case-insensitive)`, { field: "name", planId: holder });
+        if (holder)
+          throw new Conflict("PlanExists", `a recovery plan named '${req.name}' already exists: plan '${holder}' (names are case-insensitive)`, {
+            field: "name",
+            planId: holder,
+          });
         // The random id was taken (or the name was released in between): try again with a fresh id.
         if (attempt >= 5) throw e;
       }

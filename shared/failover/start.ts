@@ -39,7 +39,11 @@ const withoutDisplaced = (f: FailoverRecord): Omit<FailoverRecord, "displaced"> 
   return rest;
 };
 
-export const failoverStamp = (at: Date) => at.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+export const failoverStamp = (at: Date) =>
+  at
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
 
 export interface FailoverPlanningDeps {
   items: ItemStore;
@@ -72,7 +76,8 @@ export class FailoverPlanning {
     const { stages, selection } = await this.select(req);
     const all = await this.itemsOf(stages.flat());
     for (const item of all) {
-      if (!STARTABLE[req.type].has(item.state)) throw new IllegalState(item.id, item.state, `start ${req.type === "unplanned" ? "an" : "a"} ${req.type} failover`);
+      if (!STARTABLE[req.type].has(item.state))
+        throw new IllegalState(item.id, item.state, `start ${req.type === "unplanned" ? "an" : "a"} ${req.type} failover`);
     }
     await this.checkGroupsWhole(all, stages, selection.kind);
     // Failover disks and target VMs are named after the VM: two VMs of one name in one failover would collide.
@@ -80,7 +85,10 @@ export class FailoverPlanning {
     for (const item of all) {
       const key = item.vm.name.toLowerCase();
       const other = names.get(key);
-      if (other) throw new Conflict("DuplicateVmName", `items '${other}' and '${item.id}' are both VM '${item.vm.name}': fail them over separately`, { items: [other, item.id] });
+      if (other)
+        throw new Conflict("DuplicateVmName", `items '${other}' and '${item.id}' are both VM '${item.vm.name}': fail them over separately`, {
+          items: [other, item.id],
+        });
       names.set(key, item.id);
     }
     // Unknown or foreign point ids, and a choice with no point yet, are refused now rather than half-way.
@@ -188,7 +196,10 @@ export class FailoverPlanning {
     if (choice === "latest-processed" || choice === "latest-app-consistent") {
       const p = choice === "latest-processed" ? newestFirst[0] : newestFirst.find((x) => x.kind === "app");
       if (!p) {
-        throw new Conflict("NoRecoveryPoint", `${whose} has no ${choice === "latest-processed" ? "" : "app-consistent "}recovery point yet`, { itemId: item.id, recoveryPoint: choice });
+        throw new Conflict("NoRecoveryPoint", `${whose} has no ${choice === "latest-processed" ? "" : "app-consistent "}recovery point yet`, {
+          itemId: item.id,
+          recoveryPoint: choice,
+        });
       }
       return p;
     }
@@ -197,12 +208,15 @@ export class FailoverPlanning {
     // Say whether the id exists elsewhere (another item's point) or not at all.
     const own = await this.deps.points.listForItem(item);
     if (own.some((x) => x.id === choice)) {
-      throw new BadRequest(`recovery point '${choice}' is not a ${item.replicationGroup ? "group point of the whole replication group" : "point of this VM"}: ${whose} needs one`, [
-        { field: "recoveryPoint", message: "not usable for this selection" },
-      ]);
+      throw new BadRequest(
+        `recovery point '${choice}' is not a ${item.replicationGroup ? "group point of the whole replication group" : "point of this VM"}: ${whose} needs one`,
+        [{ field: "recoveryPoint", message: "not usable for this selection" }],
+      );
     }
     if (await this.pointExistsElsewhere(choice)) {
-      throw new BadRequest(`recovery point '${choice}' belongs to another item, not to ${whose}`, [{ field: "recoveryPoint", message: "is a point of another item" }]);
+      throw new BadRequest(`recovery point '${choice}' belongs to another item, not to ${whose}`, [
+        { field: "recoveryPoint", message: "is a point of another item" },
+      ]);
     }
     throw new ApiError(404, "NotFound", `recovery point '${choice}' does not exist for ${whose}`, { recoveryPoint: choice, itemId: item.id });
   }
@@ -220,7 +234,8 @@ export class FailoverPlanning {
     try {
       for (const item of items) {
         const found = await this.deps.items.get(item.id);
-        if (!found || found.item.state !== item.state) throw new IllegalState(item.id, found?.item.state ?? "gone", `start ${input.type === "unplanned" ? "an" : "a"} ${input.type} failover`);
+        if (!found || found.item.state !== item.state)
+          throw new IllegalState(item.id, found?.item.state ?? "gone", `start ${input.type === "unplanned" ? "an" : "a"} ${input.type} failover`);
         const record: FailoverRecord = {
           instanceId: input.instanceId,
           type: input.type,
@@ -240,7 +255,10 @@ export class FailoverPlanning {
         locked.push(found.item);
       }
     } catch (e) {
-      await this.unlock(locked.map((i) => i.id), input.instanceId);
+      await this.unlock(
+        locked.map((i) => i.id),
+        input.instanceId,
+      );
       throw e;
     }
   }
@@ -252,7 +270,12 @@ export class FailoverPlanning {
         if (i.failover?.instanceId !== instanceId) return undefined;
         const { failover: _f, sourceShutdown: _s, ...rest } = i;
         // The item's previous failover record (say a cleaned-up test failover) is put back, not lost.
-        return { ...rest, ...(i.failover.displaced ? { failover: i.failover.displaced } : {}), state: i.failover.previousState, updatedAt: this.now().toISOString() };
+        return {
+          ...rest,
+          ...(i.failover.displaced ? { failover: i.failover.displaced } : {}),
+          state: i.failover.previousState,
+          updatedAt: this.now().toISOString(),
+        };
       });
     }
   }

@@ -1,4 +1,5 @@
 // Alerts: conditions the monitoring pass finds, each raised once, cleared when it ends, and POSTed signed to ALERT_WEBHOOK_URL.
+import { setTimeout as sleep } from "node:timers/promises";
 import { createHmac, randomUUID } from "node:crypto";
 import type { TableClient } from "@azure/data-tables";
 import { z } from "zod";
@@ -227,7 +228,7 @@ export class Alerts {
       } catch (e) {
         this.deps.log?.(`alert webhook unreachable for ${event} ${a.id} (attempt ${n}/${attempts}): ${(e as Error).message}`);
       }
-      if (n < attempts) await new Promise((r) => setTimeout(r, baseDelayMs * 2 ** (n - 1)));
+      if (n < attempts) await sleep(baseDelayMs * 2 ** (n - 1));
     }
     return { ok: false, attempts };
   }

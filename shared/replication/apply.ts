@@ -2,27 +2,38 @@
 // sequence number, the watermark (replica.ts), within the bounds of limits.ts. Over 500 lines because one run (ApplyRun)
 // is one state machine — list, prefetch, verify, write, fence, record, re-announce — whose steps share its fields.
 import { randomUUID } from "node:crypto";
-import type { ContainerClient,PageBlobClient } from "@azure/storage-blob";
+import type { ContainerClient, PageBlobClient } from "@azure/storage-blob";
 import { z } from "zod";
 import {
-batchBlobName,
-checkExtents,
-CorruptBatchError,
-decodeBatch,seqOfBlobName,
-type Batch,
-type BatchHeader,
-type BatchMessage,
-type BatchTag
+  batchBlobName,
+  checkExtents,
+  CorruptBatchError,
+  decodeBatch,
+  seqOfBlobName,
+  type Batch,
+  type BatchHeader,
+  type BatchMessage,
+  type BatchTag,
 } from "./batch";
-import { isFenced,isLeaseHeld,isNotFound } from "../contract/errors";
-import { cacheContainerName,clearIssues,directionOf,isControlPlaneResync,raiseIssue,replicaBlobName,replicationStateOf,type DiskRecord,type HealthIssue,type ReplicatedItem } from "../protection/items";
+import { isFenced, isLeaseHeld, isNotFound } from "../contract/errors";
+import {
+  cacheContainerName,
+  clearIssues,
+  directionOf,
+  isControlPlaneResync,
+  raiseIssue,
+  replicaBlobName,
+  replicationStateOf,
+  type DiskRecord,
+  type HealthIssue,
+  type ReplicatedItem,
+} from "../protection/items";
 import { type ItemStore } from "../storage/item-store";
 import type { Config } from "../config/settings";
-import { queueMessageText,type Direction,type Storage } from "../storage/clients";
-import { downloadBlob,readWatermark,writeBatch } from "./replica";
+import { queueMessageText, type Direction, type Storage } from "../storage/clients";
+import { downloadBlob, readWatermark, writeBatch } from "./replica";
 import { LeaseKeeper } from "./lease";
-import { ApplyLimits,DEFAULT_APPLY_LIMITS } from "./limits";
-
+import { ApplyLimits, DEFAULT_APPLY_LIMITS } from "./limits";
 
 /** Health issue the cache sweep raises when a disk's cached batches wait too long; a run that moves the disk clears it. */
 export const STALLED = "ReplicationStalled";
@@ -35,7 +46,6 @@ export const batchMessageSchema = z.object({
   diskId: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, "a disk id (lowercase letters, digits, '_', '-')"),
   seq: z.number().int().positive().max(Number.MAX_SAFE_INTEGER),
 }) satisfies z.ZodType<BatchMessage>;
-
 
 /** What the recovery-point recorder (snapshotAtTag in recovery-points/points.ts: snapshot + arrival) receives when a tagged batch has been applied. */
 export interface TagApplied {
@@ -357,7 +367,9 @@ class ApplyRun {
     const batch = decodeBatch(bytes);
     const h = batch.header;
     if (h.itemId !== this.itemId || h.diskId !== this.diskId || h.seq !== seq) {
-      throw new CorruptBatchError(`it was not written by this item's agent: its header names ${h.itemId}/${h.diskId} batch ${h.seq}, but the blob is ${this.itemId}/${this.diskId} batch ${seq}`);
+      throw new CorruptBatchError(
+        `it was not written by this item's agent: its header names ${h.itemId}/${h.diskId} batch ${h.seq}, but the blob is ${this.itemId}/${this.diskId} batch ${seq}`,
+      );
     }
     checkExtents(h.extents, this.disk.sizeBytes);
     return batch;

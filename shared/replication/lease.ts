@@ -2,7 +2,6 @@
 import type { BlobLeaseClient } from "@azure/storage-blob";
 import { isTransient } from "../contract/errors";
 
-
 /** Renews the lease at a third of its duration; notes when it was lost so the run stops before its writes are refused. */
 export class LeaseKeeper {
   lost = false;
@@ -10,16 +9,19 @@ export class LeaseKeeper {
   private renewing: Promise<unknown> | undefined;
 
   constructor(lease: BlobLeaseClient, seconds: number) {
-    this.timer = setInterval(() => {
-      if (this.renewing) return;
-      this.renewing = lease
-        .renewLease()
-        .catch((e: unknown) => {
-          // A transient failure leaves two more tries before the lease lapses; anything else means it is gone.
-          if (!isTransient(e)) this.lost = true;
-        })
-        .finally(() => (this.renewing = undefined));
-    }, (seconds * 1000) / 3);
+    this.timer = setInterval(
+      () => {
+        if (this.renewing) return;
+        this.renewing = lease
+          .renewLease()
+          .catch((e: unknown) => {
+            // A transient failure leaves two more tries before the lease lapses; anything else means it is gone.
+            if (!isTransient(e)) this.lost = true;
+          })
+          .finally(() => (this.renewing = undefined));
+      },
+      (seconds * 1000) / 3,
+    );
     this.timer.unref();
   }
 

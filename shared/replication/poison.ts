@@ -1,11 +1,8 @@
 // A batch message the host gave up on (moved to the poison queue), recorded as a warning on its item.
-import {
-type BatchMessage
-} from "./batch";
+import { type BatchMessage } from "./batch";
 import { raiseIssue } from "../protection/items";
 import { type ItemStore } from "../storage/item-store";
 import { REPLICATION_POISON_QUEUE } from "../storage/clients";
-
 
 /** Records a message the host gave up on (moved to the poison queue) as a warning on its item; false for an unknown item. */
 export async function recordPoisonMessage(deps: { items: ItemStore; now?: () => Date }, message: BatchMessage): Promise<boolean> {

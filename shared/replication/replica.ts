@@ -1,12 +1,8 @@
 // The replica page blob and the cache blobs as apply touches them: the watermark read, a batch's pages written with the watermark in one fenced step, a batch downloaded whole.
-import type { ContainerClient,PageBlobClient } from "@azure/storage-blob";
-import {
-MAX_PAGE_WRITE,
-pageWrites,type Batch
-} from "./batch";
+import type { ContainerClient, PageBlobClient } from "@azure/storage-blob";
+import { MAX_PAGE_WRITE, pageWrites, type Batch } from "./batch";
 import { isNotFound } from "../contract/errors";
-import { ApplyLimits,DEFAULT_APPLY_LIMITS } from "./limits";
-
+import { ApplyLimits, DEFAULT_APPLY_LIMITS } from "./limits";
 
 /** The replica's watermark: its blob sequence number; undefined when the replica does not exist. */
 export async function readWatermark(replica: PageBlobClient, leaseId?: string): Promise<number | undefined> {
@@ -57,7 +53,6 @@ function splitWrites(writes: { offset: number; data: Buffer }[], chunk: number):
   }
   return out;
 }
-
 
 /** One GET of the whole blob; a body shorter than announced is a failed download (retried), never a batch to verify. */
 export async function downloadBlob(cache: ContainerClient, name: string): Promise<Buffer> {

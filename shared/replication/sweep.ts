@@ -84,7 +84,11 @@ async function sweepDisk(deps: SweepDeps, item: ReplicatedItem, disk: DiskRecord
 
   // A halted disk already says why it waits (ResyncRequired); anything else waiting this long is news to the operator.
   const seq = lowest.seq;
-  if (waitedMs >= STALL_WARNING_SECONDS * 1000 && disk.state !== "ResyncRequired" && !item.health.issues.some((i) => i.code === STALLED && i.diskId === disk.id)) {
+  if (
+    waitedMs >= STALL_WARNING_SECONDS * 1000 &&
+    disk.state !== "ResyncRequired" &&
+    !item.health.issues.some((i) => i.code === STALLED && i.diskId === disk.id)
+  ) {
     await deps.items.updateItem(disk.itemId, (i) => {
       raiseIssue(i, {
         code: STALLED,

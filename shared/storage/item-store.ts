@@ -86,11 +86,9 @@ export class ItemStore {
   /** Replaces the item; with `etag`, only if nobody changed it since it was read (412 otherwise). */
   async put(item: ReplicatedItem, etag?: string): Promise<string> {
     const t = await this.items();
-    const r = await t.updateEntity<ItemEntity>(
-      { partitionKey: "item", rowKey: item.id, state: item.state, body: JSON.stringify(item) },
-      "Replace",
-      { etag: etag ?? "*" },
-    );
+    const r = await t.updateEntity<ItemEntity>({ partitionKey: "item", rowKey: item.id, state: item.state, body: JSON.stringify(item) }, "Replace", {
+      etag: etag ?? "*",
+    });
     return r.etag ?? "";
   }
 
@@ -131,9 +129,7 @@ export class ItemStore {
     if (disks.length === 0) return;
     const t = await this.disks();
     // One partition per item and ≤ 65 disks: one transaction, all or nothing.
-    await t.submitTransaction(
-      disks.map((d) => ["upsert", { partitionKey: d.itemId, rowKey: d.id, body: JSON.stringify(d) } satisfies DiskEntity, "Replace"]),
-    );
+    await t.submitTransaction(disks.map((d) => ["upsert", { partitionKey: d.itemId, rowKey: d.id, body: JSON.stringify(d) } satisfies DiskEntity, "Replace"]));
   }
 
   async listDisks(itemId: string): Promise<DiskRecord[]> {
@@ -194,10 +190,7 @@ export class ItemStore {
    * Read-modify-write of the item with its disks read after the item, retried on a concurrent update: two disks
    * finishing at once each see the other's record on some attempt, so the item never keeps a stale state.
    */
-  updateItemWithDisks(
-    itemId: string,
-    change: (i: ReplicatedItem, disks: DiskRecord[]) => ReplicatedItem | undefined,
-  ): Promise<ReplicatedItem | undefined> {
+  updateItemWithDisks(itemId: string, change: (i: ReplicatedItem, disks: DiskRecord[]) => ReplicatedItem | undefined): Promise<ReplicatedItem | undefined> {
     let disks: DiskRecord[] = [];
     return readModifyWrite(
       async () => {

@@ -1,4 +1,5 @@
 // A planned failover shuts the source VM down through its agent: writes are refused, one final tag is cut, and the
+import { setTimeout as sleep } from "node:timers/promises";
 // recovery point of that tag holds every write acknowledged before, byte for byte (real agent, local host, Azurite).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -16,7 +17,6 @@ const DISK_MIB = 8;
 const DISKS = ["os", "data0"];
 const FINAL = "final-1";
 const REFUSED = /shutting down for a planned failover: writes are refused/;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** What the failover does to ask for (on) or roll back (off) the source's shutdown. */
 function setShutdown(items: ItemStore, itemId: string, tagId: string | undefined): Promise<unknown> {

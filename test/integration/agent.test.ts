@@ -1,4 +1,5 @@
 // The agent against the real stack (local host + Azurite): registration, tracked writes, the shipped stream, restarts, overflow, resync.
+import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -153,7 +154,7 @@ describe("the agent", () => {
       // The heartbeat tells the control plane where the agent is.
       let hb = await readHeartbeat(stack, item.id);
       for (let i = 0; i < 50 && hb.disks.os?.spoolBatches !== 0; i++) {
-        await new Promise((r) => setTimeout(r, 100));
+        await sleep(100);
         hb = await readHeartbeat(stack, item.id);
       }
       assert.equal(hb.health.status, "Healthy");

@@ -1,4 +1,5 @@
 // Crash safety of the local durable runtime: a host SIGKILLed mid-orchestration and started again on the same storage finishes every instance, re-running only what was in flight.
+import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -9,7 +10,6 @@ import { startTestStorage } from "../support/storage";
 import { PROBE_TABLE } from "../support/durableHost";
 
 const WEBHOOKS = "/runtime/webhooks/durabletask";
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface ChildHost {
   url: string;

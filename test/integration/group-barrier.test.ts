@@ -1,4 +1,5 @@
 // The group barrier over real TCP: one tag id at one instant for all members, or an abort for all.
+import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { GroupCoordinator, GroupMember, type BarrierParticipant } from "../../agent/group";
@@ -10,11 +11,11 @@ class Recorder implements BarrierParticipant {
   readyDelayMs = 0;
   readies = 0;
   async ready() {
-    if (this.readyDelayMs) await new Promise((r) => setTimeout(r, this.readyDelayMs));
+    if (this.readyDelayMs) await sleep(this.readyDelayMs);
     this.readies++;
   }
   async hold() {
-    if (this.holdDelayMs) await new Promise((r) => setTimeout(r, this.holdDelayMs));
+    if (this.holdDelayMs) await sleep(this.holdDelayMs);
     this.holds.push({ from: performance.now() });
   }
   async cut(tag: { id: string; time: string; members: string[] }) {
@@ -35,7 +36,7 @@ async function group(n: number, holdBoundMs: number, secret = "s3cret") {
   const port = await coordinator.listen();
   const members = parts.slice(1).map((p, i) => new GroupMember({ itemId: `item-${i + 1}`, secret, host: "127.0.0.1", port, participant: p }));
   for (const m of members) await m.connect();
-  for (let i = 0; i < 100 && coordinator.memberIds().length < n - 1; i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 100 && coordinator.memberIds().length < n - 1; i++) await sleep(10);
   return { parts, coordinator, members, close: async () => { for (const m of members) m.close(); await coordinator.close(); } };
 }
 
@@ -44,7 +45,7 @@ test("every member cuts the same tag at the same instant, with the member list",
   try {
     const out = await g.coordinator.tag("crash");
     assert.equal(out.committed, true, out.reason);
-    for (let i = 0; i < 100 && g.parts.some((p) => p.cuts.length === 0); i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 100 && g.parts.some((p) => p.cuts.length === 0); i++) await sleep(10);
     const cuts = g.parts.map((p) => p.cuts[0]);
     assert.ok(cuts.every((c) => c?.id === out.tagId && c.time === cuts[0]!.time));
     assert.deepEqual(cuts[0]!.members, ["item-0", "item-1", "item-2"]);
@@ -62,7 +63,7 @@ test("a member that stalls in prepare aborts the tag for all, nobody cuts, write
     const out = await g.coordinator.tag("crash");
     assert.equal(out.committed, false);
     assert.match(out.reason ?? "", /item-2/);
-    await new Promise((r) => setTimeout(r, 400)); // the stalled member acks late; its own bound releases it
+    await sleep(400); // the stalled member acks late; its own bound releases it
     for (const p of g.parts) assert.equal(p.cuts.length, 0, "nothing half-cut");
     for (const p of g.parts) assert.ok(p.heldLongestMs() <= bound + 50, `held ${p.heldLongestMs()} ms`);
 
@@ -81,7 +82,7 @@ test("a member slow to get ready (holding nothing) does not abort the tag, and n
     g.parts[1]!.readyDelayMs = 300;
     const out = await g.coordinator.tag("crash");
     assert.equal(out.committed, true, out.reason);
-    for (let i = 0; i < 100 && g.parts.some((p) => p.cuts.length === 0); i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 100 && g.parts.some((p) => p.cuts.length === 0); i++) await sleep(10);
     for (const p of g.parts) {
       assert.equal(p.readies, 1, "every member got ready first");
       assert.equal(p.cuts[0]?.id, out.tagId);

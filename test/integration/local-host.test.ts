@@ -1,4 +1,5 @@
 // The local Functions host against real Azurite and real sockets: routing, errors, keys, body limits, queue retries to poison, timers.
+import { setTimeout as sleep } from "node:timers/promises";
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -141,7 +142,7 @@ async function waitFor(what: string, predicate: () => boolean, timeoutMs = 30_00
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {
     if (Date.now() > deadline) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
 }
 
@@ -312,7 +313,7 @@ test("a handler that outlives the message lease keeps its message: the lease is 
         connection: "AzureWebJobsStorage",
         handler: async (_m: unknown, context: InvocationContext) => {
           seen.push(Number(context.triggerMetadata?.dequeueCount));
-          await new Promise((r) => setTimeout(r, 4_000));
+          await sleep(4_000);
         },
       },
     ],
@@ -359,7 +360,7 @@ test("timers fire on a six-field schedule, resolve %SETTING%, honour runOnStartu
       handler: async () => {
         slowActive++;
         slowMax = Math.max(slowMax, slowActive);
-        await new Promise((r) => setTimeout(r, 2_500));
+        await sleep(2_500);
         slowActive--;
         slowRuns++;
       },
@@ -388,7 +389,7 @@ test("timers fire on a six-field schedule, resolve %SETTING%, honour runOnStartu
     await timerHost.stop();
   }
   const frozen = every.length;
-  await new Promise((r) => setTimeout(r, 1_500));
+  await sleep(1_500);
   assert.equal(every.length, frozen, "no tick after stop()");
 });
 
