@@ -1,4 +1,6 @@
 // Stands in for `func start`: serves the table's HTTP functions, polls its storage queues, fires its timers and runs its durable orchestrations the way the Functions host does, with no business logic.
+// Over 500 lines: the host's lifecycle (start, drain, stop) and its HTTP dispatch share the listeners it owns; the
+// seams live beside it (host-json.ts, http.ts, queues.ts, timers.ts, durable/).
 import { setTimeout as sleep } from "node:timers/promises";
 import { randomBytes, randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";

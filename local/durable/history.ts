@@ -116,7 +116,13 @@ export function parseAction(raw: unknown): Action {
     case ActionType.CallSubOrchestrator:
       return { type: ActionType.CallSubOrchestrator, name, input: raw.input, ...(instanceId ? { instanceId } : {}) };
     case ActionType.CallSubOrchestratorWithRetry:
-      return { type: ActionType.CallSubOrchestratorWithRetry, name, input: raw.input, retry: parseRetry(raw.retryOptions), ...(instanceId ? { instanceId } : {}) };
+      return {
+        type: ActionType.CallSubOrchestratorWithRetry,
+        name,
+        input: raw.input,
+        retry: parseRetry(raw.retryOptions),
+        ...(instanceId ? { instanceId } : {}),
+      };
     case ActionType.CreateTimer: {
       const fireAt = raw.fireAt instanceof Date ? raw.fireAt : new Date(String(raw.fireAt));
       if (Number.isNaN(fireAt.getTime())) throw new Error(`timer action with an invalid fireAt: ${String(raw.fireAt)}`);
@@ -248,7 +254,8 @@ export function checkReplay(history: ActionSignature[], replayed: Action[], stri
   const n = Math.min(history.length, replayed.length);
   for (let k = 0; k < n; k++) {
     const m = compare(`action #${k}`, history[k], signatureOf(replayed[k]), strict);
-    if (m) throw new NonDeterminismError(`Non-deterministic orchestrator: ${m}. An orchestrator must schedule the same work in the same order on every replay.`);
+    if (m)
+      throw new NonDeterminismError(`Non-deterministic orchestrator: ${m}. An orchestrator must schedule the same work in the same order on every replay.`);
   }
   if (replayed.length < history.length && !failed) {
     throw new NonDeterminismError(
@@ -284,11 +291,28 @@ export function taskCompleted(taskId: number, result: string, messageId: string)
 }
 
 export function taskFailed(taskId: number, reason: string, details: string, messageId: string): HistoryEvent {
-  return { EventType: EventType.TaskFailed, EventId: -1, IsPlayed: false, Timestamp: now(), TaskScheduledId: taskId, Reason: reason, Details: details, MessageId: messageId };
+  return {
+    EventType: EventType.TaskFailed,
+    EventId: -1,
+    IsPlayed: false,
+    Timestamp: now(),
+    TaskScheduledId: taskId,
+    Reason: reason,
+    Details: details,
+    MessageId: messageId,
+  };
 }
 
 export function subOrchestrationCompleted(taskId: number, result: string, messageId: string): HistoryEvent {
-  return { EventType: EventType.SubOrchestrationInstanceCompleted, EventId: -1, IsPlayed: false, Timestamp: now(), TaskScheduledId: taskId, Result: result, MessageId: messageId };
+  return {
+    EventType: EventType.SubOrchestrationInstanceCompleted,
+    EventId: -1,
+    IsPlayed: false,
+    Timestamp: now(),
+    TaskScheduledId: taskId,
+    Result: result,
+    MessageId: messageId,
+  };
 }
 
 export function subOrchestrationFailed(taskId: number, reason: string, details: string, messageId: string): HistoryEvent {
@@ -309,7 +333,15 @@ export function timerFired(timerId: number, fireAt: string, timestamp: string): 
 }
 
 export function eventRaised(name: string, input: string | undefined, messageId: string): HistoryEvent {
-  return { EventType: EventType.EventRaised, EventId: -1, IsPlayed: false, Timestamp: now(), Name: name, ...(input !== undefined ? { Input: input } : {}), MessageId: messageId };
+  return {
+    EventType: EventType.EventRaised,
+    EventId: -1,
+    IsPlayed: false,
+    Timestamp: now(),
+    Name: name,
+    ...(input !== undefined ? { Input: input } : {}),
+    MessageId: messageId,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

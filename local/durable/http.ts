@@ -49,7 +49,16 @@ export interface ManagementUrls {
 const ID_PLACEHOLDER = "INSTANCEID";
 const STATUS_RETRY_AFTER = "5";
 const CREATED_RETRY_AFTER = "10";
-const VALID_STATUSES: ReadonlySet<string> = new Set<RuntimeStatus>(["Pending", "Running", "Completed", "Failed", "Terminated", "ContinuedAsNew", "Canceled", "Suspended"]);
+const VALID_STATUSES: ReadonlySet<string> = new Set<RuntimeStatus>([
+  "Pending",
+  "Running",
+  "Completed",
+  "Failed",
+  "Terminated",
+  "ContinuedAsNew",
+  "Canceled",
+  "Suspended",
+]);
 
 /** Which durable base a request path is under, if any. */
 export function durableBase(pathname: string): DurableApiBase | undefined {
@@ -118,7 +127,9 @@ export class DurableHttpApi {
   /** The 202 payload of a start: the management URLs for the new instance (the extension leaves out rewind). */
   private checkStatusPayload(origin: string, instanceId: string): Omit<ManagementUrls, "rewindPostUri"> {
     const data = this.bindingData(origin).managementUrls;
-    const urls = Object.fromEntries(Object.entries(data).map(([k, v]) => [k, v.replace(ID_PLACEHOLDER, encodeURIComponent(instanceId))])) as unknown as ManagementUrls;
+    const urls = Object.fromEntries(
+      Object.entries(data).map(([k, v]) => [k, v.replace(ID_PLACEHOLDER, encodeURIComponent(instanceId))]),
+    ) as unknown as ManagementUrls;
     const { rewindPostUri: _rewind, ...rest } = urls;
     return { ...rest, id: instanceId };
   }
@@ -203,7 +214,11 @@ export class DurableHttpApi {
     if (bad.length) throw new DurableRequestError(400, `unknown runtimeStatus: ${bad.join(", ")}`);
     const from = timeParam(q, "createdTimeFrom");
     const to = timeParam(q, "createdTimeTo");
-    const all = await this.runtime.list({ ...(statuses.length ? { statuses: statuses as RuntimeStatus[] } : {}), ...(from ? { createdFrom: from } : {}), ...(to ? { createdTo: to } : {}) });
+    const all = await this.runtime.list({
+      ...(statuses.length ? { statuses: statuses as RuntimeStatus[] } : {}),
+      ...(from ? { createdFrom: from } : {}),
+      ...(to ? { createdTo: to } : {}),
+    });
     all.sort((a, b) => a.createdTime.getTime() - b.createdTime.getTime() || a.instanceId.localeCompare(b.instanceId));
     // Paging as the extension does: `top` per page, the position in `x-ms-continuation-token`.
     const top = Number(q.get("top") ?? "0");
@@ -227,7 +242,9 @@ export class DurableHttpApi {
     const from = timeParam(q, "createdTimeFrom");
     if (!from) throw new DurableRequestError(400, "createdTimeFrom is required to purge by filter");
     const to = timeParam(q, "createdTimeTo");
-    const statuses = (q.get("runtimeStatus") ?? "Completed,Failed,Terminated,Canceled").split(",").filter((s) => TERMINAL.has(s as RuntimeStatus)) as RuntimeStatus[];
+    const statuses = (q.get("runtimeStatus") ?? "Completed,Failed,Terminated,Canceled")
+      .split(",")
+      .filter((s) => TERMINAL.has(s as RuntimeStatus)) as RuntimeStatus[];
     const matches = await this.runtime.list({ statuses, createdFrom: from, ...(to ? { createdTo: to } : {}) });
     let deleted = 0;
     for (const r of matches) deleted += await this.runtime.purge(r.instanceId).catch(() => 0);

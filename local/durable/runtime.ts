@@ -1,11 +1,11 @@
 // The local durable runtime: drives orchestrations episode by episode through the SDK's replay engine, runs their activities, timers, retries and sub-orchestrations, with all state in Table Storage so a killed host resumes where it was.
+// Over 500 lines: DurableRuntime is one scheduler over live instances (episodes, activities, timers, sub-orchestrations,
+// completions, termination); its history bookkeeping is in episode.ts, its storage in store.ts.
 import { setTimeout as sleep } from "node:timers/promises";
 import { randomUUID } from "node:crypto";
 import type { InvocationContext, LogHandler } from "@azure/functions";
 import type { ActivityFunctionSpec, OrchestrationFunctionSpec } from "../../functions/spec";
 import {
-  ActionType,
-  actionLabel,
   checkReplay,
   EventType,
   eventRaised,
@@ -14,17 +14,13 @@ import {
   orchestratorStarted,
   retryDelayMs,
   runEpisode,
-  signatureOf,
   subOrchestrationCompleted,
   subOrchestrationFailed,
   taskCompleted,
   taskFailed,
   timerFired,
-  type Action,
-  type ActionSignature,
   type EpisodeOutcome,
   type HistoryEvent,
-  type RetryMark,
 } from "./history";
 import {
   CheckpointConflict,
@@ -35,9 +31,22 @@ import {
   type InboxMessage,
   type InstanceQuery,
   type InstanceRecord,
-  type LoadedInstance,
   type ParentLink,
 } from "./store";
+import {
+  EpisodePlan,
+  PlanInput,
+  activityKey,
+  applyEvent,
+  attemptEvent,
+  completionId,
+  emptyLive,
+  lastOrchestratorStarted,
+  planEpisode,
+  rebuild,
+  sameLink,
+} from "./episode";
+import { ActivityJob, LiveInstance, TaskRecord, newExecutionId } from "./episode";
 
 export interface DurableRuntimeOptions {
   store: DurableStore;
@@ -65,42 +74,6 @@ export class DurableRequestError extends Error {
     super(message);
     this.name = "DurableRequestError";
   }
-}
-
-/** One id-taking task of the current execution, as the history describes it. */
-interface TaskRecord {
-  id: number;
-  kind: "activity" | "timer" | "suborchestration";
-  name: string;
-  /** JSON text of the input. */
-  input?: string;
-  instanceId?: string;
-  /** The caller chose the child's id (kept across retries). */
-  fixedId?: boolean;
-  fireAt?: string;
-  retry?: RetryMark;
-  /** For a retry timer: the failed attempt it follows. */
-  retryOf?: number;
-  done: boolean;
-}
-
-/** The in-memory view of a loaded instance, always equal to what its last commit wrote. */
-interface LiveInstance {
-  cp: Checkpoint;
-  history: HistoryEvent[];
-  signatures: ActionSignature[];
-  tasks: Map<number, TaskRecord>;
-  nextId: number;
-  consumed: Set<string>;
-  inbox: Map<string, InboxMessage>;
-}
-
-interface ActivityJob {
-  instanceId: string;
-  executionId: string;
-  taskId: number;
-  name: string;
-  input?: string;
 }
 
 const DEFAULT_CONCURRENCY = 10;
@@ -183,21 +156,8 @@ function nextSent(): number {
   return Date.now() * 1000 + sentCounter;
 }
 
-function newExecutionId(): string {
-  return randomUUID().replace(/-/g, "");
-}
-
 function parseJson(text: string | undefined): unknown {
   return text === undefined ? undefined : (JSON.parse(text) as unknown);
-}
-
-/** The SDK pre-encodes string inputs of activities and continueAsNew (`"x"` → `"\"x\""`); the function gets the original. */
-function decodeActionInput(input: unknown): unknown {
-  return typeof input === "string" ? (JSON.parse(input) as unknown) : input;
-}
-
-function toJsonText(value: unknown): string | undefined {
-  return value === undefined ? undefined : JSON.stringify(value);
 }
 
 function errorText(e: unknown): { message: string; details: string } {
@@ -258,7 +218,8 @@ export class DurableRuntime {
     const spec = this.orchestrations.get(name.toLowerCase());
     if (!spec) throw new DurableRequestError(400, `The function '${name}' doesn't exist, is disabled, or is not an orchestrator function.`);
     const instanceId = options.instanceId ?? newExecutionId();
-    if (!validInstanceId(instanceId)) throw new DurableRequestError(400, `'${instanceId}' is not a valid instance id (1-256 characters, none of / \\ # ? or control characters)`);
+    if (!validInstanceId(instanceId))
+      throw new DurableRequestError(400, `'${instanceId}' is not a valid instance id (1-256 characters, none of / \\ # ? or control characters)`);
     const actor = this.actor(instanceId);
     await actor.exclusive(async () => {
       const existing = await this.store.readInstance(instanceId);
@@ -431,7 +392,12 @@ export class DurableRuntime {
     const leftovers = loaded.inbox.filter((m) => live.consumed.has(m.id)).map((m) => m.id);
     if (leftovers.length) this.track(this.store.deleteInbox(actor.instanceId, leftovers).catch(() => undefined));
     // The Instances row is written after each commit: a crash in between leaves it one step behind.
-    if (row.status !== live.cp.status || row.executionId !== live.cp.executionId || row.customStatus !== live.cp.customStatus || row.output !== live.cp.output) {
+    if (
+      row.status !== live.cp.status ||
+      row.executionId !== live.cp.executionId ||
+      row.customStatus !== live.cp.customStatus ||
+      row.output !== live.cp.output
+    ) {
       await this.store.writeInstance(live.cp);
     }
     if (TERMINAL.has(live.cp.status)) {
@@ -442,11 +408,19 @@ export class DurableRuntime {
     // sub-orchestrations are checked.
     const completed = new Set<number>();
     for (const m of live.inbox.values()) {
-      if (m.kind === "completion" && m.executionId === live.cp.executionId && typeof m.event?.TaskScheduledId === "number") completed.add(m.event.TaskScheduledId);
+      if (m.kind === "completion" && m.executionId === live.cp.executionId && typeof m.event?.TaskScheduledId === "number")
+        completed.add(m.event.TaskScheduledId);
     }
     for (const t of live.tasks.values()) {
       if (t.done || completed.has(t.id)) continue;
-      if (t.kind === "activity") this.dispatch({ instanceId: live.cp.instanceId, executionId: live.cp.executionId, taskId: t.id, name: t.name, ...(t.input !== undefined ? { input: t.input } : {}) });
+      if (t.kind === "activity")
+        this.dispatch({
+          instanceId: live.cp.instanceId,
+          executionId: live.cp.executionId,
+          taskId: t.id,
+          name: t.name,
+          ...(t.input !== undefined ? { input: t.input } : {}),
+        });
       else if (t.kind === "suborchestration") this.track(this.ensureChild(live.cp, t).catch((e: unknown) => this.logError(actor.instanceId, e)));
     }
     this.armTimers(actor);
@@ -511,7 +485,12 @@ export class DurableRuntime {
     let outcome: EpisodeOutcome;
     let failure: string | undefined;
     if (!spec) {
-      outcome = { kind: "failed", actions: [], error: `The orchestrator function '${cp.name}' is not registered with this host.`, customStatus: parseJson(cp.customStatus) };
+      outcome = {
+        kind: "failed",
+        actions: [],
+        error: `The orchestrator function '${cp.name}' is not registered with this host.`,
+        customStatus: parseJson(cp.customStatus),
+      };
     } else {
       const played = live.history.map((e) => ({ ...e, IsPlayed: true }));
       try {
@@ -583,7 +562,9 @@ export class DurableRuntime {
     if (TERMINAL.has(nextCp.status)) {
       actor.clearTimers();
       await this.store.writeInstance(nextCp);
-      this.options.log(`[${nextCp.lastUpdatedTime.toISOString()}] Durable: '${cp.name}' instance ${cp.instanceId} ${nextCp.status}${failure ? `: ${failure}` : ""}`);
+      this.options.log(
+        `[${nextCp.lastUpdatedTime.toISOString()}] Durable: '${cp.name}' instance ${cp.instanceId} ${nextCp.status}${failure ? `: ${failure}` : ""}`,
+      );
       if (nextCp.parent) await this.notifyParent(nextCp);
       if (live.inbox.size) await this.store.deleteInbox(cp.instanceId, [...live.inbox.keys()]);
       actor.live = undefined;
@@ -592,7 +573,14 @@ export class DurableRuntime {
     for (const e of scheduled) {
       const t = live.tasks.get(e.EventId);
       if (!t) continue;
-      if (t.kind === "activity") this.dispatch({ instanceId: cp.instanceId, executionId: cp.executionId, taskId: t.id, name: t.name, ...(t.input !== undefined ? { input: t.input } : {}) });
+      if (t.kind === "activity")
+        this.dispatch({
+          instanceId: cp.instanceId,
+          executionId: cp.executionId,
+          taskId: t.id,
+          name: t.name,
+          ...(t.input !== undefined ? { input: t.input } : {}),
+        });
       else if (t.kind === "suborchestration") this.track(this.ensureChild(nextCp, t).catch((err: unknown) => this.logError(cp.instanceId, err)));
     }
     for (const id of canceled) {
@@ -677,7 +665,12 @@ export class DurableRuntime {
     const spec = this.activities.get(job.name.toLowerCase());
     let event: HistoryEvent;
     if (!spec) {
-      event = taskFailed(job.taskId, `Activity function '${job.name}' failed: The function '${job.name}' doesn't exist, is disabled, or is not an activity function.`, "", messageId);
+      event = taskFailed(
+        job.taskId,
+        `Activity function '${job.name}' failed: The function '${job.name}' doesn't exist, is disabled, or is not an activity function.`,
+        "",
+        messageId,
+      );
     } else {
       try {
         let result: unknown;
@@ -759,7 +752,8 @@ export class DurableRuntime {
     if (child.status === "Completed") event = subOrchestrationCompleted(link.taskId, child.output ?? "null", id);
     else {
       const detail = child.output !== undefined ? parseJson(child.output) : undefined;
-      const reason = child.status === "Terminated" ? `Sub-orchestration '${child.instanceId}' was terminated: ${String(detail ?? "")}` : String(detail ?? `${child.status}`);
+      const reason =
+        child.status === "Terminated" ? `Sub-orchestration '${child.instanceId}' was terminated: ${String(detail ?? "")}` : String(detail ?? `${child.status}`);
       event = subOrchestrationFailed(link.taskId, reason, "", id);
     }
     await this.postToParent(link, event);
@@ -777,255 +771,4 @@ export class DurableRuntime {
   private logError(instanceId: string, e: unknown): void {
     this.options.log(`[${new Date().toISOString()}] Durable: instance ${instanceId}: ${errorText(e).message}`);
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// History bookkeeping
-
-function completionId(link: ParentLink): string {
-  return `c:${link.executionId}:${link.taskId}`;
-}
-
-function sameLink(a: ParentLink, b: ParentLink): boolean {
-  return a.instanceId === b.instanceId && a.executionId === b.executionId && a.taskId === b.taskId;
-}
-
-function emptyLive(cp: Checkpoint): LiveInstance {
-  return { cp, history: [], signatures: [], tasks: new Map(), nextId: 0, consumed: new Set(), inbox: new Map() };
-}
-
-function rebuild(loaded: LoadedInstance): LiveInstance {
-  const live = emptyLive(loaded.checkpoint);
-  for (const ep of loaded.episodes) {
-    live.signatures.push(...ep.actions);
-    for (const e of ep.events) applyEvent(live, e);
-  }
-  for (const m of loaded.inbox) {
-    if (!live.consumed.has(m.id)) live.inbox.set(m.id, m);
-  }
-  return live;
-}
-
-/** Folds one history event into the task table. */
-function applyEvent(live: LiveInstance, e: HistoryEvent): void {
-  live.history.push(e);
-  if (typeof e.MessageId === "string") live.consumed.add(e.MessageId);
-  const add = (t: TaskRecord) => {
-    live.tasks.set(t.id, t);
-    live.nextId = Math.max(live.nextId, t.id + 1);
-  };
-  const retry = (e.Retry as RetryMark | undefined) ?? undefined;
-  switch (e.EventType) {
-    case EventType.TaskScheduled:
-      add({ id: e.EventId, kind: "activity", name: String(e.Name), ...(typeof e.Input === "string" ? { input: e.Input } : {}), ...(retry ? { retry } : {}), done: false });
-      break;
-    case EventType.SubOrchestrationInstanceCreated:
-      add({
-        id: e.EventId,
-        kind: "suborchestration",
-        name: String(e.Name),
-        instanceId: String(e.InstanceId),
-        ...(e.FixedInstanceId === true ? { fixedId: true } : {}),
-        ...(typeof e.Input === "string" ? { input: e.Input } : {}),
-        ...(retry ? { retry } : {}),
-        done: false,
-      });
-      break;
-    case EventType.TimerCreated:
-      add({ id: e.EventId, kind: "timer", name: "", fireAt: String(e.FireAt), ...(typeof e.RetryOf === "number" ? { retryOf: e.RetryOf } : {}), done: false });
-      break;
-    case EventType.TaskCompleted:
-    case EventType.TaskFailed:
-    case EventType.SubOrchestrationInstanceCompleted:
-    case EventType.SubOrchestrationInstanceFailed: {
-      const t = live.tasks.get(Number(e.TaskScheduledId));
-      if (t) t.done = true;
-      break;
-    }
-    case EventType.TimerFired: {
-      const t = live.tasks.get(Number(e.TimerId));
-      if (t) t.done = true;
-      break;
-    }
-  }
-}
-
-function lastOrchestratorStarted(history: HistoryEvent[]): number {
-  for (let i = history.length - 1; i >= 0; i--) {
-    if (history[i].EventType === EventType.OrchestratorStarted) return Date.parse(history[i].Timestamp);
-  }
-  return 0;
-}
-
-/** The next attempt of a retried call, with the id the SDK gives the re-run. */
-function attemptEvent(instanceId: string, failed: TaskRecord, id: number, timestamp: string): HistoryEvent {
-  const retry: RetryMark = { root: failed.retry!.root, attempt: failed.retry!.attempt + 1, options: failed.retry!.options };
-  if (failed.kind === "suborchestration") {
-    return {
-      EventType: EventType.SubOrchestrationInstanceCreated,
-      EventId: id,
-      IsPlayed: false,
-      Timestamp: timestamp,
-      Name: failed.name,
-      InstanceId: failed.fixedId ? failed.instanceId : generatedChildId(instanceId, id),
-      ...(failed.fixedId ? { FixedInstanceId: true } : {}),
-      ...(failed.input !== undefined ? { Input: failed.input } : {}),
-      Retry: retry,
-    };
-  }
-  return { EventType: EventType.TaskScheduled, EventId: id, IsPlayed: false, Timestamp: timestamp, Name: failed.name, ...(failed.input !== undefined ? { Input: failed.input } : {}), Retry: retry };
-}
-
-/** DTFx's id for a child the caller did not name: `<parent>:<task id in hex>`. A named child keeps its id across retries (the failed one is replaced). */
-function generatedChildId(parentId: string, taskId: number): string {
-  return `${parentId}:${taskId.toString(16).padStart(4, "0")}`;
-}
-
-function activityKey(job: ActivityJob): string {
-  return `${job.instanceId}|${job.executionId}|${job.taskId}`;
-}
-
-interface PlanInput {
-  live: LiveInstance;
-  outcome: EpisodeOutcome;
-  /** OrchestratorStarted, ExecutionStarted (first episode) and the delivered events. */
-  newEvents: HistoryEvent[];
-  /** Retry timers and re-runs the delivered events caused, ids already taken. */
-  retryEvents: HistoryEvent[];
-  firstActionId: number;
-  timestamp: string;
-}
-
-interface EpisodePlan {
-  nextCp: Checkpoint;
-  episodeEvents: HistoryEvent[];
-  newSignatures: ActionSignature[];
-  /** The scheduling events (retry events first) whose tasks start once committed. */
-  scheduled: HistoryEvent[];
-  continueAsNew: { input: unknown } | undefined;
-  canceled: number[];
-  failure: string | undefined;
-}
-
-/** Turns an episode's outcome into what to commit: the next checkpoint and the events to append. Throws only on unserialisable data. */
-function planEpisode(p: PlanInput, failureIn: string | undefined): EpisodePlan {
-  const { live, outcome, timestamp } = p;
-  const cp = live.cp;
-  let failure = failureIn;
-  let next = p.firstActionId;
-  const scheduled: HistoryEvent[] = [...p.retryEvents];
-  const newSignatures: ActionSignature[] = [];
-  let continueAsNew: { input: unknown } | undefined;
-  if (failure === undefined) {
-    for (const a of outcome.actions.slice(live.signatures.length)) {
-      const sig = signatureOf(a, () => next++);
-      newSignatures.push(sig);
-      const problem = scheduleLeaves(cp.instanceId, a, sig, timestamp, scheduled);
-      if (problem) failure = `${problem} is not supported by the local durable runtime`;
-      if (a.type === ActionType.ContinueAsNew) continueAsNew = { input: decodeActionInput(a.input) };
-    }
-  }
-  const at = new Date();
-  const episodeEvents = [...p.newEvents, ...scheduled];
-  let customStatus: string | undefined;
-  try {
-    customStatus = toJsonText(outcome.customStatus);
-  } catch (e) {
-    if (failure === undefined) throw e;
-    customStatus = cp.customStatus;
-  }
-  let nextCp: Checkpoint;
-  let canceled = cp.canceledTimers;
-  if (failure !== undefined) {
-    const message = `Orchestrator function '${cp.name}' failed: ${failure}`;
-    nextCp = { ...cp, status: "Failed", output: JSON.stringify(message), lastUpdatedTime: at, episodes: cp.episodes + 1 };
-    episodeEvents.push({ EventType: EventType.ExecutionFailed, EventId: -1, IsPlayed: false, Timestamp: at.toISOString(), Reason: message });
-    continueAsNew = undefined;
-  } else if (continueAsNew) {
-    nextCp = { ...cp, status: "Running", executionId: newExecutionId(), lastUpdatedTime: at, episodes: 0, canceledTimers: [] };
-    delete nextCp.output;
-    const input = toJsonText(continueAsNew.input);
-    if (input === undefined) delete nextCp.input;
-    else nextCp.input = input;
-  } else if (outcome.kind === "completed") {
-    nextCp = { ...cp, status: "Completed", lastUpdatedTime: at, episodes: cp.episodes + 1 };
-    const output = toJsonText(outcome.output);
-    if (output === undefined) delete nextCp.output;
-    else nextCp.output = output;
-    episodeEvents.push({ EventType: EventType.ExecutionCompleted, EventId: -1, IsPlayed: false, Timestamp: at.toISOString(), ...(output !== undefined ? { Result: output } : {}) });
-  } else {
-    canceled = canceledTimers(outcome.actions, [...live.signatures, ...newSignatures], cp.canceledTimers);
-    nextCp = { ...cp, status: "Running", lastUpdatedTime: at, episodes: cp.episodes + 1, canceledTimers: canceled };
-  }
-  if (customStatus === undefined) delete nextCp.customStatus;
-  else nextCp.customStatus = customStatus;
-  return { nextCp, episodeEvents, newSignatures, scheduled, continueAsNew, canceled, failure };
-}
-
-/**
- * Appends the scheduling event of every id-taking leaf of a new action (ids come from its signature).
- * Returns the label of an action this runtime cannot run, if any.
- */
-function scheduleLeaves(instanceId: string, a: Action, sig: ActionSignature, timestamp: string, out: HistoryEvent[]): string | undefined {
-  switch (a.type) {
-    case "unsupported":
-      return actionLabel(a);
-    case ActionType.WhenAll:
-    case ActionType.WhenAny: {
-      for (let k = 0; k < a.children.length; k++) {
-        const problem = scheduleLeaves(instanceId, a.children[k], sig.c![k], timestamp, out);
-        if (problem) return problem;
-      }
-      return undefined;
-    }
-    case ActionType.CallActivity:
-    case ActionType.CallActivityWithRetry: {
-      const input = toJsonText(decodeActionInput(a.input));
-      out.push({
-        EventType: EventType.TaskScheduled,
-        EventId: sig.id!,
-        IsPlayed: false,
-        Timestamp: timestamp,
-        Name: a.name,
-        ...(input !== undefined ? { Input: input } : {}),
-        ...(a.type === ActionType.CallActivityWithRetry ? { Retry: { root: sig.id!, attempt: 1, options: a.retry } satisfies RetryMark } : {}),
-      });
-      return undefined;
-    }
-    case ActionType.CallSubOrchestrator:
-    case ActionType.CallSubOrchestratorWithRetry: {
-      // Sub-orchestration inputs are not pre-encoded by the SDK.
-      const input = toJsonText(a.input);
-      out.push({
-        EventType: EventType.SubOrchestrationInstanceCreated,
-        EventId: sig.id!,
-        IsPlayed: false,
-        Timestamp: timestamp,
-        Name: a.name,
-        InstanceId: a.instanceId ?? generatedChildId(instanceId, sig.id!),
-        ...(a.instanceId ? { FixedInstanceId: true } : {}),
-        ...(input !== undefined ? { Input: input } : {}),
-        ...(a.type === ActionType.CallSubOrchestratorWithRetry ? { Retry: { root: sig.id!, attempt: 1, options: a.retry } satisfies RetryMark } : {}),
-      });
-      return undefined;
-    }
-    case ActionType.CreateTimer:
-      out.push({ EventType: EventType.TimerCreated, EventId: sig.id!, IsPlayed: false, Timestamp: timestamp, FireAt: a.fireAt.toISOString() });
-      return undefined;
-    case ActionType.WaitForExternalEvent:
-    case ActionType.ContinueAsNew:
-      return undefined;
-  }
-}
-
-/** Timers the orchestrator has cancelled so far (the SDK re-emits every action each episode, with `isCanceled` current). */
-function canceledTimers(actions: Action[], signatures: ActionSignature[], known: number[]): number[] {
-  const out = new Set(known);
-  const walk = (a: Action, s: ActionSignature | undefined) => {
-    if (!s) return;
-    if (a.type === ActionType.CreateTimer && a.isCanceled && s.id !== undefined) out.add(s.id);
-    if ((a.type === ActionType.WhenAll || a.type === ActionType.WhenAny) && s.c) a.children.forEach((c, k) => walk(c, s.c![k]));
-  };
-  actions.forEach((a, k) => walk(a, signatures[k]));
-  return [...out].sort((x, y) => x - y);
 }

@@ -120,7 +120,10 @@ export class DurableStore {
   /** Content-addressed payload blobs known to exist, so each is uploaded once. */
   private readonly written = new Set<string>();
 
-  constructor(connectionString: string, readonly taskHub: string) {
+  constructor(
+    connectionString: string,
+    readonly taskHub: string,
+  ) {
     if (!/^[A-Za-z][A-Za-z0-9]{2,44}$/.test(taskHub)) throw new Error(`task hub name '${taskHub}' must be 3-45 letters and digits, starting with a letter`);
     this.instancesTable = `${taskHub}Instances`;
     this.historyTable = `${taskHub}History`;
