@@ -23,6 +23,7 @@ import { commitFailover } from "./commitFailover";
 import { cleanupTestFailover } from "./cleanupTestFailover";
 import { failoverFunctions } from "./failover";
 import { releaseAbandonedFailovers } from "./releaseAbandonedFailovers";
+import { releaseAbandonedReprotects } from "./releaseAbandonedReprotects";
 import { listJobs } from "./listJobs";
 import { listAlerts } from "./listAlerts";
 import { getItemHistory } from "./getItemHistory";
@@ -69,5 +70,6 @@ export function functionTable(services: () => Services, schedules: TimerSchedule
     getReprotect(services),
     resyncItem(services),
     ...reprotectFunctions(services),
+    releaseAbandonedReprotects(services),
   ];
 }

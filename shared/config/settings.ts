@@ -189,6 +189,15 @@ function sibling(blobUrl: string, service: "queue" | "table"): string | undefine
   return url.toString().replace(/\/+$/, "");
 }
 
+/**
+ * A path-style account on a loopback or IP host: a local emulator (Azurite). Its server-side copy across accounts
+ * verifies the source by downloading it whole (and fails past ~512 MiB): a copy to do there goes through the client.
+ */
+export function isEmulatedAccount(account: StorageAccount): boolean {
+  const host = new URL(account.blobUrl).hostname;
+  return isLoopback(host) || /^\d+\.\d+\.\d+\.\d+$/.test(host);
+}
+
 /** The account name: the host's first label (`acct.blob.core.windows.net`), or a path-style emulator's first segment. */
 function accountNameOf(blobUrl: string): string {
   const url = new URL(blobUrl);

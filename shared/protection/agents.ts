@@ -16,6 +16,7 @@ import {
   type ResyncCommand,
 } from "./agent-protocol";
 import { seqOfBlobName } from "../replication/batch";
+import { readSeedChecksums, ZERO_BLOCK_CRC } from "./seed-copy";
 import { BadRequest, Conflict, isConflict, isNotFound, NotFound, Unauthorized } from "../contract/errors";
 import { cacheContainerName, clearIssues, directionOf, isControlPlaneResync, raiseIssue, type DiskRecord, type ReplicatedItem } from "./items";
 import { ItemStore } from "../storage/item-store";
@@ -77,8 +78,6 @@ function resyncCommands(disks: DiskRecord[]): ResyncCommand[] {
     .map((d) => ({ diskId: d.id, resyncId: d.resync!.id, baseSeq: d.resync!.baseSeq, reason: d.resync!.reason }));
 }
 
-/** CRC32C of an all-zero 64 KiB block: the checksum of every block no page was ever written to. */
-const ZERO_BLOCK_CRC = crc32c(Buffer.alloc(RESYNC_BLOCK_BYTES));
 /** Chunk reads of a manifest in flight at once. */
 const MANIFEST_READS = 4;
 
@@ -327,9 +326,16 @@ export class Agents {
       throw new BadRequest(`range ends past the disk's ${disk.sizeBytes} bytes`, [{ field: "length", message: `offset + length must be ≤ ${disk.sizeBytes}` }]);
     }
     const blob = (await this.deps.storage.replicas(directionOf(item))).getPageBlobClient(disk.replicaBlob);
-    const watermark = (await blob.getProperties()).blobSequenceNumber ?? 0;
+    const props = await blob.getProperties();
+    const watermark = props.blobSequenceNumber ?? 0;
     if (watermark !== disk.resync.baseSeq) {
       throw new Conflict("ReplicaMoved", `replica of disk '${disk.id}' is at batch ${watermark}, not the resync's base ${disk.resync.baseSeq}`, { watermark });
+    }
+    // A re-protect's seed copied through the control plane kept its checksums: no read of the replica while it is that seed.
+    if (disk.resync.origin === "seed") {
+      const replicas = await this.deps.storage.replicas(directionOf(item));
+      const kept = await readSeedChecksums(replicas, item.id, disk.id, req.resyncId, props.etag!, req.offset, req.length);
+      if (kept) return { diskId: disk.id, resyncId: req.resyncId, baseSeq: watermark, offset: req.offset, blockBytes: RESYNC_BLOCK_BYTES, checksums: kept };
     }
     // Only pages that hold data are read (a seed's empty regions, a sparse disk): the rest are zero blocks. Chunks are
     // read a few at a time, so the checksum pass runs at the account's throughput rather than one request's.

@@ -1,4 +1,5 @@
 // Protecting a VM: enable replication (target resources, replicas, cache), disable it, and register its agent.
+import { SEED_CHECKSUMS_PREFIX } from "./seed-copy";
 import { randomUUID } from "node:crypto";
 import { enableRequestSchema, parseInput, updateRequestSchema, type EnableRequest } from "../contract/api";
 import type { Agents } from "./agents";
@@ -335,6 +336,9 @@ export class Protection {
         // An apply run may hold the replica's lease; disabling wins (the run is fenced out and finds the item gone).
         await blob.getBlobLeaseClient().breakLease(0).catch(() => undefined);
         if ((await blob.deleteIfExists({ deleteSnapshots: "include" })).succeeded) removed.push(`replica ${b.name}${where}`);
+      }
+      for await (const b of replicas.listBlobsFlat({ prefix: `${SEED_CHECKSUMS_PREFIX}${itemId}/` })) {
+        if ((await replicas.getBlobClient(b.name).deleteIfExists()).succeeded) removed.push(`seed checksums ${b.name}${where}`);
       }
     }
     await job?.step("removing recovery points and agent credentials");

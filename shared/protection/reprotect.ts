@@ -1,13 +1,13 @@
 // Re-protect (turn a committed item around, seed its new replicas from what is left, hand over to the agent) and resync on request.
 import { parseInput, reprotectRequestSchema, resyncRequestSchema } from "../contract/api";
 import type { Agents } from "./agents";
-import type { PageBlobClient } from "@azure/storage-blob";
 import { Conflict, IllegalState, isLeaseHeld, isNotFound, NotFound, storageCode, storageStatus } from "../contract/errors";
 import type { Fabric } from "../fabric/port";
 import { cacheContainerName, directionOf, isControlPlaneResync, replicaBlobName, type DiskRecord, type DiskSeed, type OriginalResources, type ReplicatedItem, type SeedSource } from "./items";
 import { type ItemStore } from "../storage/item-store";
 import { blobReadSas } from "../storage/sas";
-import type { Config } from "../config/settings";
+import { isEmulatedAccount, type Config } from "../config/settings";
+import { bindSeedChecksums, copySeedPages, deleteSeedChecksums, storeSeedChecksums } from "./seed-copy";
 import { readReplicationStatus } from "../replication/status";
 import { directionAccounts, flipped, regionsAreDistinct, REPLICAS_CONTAINER, type Direction, type Storage } from "../storage/clients";
 import { VHD_FOOTER_BYTES, vhdFooter } from "../replication/vhd";
@@ -59,6 +59,9 @@ export interface ReprotectProgress {
   transferredBytes: number;
   etaSeconds: number | null;
 }
+
+/** A re-protect lock with no orchestration behind it is released only after this long (it may be starting right now). */
+export const REPROTECT_ABANDONED_AFTER_MS = 5 * 60_000;
 
 const SEED_STATES = new Set(["InitialReplication", "ResyncRequired", "Protected"]);
 
@@ -225,28 +228,45 @@ export class Reprotection {
         return { state: props.copyStatus === "pending" ? "pending" : "success", seed };
       }
       await breakLease();
-      const from = directionAccounts(this.deps.config, input.from).replica;
-      const sas = await blobReadSas(from, REPLICAS_CONTAINER, blobName, (s, e) => this.deps.storage.replicaService(input.from).getUserDelegationKey(s, e), this.now());
       const metadata = { reprotect: input.instanceId, itemid: item.id, diskid: diskId };
-      try {
-        const poller = await target.beginCopyFromURL(`${source.url}?${sas}`, { metadata });
-        poller.stopPolling();
-        const status = poller.getOperationState().result?.copyStatus;
-        return { state: status === "success" ? "success" : "pending", seed };
-      } catch (e) {
-        // Azurite verifies a cross-account copy source by reading it whole, and fails (500) past ~512 MiB; a source
-        // it cannot verify is refused. Then the pages that hold data are copied through here instead.
-        if (!((storageStatus(e) ?? 0) >= 500 || storageCode(e) === "CannotVerifyCopySource")) throw e;
-        this.log(`re-protect ${input.instanceId}: server-side copy of ${diskId} refused (${storageCode(e) ?? storageStatus(e)}); copying its pages`);
-        await copyWrittenPages(source, target, size, metadata);
-        const updated = await this.deps.items.updateItem(item.id, (i) => {
-          const s = i.reprotect?.instanceId === input.instanceId ? i.reprotect.seeds?.[diskId] : undefined;
-          if (!s || s.note) return undefined;
-          s.note = "the storage refused a server-side copy across accounts: the pages that hold data were copied by the control plane";
-          return i;
-        });
-        return { state: "success", seed: updated?.reprotect?.seeds?.[diskId] ?? seed };
+      const accounts = [directionAccounts(this.deps.config, input.from).replica, directionAccounts(this.deps.config, input.to).replica];
+      if (!accounts.some(isEmulatedAccount)) {
+        const sas = await blobReadSas(
+          accounts[0]!,
+          REPLICAS_CONTAINER,
+          blobName,
+          (s, e) => this.deps.storage.replicaService(input.from).getUserDelegationKey(s, e),
+          this.now(),
+        );
+        try {
+          const poller = await target.beginCopyFromURL(`${source.url}?${sas}`, { metadata });
+          poller.stopPolling();
+          const status = poller.getOperationState().result?.copyStatus;
+          return { state: status === "success" ? "success" : "pending", seed };
+        } catch (e) {
+          // A source the storage cannot verify is refused: then the pages that hold data are copied through here instead.
+          if (!((storageStatus(e) ?? 0) >= 500 || storageCode(e) === "CannotVerifyCopySource")) throw e;
+          this.log(`re-protect ${input.instanceId}: server-side copy of ${diskId} refused (${storageCode(e) ?? storageStatus(e)}); copying its pages`);
+        }
       }
+      // One pass: the pages that hold data are copied and every block's checksum is kept, so the agent's compare
+      // needs no second read of the seed. The copy counts as whole only once its checksums are stored.
+      const started = performance.now();
+      const sums = await copySeedPages(source, target, size, disk.sizeBytes);
+      const replicas = await this.deps.storage.replicas(input.to);
+      await storeSeedChecksums(replicas, item.id, diskId, seedResyncId(input.instanceId), sums);
+      await target.setMetadata(metadata);
+      this.log(`re-protect ${input.instanceId}: ${diskId} copied with its checksums in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+      const note = accounts.some(isEmulatedAccount)
+        ? "copied by the control plane (the storage emulator cannot copy server-side across accounts), checksums kept: no second read of the seed"
+        : "the storage refused a server-side copy across accounts: the pages that hold data were copied by the control plane";
+      const updated = await this.deps.items.updateItem(item.id, (i) => {
+        const s = i.reprotect?.instanceId === input.instanceId ? i.reprotect.seeds?.[diskId] : undefined;
+        if (!s || s.note) return undefined;
+        s.note = note;
+        return i;
+      });
+      return { state: "success", seed: updated?.reprotect?.seeds?.[diskId] ?? seed };
     }
     if (seed.source === "none") {
       const props = await target.getProperties().catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
@@ -277,7 +297,10 @@ export class Reprotection {
       const blob = replicas.getPageBlobClient(replicaBlobName(item.id, disk.id));
       const props = await blob.getProperties();
       if (props.copyStatus === "pending") throw new Error(`the seed copy of disk '${disk.id}' is still pending`);
-      if ((props.blobSequenceNumber ?? 0) !== 0) await blob.updateSequenceNumber("update", 0);
+      let etag = props.etag!;
+      if ((props.blobSequenceNumber ?? 0) !== 0) etag = (await blob.updateSequenceNumber("update", 0)).etag!;
+      // The seed copy's checksums serve the agent's manifest while the replica is exactly this seed.
+      await bindSeedChecksums(replicas, item.id, disk.id, resyncId, etag);
       const seed = item.reprotect?.seeds?.[disk.id]?.source ?? "none";
       await this.deps.items.updateDisk(item.id, disk.id, (d) => {
         if (d.resync?.id === resyncId) return undefined;
@@ -347,6 +370,9 @@ export class Reprotection {
       i.reprotect = { ...i.reprotect, completedAt: at, transferredBytes: progress.transferredBytes, totalBytes: progress.totalBytes };
       return i;
     });
+    // The seed resyncs are done: their checksums describe nothing any more.
+    const replicas = await this.deps.storage.replicas(input.to);
+    for (const d of progress.disks) await deleteSeedChecksums(replicas, input.itemId, d.diskId);
     await this.deps.jobs?.end(input.instanceId, "Succeeded");
   }
 
@@ -355,13 +381,13 @@ export class Reprotection {
    * cache goes, the token is revoked. Seeded replicas stay (the next re-protect copies over them). After the hand-over
    * the item replicates in the new direction already: only the error is recorded.
    */
-  async rollback(input: ReprotectInput, error: string): Promise<void> {
-    await this.deps.jobs?.end(input.instanceId, "Failed", { code: /^\w+: ([A-Za-z][A-Za-z0-9]*): /.exec(error)?.[1] ?? "ReprotectFailed", message: error });
+  async rollback(input: ReprotectInput, error: string, code?: string): Promise<void> {
+    await this.deps.jobs?.end(input.instanceId, "Failed", { code: code ?? /^\w+: ([A-Za-z][A-Za-z0-9]*): /.exec(error)?.[1] ?? "ReprotectFailed", message: error });
     const found = await this.deps.items.get(input.itemId);
     if (!found || found.item.reprotect?.instanceId !== input.instanceId) return;
     if (found.item.state !== "Reprotecting") {
       await this.deps.items.updateItem(input.itemId, (i) =>
-        i.reprotect?.instanceId === input.instanceId ? { ...i, reprotect: { ...i.reprotect, error: { code: "ReprotectFailed", message: error } } } : undefined,
+        i.reprotect?.instanceId === input.instanceId ? { ...i, reprotect: { ...i.reprotect, error: { code: code ?? "ReprotectFailed", message: error } } } : undefined,
       );
       return;
     }
@@ -369,9 +395,39 @@ export class Reprotection {
     await this.deps.agents.forget(input.itemId);
     await this.deps.items.updateItem(input.itemId, (i) => {
       if (i.reprotect?.instanceId !== input.instanceId || i.state !== "Reprotecting") return undefined;
-      return { ...i, state: "FailoverCommitted", reprotect: { ...i.reprotect, error: { code: "ReprotectFailed", message: error } }, updatedAt: this.now().toISOString() };
+      return { ...i, state: "FailoverCommitted", reprotect: { ...i.reprotect, error: { code: code ?? "ReprotectFailed", message: error } }, updatedAt: this.now().toISOString() };
     });
     this.log(`re-protect ${input.instanceId}: ${input.itemId} rolled back: ${error}`);
+  }
+
+  /**
+   * Items held by a re-protect whose orchestration will never finish it — terminated, failed before or during its own
+   * rollback, or gone (never started, purged) — are handed back as its rollback does: before the hand-over the item
+   * returns to FailoverCommitted in its old direction (new cache removed, token revoked) and can be re-protected
+   * again; after it, the item already replicates in the new direction and only the error and the job's end are
+   * recorded. `statusOf` says where an orchestration is (undefined: no such instance).
+   */
+  async releaseAbandoned(statusOf: (instanceId: string) => Promise<string | undefined>): Promise<{ itemId: string; instanceId: string; status: string }[]> {
+    const released: { itemId: string; instanceId: string; status: string }[] = [];
+    const now = this.now().getTime();
+    for (const item of await this.deps.items.list()) {
+      const r = item.reprotect;
+      if (!r || r.completedAt || r.error) continue;
+      const status = await statusOf(r.instanceId);
+      // An instance not found yet may be one being started right now: only an old lock without one is abandoned.
+      const abandoned =
+        status === undefined ? now - Date.parse(r.startedAt) > REPROTECT_ABANDONED_AFTER_MS : ["Terminated", "Failed", "Canceled"].includes(status);
+      if (!abandoned) continue;
+      const code = status === "Terminated" ? "ReprotectTerminated" : status === undefined ? "ReprotectLost" : "ReprotectFailed";
+      const why = status === undefined ? `its orchestration ${r.instanceId} does not exist` : `its orchestration ${r.instanceId} is ${status}`;
+      await this.rollback(
+        { instanceId: r.instanceId, itemId: item.id, from: r.from, to: r.to, startedAt: r.startedAt },
+        `the re-protect was abandoned: ${why}`,
+        code,
+      );
+      released.push({ itemId: item.id, instanceId: r.instanceId, status: status ?? "missing" });
+    }
+    return released;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -434,29 +490,3 @@ export class Reprotection {
     return updated;
   }
 }
-
-/**
- * Copies the pages of `source` that hold data into a fresh `target` of the same size (4 MiB writes, 4 at a time);
- * `metadata` is set once the copy is whole, so a half-done copy is never taken for a seed (it is redone).
- */
-async function copyWrittenPages(source: PageBlobClient, target: PageBlobClient, size: number, metadata: Record<string, string>): Promise<void> {
-  await target.create(size, { blobSequenceNumber: 0 });
-  const chunks: [number, number][] = [];
-  for await (const page of source.listPageRanges().byPage()) {
-    for (const r of page.pageRange ?? []) {
-      for (let at = r.start; at <= r.end; at += COPY_CHUNK) chunks.push([at, Math.min(COPY_CHUNK, r.end + 1 - at)]);
-    }
-  }
-  let next = 0;
-  const worker = async () => {
-    while (next < chunks.length) {
-      const [at, n] = chunks[next++]!;
-      await target.uploadPages(await source.downloadToBuffer(at, n), at, n);
-    }
-  };
-  await Promise.all(Array.from({ length: 4 }, worker));
-  await target.setMetadata(metadata);
-}
-
-/** Azure's largest page write. */
-const COPY_CHUNK = 4 * 1024 * 1024;
