@@ -175,7 +175,10 @@ export class Agent {
     try {
       // Before anything is registered or opened: refused here, nothing is left behind. The spool on a replicated disk
       // would replicate itself (and a scanned disk holding it would never be quiet).
-      refuseStateDirOnExports(stateDir, opts.disks.map((d) => ({ diskId: d.id, path: resolve(d.path) })));
+      refuseStateDirOnExports(
+        stateDir,
+        opts.disks.map((d) => ({ diskId: d.id, path: resolve(d.path) })),
+      );
       if (opts.nbd) {
         // NBD serves the tracked disks; scanned ones (an OS disk beside NBD data disks) are scanned as usual.
         const exported = opts.disks.filter((d) => d.kind === "tracked").map((d) => ({ diskId: d.id, path: resolve(d.path) }));
@@ -223,7 +226,9 @@ export class Agent {
       // A restart during a planned shutdown: writes stay refused from the first instant, and the barrier stays left.
       if (state.shutdown) {
         agent.refuseWrites();
-        log(`planned failover in progress: writes are refused${state.shutdown.tagCut ? ` (final tag ${state.shutdown.tagId} cut already)` : `; final tag ${state.shutdown.tagId} still to cut`}`);
+        log(
+          `planned failover in progress: writes are refused${state.shutdown.tagCut ? ` (final tag ${state.shutdown.tagId} cut already)` : `; final tag ${state.shutdown.tagId} still to cut`}`,
+        );
       }
       await agent.group.update(state.shutdown ? undefined : state.group);
       if (agent.group.listenAddress()) agent.checkinSignal.notify();
@@ -264,7 +269,9 @@ export class Agent {
     const saved = await readJsonFile(path, agentStateSchema);
     if (saved) {
       if (opts.token && hashToken(opts.token) !== saved.tokenHash) {
-        throw new Error(`${stateDir} holds the state of item ${saved.itemId}, registered with another token: use another --state-dir for another item (or delete it to start over)`);
+        throw new Error(
+          `${stateDir} holds the state of item ${saved.itemId}, registered with another token: use another --state-dir for another item (or delete it to start over)`,
+        );
       }
       if (saved.url !== opts.url) log(`service is now ${opts.url} (registered with ${saved.url})`);
       return { ...saved, url: opts.url };
@@ -281,7 +288,12 @@ export class Agent {
    * Registers; while the item's re-protect is still seeding its replicas (409 ReprotectInProgress) it tries again,
    * so the agent can be started with the token as soon as the re-protect answers.
    */
-  private static async registerWhenReady(control: ControlPlane, token: string, replace: boolean | undefined, log: (l: string) => void): Promise<RegistrationResponse> {
+  private static async registerWhenReady(
+    control: ControlPlane,
+    token: string,
+    replace: boolean | undefined,
+    log: (l: string) => void,
+  ): Promise<RegistrationResponse> {
     for (let attempt = 0; ; attempt++) {
       try {
         return await control.register(token, replace);
@@ -714,7 +726,11 @@ export class Agent {
             this.heartbeatSignal.notify();
             continue;
           }
-          why = tracked.map((d) => (d.tagBlocker ? `disk ${d.id}: ${d.tagBlocker}` : "")).filter(Boolean).join("; ") || "a disk overflowed at the cut";
+          why =
+            tracked
+              .map((d) => (d.tagBlocker ? `disk ${d.id}: ${d.tagBlocker}` : ""))
+              .filter(Boolean)
+              .join("; ") || "a disk overflowed at the cut";
         }
       } catch (e) {
         why = describe(e);
@@ -763,14 +779,27 @@ export class Agent {
     const reports = [...this.disks.values()].map((d) => d.unreportedOverflow()).filter((r) => r !== undefined);
     // Every check-in reports every open warning the item should show (so a lost check-in loses nothing).
     const codes: string[] = Object.values(AGENT_WARNINGS);
-    const warnings = this.health.list().filter((i) => codes.includes(i.code)).map(({ code, message }) => ({ code, message: message.slice(0, 1000) }));
+    const warnings = this.health
+      .list()
+      .filter((i) => codes.includes(i.code))
+      .map(({ code, message }) => ({ code, message: message.slice(0, 1000) }));
     let res: CheckinResponse;
     try {
-      res = await this.control.checkin({ itemId: this.state.itemId, agentKey: this.state.agentKey, ...(reports.length ? { resyncRequired: reports } : {}), warnings, ...this.groupListen() });
+      res = await this.control.checkin({
+        itemId: this.state.itemId,
+        agentKey: this.state.agentKey,
+        ...(reports.length ? { resyncRequired: reports } : {}),
+        warnings,
+        ...this.groupListen(),
+      });
     } catch (e) {
       this.lastCheckin = { at: new Date().toISOString(), ok: false };
       if (e instanceof ControlPlaneError && e.status === 401) {
-        this.health.set("AgentKeyRejected", "Critical", `the service refused this agent's key (${e.message}): replication was disabled, or another agent registered for ${this.state.vmName}`);
+        this.health.set(
+          "AgentKeyRejected",
+          "Critical",
+          `the service refused this agent's key (${e.message}): replication was disabled, or another agent registered for ${this.state.vmName}`,
+        );
       } else {
         this.health.set("ControlPlaneUnreachable", "Warning", `check-in failed: ${describe(e)}`);
       }
@@ -795,16 +824,19 @@ export class Agent {
     for (const r of reports) this.disks.get(r.diskId)?.markOverflowReported(r.resyncId);
     for (const cmd of res.resync) {
       const disk = this.disks.get(cmd.diskId);
-      if (disk) void disk.acceptResync(cmd); // persisted in the disk's commit chain, which reports its own failures
+      if (disk)
+        void disk.acceptResync(cmd); // persisted in the disk's commit chain, which reports its own failures
       else this.log(`resync ${cmd.resyncId} asked for disk ${cmd.diskId}, which this agent does not replicate`);
     }
   }
 
   private async checkinLoop(): Promise<void> {
-    for (let failures = 0; !this.closed; ) {
+    for (let failures = 0; !this.closed;) {
       const interval = this.opts.checkinIntervalMs ?? this.state.checkinIntervalSeconds * 1000;
       // A freshly registered agent has fresh SAS URLs; one resuming from its state checks in at once to renew them.
-      await this.checkinSignal.wait(failures > 0 ? Math.min(interval, backoffMs(failures - 1, 1000, 60_000)) : this.lastCheckin || this.isFresh() ? interval : 0);
+      await this.checkinSignal.wait(
+        failures > 0 ? Math.min(interval, backoffMs(failures - 1, 1000, 60_000)) : this.lastCheckin || this.isFresh() ? interval : 0,
+      );
       if (this.closed) break;
       try {
         await this.checkin();

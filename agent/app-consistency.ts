@@ -115,10 +115,12 @@ export async function appConsistentTag(deps: AppTagDeps): Promise<BatchTag | und
   let thawed = false;
   let cutError: unknown;
   let timer: NodeJS.Timeout | undefined;
-  const cutting = deps.cut(() => (thawed || Date.now() - frozenAt >= bound ? "crash" : "app")).catch((e) => {
-    cutError = e;
-    return undefined;
-  });
+  const cutting = deps
+    .cut(() => (thawed || Date.now() - frozenAt >= bound ? "crash" : "app"))
+    .catch((e) => {
+      cutError = e;
+      return undefined;
+    });
   const overdue = new Promise<"overdue">((r) => (timer = setTimeout(() => r("overdue"), Math.max(0, bound - (Date.now() - frozenAt)))));
   const first = await Promise.race([cutting, overdue]);
   clearTimeout(timer);

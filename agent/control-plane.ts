@@ -80,7 +80,11 @@ export class ControlPlane {
     }
     const parsed = schema.safeParse(json);
     if (!parsed.success) {
-      throw new ControlPlaneError(res.status, "BadResponse", `${path}: unexpected response: ${parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
+      throw new ControlPlaneError(
+        res.status,
+        "BadResponse",
+        `${path}: unexpected response: ${parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`,
+      );
     }
     return parsed.data;
   }

@@ -285,7 +285,7 @@ export abstract class ReplicatedDisk {
   }
 
   private async runJobs(): Promise<void> {
-    for (let attempt = 0; !this.closed; ) {
+    for (let attempt = 0; !this.closed;) {
       const job = this.nextJob();
       if (!job) {
         this.notifyIdle();
@@ -401,7 +401,15 @@ export abstract class ReplicatedDisk {
     const replaced = this.state.resync?.id;
     this.ctx.log(`disk ${this.id}: resync ${cmd.resyncId} from batch ${cmd.baseSeq} (${cmd.reason})${replaced ? `, replacing ${replaced}` : ""}`);
     return this.chain(async () => {
-      this.state.resync = { id: cmd.resyncId, baseSeq: cmd.baseSeq, reason: cmd.reason, fetchedBytes: 0, started: false, doneBytes: 0, totalBytes: this.sizeBytes };
+      this.state.resync = {
+        id: cmd.resyncId,
+        baseSeq: cmd.baseSeq,
+        reason: cmd.reason,
+        fetchedBytes: 0,
+        started: false,
+        doneBytes: 0,
+        totalBytes: this.sizeBytes,
+      };
       this.resyncSweep = undefined;
       await this.persist();
       this.wake.notify();
@@ -539,7 +547,11 @@ export abstract class ReplicatedDisk {
       spoolBytes: spool.bytes,
       mode: this.mode,
       dirtyBytes: this.dirtyBytes(),
-      initialReplication: { doneBytes: this.state.initial.complete ? this.sizeBytes : this.state.initial.doneBytes, totalBytes: this.sizeBytes, complete: this.state.initial.complete },
+      initialReplication: {
+        doneBytes: this.state.initial.complete ? this.sizeBytes : this.state.initial.doneBytes,
+        totalBytes: this.sizeBytes,
+        complete: this.state.initial.complete,
+      },
       ...(r ? { resync: { id: r.id, doneBytes: r.doneBytes, totalBytes: r.totalBytes } } : this.overflowProgress()),
     };
   }
@@ -618,7 +630,7 @@ export abstract class ReplicatedDisk {
 /** Calls `fn` for each 64 KiB-aligned block piece of [from, from + length). */
 export function forEachBlock(from: number, length: number, fn: (start: number, end: number) => void): void {
   const end = from + length;
-  for (let start = from; start < end; ) {
+  for (let start = from; start < end;) {
     const next = Math.min(end, (Math.floor(start / RESYNC_BLOCK_BYTES) + 1) * RESYNC_BLOCK_BYTES);
     fn(start, next);
     start = next;

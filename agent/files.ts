@@ -47,7 +47,11 @@ const heldHere = new Set<string>();
 
 /** One agent per state directory: a pid file, taken over when the process that wrote it is gone (e.g. killed). */
 export function lockStateDir(path: string): () => void {
-  return lockPidFile(path, (pid) => (pid === process.pid ? `an agent of this process is already using this state directory (${path})` : `another agent (pid ${pid}) is using this state directory (${path})`));
+  return lockPidFile(path, (pid) =>
+    pid === process.pid
+      ? `an agent of this process is already using this state directory (${path})`
+      : `another agent (pid ${pid}) is using this state directory (${path})`,
+  );
 }
 
 /**

@@ -143,7 +143,8 @@ export class GroupLink {
     }
     this.server?.setMembers(info?.members ?? []);
     const c = info?.coordinator;
-    const memberKey = info && c && c.itemId !== this.opts.itemId && info.members.includes(this.opts.itemId) ? `${serverKey}|${c.itemId}|${c.host}|${c.port}` : "";
+    const memberKey =
+      info && c && c.itemId !== this.opts.itemId && info.members.includes(this.opts.itemId) ? `${serverKey}|${c.itemId}|${c.host}|${c.port}` : "";
     if (memberKey !== this.memberKey) {
       this.dropMember();
       this.memberKey = memberKey;
@@ -193,10 +194,13 @@ export class GroupLink {
   private retry(key: string): void {
     if (this.closed || key !== this.memberKey || this.reconnectTimer) return;
     this.member = undefined;
-    this.reconnectTimer = setTimeout(() => {
-      this.reconnectTimer = undefined;
-      if (!this.closed && key === this.memberKey) this.connect();
-    }, backoffMs(this.reconnects++, 100, 10_000));
+    this.reconnectTimer = setTimeout(
+      () => {
+        this.reconnectTimer = undefined;
+        if (!this.closed && key === this.memberKey) this.connect();
+      },
+      backoffMs(this.reconnects++, 100, 10_000),
+    );
     this.reconnectTimer.unref();
   }
 

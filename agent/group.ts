@@ -257,7 +257,15 @@ export class GroupMember {
   private holding: { tagId: string; timer: NodeJS.Timeout } | undefined;
 
   constructor(
-    private readonly opts: { itemId: string; secret: string; host: string; port: number; participant: BarrierParticipant; onTag?: (o: GroupTagOutcome) => void; onClose?: () => void },
+    private readonly opts: {
+      itemId: string;
+      secret: string;
+      host: string;
+      port: number;
+      participant: BarrierParticipant;
+      onTag?: (o: GroupTagOutcome) => void;
+      onClose?: () => void;
+    },
   ) {}
 
   async connect(): Promise<void> {

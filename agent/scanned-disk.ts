@@ -180,7 +180,10 @@ export class ScannedDisk extends ReplicatedDisk {
     }
     const last = pass.scannedTo >= this.sizeBytes;
     if (last && pass.found.isEmpty && !pass.initial) {
-      await this.endPass(pass, this.chain(async () => this.passDone(this.state)));
+      await this.endPass(
+        pass,
+        this.chain(async () => this.passDone(this.state)),
+      );
       return;
     }
     const result = await this.sealAttempt({
@@ -277,7 +280,7 @@ export class ScannedDisk extends ReplicatedDisk {
   /** Writes changed fingerprints in place, runs of neighbours in one write. */
   private async writeFingerprints(changed: Map<number, number>): Promise<void> {
     const idx = [...changed.keys()].sort((a, b) => a - b);
-    for (let i = 0; i < idx.length; ) {
+    for (let i = 0; i < idx.length;) {
       let j = i + 1;
       while (j < idx.length && idx[j] === idx[j - 1]! + 1) j++;
       const first = idx[i]!;

@@ -70,7 +70,9 @@ export class TrackedDisk extends ReplicatedDisk {
   static async open(ctx: DiskContext, spec: DiskSpec): Promise<TrackedDisk> {
     const { state } = await loadDiskState(ctx.stateDir, spec, "tracked");
     if (state.source.kind !== "tracked") {
-      throw new Error(`disk ${spec.id} was replicated by scanning ${state.source.path} from this state directory; write tracking needs a fresh state directory (and a new registration)`);
+      throw new Error(
+        `disk ${spec.id} was replicated by scanning ${state.source.path} from this state directory; write tracking needs a fresh state directory (and a new registration)`,
+      );
     }
     if (state.source.path !== spec.path) ctx.log(`disk ${spec.id}: image is now ${spec.path} (was ${state.source.path})`);
     state.source.path = spec.path;
@@ -162,7 +164,7 @@ export class TrackedDisk extends ReplicatedDisk {
     if (end - start > max) {
       // A write larger than a batch lands as consecutive pieces, like a disk splitting a large I/O; each piece's
       // enclosing sectors fit in a batch.
-      for (let at = 0; at < data.length; ) {
+      for (let at = 0; at < data.length;) {
         const n = Math.min(data.length - at, max - ((offset + at) % SECTOR));
         await this.writeAccepted(offset + at, data.subarray(at, at + n));
         at += n;
@@ -246,9 +248,11 @@ export class TrackedDisk extends ReplicatedDisk {
         this.queuedSync = undefined;
         const run = Promise.all([this.fh.datasync(), this.log.sync()]).then(() => undefined);
         this.runningSync = run;
-        void run.catch(() => undefined).then(() => {
-          if (this.runningSync === run) this.runningSync = undefined;
-        });
+        void run
+          .catch(() => undefined)
+          .then(() => {
+            if (this.runningSync === run) this.runningSync = undefined;
+          });
         return run;
       });
     return this.queuedSync;

@@ -160,9 +160,14 @@ export async function benchFailover(o: FailoverBenchOptions) {
     );
     const churnFrom = Date.now();
     const groupPoints = async () =>
-      ((await api(stack, "GET", `replicated-items/${items[0]!.id}/recovery-points`)).body as { id: string; scope: string; time: string; disks: { diskId: string; snapshot: string }[] }[]).filter(
-        (p) => p.scope === "group",
-      );
+      (
+        (await api(stack, "GET", `replicated-items/${items[0]!.id}/recovery-points`)).body as {
+          id: string;
+          scope: string;
+          time: string;
+          disks: { diskId: string; snapshot: string }[];
+        }[]
+      ).filter((p) => p.scope === "group");
     const warmDeadline = Date.now() + (o.warmupPoints + 6) * o.crashFrequencySeconds * 1000;
     for (;;) {
       const sealed = (await groupPoints()).filter((p) => Date.parse(p.time) >= churnFrom).length;
@@ -243,7 +248,8 @@ export async function benchFailover(o: FailoverBenchOptions) {
       for (const item of items) {
         const f = (await api(stack, "GET", `replicated-items/${item.id}`)).body.failover;
         accepted = Math.min(accepted, Date.parse(f?.startedAt ?? last.output.startedAt));
-        for (const t of (f?.timeline ?? []) as { step: string; at: string }[]) if (MARKS.includes(t.step)) at[t.step] = Math.max(at[t.step] ?? 0, Date.parse(t.at));
+        for (const t of (f?.timeline ?? []) as { step: string; at: string }[])
+          if (MARKS.includes(t.step)) at[t.step] = Math.max(at[t.step] ?? 0, Date.parse(t.at));
       }
       at.accepted = accepted;
       for (const [name, from, to] of PHASES) if (at[from] !== undefined && at[to] !== undefined) run.phases[name] = round((at[to]! - at[from]!) / 1000, 3);
@@ -287,7 +293,9 @@ export async function benchFailover(o: FailoverBenchOptions) {
     const sources = (
       await Promise.all(
         items.map(async (item) => {
-          const p = (await api(stack, "GET", `replicated-items/${item.id}/recovery-points`)).body.find((x: any) => x.id === newest.id) as { disks: { diskId: string; snapshot: string }[] };
+          const p = (await api(stack, "GET", `replicated-items/${item.id}/recovery-points`)).body.find((x: any) => x.id === newest.id) as {
+            disks: { diskId: string; snapshot: string }[];
+          };
           return p.disks.map((d) => replicas.getPageBlobClient(`${item.id}/${d.diskId}.vhd`).withSnapshot(d.snapshot));
         }),
       )
@@ -316,7 +324,8 @@ export async function benchFailover(o: FailoverBenchOptions) {
     const written = churn.written;
     churn = undefined;
 
-    const completed = (type: FailoverType, choice: Choice) => runs.filter((r) => r.type === type && r.recoveryPoint === choice && r.runtimeStatus === "Completed");
+    const completed = (type: FailoverType, choice: Choice) =>
+      runs.filter((r) => r.type === type && r.recoveryPoint === choice && r.runtimeStatus === "Completed");
     const summarize = (type: FailoverType, choice: Choice) => {
       const ok = completed(type, choice);
       const all = runs.filter((r) => r.type === type && r.recoveryPoint === choice);
@@ -330,7 +339,20 @@ export async function benchFailover(o: FailoverBenchOptions) {
         completed: ok.length,
         wallRtoSeconds: wall,
         orchestrationRtoSeconds: stats(ok.map((r) => r.rtoSeconds ?? NaN)),
-        backlog: { medianBatches: percentile(ok.map((r) => r.backlog.batches), 50), medianMB: round(percentile(ok.map((r) => r.backlog.bytes), 50) / 1e6, 2), maxMB: round(Math.max(...ok.map((r) => r.backlog.bytes)) / 1e6, 2) },
+        backlog: {
+          medianBatches: percentile(
+            ok.map((r) => r.backlog.batches),
+            50,
+          ),
+          medianMB: round(
+            percentile(
+              ok.map((r) => r.backlog.bytes),
+              50,
+            ) / 1e6,
+            2,
+          ),
+          maxMB: round(Math.max(...ok.map((r) => r.backlog.bytes)) / 1e6, 2),
+        },
         dataLossWindowSeconds: stats(ok.flatMap((r) => r.points.map((p) => p.dataLossWindowSeconds))),
         /** Median over the runs whose polling saw the step (a step shorter than a poll may go unseen: its time is in the one before). */
         stepsMedianSeconds: Object.fromEntries(
@@ -339,7 +361,9 @@ export async function benchFailover(o: FailoverBenchOptions) {
             return [s, seen.length === ok.length ? round(percentile(seen, 50), 3) : `${round(percentile(seen, 50), 3)} (seen ${seen.length}/${ok.length})`];
           }),
         ),
-        phasesMedianSeconds: Object.fromEntries(PHASES.map(([name]) => [name, round(percentile(ok.map((r) => r.phases[name] ?? NaN).filter(Number.isFinite), 50), 3)])),
+        phasesMedianSeconds: Object.fromEntries(
+          PHASES.map(([name]) => [name, round(percentile(ok.map((r) => r.phases[name] ?? NaN).filter(Number.isFinite), 50), 3)]),
+        ),
         cleanupMedianSeconds: type === "test" ? round(percentile(ok.map((r) => r.cleanupSeconds ?? NaN).filter(Number.isFinite), 50), 3) : null,
         targetMet: wall.median <= o.targetSeconds,
       };
@@ -369,7 +393,18 @@ export async function benchFailover(o: FailoverBenchOptions) {
     const label = (s: any) => `${s.type} → ${s.recoveryPoint}`;
     o.log(
       table(
-        ["failover", "runs", "RTO median s", "p90 s", "min s", "max s", "orchestration RTO median s", "backlog drained median MB (max)", "data-loss window median s", `≤ ${o.targetSeconds} s`],
+        [
+          "failover",
+          "runs",
+          "RTO median s",
+          "p90 s",
+          "min s",
+          "max s",
+          "orchestration RTO median s",
+          "backlog drained median MB (max)",
+          "data-loss window median s",
+          `≤ ${o.targetSeconds} s`,
+        ],
         summaries.map((s: any) =>
           s.completed === 0
             ? [label(s), s.runs === 0 ? "not run" : `0 of ${s.runs} completed`, "-", "-", "-", "-", "-", "-", "-", s.runs === 0 ? "-" : "not met"]

@@ -49,7 +49,13 @@ export async function startBenchStack(env: NodeJS.ProcessEnv = {}): Promise<Benc
 }
 
 export function machine() {
-  return { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? "unknown", memoryGiB: round(totalmem() / 2 ** 30, 1), node: process.version, platform: process.platform };
+  return {
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? "unknown",
+    memoryGiB: round(totalmem() / 2 ** 30, 1),
+    node: process.version,
+    platform: process.platform,
+  };
 }
 
 /** Writes `<name>-<time>.json` and `<name>-latest.json` under bench/results. */
@@ -83,7 +89,10 @@ export class ProcessMeter {
     clearInterval(this.timer);
     const cpu = process.cpuUsage(this.cpu0);
     const wallMs = performance.now() - this.t0;
-    return { cpuPercent: round(((cpu.user + cpu.system) / 1000 / wallMs) * 100, 1), peakRssMiB: round(Math.max(this.peakRss, process.memoryUsage().rss) / 2 ** 20, 1) };
+    return {
+      cpuPercent: round(((cpu.user + cpu.system) / 1000 / wallMs) * 100, 1),
+      peakRssMiB: round(Math.max(this.peakRss, process.memoryUsage().rss) / 2 ** 20, 1),
+    };
   }
 }
 

@@ -12,7 +12,16 @@ export async function runBenchmark(name: string, options: { seconds?: number; lo
   const log = options.log ?? console.log;
   switch (name) {
     case "replication":
-      return benchReplication({ seconds: options.seconds ?? 30, ratePerDiskMBps: 20, disks: 2, diskSizeMiB: 1024, writeKiB: 64, sequentialWriteKiB: 1024, maxBacklogMiB: 64, log });
+      return benchReplication({
+        seconds: options.seconds ?? 30,
+        ratePerDiskMBps: 20,
+        disks: 2,
+        diskSizeMiB: 1024,
+        writeKiB: 64,
+        sequentialWriteKiB: 1024,
+        maxBacklogMiB: 64,
+        log,
+      });
     case "recovery-points":
       // Several tags at the crash-consistent frequency: the run is at least 5 of them.
       return benchRecoveryPoints({

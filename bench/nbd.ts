@@ -113,9 +113,27 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
     const agentSock = join(stack.dir, "agent.sock");
     // BENCH_AGENT_NODE_ARGS: extra node flags for the agent alone (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
     const nodeArgs = process.env.BENCH_AGENT_NODE_ARGS?.split(" ").filter(Boolean) ?? [];
-    const agent = spawn(process.execPath, [...nodeArgs, join(ROOT, "dist", "cli", "main.js"), "--url", stack.url, "agent", "--token", item.agentRegistration.token, "--disk", `os=${agentImage}`, "--state-dir", join(stack.dir, "agent-state"), "--nbd", agentSock], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const agent = spawn(
+      process.execPath,
+      [
+        ...nodeArgs,
+        join(ROOT, "dist", "cli", "main.js"),
+        "--url",
+        stack.url,
+        "agent",
+        "--token",
+        item.agentRegistration.token,
+        "--disk",
+        `os=${agentImage}`,
+        "--state-dir",
+        join(stack.dir, "agent-state"),
+        "--nbd",
+        agentSock,
+      ],
+      {
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     children.push(agent);
     let agentOut = "";
     agent.stdout!.on("data", (d: Buffer) => (agentOut += d.toString()));
@@ -148,15 +166,21 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
       for (const t of targets) {
         const r = await measure(t, phase.name, phase.bytes, () => phase.work(t));
         results.push(r);
-        o.log(`${phase.name.padEnd(28)} ${t.name.padEnd(7)} ${r.MBps} MB/s${r.latencyP99ms !== undefined ? `, p50 ${r.latencyP50ms} ms, p99 ${r.latencyP99ms} ms` : ""}, server CPU ${r.serverCpuPercent}%`);
+        o.log(
+          `${phase.name.padEnd(28)} ${t.name.padEnd(7)} ${r.MBps} MB/s${r.latencyP99ms !== undefined ? `, p50 ${r.latencyP50ms} ms, p99 ${r.latencyP99ms} ms` : ""}, server CPU ${r.serverCpuPercent}%`,
+        );
       }
     }
     const agentPeakRssMiB = peakRssMiB(agent.pid!);
     // Replication kept up: the replica reaches the image once the writes stop.
-    await waitFor("the replica to catch up", async () => {
-      const view = (await api(stack, "GET", `replicated-items/${item.id}`)).body;
-      return view?.disks?.every((d: { pendingBatches?: number }) => (d.pendingBatches ?? 0) === 0) ?? false;
-    }, 600_000).catch(() => o.log("note: the replica had not caught up within 10 minutes"));
+    await waitFor(
+      "the replica to catch up",
+      async () => {
+        const view = (await api(stack, "GET", `replicated-items/${item.id}`)).body;
+        return view?.disks?.every((d: { pendingBatches?: number }) => (d.pendingBatches ?? 0) === 0) ?? false;
+      },
+      600_000,
+    ).catch(() => o.log("note: the replica had not caught up within 10 minutes"));
 
     const ratio = (phase: string, field: "MBps" | "latencyP99ms") => {
       const a = results.find((r) => r.phase === phase && r.target === "agent")![field]!;
@@ -171,7 +195,14 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
       agentPeakRssMiB,
       targets: { writes1MiBRatioAtLeast: 0.5, fua4KiBP99msAtMost: 5 },
     };
-    const out = { benchmark: "nbd", at: new Date().toISOString(), machine: machine(), options: { diskSizeMiB: o.diskSizeMiB, randomWrites: o.randomWrites }, results, summary };
+    const out = {
+      benchmark: "nbd",
+      at: new Date().toISOString(),
+      machine: machine(),
+      options: { diskSizeMiB: o.diskSizeMiB, randomWrites: o.randomWrites },
+      results,
+      summary,
+    };
     const file = writeResults("nbd", out);
     o.log(
       "\n" +

@@ -83,7 +83,17 @@ export async function benchRecoveryPoints(o: RecoveryPointsBenchOptions) {
     const end = performance.now() + o.seconds * 1000;
     o.log(`churn for ${o.seconds} s…`);
     const written = (
-      await Promise.all(agents.map((a, i) => churn(a, items[i]!.disks.map((d) => d.id), o, i === 0 ? o.ratePerDiskMBps : o.ratePerDiskMBps / 10, end)))
+      await Promise.all(
+        agents.map((a, i) =>
+          churn(
+            a,
+            items[i]!.disks.map((d) => d.id),
+            o,
+            i === 0 ? o.ratePerDiskMBps : o.ratePerDiskMBps / 10,
+            end,
+          ),
+        ),
+      )
     ).reduce((x, y) => x + y, 0);
     const usage = meter.stop();
     const holds = agents.flatMap((a, i) => a.groupHoldsMs().slice(holdsBefore[i]));
@@ -109,16 +119,35 @@ export async function benchRecoveryPoints(o: RecoveryPointsBenchOptions) {
       groupPoints: points.length,
       /** Group tags aborted (a member's prepare ack missed the hold bound): the coordinator cut a VM tag instead. */
       abortedGroupTags: aborted,
-      cadence: { policySeconds: o.crashFrequencySeconds, meanSeconds: intervals.length ? round(intervals.reduce((a, b) => a + b, 0) / intervals.length, 1) : null, maxSeconds: intervals.length ? round(Math.max(...intervals), 1) : null },
+      cadence: {
+        policySeconds: o.crashFrequencySeconds,
+        meanSeconds: intervals.length ? round(intervals.reduce((a, b) => a + b, 0) / intervals.length, 1) : null,
+        maxSeconds: intervals.length ? round(Math.max(...intervals), 1) : null,
+      },
       sealLag: { p50s: round(percentile(lags, 50), 2), p99s: round(percentile(lags, 99), 2) },
-      writeHold: { samples: holds.length, p50ms: round(percentile(holds, 50), 2), p99ms: round(percentile(holds, 99), 2), maxMs: round(Math.max(0, ...holds), 2), boundMs: o.holdBoundMs },
+      writeHold: {
+        samples: holds.length,
+        p50ms: round(percentile(holds, 50), 2),
+        p99ms: round(percentile(holds, 99), 2),
+        maxMs: round(Math.max(0, ...holds), 2),
+        boundMs: o.holdBoundMs,
+      },
       agentsCpuPercent: usage.cpuPercent,
       agentsPeakRssMiB: usage.peakRssMiB,
     };
     const file = writeResults("recovery-points", result);
     o.log(
       table(
-        ["group points", "aborted tags", "cadence mean s (policy)", "seal lag p50 s", "seal lag p99 s", "write hold p50 ms", "write hold p99 ms", "hold bound ms"],
+        [
+          "group points",
+          "aborted tags",
+          "cadence mean s (policy)",
+          "seal lag p50 s",
+          "seal lag p99 s",
+          "write hold p50 ms",
+          "write hold p99 ms",
+          "hold bound ms",
+        ],
         [
           [
             result.groupPoints,

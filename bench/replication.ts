@@ -59,7 +59,10 @@ class LagProbe {
   ) {}
 
   start(): void {
-    this.timers.push(setInterval(() => void this.mark(), 100), setInterval(() => void this.poll(), 50));
+    this.timers.push(
+      setInterval(() => void this.mark(), 100),
+      setInterval(() => void this.poll(), 50),
+    );
   }
 
   async mark(): Promise<number> {

@@ -98,8 +98,18 @@ async function timedReprotect(stack: BenchStack, itemId: string, images: Record<
   const transferred = item.disks.reduce((n: number, d: any) => n + d.initialReplication.transferredBytes, 0);
   const total = item.disks.reduce((n: number, d: any) => n + d.sizeBytes, 0);
   const r = item.reprotect;
-  const phases = { seedSeconds: round((Date.parse(r.seededAt) - Date.parse(r.startedAt)) / 1000, 2), agentRegisteredAfterSeconds: round((Date.parse(item.agent?.registeredAt ?? r.seededAt) - Date.parse(r.startedAt)) / 1000, 2) };
-  return { seconds: round(seconds, 1), ...phases, transferredBytes: transferred, totalBytes: total, sharePercent: round((100 * transferred) / total, 2), seeds: item.reprotect.seeds };
+  const phases = {
+    seedSeconds: round((Date.parse(r.seededAt) - Date.parse(r.startedAt)) / 1000, 2),
+    agentRegisteredAfterSeconds: round((Date.parse(item.agent?.registeredAt ?? r.seededAt) - Date.parse(r.startedAt)) / 1000, 2),
+  };
+  return {
+    seconds: round(seconds, 1),
+    ...phases,
+    transferredBytes: transferred,
+    totalBytes: total,
+    sharePercent: round((100 * transferred) / total, 2),
+    seeds: item.reprotect.seeds,
+  };
 }
 
 export async function benchReprotect(o: ReprotectBenchOptions): Promise<unknown> {
@@ -110,7 +120,14 @@ export async function benchReprotect(o: ReprotectBenchOptions): Promise<unknown>
   try {
     const diskIds = Array.from({ length: o.disks }, (_, i) => (i === 0 ? "os" : `data${i - 1}`));
     const res = await api(stack, "POST", "replicated-items", {
-      vm: { name: "bench-rp", region: "eastus", resourceGroup: "bench-rg", size: "Standard_D8s_v5", network: { vnet: "bench-vnet", subnet: "default", privateIp: "10.1.0.4" }, disks: diskIds.map((id) => ({ id, sizeBytes: size })) },
+      vm: {
+        name: "bench-rp",
+        region: "eastus",
+        resourceGroup: "bench-rg",
+        size: "Standard_D8s_v5",
+        network: { vnet: "bench-vnet", subnet: "default", privateIp: "10.1.0.4" },
+        disks: diskIds.map((id) => ({ id, sizeBytes: size })),
+      },
       targetRegion: "westus",
       policy: { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 10, appConsistentFrequencyMinutes: 240 },
     });
@@ -121,7 +138,13 @@ export async function benchReprotect(o: ReprotectBenchOptions): Promise<unknown>
     diskIds.forEach((d, i) => denseImage(join(src, `${d}.img`), size, i + 1));
     o.log(`enable: ${o.disks} × ${o.diskSizeMiB} MiB dense disks, initial replication…`);
     const tEnable = performance.now();
-    const source = await Agent.start({ url: stack.url, token: res.body.agentRegistration.token, stateDir: join(stack.dir, "state-source"), disks: diskIds.map((id) => ({ id, path: join(src, `${id}.img`), kind: "tracked" as const })), tagIntervalMs: 3_600_000 });
+    const source = await Agent.start({
+      url: stack.url,
+      token: res.body.agentRegistration.token,
+      stateDir: join(stack.dir, "state-source"),
+      disks: diskIds.map((id) => ({ id, path: join(src, `${id}.img`), kind: "tracked" as const })),
+      tagIntervalMs: 3_600_000,
+    });
     agents.push(source);
     await waitState(stack, itemId, "Protected");
     const enableSeconds = round((performance.now() - tEnable) / 1000, 1);

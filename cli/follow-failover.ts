@@ -3,7 +3,6 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { FailoverStatusBody } from "../shared/contract/responses";
 import type { ApiClient } from "../shared/contract/client";
 
-
 const RUNNING = new Set(["Running", "Pending", "ContinuedAsNew"]);
 
 /** `[group 1/2] copying disks  web-1: copying disks (1/2 copied); db-1: …`, or the runtime status before any progress. */
@@ -25,7 +24,12 @@ export interface FollowOptions {
 }
 
 /** Polls the failover until it is no longer running, showing each new progress line; returns the last status. */
-export async function followFailover(api: ApiClient, id: string, show: (line: string, st: FailoverStatusBody) => void, o: FollowOptions = {}): Promise<FailoverStatusBody> {
+export async function followFailover(
+  api: ApiClient,
+  id: string,
+  show: (line: string, st: FailoverStatusBody) => void,
+  o: FollowOptions = {},
+): Promise<FailoverStatusBody> {
   const started = Date.now();
   let last = "";
   let shownAt = 0;
@@ -38,7 +42,8 @@ export async function followFailover(api: ApiClient, id: string, show: (line: st
       shownAt = Date.now();
     }
     if (!RUNNING.has(st.runtimeStatus)) return st;
-    if (o.timeoutMs !== undefined && Date.now() - started > o.timeoutMs) throw new Error(`failover ${id} did not finish within ${o.timeoutMs / 1000} s (last: ${line})`);
+    if (o.timeoutMs !== undefined && Date.now() - started > o.timeoutMs)
+      throw new Error(`failover ${id} did not finish within ${o.timeoutMs / 1000} s (last: ${line})`);
     await sleep(o.pollMs ?? 500);
   }
 }

@@ -97,7 +97,10 @@ export class QemuIo {
     this.buffered += chunk;
     let nl: number;
     while ((nl = this.buffered.indexOf("\n")) >= 0) {
-      const line = this.buffered.slice(0, nl).trim().replace(/^(?:qemu-io> )+/, "");
+      const line = this.buffered
+        .slice(0, nl)
+        .trim()
+        .replace(/^(?:qemu-io> )+/, "");
       this.buffered = this.buffered.slice(nl + 1);
       // A pattern mismatch is printed before the read's own completion line.
       if (line.startsWith("Pattern verification failed")) {

@@ -3,9 +3,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { ApiClient } from "../shared/contract/client";
 import type { ReprotectJob } from "../shared/contract/responses";
 
-
 const mib = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`;
-const eta = (s: number | null | undefined) => (s === null || s === undefined ? "ETA -" : s === 0 ? "done" : `ETA ${s >= 120 ? `${Math.round(s / 60)} min` : `${s} s`}`);
+const eta = (s: number | null | undefined) =>
+  s === null || s === undefined ? "ETA -" : s === 0 ? "done" : `ETA ${s >= 120 ? `${Math.round(s / 60)} min` : `${s} s`}`;
 
 /** `seeding replicas` or `initial replication (differential)  compared 12.0/128.0 MiB (9%) · shipped 1.2 MiB · ETA 40 s`. */
 export function reprotectLine(job: ReprotectJob): string {

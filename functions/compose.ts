@@ -71,10 +71,49 @@ export function createServices(config: Config, overrides: ServiceOverrides = {})
   const plans = new RecoveryPlans({ storage, items, ...clock });
   const protection = new Protection({ config, storage, fabric, items, agents, points, jobs, history, ...clock });
   const planning = new FailoverPlanning({ items, points, plans, ...clock });
-  const failover = new FailoverSteps({ config, storage, items, points, fabric, planning, agents, jobs, cacheTimeoutMs: config.failover.cacheTimeoutSeconds * 1000, ...clock });
+  const failover = new FailoverSteps({
+    config,
+    storage,
+    items,
+    points,
+    fabric,
+    planning,
+    agents,
+    jobs,
+    cacheTimeoutMs: config.failover.cacheTimeoutSeconds * 1000,
+    ...clock,
+  });
   const reprotection = new Reprotection({ config, storage, items, fabric, agents, jobs, ...clock });
-  const monitoring = new Monitoring({ config, storage, items, points, jobs, alerts, history, ...clock, onSample: (item, sample) => telemetry.sample(item, sample) });
-  return { config, storage, fabric, items, protection, agents, points, plans, planning, failover, reprotection, jobs, alerts, history, monitoring, telemetry, now: overrides.now ?? (() => new Date()) };
+  const monitoring = new Monitoring({
+    config,
+    storage,
+    items,
+    points,
+    jobs,
+    alerts,
+    history,
+    ...clock,
+    onSample: (item, sample) => telemetry.sample(item, sample),
+  });
+  return {
+    config,
+    storage,
+    fabric,
+    items,
+    protection,
+    agents,
+    points,
+    plans,
+    planning,
+    failover,
+    reprotection,
+    jobs,
+    alerts,
+    history,
+    monitoring,
+    telemetry,
+    now: overrides.now ?? (() => new Date()),
+  };
 }
 
 /** LocalFabric (embedded default), or ARM with the Function App's identity; mappings are the control plane's records either way. */

@@ -16,7 +16,6 @@ export const SHUTDOWN_TIMEOUT_MS = 10 * 60_000;
 const COPY_POLL_MS = 2_000;
 const FINAL_SYNC_POLL_MS = 1_000;
 
-
 function* orchestrate(context: OrchestrationContext): Generator<df.Task, FailoverOutput, unknown> {
   const input = context.df.getInput() as FailoverInput;
   const ids = input.stages.flat();
@@ -57,30 +56,42 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
     let latest: Record<string, { pointId?: string; note?: string }> = {};
     if (input.type === "planned") {
       show("shutting down the source VMs");
-      yield* all("failoverRequestShutdown", ids.map((itemId) => ({ input, itemId })));
+      yield* all(
+        "failoverRequestShutdown",
+        ids.map((itemId) => ({ input, itemId })),
+      );
       show("waiting for the source VMs' final sync");
       const deadline = Date.parse(input.startedAt) + SHUTDOWN_TIMEOUT_MS;
       let pending = ids;
       for (;;) {
-        const sealed = yield* all<boolean>("failoverFinalPointSealed", pending.map((itemId) => ({ input, itemId })));
+        const sealed = yield* all<boolean>(
+          "failoverFinalPointSealed",
+          pending.map((itemId) => ({ input, itemId })),
+        );
         for (const [n, id] of pending.entries()) if (sealed[n]) status.vms[id]!.step = "source shut down, final sync done";
         pending = pending.filter((_, n) => !sealed[n]);
         if (pending.length === 0) break;
         if (context.df.currentUtcDateTime.getTime() > deadline) {
-          throw new Error(`SourceNotShutDown: the source VMs of ${pending.join(", ")} did not complete their final sync within ${SHUTDOWN_TIMEOUT_MS / 60_000} minutes; run an unplanned failover`);
+          throw new Error(
+            `SourceNotShutDown: the source VMs of ${pending.join(", ")} did not complete their final sync within ${SHUTDOWN_TIMEOUT_MS / 60_000} minutes; run an unplanned failover`,
+          );
         }
         context.df.setCustomStatus(status);
         yield later(FINAL_SYNC_POLL_MS);
       }
     } else if (input.recoveryPoint === "latest") {
       show("draining the cache and cutting the latest point");
-      const drained = yield* all<{ pointId?: string; note?: string }>("failoverDrain", ids.map((itemId) => ({ input, itemId })));
+      const drained = yield* all<{ pointId?: string; note?: string }>(
+        "failoverDrain",
+        ids.map((itemId) => ({ input, itemId })),
+      );
       latest = Object.fromEntries(ids.map((id, n) => [id, drained[n]!]));
     }
 
     show("choosing recovery points");
     const [plans] = yield* all<VmPlan[]>("failoverPlan", [{ input, latest }]);
-    for (const p of plans!) Object.assign(status.vms[p.itemId]!, { recoveryPoint: p.point, step: "waiting for its group", ...(p.note ? { note: p.note } : {}) });
+    for (const p of plans!)
+      Object.assign(status.vms[p.itemId]!, { recoveryPoint: p.point, step: "waiting for its group", ...(p.note ? { note: p.note } : {}) });
 
     const outcomes: VmOutcome[] = [];
     for (const [n, stage] of input.stages.entries()) {
@@ -92,7 +103,10 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
       show("copying disks");
       let copying = group;
       for (;;) {
-        const copies = yield* all<{ state: CopyState; copied: number; total: number }>("failoverCopyDisks", copying.map((plan) => ({ input, plan })));
+        const copies = yield* all<{ state: CopyState; copied: number; total: number }>(
+          "failoverCopyDisks",
+          copying.map((plan) => ({ input, plan })),
+        );
         for (const [k, p] of copying.entries()) status.vms[p.itemId]!.disks = `${copies[k]!.copied}/${copies[k]!.total} copied`;
         copying = copying.filter((_, k) => copies[k]!.state === "pending");
         if (copying.length === 0) break;
@@ -102,18 +116,30 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
 
       mark("creating the network interface");
       show("creating network interfaces");
-      const nics = yield* all<{ nicId: string; privateIp: string }>("failoverCreateNic", group.map((plan) => ({ input, plan })));
+      const nics = yield* all<{ nicId: string; privateIp: string }>(
+        "failoverCreateNic",
+        group.map((plan) => ({ input, plan })),
+      );
       group.forEach((p, k) => (status.vms[p.itemId]!.privateIp = nics[k]!.privateIp));
 
       mark("creating the VM");
       show("creating VMs");
-      yield* all("failoverCreateVm", group.map((plan, k) => ({ input, plan, nicId: nics[k]!.nicId })));
+      yield* all(
+        "failoverCreateVm",
+        group.map((plan, k) => ({ input, plan, nicId: nics[k]!.nicId })),
+      );
 
       mark("starting");
       show("starting VMs");
-      yield* all("failoverStartVm", group.map((plan) => ({ input, plan })));
+      yield* all(
+        "failoverStartVm",
+        group.map((plan) => ({ input, plan })),
+      );
 
-      const done = yield* all<VmOutcome>("failoverComplete", group.map((plan) => ({ input, plan })));
+      const done = yield* all<VmOutcome>(
+        "failoverComplete",
+        group.map((plan) => ({ input, plan })),
+      );
       for (const o of done) Object.assign(status.vms[o.itemId]!, { step: "running", powerState: o.targetVm.powerState });
       outcomes.push(...done);
     }
@@ -176,9 +202,12 @@ export function failoverFunctions(services: () => Services): FunctionSpec[] {
     step<Vm>("failoverStartVm", ({ input, plan }) => f().startVm(input, plan)),
     step<Vm>("failoverComplete", ({ input, plan }) => f().complete(input, plan)),
     step<Item & { error: string }>("failoverRollback", ({ input, itemId, error }) => f().rollback(input, itemId, error)),
-    step<{ instanceId: string; type: string; state: "Succeeded" | "Failed"; error?: { code: string; message: string }; steps: JobStep[] }>("failoverJobEnd", async (o) => {
-      const seconds = await f().endJob(o.instanceId, o);
-      if (seconds !== undefined) services().telemetry.failoverEnded(seconds, { type: o.type, outcome: o.state });
-    }),
+    step<{ instanceId: string; type: string; state: "Succeeded" | "Failed"; error?: { code: string; message: string }; steps: JobStep[] }>(
+      "failoverJobEnd",
+      async (o) => {
+        const seconds = await f().endJob(o.instanceId, o);
+        if (seconds !== undefined) services().telemetry.failoverEnded(seconds, { type: o.type, outcome: o.state });
+      },
+    ),
   ];
 }

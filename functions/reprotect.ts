@@ -16,7 +16,6 @@ export const PROGRESS_POLL_MS = 3_000;
 /** Polls before the orchestration continues as new (its history stays short on a long initial replication). */
 const POLLS_PER_EPISODE = 200;
 
-
 type Episode = ReprotectInput & { phase?: "monitor"; seededAt?: string; seeds?: Record<string, DiskSeed> };
 
 function* orchestrate(context: OrchestrationContext): Generator<df.Task, ReprotectOutput, unknown> {
@@ -41,7 +40,9 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Reprote
       show("seeding replicas");
       let pending = disks.map((d) => d.diskId);
       for (;;) {
-        const results = (yield context.df.Task.all(pending.map((diskId) => context.df.callActivityWithRetry("reprotectSeedDisk", stepRetry(), { input: base, diskId })))) as StepResult<{
+        const results = (yield context.df.Task.all(
+          pending.map((diskId) => context.df.callActivityWithRetry("reprotectSeedDisk", stepRetry(), { input: base, diskId })),
+        )) as StepResult<{
           state: "success" | "pending";
           seed: DiskSeed;
         }>[];
@@ -111,7 +112,11 @@ export function reprotectFunctions(services: () => Services): FunctionSpec[] {
     orchestration,
     step<ReprotectInput>("reprotectPrepare", (i) => r().prepare(i)),
     step<{ input: ReprotectInput; diskId: string }>("reprotectSeedDisk", ({ input, diskId }) => r().seedDisk(input, diskId)),
-    step<ReprotectInput>("reprotectFinishSeed", (i) => r().finishSeed(i).then(() => null)),
+    step<ReprotectInput>("reprotectFinishSeed", (i) =>
+      r()
+        .finishSeed(i)
+        .then(() => null),
+    ),
     step<ReprotectInput>("reprotectProgress", (i) => r().progress(i)),
     step<{ input: ReprotectInput; progress: ReprotectProgress }>("reprotectComplete", ({ input, progress }) => r().complete(input, progress)),
     step<{ input: ReprotectInput; error: string }>("reprotectRollback", ({ input, error }) => r().rollback(input, error)),

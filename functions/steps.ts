@@ -28,7 +28,11 @@ export function unwrap<T>(step: string, r: StepResult<T>): T {
  * (a 4xx other than 408/429: a snapshot gone, a bad request) — are returned, not thrown into retries. Anything
  * transient or unknown is thrown: the orchestration's retry options decide.
  */
-export function step<I>(name: string, run: (input: I) => Promise<unknown>, stepError: abstract new (...args: never[]) => Error & { code: string }): ActivityFunctionSpec {
+export function step<I>(
+  name: string,
+  run: (input: I) => Promise<unknown>,
+  stepError: abstract new (...args: never[]) => Error & { code: string },
+): ActivityFunctionSpec {
   return {
     kind: "activity",
     name,
@@ -38,7 +42,8 @@ export function step<I>(name: string, run: (input: I) => Promise<unknown>, stepE
       } catch (e) {
         if (e instanceof stepError || e instanceof ApiError || e instanceof FabricError) return { failed: { code: e.code, message: e.message } };
         const status = storageStatus(e);
-        if (status !== undefined && !isTransient(e)) return { failed: { code: storageCode(e) ?? `Storage${status}`, message: firstLine((e as Error).message) } };
+        if (status !== undefined && !isTransient(e))
+          return { failed: { code: storageCode(e) ?? `Storage${status}`, message: firstLine((e as Error).message) } };
         throw e;
       }
     },

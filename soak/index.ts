@@ -211,7 +211,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   /** The API of whichever instance answers (one may be down). */
   // The soak reads a few fields of each answer.
   // Each call is bounded: 15 s per attempt, 45 s in all (a host restarts in a few seconds; Azurite stalls for at most 8).
-  const api = async <T = Answer,>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> => {
+  const api = async <T = Answer>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> => {
     let last: unknown;
     // Round robin, not the seeded generator: the fault schedule must not depend on how many calls were made.
     const start = apiCalls++ % hostCount;
@@ -326,7 +326,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
 
     const snapshotBytes = async (itemId: string, diskId: string, snapshot: string): Promise<Buffer | undefined> => {
       try {
-        return await replicas.getPageBlobClient(replicaBlobName(itemId, diskId)).withSnapshot(snapshot).downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(30_000) });
+        return await replicas
+          .getPageBlobClient(replicaBlobName(itemId, diskId))
+          .withSnapshot(snapshot)
+          .downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(30_000) });
       } catch (e) {
         if ((e as { statusCode?: number }).statusCode === 404) return undefined; // pruned meanwhile
         throw e;
@@ -335,7 +338,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const checkAt = (vm: SoakVm, diskId: string, time: string, bytes: Buffer, what: string) => {
       const m = vm.models.get(diskId)!;
       const r = m.matchesAt(Date.parse(time), bytes, vm.spec.capture === "scan" ? SCAN_SLACK_MS : 0);
-      if (!r.ok) diverge(`${what} ${vm.spec.name}/${diskId} (${vm.spec.capture}) at ${time}: equals no state of the model between writes ${r.kmin} and ${r.kmax} of ${m.writes.length} (first difference at byte ${r.firstDiff})`);
+      if (!r.ok)
+        diverge(
+          `${what} ${vm.spec.name}/${diskId} (${vm.spec.capture}) at ${time}: equals no state of the model between writes ${r.kmin} and ${r.kmax} of ${m.writes.length} (first difference at byte ${r.firstDiff})`,
+        );
     };
     const verifyPoints = async () => {
       for (const owner of vms) {
@@ -347,7 +353,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           for (const v of members) newestPoint.set(v.itemId, Math.max(newestPoint.get(v.itemId) ?? 0, t));
           if (seen.has(p.id)) continue;
           // A group point is listed by every member, each with its own disks: verify it whole, once.
-          const disks = p.scope === "group" ? (await pointDisks(p)) : p.disks.map((d) => ({ ...d, itemId: owner.itemId }));
+          const disks = p.scope === "group" ? await pointDisks(p) : p.disks.map((d) => ({ ...d, itemId: owner.itemId }));
           if (!disks) continue;
           let verified = 0;
           for (const d of disks) {
@@ -416,13 +422,13 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       log(`#${r.n} ${kind}: ${detail}`);
       return r;
     };
-    const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!;
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!;
     const between = (lo: number, hi: number) => lo + next() * (hi - lo);
 
     const inject = async (kind: FaultKind): Promise<FaultRecord> => {
       // Each fault's own choices come from its own generator: how many messages a queue held must not shift the schedule.
       const next = rng(seed * 7919 + history.length);
-      const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!;
+      const pick = <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!;
       const between = (lo: number, hi: number) => lo + next() * (hi - lo);
       switch (kind) {
         case "host-kill": {
@@ -457,7 +463,13 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           const r = record(kind, "Azurite stopped (SIGTERM) and started again on the same data and ports");
           await storage.stop();
           await sleep(between(500, 2000));
-          storage = await startAzurite({ location: join(dir, "azurite"), silent: true, blobPort: storage.ports.blob, queuePort: storage.ports.queue, tablePort: storage.ports.table });
+          storage = await startAzurite({
+            location: join(dir, "azurite"),
+            silent: true,
+            blobPort: storage.ports.blob,
+            queuePort: storage.ports.queue,
+            tablePort: storage.ports.table,
+          });
           azuritePid = storage.pid;
           return r;
         }
@@ -547,12 +559,17 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       }
     };
 
-    const workloadPaused = async <T,>(f: () => Promise<T>): Promise<T> => {
+    const workloadPaused = async <T>(f: () => Promise<T>): Promise<T> => {
       const paused = Promise.all(vms.map((v) => v.pause()));
       const late = await Promise.race([paused.then(() => false), bound(30_000).then(() => true)]);
       if (late) {
         for (const v of vms) v.go();
-        diverge(`the workload did not pause within 30 s (a write never acknowledged): ${vms.filter((v) => v.writeInFlight).map((v) => v.spec.name).join(", ")}`);
+        diverge(
+          `the workload did not pause within 30 s (a write never acknowledged): ${vms
+            .filter((v) => v.writeInFlight)
+            .map((v) => v.spec.name)
+            .join(", ")}`,
+        );
       }
       try {
         return await f();
@@ -583,11 +600,15 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
               if (Date.now() > nextNote) {
                 nextNote = Date.now() + 10_000;
                 const props = await blob.getProperties();
-                log(`  ${v.spec.name}/${d} not converged yet: first difference at byte ${firstDifference(bytes, model)}, watermark ${props.blobSequenceNumber}, ${v.models.get(d)!.writes.length} writes, pending ${JSON.stringify(v.models.get(d)!.pending ?? null)}`);
+                log(
+                  `  ${v.spec.name}/${d} not converged yet: first difference at byte ${firstDifference(bytes, model)}, watermark ${props.blobSequenceNumber}, ${v.models.get(d)!.writes.length} writes, pending ${JSON.stringify(v.models.get(d)!.pending ?? null)}`,
+                );
               }
               if (Date.now() > deadline) {
                 const props = await blob.getProperties();
-                diverge(`convergence: ${v.spec.name}/${d} (${v.spec.capture}) replica differs from its source ${Math.round(limitMs / 1000)} s after the workload paused (first difference at byte ${firstDifference(bytes, model)}, watermark ${props.blobSequenceNumber})`);
+                diverge(
+                  `convergence: ${v.spec.name}/${d} (${v.spec.capture}) replica differs from its source ${Math.round(limitMs / 1000)} s after the workload paused (first difference at byte ${firstDifference(bytes, model)}, watermark ${props.blobSequenceNumber})`,
+                );
               }
               await sleep(1000);
             }
@@ -624,7 +645,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       for (;;) {
         st = (await api<FailoverAnswer | undefined>("GET", `failovers/${id}`)).body;
         if (FINISHED.includes(st?.runtimeStatus ?? "")) break;
-        if (Date.now() > deadline) diverge(`test failover ${id} still ${st?.runtimeStatus} after ${failoverTimeoutMs / 1000} s: ${JSON.stringify(st?.customStatus)}`);
+        if (Date.now() > deadline)
+          diverge(`test failover ${id} still ${st?.runtimeStatus} after ${failoverTimeoutMs / 1000} s: ${JSON.stringify(st?.customStatus)}`);
         await sleep(500);
       }
       if (st?.runtimeStatus !== "Completed" || !st.output) return diverge(`test failover ${id} ${st?.runtimeStatus}: ${JSON.stringify(st?.output)}`);
@@ -632,7 +654,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       for (const out of st.output.vms) {
         const v = byId.get(out.itemId)!;
         for (const d of out.disks) {
-          const bytes = await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) });
+          const bytes = await failover
+            .getPageBlobClient(d.blob.replace(/^failover\//, ""))
+            .downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) });
           if (bytes.length !== diskBytes + 512) diverge(`failover disk ${d.blob}: ${bytes.length} bytes, expected the disk and a 512-byte footer`);
           checkAt(v, d.diskId, out.recoveryPoint.time, bytes.subarray(0, diskBytes), `failover disk ${d.blob} (point ${out.recoveryPoint.id})`);
         }
@@ -678,7 +702,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     for (;;) {
       st = (await api<FailoverAnswer | undefined>("GET", `failovers/${res.body.id}`)).body;
       if (FINISHED.includes(st?.runtimeStatus ?? "")) break;
-      if (Date.now() > deadline) diverge(`planned failover still ${st?.runtimeStatus} after ${failoverTimeoutMs / 1000} s: ${JSON.stringify(st?.customStatus)}`);
+      if (Date.now() > deadline)
+        diverge(`planned failover still ${st?.runtimeStatus} after ${failoverTimeoutMs / 1000} s: ${JSON.stringify(st?.customStatus)}`);
       await sleep(500);
     }
     if (st?.runtimeStatus !== "Completed" || !st.output) return diverge(`planned failover ${st?.runtimeStatus}: ${JSON.stringify(st?.output)}`);
@@ -689,9 +714,14 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     for (const out of st.output.vms) {
       const v = byId.get(out.itemId)!;
       for (const d of out.disks) {
-        const bytes = (await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) })).subarray(0, diskBytes);
+        const bytes = (
+          await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) })
+        ).subarray(0, diskBytes);
         const model = v.models.get(d.diskId)!.current();
-        if (!bytes.equals(model)) diverge(`planned failover disk ${d.blob} of ${v.spec.name}/${d.diskId} lacks acknowledged writes (first difference at byte ${firstDifference(bytes, model)})`);
+        if (!bytes.equals(model))
+          diverge(
+            `planned failover disk ${d.blob} of ${v.spec.name}/${d.diskId} lacks acknowledged writes (first difference at byte ${firstDifference(bytes, model)})`,
+          );
       }
       failoversVerified++;
     }
@@ -716,7 +746,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     process.off("exit", onExit);
   }
 
-  const stats = (xs: number[]) => ({ p50: round(percentile(xs, 50), 1), p90: round(percentile(xs, 90), 1), p99: round(percentile(xs, 99), 1), max: round(xs.length ? Math.max(...xs) : NaN, 1) });
+  const stats = (xs: number[]) => ({
+    p50: round(percentile(xs, 50), 1),
+    p90: round(percentile(xs, 90), 1),
+    p99: round(percentile(xs, 99), 1),
+    max: round(xs.length ? Math.max(...xs) : NaN, 1),
+  });
   const recoverySeconds: SoakReport["recoverySeconds"] = {};
   for (const kind of new Set(history.map((f) => f.kind))) {
     const xs = history.filter((f) => f.kind === kind && f.recoveredAt !== undefined).map((f) => (f.recoveredAt! - f.endedAt!) / 1000);
@@ -749,7 +784,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
 export function formatReport(r: SoakReport): string {
   const lines: string[] = [];
   lines.push(`soak: seed ${r.seed}, ${r.minutes} min asked, ${r.elapsedSeconds} s run`);
-  lines.push(table(["fault", "injected", "recovery p50 s", "recovery max s"], Object.entries(r.faults).map(([k, n]) => [k, n, r.recoverySeconds[k]?.p50 ?? "-", r.recoverySeconds[k]?.max ?? "-"])));
+  lines.push(
+    table(
+      ["fault", "injected", "recovery p50 s", "recovery max s"],
+      Object.entries(r.faults).map(([k, n]) => [k, n, r.recoverySeconds[k]?.p50 ?? "-", r.recoverySeconds[k]?.max ?? "-"]),
+    ),
+  );
   lines.push(
     table(
       ["figure", "value"],

@@ -24,7 +24,10 @@ export class DiskModel {
   private cacheK = 0;
   private cache: Buffer;
 
-  constructor(readonly key: string, readonly size: number) {
+  constructor(
+    readonly key: string,
+    readonly size: number,
+  ) {
     this.cache = Buffer.alloc(size);
   }
 

@@ -121,7 +121,16 @@ export class SoakVm {
       if (this.paused) child.send({ type: "pause" });
       return;
     }
-    const args = [CLI, "--url", s.url, "agent", ...(first ? ["--token", s.token] : []), ...s.diskIds.flatMap((d) => ["--disk", `${d}=${this.images[d]}`]), "--state-dir", this.stateDir];
+    const args = [
+      CLI,
+      "--url",
+      s.url,
+      "agent",
+      ...(first ? ["--token", s.token] : []),
+      ...s.diskIds.flatMap((d) => ["--disk", `${d}=${this.images[d]}`]),
+      "--state-dir",
+      this.stateDir,
+    ];
     if (s.capture === "nbd") args.push("--nbd", this.sock);
     else args.push("--scan-interval", "1");
     const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });

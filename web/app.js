@@ -93,18 +93,20 @@
     show("alerts-empty", state.alerts.length === 0);
     fill(
       "alerts",
-      state.alerts.slice(0, 25).map((a) =>
-        el(
-          "tr",
-          { "data-alert": a.code, "data-open": a.clearedAt ? "false" : "true" },
-          el("td", {}, badge(a.clearedAt ? "Cleared" : a.severity)),
-          el("td", {}, a.vm ?? vmName(a.itemId)),
-          el("td", {}, a.code),
-          el("td", {}, a.message),
-          el("td", {}, when(a.raisedAt)),
-          el("td", {}, when(a.clearedAt)),
+      state.alerts
+        .slice(0, 25)
+        .map((a) =>
+          el(
+            "tr",
+            { "data-alert": a.code, "data-open": a.clearedAt ? "false" : "true" },
+            el("td", {}, badge(a.clearedAt ? "Cleared" : a.severity)),
+            el("td", {}, a.vm ?? vmName(a.itemId)),
+            el("td", {}, a.code),
+            el("td", {}, a.message),
+            el("td", {}, when(a.raisedAt)),
+            el("td", {}, when(a.clearedAt)),
+          ),
         ),
-      ),
     );
   }
 
@@ -112,18 +114,20 @@
     show("jobs-empty", state.jobs.length === 0);
     fill(
       "jobs",
-      state.jobs.slice(0, 20).map((j) =>
-        el(
-          "tr",
-          { "data-job": j.type, "data-state": j.state },
-          el("td", {}, j.type + (j.details?.failoverType ? ` (${j.details.failoverType})` : "")),
-          el("td", {}, j.itemIds.map(vmName).join(", ")),
-          el("td", {}, badge(j.state)),
-          el("td", {}, when(j.startedAt)),
-          el("td", {}, duration(j.durationSeconds)),
-          el("td", {}, j.error ? `${j.error.code}: ${j.error.message}` : ""),
+      state.jobs
+        .slice(0, 20)
+        .map((j) =>
+          el(
+            "tr",
+            { "data-job": j.type, "data-state": j.state },
+            el("td", {}, j.type + (j.details?.failoverType ? ` (${j.details.failoverType})` : "")),
+            el("td", {}, j.itemIds.map(vmName).join(", ")),
+            el("td", {}, badge(j.state)),
+            el("td", {}, when(j.startedAt)),
+            el("td", {}, duration(j.durationSeconds)),
+            el("td", {}, j.error ? `${j.error.code}: ${j.error.message}` : ""),
+          ),
         ),
-      ),
     );
   }
 
@@ -154,7 +158,10 @@
     $("detail-name").textContent = item.vm.name;
     $("detail-state").textContent = `${item.state} · ${item.health.status} · RPO ${duration(item.rpoSeconds)}`;
     $("detail-issues").replaceChildren(...item.health.issues.map((x) => el("div", { class: "issue" }, badge(x.severity), " ", x.code, ": ", x.message)));
-    const [history, points] = await Promise.all([api(`replicated-items/${encodeURIComponent(item.id)}/history?hours=24`), api(`replicated-items/${encodeURIComponent(item.id)}/recovery-points`)]);
+    const [history, points] = await Promise.all([
+      api(`replicated-items/${encodeURIComponent(item.id)}/history?hours=24`),
+      api(`replicated-items/${encodeURIComponent(item.id)}/recovery-points`),
+    ]);
     const samples = history.samples;
     show("rpo-empty", samples.length === 0);
     show("rpo-chart", samples.length > 0);
@@ -163,10 +170,20 @@
         "rpo",
         "rpo-chart",
         {
-          series: [{}, { label: "RPO s", stroke: "#0969da", width: 2 }, { label: "lag s", stroke: "#9a6700", width: 1 }, { label: "backlog MiB", stroke: "#8250df", width: 1, scale: "mib" }],
+          series: [
+            {},
+            { label: "RPO s", stroke: "#0969da", width: 2 },
+            { label: "lag s", stroke: "#9a6700", width: 1 },
+            { label: "backlog MiB", stroke: "#8250df", width: 1, scale: "mib" },
+          ],
           axes: [{}, { label: "seconds" }, { side: 1, scale: "mib", label: "MiB", grid: { show: false } }],
         },
-        [samples.map((s) => Date.parse(s.time) / 1000), samples.map((s) => s.rpoSeconds), samples.map((s) => s.lagSeconds), samples.map((s) => s.backlogBytes / 1048576)],
+        [
+          samples.map((s) => Date.parse(s.time) / 1000),
+          samples.map((s) => s.rpoSeconds),
+          samples.map((s) => s.lagSeconds),
+          samples.map((s) => s.backlogBytes / 1048576),
+        ],
       );
     }
     $("points-count").textContent = `(${points.length})`;
@@ -208,11 +225,15 @@
       job && job.state !== "InProgress" && job.steps.length
         ? job.steps.map((s) => ({ name: s.name, state: s.state, took: s.endedAt ? (Date.parse(s.endedAt) - Date.parse(s.startedAt)) / 1000 : null }))
         : seen.map((name, k) => ({ name, state: k === seen.length - 1 && running ? "InProgress" : "Succeeded", took: null }));
-    $("failover-steps").replaceChildren(...steps.map((s) => el("li", { class: s.state, "data-step": s.name }, `${s.name} `, badge(s.state), s.took !== null ? ` ${s.took.toFixed(1)} s` : "")));
+    $("failover-steps").replaceChildren(
+      ...steps.map((s) => el("li", { class: s.state, "data-step": s.name }, `${s.name} `, badge(s.state), s.took !== null ? ` ${s.took.toFixed(1)} s` : "")),
+    );
   }
 
   function setHead(cells) {
-    $("failover-vms").querySelector("thead").replaceChildren(el("tr", {}, ...cells.map((c) => el("th", {}, c))));
+    $("failover-vms")
+      .querySelector("thead")
+      .replaceChildren(el("tr", {}, ...cells.map((c) => el("th", {}, c))));
   }
 
   async function renderFailover() {
@@ -228,12 +249,31 @@
       $("failover-title").textContent = `${vmName(job.itemIds[0])} ${r.from} → ${r.to} ${r.id.slice(0, 8)}`;
       status.textContent = r.runtimeStatus;
       status.className = `badge ${r.runtimeStatus}`;
-      $("failover-step").textContent = `${c.step}${p ? ` — compared ${mib(p.doneBytes)} of ${mib(p.totalBytes)}, shipped ${mib(p.transferredBytes)}${p.etaSeconds !== null && p.etaSeconds !== undefined ? `, ETA ${duration(p.etaSeconds)}` : ""}` : ""}${r.error ? ` — ${r.error.code}: ${r.error.message}` : ""}`;
+      $("failover-step").textContent =
+        `${c.step}${p ? ` — compared ${mib(p.doneBytes)} of ${mib(p.totalBytes)}, shipped ${mib(p.transferredBytes)}${p.etaSeconds !== null && p.etaSeconds !== undefined ? `, ETA ${duration(p.etaSeconds)}` : ""}` : ""}${r.error ? ` — ${r.error.code}: ${r.error.message}` : ""}`;
       setHead(["Disk", "Seeded from", "Compared", "Shipped", "ETA"]);
       fill(
         "failover-vms",
-        (p?.disks ?? Object.entries(r.seeds || {}).map(([diskId, sd]) => ({ diskId, seed: sd.source ?? sd, doneBytes: 0, totalBytes: 0, transferredBytes: 0, etaSeconds: null }))).map((d) =>
-          el("tr", { "data-disk": d.diskId }, el("td", {}, d.diskId), el("td", {}, typeof d.seed === "string" ? d.seed : JSON.stringify(d.seed)), el("td", {}, `${mib(d.doneBytes)} of ${mib(d.totalBytes)}`), el("td", {}, mib(d.transferredBytes)), el("td", {}, duration(d.etaSeconds))),
+        (
+          p?.disks ??
+          Object.entries(r.seeds || {}).map(([diskId, sd]) => ({
+            diskId,
+            seed: sd.source ?? sd,
+            doneBytes: 0,
+            totalBytes: 0,
+            transferredBytes: 0,
+            etaSeconds: null,
+          }))
+        ).map((d) =>
+          el(
+            "tr",
+            { "data-disk": d.diskId },
+            el("td", {}, d.diskId),
+            el("td", {}, typeof d.seed === "string" ? d.seed : JSON.stringify(d.seed)),
+            el("td", {}, `${mib(d.doneBytes)} of ${mib(d.totalBytes)}`),
+            el("td", {}, mib(d.transferredBytes)),
+            el("td", {}, duration(d.etaSeconds)),
+          ),
         ),
       );
       renderSteps(r.id, job, c.step, r.state === "InProgress");
@@ -243,10 +283,12 @@
     const st = await api(`failovers/${encodeURIComponent(id)}`);
     const c = st.customStatus || { step: st.runtimeStatus, vms: {} };
     $("failover-heading").textContent = "Failover";
-    $("failover-title").textContent = `${st.input?.type ?? job.details?.failoverType ?? ""} ${id.slice(0, 8)} → ${st.input?.recoveryPoint ?? job.details?.recoveryPoint ?? ""}`;
+    $("failover-title").textContent =
+      `${st.input?.type ?? job.details?.failoverType ?? ""} ${id.slice(0, 8)} → ${st.input?.recoveryPoint ?? job.details?.recoveryPoint ?? ""}`;
     status.textContent = st.runtimeStatus;
     status.className = `badge ${st.runtimeStatus}`;
-    $("failover-step").textContent = `${c.stage ? `group ${c.stage.index}/${c.stage.count}: ` : ""}${c.step}${c.error ? ` — ${c.error}` : ""}${st.output?.rtoSeconds !== undefined ? ` — RTO ${st.output.rtoSeconds.toFixed(1)} s` : ""}`;
+    $("failover-step").textContent =
+      `${c.stage ? `group ${c.stage.index}/${c.stage.count}: ` : ""}${c.step}${c.error ? ` — ${c.error}` : ""}${st.output?.rtoSeconds !== undefined ? ` — RTO ${st.output.rtoSeconds.toFixed(1)} s` : ""}`;
     setHead(["VM", "Step", "Disks", "Recovery point", "IP", "Power"]);
     fill(
       "failover-vms",
@@ -257,7 +299,11 @@
           el("td", {}, v.vm),
           el("td", {}, v.step),
           el("td", {}, v.disks ?? "-"),
-          el("td", {}, v.recoveryPoint ? `${v.recoveryPoint.id.slice(0, 8)} ${v.recoveryPoint.kind}/${v.recoveryPoint.scope} ${time(v.recoveryPoint.time)}` : "-"),
+          el(
+            "td",
+            {},
+            v.recoveryPoint ? `${v.recoveryPoint.id.slice(0, 8)} ${v.recoveryPoint.kind}/${v.recoveryPoint.scope} ${time(v.recoveryPoint.time)}` : "-",
+          ),
           el("td", {}, v.privateIp ?? "-"),
           el("td", {}, v.powerState ?? "-"),
         ),
@@ -296,7 +342,8 @@
     banner.textContent = problems.length
       ? `The service did not answer: ${[...new Set(problems)].join("; ")}. ${state.lastOk ? `Showing what was loaded at ${time(state.lastOk.toISOString())}` : "Nothing loaded yet"}; retrying every ${refreshMs / 1000} s.`
       : "";
-    $("refreshed").textContent = `${problems.length ? "last good refresh" : "refreshed"} ${state.lastOk ? time(state.lastOk.toISOString()) : "never"} · every ${refreshMs / 1000} s`;
+    $("refreshed").textContent =
+      `${problems.length ? "last good refresh" : "refreshed"} ${state.lastOk ? time(state.lastOk.toISOString()) : "never"} · every ${refreshMs / 1000} s`;
     document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
   }
 

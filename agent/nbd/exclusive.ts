@@ -52,7 +52,9 @@ function holdOne(diskId: string, path: string): () => void {
       fd = openSync(path, constants.O_RDONLY | constants.O_EXCL);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "EBUSY") {
-        throw new Error(`disk ${diskId}: ${path} is in use — mounted, or held exclusively by another program or agent; unmount it (or stop the other agent) before serving it over NBD`);
+        throw new Error(
+          `disk ${diskId}: ${path} is in use — mounted, or held exclusively by another program or agent; unmount it (or stop the other agent) before serving it over NBD`,
+        );
       }
       throw e;
     }

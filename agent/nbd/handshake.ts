@@ -46,7 +46,8 @@ export interface BlockSizes {
 export async function negotiate(io: HandshakeIo, byName: ReadonlyMap<string, NbdExport>, sizes: BlockSizes): Promise<NbdExport | undefined> {
   io.send(encodeServerHandshake());
   const clientFlags = (await io.reader.read(4)).readUInt32BE(0);
-  if ((clientFlags & ~(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES)) !== 0) throw new ProtocolViolation(`unknown client flags 0x${clientFlags.toString(16)}`);
+  if ((clientFlags & ~(CLIENT_FLAG_FIXED_NEWSTYLE | CLIENT_FLAG_NO_ZEROES)) !== 0)
+    throw new ProtocolViolation(`unknown client flags 0x${clientFlags.toString(16)}`);
   const noZeroes = (clientFlags & CLIENT_FLAG_NO_ZEROES) !== 0;
   const names = () => [...byName.keys()].join(", ");
 
@@ -86,7 +87,10 @@ export async function negotiate(io: HandshakeIo, byName: ReadonlyMap<string, Nbd
         }
         const exp = byName.get(req.name);
         if (!exp) {
-          error(Rep.ERR_UNKNOWN, req.name === "" ? `there is no default export: name one of ${names()}` : `no export named '${req.name.slice(0, 100)}' (exports: ${names()})`);
+          error(
+            Rep.ERR_UNKNOWN,
+            req.name === "" ? `there is no default export: name one of ${names()}` : `no export named '${req.name.slice(0, 100)}' (exports: ${names()})`,
+          );
           break;
         }
         reply(Rep.INFO, encodeInfoExport(exp.size, TRANSMISSION_FLAGS));

@@ -48,7 +48,10 @@ export function refuseStateDirOnExports(stateDir: string, disks: { diskId: strin
     if (seen.has(devId)) return;
     seen.add(devId);
     const what = via ? `its filesystem's device ${via} is built on ${devId}` : `its filesystem is on device ${devId}`;
-    if (Number(devId.split(":")[0]) === NBD_MAJOR) throw new Error(`state directory ${stateDir} is on an NBD device (${what}, major ${NBD_MAJOR}): the agent's spool must not go through an NBD server — keep the state directory on a local disk`);
+    if (Number(devId.split(":")[0]) === NBD_MAJOR)
+      throw new Error(
+        `state directory ${stateDir} is on an NBD device (${what}, major ${NBD_MAJOR}): the agent's spool must not go through an NBD server — keep the state directory on a local disk`,
+      );
     const diskId = devices.get(devId);
     if (diskId) throw refusal(stateDir, diskId, `${what}, the exported block device`);
     const sys = `/sys/dev/block/${devId}`;
@@ -82,7 +85,9 @@ export function refuseStateDirOnExports(stateDir: string, disks: { diskId: strin
 }
 
 function refusal(stateDir: string, diskId: string, why: string): Error {
-  return new Error(`state directory ${stateDir} is on disk ${diskId}, which this agent exports over NBD (${why}): its spool would be written through the agent itself — use a --state-dir on another disk`);
+  return new Error(
+    `state directory ${stateDir} is on disk ${diskId}, which this agent exports over NBD (${why}): its spool would be written through the agent itself — use a --state-dir on another disk`,
+  );
 }
 
 function readText(path: string): string | undefined {

@@ -38,7 +38,9 @@ export function drillCommands(program: Command): void {
 
   program
     .command("soak")
-    .description("a chaos soak on a local stack in real processes: four VMs under a seeded workload, seeded faults, every point and failover disk checked against a byte model")
+    .description(
+      "a chaos soak on a local stack in real processes: four VMs under a seeded workload, seeded faults, every point and failover disk checked against a byte model",
+    )
     .option("--minutes <n>", "how long faults are injected", (v) => Number(v), 30)
     .option("--seed <s>", "the seed of the workload and of the fault schedule (printed; the same seed replays the same schedule)", (v) => Number(v))
     .option("--disk-mib <n>", "size of each of the 8 disks, MiB", positiveInt("--disk-mib", 1024), 16)

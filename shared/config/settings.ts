@@ -7,8 +7,7 @@ import { z } from "zod";
  * (an identity-based connection, `<NAME>__blobServiceUri` … `__credential=managedidentity` `__clientId`).
  */
 export type StorageAuth =
-  | { kind: "key"; key: string; connectionString: string }
-  | { kind: "identity"; credential: "managedidentity" | "default"; clientId?: string };
+  { kind: "key"; key: string; connectionString: string } | { kind: "identity"; credential: "managedidentity" | "default"; clientId?: string };
 
 /** A storage account: its endpoints and how to authenticate to them. */
 export interface StorageAccount {
@@ -48,8 +47,7 @@ export function parseConnectionString(cs: string): KeyedStorageAccount {
   if (!key) throw new Error("has no AccountKey (site-recovery signs agent SAS URLs with the account key)");
   const protocol = parts.get("defaultendpointsprotocol") ?? "https";
   const suffix = parts.get("endpointsuffix") ?? "core.windows.net";
-  const endpoint = (service: string) =>
-    (parts.get(`${service}endpoint`) ?? `${protocol}://${name}.${service}.${suffix}`).replace(/\/+$/, "");
+  const endpoint = (service: string) => (parts.get(`${service}endpoint`) ?? `${protocol}://${name}.${service}.${suffix}`).replace(/\/+$/, "");
   return {
     name,
     blobUrl: endpoint("blob"),
@@ -80,10 +78,12 @@ export const IDENTITY_SUFFIXES = ["accountName", "blobServiceUri", "queueService
 type IdentitySuffix = (typeof IDENTITY_SUFFIXES)[number];
 
 const identityShape = (name: ConnectionName) =>
-  Object.fromEntries(IDENTITY_SUFFIXES.map((suffix) => [`${name}__${suffix}`, optionalText])) as Record<`${ConnectionName}__${IdentitySuffix}`, typeof optionalText>;
+  Object.fromEntries(IDENTITY_SUFFIXES.map((suffix) => [`${name}__${suffix}`, optionalText])) as Record<
+    `${ConnectionName}__${IdentitySuffix}`,
+    typeof optionalText
+  >;
 
-const intSetting = (min: number, max: number, dflt: number) =>
-  z.preprocess(emptyIsUnset, z.coerce.number().int().min(min).max(max).default(dflt));
+const intSetting = (min: number, max: number, dflt: number) => z.preprocess(emptyIsUnset, z.coerce.number().int().min(min).max(max).default(dflt));
 
 /** An NCRONTAB expression as the Functions timer trigger takes it: six fields, seconds first, evaluated in UTC. */
 const ncrontab = (dflt: string) =>
@@ -118,7 +118,10 @@ export const settingsSchema = z.object({
   ...identityShape("CACHE_STORAGE"),
   DURABLE_TASK_HUB: z.preprocess(
     emptyIsUnset,
-    z.string().regex(/^[A-Za-z][A-Za-z0-9]{2,44}$/, "3-45 letters and digits, starting with a letter").default("siterecovery"),
+    z
+      .string()
+      .regex(/^[A-Za-z][A-Za-z0-9]{2,44}$/, "3-45 letters and digits, starting with a letter")
+      .default("siterecovery"),
   ),
   AGENT_TOKEN_TTL_HOURS: intSetting(1, 720, 24),
   AGENT_SAS_TTL_HOURS: intSetting(1, 8760, 168),
@@ -144,7 +147,11 @@ export const settingsSchema = z.object({
   AZURE_CLIENT_ID: optionalGuid,
   REPLICA_STORAGE_RESOURCE_ID: z.preprocess(
     emptyIsUnset,
-    z.string().trim().regex(STORAGE_ACCOUNT_ID, "the replica storage account's resource id, /subscriptions/…/providers/Microsoft.Storage/storageAccounts/<name>").optional(),
+    z
+      .string()
+      .trim()
+      .regex(STORAGE_ACCOUNT_ID, "the replica storage account's resource id, /subscriptions/…/providers/Microsoft.Storage/storageAccounts/<name>")
+      .optional(),
   ),
   ARM_ENDPOINT: z.preprocess(emptyIsUnset, z.url({ protocol: /^https?$/ }).default("https://management.azure.com")),
 });
@@ -152,7 +159,11 @@ type RawSettings = z.infer<typeof settingsSchema>;
 
 /** The connection settings alone: plain optional text, so they are checked even when another setting is bad. */
 const connectionSchema = settingsSchema.pick(
-  Object.fromEntries(Object.keys(settingsSchema.shape).filter((k) => CONNECTION_NAMES.some((c) => k === c || k.startsWith(`${c}__`))).map((k) => [k, true])) as {
+  Object.fromEntries(
+    Object.keys(settingsSchema.shape)
+      .filter((k) => CONNECTION_NAMES.some((c) => k === c || k.startsWith(`${c}__`)))
+      .map((k) => [k, true]),
+  ) as {
     [K in ConnectionName | `${ConnectionName}__${IdentitySuffix}`]: true;
   },
 );
@@ -215,7 +226,10 @@ function connection(name: ConnectionName, s: ConnectionSettings, problems: Probl
   const cs = s[name];
   if (cs !== undefined) {
     if (given.length > 0) {
-      problems.push({ setting: name, message: `set both as a connection string and as an identity-based connection (${given.map((g) => `${name}__${g}`).join(", ")}); keep one` });
+      problems.push({
+        setting: name,
+        message: `set both as a connection string and as an identity-based connection (${given.map((g) => `${name}__${g}`).join(", ")}); keep one`,
+      });
       return undefined;
     }
     try {
@@ -236,7 +250,8 @@ function connection(name: ConnectionName, s: ConnectionSettings, problems: Probl
   if (clientId !== undefined && credential?.toLowerCase() !== "managedidentity") {
     problems.push({ setting: `${name}__credential`, message: `must be managedidentity when ${name}__clientId is set` });
   }
-  if (clientId !== undefined && !GUID.test(clientId)) problems.push({ setting: `${name}__clientId`, message: "the user-assigned identity's client id, a GUID" });
+  if (clientId !== undefined && !GUID.test(clientId))
+    problems.push({ setting: `${name}__clientId`, message: "the user-assigned identity's client id, a GUID" });
 
   const accountName = value("accountName");
   if (accountName !== undefined && !/^[a-z0-9]{3,24}$/.test(accountName)) {
@@ -345,14 +360,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!control && !problems.some((p) => p.setting.startsWith("AzureWebJobsStorage"))) {
     problems.push({
       setting: "AzureWebJobsStorage",
-      message: "is required but not set (a connection string, or an identity-based connection: AzureWebJobsStorage__accountName or __blobServiceUri/__queueServiceUri/__tableServiceUri)",
+      message:
+        "is required but not set (a connection string, or an identity-based connection: AzureWebJobsStorage__accountName or __blobServiceUri/__queueServiceUri/__tableServiceUri)",
     });
   }
   if (!parsed.success) throw new SettingsError(problems);
   const s = parsed.data;
   const fabric = fabricConfig(s, problems);
   if (s.ALERT_WEBHOOK_URL && !s.ALERT_WEBHOOK_SECRET) {
-    problems.push({ setting: "ALERT_WEBHOOK_SECRET", message: "is required when ALERT_WEBHOOK_URL is set (every alert is signed with it, header x-site-recovery-signature)" });
+    problems.push({
+      setting: "ALERT_WEBHOOK_SECRET",
+      message: "is required when ALERT_WEBHOOK_URL is set (every alert is signed with it, header x-site-recovery-signature)",
+    });
   }
   if (problems.length > 0 || !control || !fabric) throw new SettingsError(problems);
   return {
@@ -382,7 +401,10 @@ function fabricConfig(s: RawSettings, problems: Problem[]): FabricConfig | undef
   const before = problems.length;
   if (!s.AZURE_SUBSCRIPTION_ID) problems.push({ setting: "AZURE_SUBSCRIPTION_ID", message: "is required when FABRIC=arm (the target subscription)" });
   if (!s.REPLICA_STORAGE_RESOURCE_ID) {
-    problems.push({ setting: "REPLICA_STORAGE_RESOURCE_ID", message: "is required when FABRIC=arm (managed disks are imported from the replica account's VHDs)" });
+    problems.push({
+      setting: "REPLICA_STORAGE_RESOURCE_ID",
+      message: "is required when FABRIC=arm (managed disks are imported from the replica account's VHDs)",
+    });
   }
   if (problems.length > before || !s.AZURE_SUBSCRIPTION_ID || !s.REPLICA_STORAGE_RESOURCE_ID) return undefined;
   return {

@@ -170,7 +170,9 @@ export class ArmClient {
     const pause = async () => {
       if (Date.now() >= deadline) throw new Error(`ARM operation ${what} did not finish within ${Math.round(this.timeoutMs / 1000)} s`);
       const after = Number(last.headers.get("retry-after"));
-      await sleep(Math.min(Number.isFinite(after) && last.headers.get("retry-after") !== undefined ? after * 1000 : this.pollMs, Math.max(0, deadline - Date.now())));
+      await sleep(
+        Math.min(Number.isFinite(after) && last.headers.get("retry-after") !== undefined ? after * 1000 : this.pollMs, Math.max(0, deadline - Date.now())),
+      );
     };
     if (asyncUrl) {
       for (;;) {
@@ -199,7 +201,8 @@ export class ArmClient {
         last = await this.send("GET", resourcePath, apiVersion);
         state = provisioningState(last.body);
       }
-      if (state?.toLowerCase() === "failed" || state?.toLowerCase() === "canceled") throw new ArmError(409, "ProvisioningFailed", `${what}: provisioning ${state}`);
+      if (state?.toLowerCase() === "failed" || state?.toLowerCase() === "canceled")
+        throw new ArmError(409, "ProvisioningFailed", `${what}: provisioning ${state}`);
     }
   }
 }

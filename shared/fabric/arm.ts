@@ -64,12 +64,15 @@ export function refusalOf(e: unknown): FabricError | undefined {
   if (!(e instanceof ArmError)) return undefined;
   const text = `${e.code} ${e.message}`;
   if (e.code === "QuotaExceeded" || /quota/i.test(text)) return new FabricError("QuotaExceeded", `Azure refused for quota: ${e.message}`);
-  if (e.code === "SkuNotAvailable" || e.code === "InvalidVmSize" || /SkuNotAvailable/.test(text)) return new FabricError("SkuNotAvailable", `Azure refused the VM size: ${e.message}`);
+  if (e.code === "SkuNotAvailable" || e.code === "InvalidVmSize" || /SkuNotAvailable/.test(text))
+    return new FabricError("SkuNotAvailable", `Azure refused the VM size: ${e.message}`);
   if (e.status === 403 || e.code === "AuthorizationFailed" || e.code === "LinkedAuthorizationFailed") {
     return new FabricError("Forbidden", `the Function App's identity lacks the rights for this (${e.code}): ${e.message}`);
   }
-  if (/AlreadyExists|AlreadyTaken|NameNotAvailable|InUse$/.test(e.code) || (e.status === 409 && e.code === "Conflict")) return new FabricError("Conflict", `${e.code}: ${e.message}`);
-  if (e.status === 404 || e.code === "InvalidResourceReference" || e.code === "NotFound" || e.code === "ParentResourceNotFound") return new FabricError("NotFound", `${e.code}: ${e.message}`);
+  if (/AlreadyExists|AlreadyTaken|NameNotAvailable|InUse$/.test(e.code) || (e.status === 409 && e.code === "Conflict"))
+    return new FabricError("Conflict", `${e.code}: ${e.message}`);
+  if (e.status === 404 || e.code === "InvalidResourceReference" || e.code === "NotFound" || e.code === "ParentResourceNotFound")
+    return new FabricError("NotFound", `${e.code}: ${e.message}`);
   if (e.code === "SubnetIsFull" || e.code === "NoAvailableIpAddressInSubnet") return new FabricError("SubnetFull", `${e.code}: ${e.message}`);
   return undefined;
 }
@@ -148,15 +151,22 @@ export class ArmFabric implements Fabric {
     };
   }
 
-  private async toResource(kind: Exclude<ResourceKind, "networkMapping">, r: ArmResource, resourceGroup: string, name: string, subscription?: string): Promise<FabricResource> {
+  private async toResource(
+    kind: Exclude<ResourceKind, "networkMapping">,
+    r: ArmResource,
+    resourceGroup: string,
+    name: string,
+    subscription?: string,
+  ): Promise<FabricResource> {
     const id = this.idOf(kind, resourceGroup, name, subscription);
     const out = this.base(kind, r, id, resourceGroup, name);
     const p = r.properties ?? {};
     if (kind === "virtualNetwork") {
       out.addressSpace = ((p.addressSpace as { addressPrefixes?: string[] } | undefined)?.addressPrefixes ?? []).slice();
-      out.subnets = ((p.subnets as { name?: string; properties?: { addressPrefix?: string } }[] | undefined) ?? []).map(
-        (s): Subnet => ({ name: s.name ?? "", addressPrefix: s.properties?.addressPrefix ?? "" }),
-      );
+      out.subnets = ((p.subnets as { name?: string; properties?: { addressPrefix?: string } }[] | undefined) ?? []).map((s): Subnet => ({
+        name: s.name ?? "",
+        addressPrefix: s.properties?.addressPrefix ?? "",
+      }));
     } else if (kind === "networkInterface") {
       const ipc = (p.ipConfigurations as { properties?: { privateIPAddress?: string; subnet?: { id?: string } } }[] | undefined)?.[0]?.properties;
       const subnetId = ipc?.subnet?.id ?? "";
@@ -168,7 +178,8 @@ export class ArmFabric implements Fabric {
       if (ipc?.privateIPAddress) out.privateIp = ipc.privateIPAddress;
     } else if (kind === "virtualMachine") {
       const hw = p.hardwareProfile as { vmSize?: string } | undefined;
-      const storage = p.storageProfile as { osDisk?: { name?: string; managedDisk?: { id?: string } }; dataDisks?: { lun?: number; name?: string; managedDisk?: { id?: string } }[] } | undefined;
+      const storage = p.storageProfile as
+        { osDisk?: { name?: string; managedDisk?: { id?: string } }; dataDisks?: { lun?: number; name?: string; managedDisk?: { id?: string } }[] } | undefined;
       const nics = (p.networkProfile as { networkInterfaces?: { id?: string }[] } | undefined)?.networkInterfaces ?? [];
       if (hw?.vmSize) out.size = hw.vmSize;
       if (nics[0]?.id) out.nicId = nics[0].id;
@@ -195,20 +206,27 @@ export class ArmFabric implements Fabric {
     return "deallocated";
   }
 
-  private async read(kind: Exclude<ResourceKind, "networkMapping">, resourceGroup: string, name: string, subscription?: string): Promise<FabricResource | undefined> {
+  private async read(
+    kind: Exclude<ResourceKind, "networkMapping">,
+    resourceGroup: string,
+    name: string,
+    subscription?: string,
+  ): Promise<FabricResource | undefined> {
     const r = (await this.client.get(this.idOf(kind, resourceGroup, name, subscription), apiOf(kind))) as ArmResource | undefined;
     return r ? this.toResource(kind, r, resourceGroup, name, subscription) : undefined;
   }
 
   /** Reads, else creates with `body`: an existing resource is never changed (as LocalFabric). */
   private async ensure(kind: Exclude<ResourceKind, "networkMapping">, resourceGroup: string, name: string, body: ArmResource): Promise<Ensured> {
-    return this.once(this.idOf(kind, resourceGroup, name), () => armCall(async () => {
-      const existing = await this.read(kind, resourceGroup, name);
-      if (existing) return { resource: existing, created: false };
-      const id = this.idOf(kind, resourceGroup, name);
-      const made = kind === "resourceGroup" ? (await this.client.send("PUT", id, apiOf(kind), body)).body : await this.client.put(id, apiOf(kind), body);
-      return { resource: await this.toResource(kind, made as ArmResource, resourceGroup, name), created: true };
-    }));
+    return this.once(this.idOf(kind, resourceGroup, name), () =>
+      armCall(async () => {
+        const existing = await this.read(kind, resourceGroup, name);
+        if (existing) return { resource: existing, created: false };
+        const id = this.idOf(kind, resourceGroup, name);
+        const made = kind === "resourceGroup" ? (await this.client.send("PUT", id, apiOf(kind), body)).body : await this.client.put(id, apiOf(kind), body);
+        return { resource: await this.toResource(kind, made as ArmResource, resourceGroup, name), created: true };
+      }),
+    );
   }
 
   ensureResourceGroup(region: string, name: string): Promise<Ensured> {
@@ -218,8 +236,13 @@ export class ArmFabric implements Fabric {
   async sourceNetwork(region: string, resourceGroup: string, vnet: string, subnet: string): Promise<FabricResource> {
     return armCall(async () => {
       const found = await this.read("virtualNetwork", resourceGroup, vnet, this.o.sourceSubscriptionId);
-      if (!found) throw new FabricError("NotFound", `source virtual network '${vnet}' does not exist in resource group '${resourceGroup}' (${region}) of subscription ${this.o.sourceSubscriptionId}`);
-      if (!found.subnets?.some((s) => s.name.toLowerCase() === subnet.toLowerCase())) throw new FabricError("NotFound", `subnet '${subnet}' does not exist in '${found.id}'`);
+      if (!found)
+        throw new FabricError(
+          "NotFound",
+          `source virtual network '${vnet}' does not exist in resource group '${resourceGroup}' (${region}) of subscription ${this.o.sourceSubscriptionId}`,
+        );
+      if (!found.subnets?.some((s) => s.name.toLowerCase() === subnet.toLowerCase()))
+        throw new FabricError("NotFound", `subnet '${subnet}' does not exist in '${found.id}'`);
       return found;
     });
   }
@@ -265,7 +288,9 @@ export class ArmFabric implements Fabric {
     if (kind === "networkMapping") return this.o.records.list(kind);
     return armCall(async () => {
       const path =
-        kind === "resourceGroup" ? `/subscriptions/${this.o.subscriptionId}/resourcegroups` : `/subscriptions/${this.o.subscriptionId}/providers/${PROVIDER_PATH[kind]}`;
+        kind === "resourceGroup"
+          ? `/subscriptions/${this.o.subscriptionId}/resourcegroups`
+          : `/subscriptions/${this.o.subscriptionId}/providers/${PROVIDER_PATH[kind]}`;
       const items = (await this.client.list(path, apiOf(kind))) as ArmResource[];
       return Promise.all(
         items.map((r) => {
@@ -285,7 +310,8 @@ export class ArmFabric implements Fabric {
       // A VM's managed disks were made for it from the failover VHDs: they go with it.
       const vm = (await this.client.get(id, API_VERSIONS.compute)) as ArmResource | undefined;
       if (!vm) return false;
-      const storage = vm.properties?.storageProfile as { osDisk?: { managedDisk?: { id?: string } }; dataDisks?: { managedDisk?: { id?: string } }[] } | undefined;
+      const storage = vm.properties?.storageProfile as
+        { osDisk?: { managedDisk?: { id?: string } }; dataDisks?: { managedDisk?: { id?: string } }[] } | undefined;
       const disks = [storage?.osDisk, ...(storage?.dataDisks ?? [])].map((d) => d?.managedDisk?.id).filter((x): x is string => !!x);
       const deleted = await this.client.delete(id, API_VERSIONS.compute);
       for (const d of disks) {
@@ -297,93 +323,110 @@ export class ArmFabric implements Fabric {
   }
 
   async ensureNetworkInterface(spec: NetworkInterfaceSpec): Promise<Ensured> {
-    return this.once(this.idOf("networkInterface", spec.resourceGroup, spec.name), () => armCall(async () => {
-      const existing = await this.read("networkInterface", spec.resourceGroup, spec.name);
-      if (existing) return { resource: existing, created: false };
-      const vnet = await this.get(spec.vnetId);
-      if (vnet?.kind !== "virtualNetwork") throw new FabricError("NotFound", `virtual network '${spec.vnetId}' does not exist`);
-      const subnet = vnet.subnets?.find((s) => s.name.toLowerCase() === spec.subnet.toLowerCase());
-      if (!subnet) throw new FabricError("NotFound", `subnet '${spec.subnet}' does not exist in '${vnet.id}'`);
-      const id = this.idOf("networkInterface", spec.resourceGroup, spec.name);
-      for (const n of candidates(subnet.addressPrefix, spec.allocation, spec.preferredIp)) {
-        const ip = formatIpv4(n);
-        // A read first: a taken address costs a GET, not a failed write. ARM refuses a taken static address
-        // (PrivateIPAddressInUse), so two NICs made at once still never share one.
-        const check = (await this.client.send("GET", `${vnet.id}/CheckIPAddressAvailability?ipAddress=${ip}`, API_VERSIONS.network)).body as { available?: boolean };
-        if (check?.available === false) continue;
-        try {
-          const made = await this.client.put(id, API_VERSIONS.network, {
-            location: spec.region,
-            tags: this.tagsFor(spec.tags),
-            properties: {
-              ipConfigurations: [
-                { name: "ipconfig1", properties: { subnet: { id: `${vnet.id}/subnets/${subnet.name}` }, privateIPAllocationMethod: "Static", privateIPAddress: ip, primary: true } },
-              ],
-            },
-          });
-          return { resource: await this.toResource("networkInterface", made as ArmResource, spec.resourceGroup, spec.name), created: true };
-        } catch (e) {
-          if (e instanceof ArmError && e.code === "PrivateIPAddressInUse") {
-            // Either the address was just taken (try the next) or a concurrent call made this very NIC (it wins).
-            const winner = await this.read("networkInterface", spec.resourceGroup, spec.name);
-            if (winner) return { resource: winner, created: false };
-            continue;
+    return this.once(this.idOf("networkInterface", spec.resourceGroup, spec.name), () =>
+      armCall(async () => {
+        const existing = await this.read("networkInterface", spec.resourceGroup, spec.name);
+        if (existing) return { resource: existing, created: false };
+        const vnet = await this.get(spec.vnetId);
+        if (vnet?.kind !== "virtualNetwork") throw new FabricError("NotFound", `virtual network '${spec.vnetId}' does not exist`);
+        const subnet = vnet.subnets?.find((s) => s.name.toLowerCase() === spec.subnet.toLowerCase());
+        if (!subnet) throw new FabricError("NotFound", `subnet '${spec.subnet}' does not exist in '${vnet.id}'`);
+        const id = this.idOf("networkInterface", spec.resourceGroup, spec.name);
+        for (const n of candidates(subnet.addressPrefix, spec.allocation, spec.preferredIp)) {
+          const ip = formatIpv4(n);
+          // A read first: a taken address costs a GET, not a failed write. ARM refuses a taken static address
+          // (PrivateIPAddressInUse), so two NICs made at once still never share one.
+          const check = (await this.client.send("GET", `${vnet.id}/CheckIPAddressAvailability?ipAddress=${ip}`, API_VERSIONS.network)).body as {
+            available?: boolean;
+          };
+          if (check?.available === false) continue;
+          try {
+            const made = await this.client.put(id, API_VERSIONS.network, {
+              location: spec.region,
+              tags: this.tagsFor(spec.tags),
+              properties: {
+                ipConfigurations: [
+                  {
+                    name: "ipconfig1",
+                    properties: {
+                      subnet: { id: `${vnet.id}/subnets/${subnet.name}` },
+                      privateIPAllocationMethod: "Static",
+                      privateIPAddress: ip,
+                      primary: true,
+                    },
+                  },
+                ],
+              },
+            });
+            return { resource: await this.toResource("networkInterface", made as ArmResource, spec.resourceGroup, spec.name), created: true };
+          } catch (e) {
+            if (e instanceof ArmError && e.code === "PrivateIPAddressInUse") {
+              // Either the address was just taken (try the next) or a concurrent call made this very NIC (it wins).
+              const winner = await this.read("networkInterface", spec.resourceGroup, spec.name);
+              if (winner) return { resource: winner, created: false };
+              continue;
+            }
+            throw e;
           }
-          throw e;
         }
-      }
-      throw new FabricError("SubnetFull", `no free address in subnet '${subnet.name}' (${subnet.addressPrefix}) of '${vnet.id}'`);
-    }));
+        throw new FabricError("SubnetFull", `no free address in subnet '${subnet.name}' (${subnet.addressPrefix}) of '${vnet.id}'`);
+      }),
+    );
   }
 
   async ensureVirtualMachine(spec: VirtualMachineSpec): Promise<Ensured> {
-    return this.once(this.idOf("virtualMachine", spec.resourceGroup, spec.name), () => armCall(async () => {
-      const existing = await this.read("virtualMachine", spec.resourceGroup, spec.name);
-      if (existing) return { resource: existing, created: false };
-      if (!(await this.get(spec.nicId))) throw new FabricError("NotFound", `network interface '${spec.nicId}' does not exist`);
-      if (spec.availabilitySetId !== undefined && !(await this.get(spec.availabilitySetId))) {
-        throw new FabricError("NotFound", `availability set '${spec.availabilitySetId}' does not exist`);
-      }
-      const osType = spec.osType ?? "Linux";
-      // Managed disks imported from the failover VHD page blobs (fixed VHD, whole MiB + footer), in the VM's region.
-      const importDisk = async (d: VmDisk, os: boolean): Promise<string> => {
-        const id = this.diskId(spec.resourceGroup, d.name);
-        if (!(await this.client.get(id, API_VERSIONS.disks))) {
-          await this.client.put(id, API_VERSIONS.disks, {
+    return this.once(this.idOf("virtualMachine", spec.resourceGroup, spec.name), () =>
+      armCall(async () => {
+        const existing = await this.read("virtualMachine", spec.resourceGroup, spec.name);
+        if (existing) return { resource: existing, created: false };
+        if (!(await this.get(spec.nicId))) throw new FabricError("NotFound", `network interface '${spec.nicId}' does not exist`);
+        if (spec.availabilitySetId !== undefined && !(await this.get(spec.availabilitySetId))) {
+          throw new FabricError("NotFound", `availability set '${spec.availabilitySetId}' does not exist`);
+        }
+        const osType = spec.osType ?? "Linux";
+        // Managed disks imported from the failover VHD page blobs (fixed VHD, whole MiB + footer), in the VM's region.
+        const importDisk = async (d: VmDisk, os: boolean): Promise<string> => {
+          const id = this.diskId(spec.resourceGroup, d.name);
+          if (!(await this.client.get(id, API_VERSIONS.disks))) {
+            await this.client.put(id, API_VERSIONS.disks, {
+              location: spec.region,
+              tags: this.tagsFor(spec.tags),
+              sku: { name: this.diskSku },
+              properties: {
+                ...(os ? { osType } : {}),
+                creationData: { createOption: "Import", sourceUri: d.vhdUri, storageAccountId: this.o.replicaStorageId },
+              },
+            });
+          }
+          return id;
+        };
+        const imported: string[] = [];
+        let made: unknown;
+        try {
+          imported.push(await importDisk(spec.osDisk, true));
+          for (const d of spec.dataDisks) imported.push(await importDisk(d, false));
+          const [osDiskId, ...dataDiskIds] = imported;
+          made = await this.client.put(this.idOf("virtualMachine", spec.resourceGroup, spec.name), API_VERSIONS.compute, {
             location: spec.region,
             tags: this.tagsFor(spec.tags),
-            sku: { name: this.diskSku },
-            properties: { ...(os ? { osType } : {}), creationData: { createOption: "Import", sourceUri: d.vhdUri, storageAccountId: this.o.replicaStorageId } },
-          });
-        }
-        return id;
-      };
-      const imported: string[] = [];
-      let made: unknown;
-      try {
-        imported.push(await importDisk(spec.osDisk, true));
-        for (const d of spec.dataDisks) imported.push(await importDisk(d, false));
-        const [osDiskId, ...dataDiskIds] = imported;
-        made = await this.client.put(this.idOf("virtualMachine", spec.resourceGroup, spec.name), API_VERSIONS.compute, {
-          location: spec.region,
-          tags: this.tagsFor(spec.tags),
-          properties: {
-            hardwareProfile: { vmSize: spec.size },
-            storageProfile: {
-              osDisk: { name: spec.osDisk.name, createOption: "Attach", osType, managedDisk: { id: osDiskId } },
-              dataDisks: spec.dataDisks.map((d, i) => ({ lun: d.lun ?? i, name: d.name, createOption: "Attach", managedDisk: { id: dataDiskIds[i] } })),
+            properties: {
+              hardwareProfile: { vmSize: spec.size },
+              storageProfile: {
+                osDisk: { name: spec.osDisk.name, createOption: "Attach", osType, managedDisk: { id: osDiskId } },
+                dataDisks: spec.dataDisks.map((d, i) => ({ lun: d.lun ?? i, name: d.name, createOption: "Attach", managedDisk: { id: dataDiskIds[i] } })),
+              },
+              networkProfile: { networkInterfaces: [{ id: spec.nicId, properties: { primary: true } }] },
+              ...(spec.availabilitySetId ? { availabilitySet: { id: spec.availabilitySetId } } : {}),
             },
-            networkProfile: { networkInterfaces: [{ id: spec.nicId, properties: { primary: true } }] },
-            ...(spec.availabilitySetId ? { availabilitySet: { id: spec.availabilitySetId } } : {}),
-          },
-        });
-      } catch (e) {
-        // A refused VM (quota, size) leaves no orphan disks behind: the failover's rollback only knows the VM.
-        if (refusalOf(e)) for (const d of imported) await this.client.delete(d, API_VERSIONS.disks).catch(() => false);
-        throw e;
-      }
-      return { resource: await this.toResource("virtualMachine", made as ArmResource, spec.resourceGroup, spec.name), created: true };
-    }));
+          });
+        } catch (e) {
+          // A refused VM (quota, size) leaves no orphan disks behind: the failover's rollback only knows the VM.
+          if (refusalOf(e)) for (const d of imported) await this.client.delete(d, API_VERSIONS.disks).catch(() => false);
+          throw e;
+        }
+        return { resource: await this.toResource("virtualMachine", made as ArmResource, spec.resourceGroup, spec.name), created: true };
+      }),
+    );
   }
 
   async setPowerState(region: string, resourceGroup: string, name: string, state: PowerState): Promise<FabricResource> {

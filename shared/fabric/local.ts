@@ -159,7 +159,9 @@ export class LocalFabric implements Fabric {
       if (missing.length === 0) return { resource: current, created: false };
       const updated: FabricResource = { ...current, subnets: [...(current.subnets ?? []), ...missing] };
       try {
-        await t.updateEntity<ResourceEntity>({ partitionKey: PARTITION, rowKey: rowKey(updated.id), body: JSON.stringify(updated) }, "Replace", { etag: e.etag });
+        await t.updateEntity<ResourceEntity>({ partitionKey: PARTITION, rowKey: rowKey(updated.id), body: JSON.stringify(updated) }, "Replace", {
+          etag: e.etag,
+        });
         return { resource: updated, created: false };
       } catch (err) {
         if (storageStatus(err) !== 412) throw err;

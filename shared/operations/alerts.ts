@@ -49,7 +49,10 @@ export interface Alert {
 
 export const alertQuerySchema = z
   .object({
-    itemId: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, "an item id").optional(),
+    itemId: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]{1,64}$/, "an item id")
+      .optional(),
     state: z.enum(["open", "cleared"]).optional(),
     limit: z.coerce.number().int().min(1).max(1000).optional(),
   })

@@ -89,7 +89,9 @@ export class ReplicationHistory {
   async thin(itemId: string, nowMs: number): Promise<number> {
     const t = await this.table();
     const keys: string[] = [];
-    for await (const e of t.listEntities<{ rowKey: string }>({ queryOptions: { filter: `PartitionKey eq '${itemId.replace(/'/g, "''")}'`, select: ["RowKey"] } })) {
+    for await (const e of t.listEntities<{ rowKey: string }>({
+      queryOptions: { filter: `PartitionKey eq '${itemId.replace(/'/g, "''")}'`, select: ["RowKey"] },
+    })) {
       keys.push(e.rowKey);
     }
     const keep = samplesToKeep(keys.map(Number), nowMs);
@@ -102,7 +104,9 @@ export class ReplicationHistory {
 
   async deleteAll(itemId: string): Promise<void> {
     const t = await this.table();
-    for await (const e of t.listEntities<{ rowKey: string }>({ queryOptions: { filter: `PartitionKey eq '${itemId.replace(/'/g, "''")}'`, select: ["RowKey"] } })) {
+    for await (const e of t.listEntities<{ rowKey: string }>({
+      queryOptions: { filter: `PartitionKey eq '${itemId.replace(/'/g, "''")}'`, select: ["RowKey"] },
+    })) {
       await t.deleteEntity(itemId, e.rowKey).catch((err: unknown) => (isNotFound(err) ? undefined : Promise.reject(err)));
     }
   }

@@ -40,7 +40,10 @@ export interface Job {
 /** `GET /api/jobs` query: every filter optional. */
 export const jobQuerySchema = z
   .object({
-    itemId: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, "an item id").optional(),
+    itemId: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]{1,64}$/, "an item id")
+      .optional(),
     type: z.enum(JOB_TYPES).optional(),
     state: z.enum(JOB_STATES).optional(),
     limit: z.coerce.number().int().min(1).max(1000).optional(),
@@ -216,7 +219,9 @@ export class Jobs {
       const next = change(JSON.parse(e.body) as Job);
       if (!next) return JSON.parse(e.body) as Job;
       try {
-        await t.updateEntity<JobEntity>({ partitionKey: "job", rowKey: id, startedAt: next.startedAt, body: JSON.stringify(next) }, "Replace", { etag: e.etag });
+        await t.updateEntity<JobEntity>({ partitionKey: "job", rowKey: id, startedAt: next.startedAt, body: JSON.stringify(next) }, "Replace", {
+          etag: e.etag,
+        });
         return next;
       } catch (err) {
         if ((err as { statusCode?: number }).statusCode !== 412 || attempt >= 20) throw err;

@@ -84,7 +84,13 @@ export class Monitoring {
   }
 
   /** A new sample when the last is at least HISTORY_SAMPLE_SECONDS old. */
-  private sample(now: Date, rpoSeconds: number | null, disks: DiskRecord[], status: ReplicationStatus, last: HistorySample | undefined): HistorySample | undefined {
+  private sample(
+    now: Date,
+    rpoSeconds: number | null,
+    disks: DiskRecord[],
+    status: ReplicationStatus,
+    last: HistorySample | undefined,
+  ): HistorySample | undefined {
     const everyMs = this.deps.config.monitoring.historySampleSeconds * 1000;
     if (last && now.getTime() - Date.parse(last.time) < everyMs) return undefined;
     const perDisk = Object.values(status.disks);
@@ -113,7 +119,8 @@ export class Monitoring {
   ): AlertCondition[] {
     const m = this.deps.config.monitoring;
     const out: AlertCondition[] = [];
-    const add = (code: AlertCondition["code"], message: string) => out.push({ itemId: item.id, vm: item.vm.name, code, message: `${item.vm.name}: ${message}` });
+    const add = (code: AlertCondition["code"], message: string) =>
+      out.push({ itemId: item.id, vm: item.vm.name, code, message: `${item.vm.name}: ${message}` });
     const issue = (code: string) => item.health.issues.find((i) => i.code === code);
 
     const threshold = item.policy.rpoAlertMinutes ?? m.rpoAlertMinutes;
@@ -133,7 +140,10 @@ export class Monitoring {
       const beat = status.agent?.time ?? item.agent.registeredAt;
       const silentMs = now.getTime() - Date.parse(beat);
       if (silentMs > m.heartbeatLostMinutes * 60_000) {
-        add("AgentHeartbeatLost", `no heartbeat from the agent for ${minutes(silentMs)} (last ${status.agent ? status.agent.time : "never; registered " + item.agent.registeredAt})`);
+        add(
+          "AgentHeartbeatLost",
+          `no heartbeat from the agent for ${minutes(silentMs)} (last ${status.agent ? status.agent.time : "never; registered " + item.agent.registeredAt})`,
+        );
       }
     }
 
@@ -149,7 +159,10 @@ export class Monitoring {
     if (item.state === "Protected") {
       const since = item.lastDrillAt ?? item.createdAt;
       if (now.getTime() - Date.parse(since) > m.drillReminderDays * 86_400_000) {
-        add("DrillOverdue", `no test failover (with its cleanup) for more than ${m.drillReminderDays} days (${item.lastDrillAt ? `last ${item.lastDrillAt}` : "none since protection began"}): a drill is recommended`);
+        add(
+          "DrillOverdue",
+          `no test failover (with its cleanup) for more than ${m.drillReminderDays} days (${item.lastDrillAt ? `last ${item.lastDrillAt}` : "none since protection began"}): a drill is recommended`,
+        );
       }
     }
     return out;
@@ -165,7 +178,12 @@ export class Monitoring {
         if (j.state === "InProgress" || seen.has(key)) continue;
         seen.add(key);
         if (j.state !== "Failed" || now.getTime() - Date.parse(j.endedAt ?? j.startedAt) > JOB_FAILED_ALERT_MS) continue;
-        out.push({ itemId, code: "JobFailed", subject: j.type, message: `${j.type} job ${j.id} failed: ${j.error?.code ?? "Error"}: ${j.error?.message ?? ""}`.trim() });
+        out.push({
+          itemId,
+          code: "JobFailed",
+          subject: j.type,
+          message: `${j.type} job ${j.id} failed: ${j.error?.code ?? "Error"}: ${j.error?.message ?? ""}`.trim(),
+        });
       }
     }
     return out;

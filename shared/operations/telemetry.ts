@@ -81,7 +81,9 @@ export class Telemetry {
     for (const scope of (await this.collect()).scopeMetrics) {
       for (const m of scope.metrics) {
         for (const p of m.dataPoints) {
-          const attrs = Object.entries(p.attributes).map(([k, v]) => `${k}="${String(v)}"`).join(",");
+          const attrs = Object.entries(p.attributes)
+            .map(([k, v]) => `${k}="${String(v)}"`)
+            .join(",");
           const v = p.value as number | { sum?: number; count: number };
           const shown = typeof v === "number" ? String(v) : `count=${v.count} sum=${v.sum ?? 0}`;
           out.push(`${m.descriptor.name}{${attrs}} ${shown} ${m.descriptor.unit}`.trim());

@@ -83,11 +83,13 @@ export const checkinRequestSchema = z
       .max(16)
       .optional(),
     /** Where this agent's group barrier listens (reported by every agent of a group; the coordinator is chosen among them). */
-    groupListen: z.object({ host: z.string().min(1).max(255), port: z.number().int().min(1).max(65535) }).strict().optional(),
+    groupListen: z
+      .object({ host: z.string().min(1).max(255), port: z.number().int().min(1).max(65535) })
+      .strict()
+      .optional(),
   })
   .strict();
 export type CheckinRequest = z.infer<typeof checkinRequestSchema>;
-
 
 export const checkinResponseSchema = z.object({
   ...sasEndpoints,

@@ -229,7 +229,13 @@ export class Agents {
       if (disk.resync?.id !== r.resyncId) continue;
       await this.deps.items.updateItem(item.id, (i) => {
         if (i.health.issues.some((h) => h.code === "ResyncRequired" && h.diskId === r.diskId)) return undefined;
-        raiseIssue(i, { code: "ResyncRequired", severity: "Warning", diskId: r.diskId, message: `disk ${r.diskId}: ${r.reason} (resync ${r.resyncId})`, since: at });
+        raiseIssue(i, {
+          code: "ResyncRequired",
+          severity: "Warning",
+          diskId: r.diskId,
+          message: `disk ${r.diskId}: ${r.reason} (resync ${r.resyncId})`,
+          since: at,
+        });
         if (i.state === "Protected" || i.state === "InitialReplication") i.state = "ResyncRequired";
         i.updatedAt = at;
         return i;
@@ -261,14 +267,18 @@ export class Agents {
    */
   private async recordListen(group: string, itemId: string, at: { host: string; port: number }): Promise<void> {
     const t = await this.groups();
-    await t.upsertEntity<GroupMemberEntity>({ partitionKey: group, rowKey: `member|${itemId}`, host: at.host, port: at.port, reportedAt: this.now().toISOString() }, "Replace");
+    await t.upsertEntity<GroupMemberEntity>(
+      { partitionKey: group, rowKey: `member|${itemId}`, host: at.host, port: at.port, reportedAt: this.now().toISOString() },
+      "Replace",
+    );
   }
 
   /** The group's secret (256 random bits, created on first need), its members, and its coordinator. */
   async groupInfo(item: ReplicatedItem): Promise<GroupInfo> {
     const name = item.replicationGroup!;
     const t = await this.groups();
-    let secret: string | undefined = (await t.getEntity<GroupSecretEntity>(name, "secret").catch((e) => (isNotFound(e) ? undefined : Promise.reject(e))))?.secret;
+    let secret: string | undefined = (await t.getEntity<GroupSecretEntity>(name, "secret").catch((e) => (isNotFound(e) ? undefined : Promise.reject(e))))
+      ?.secret;
     if (!secret) {
       const fresh = randomBytes(32).toString("base64url");
       // Two agents asking at once: the first insert wins, the other reads it.
@@ -285,7 +295,9 @@ export class Agents {
     const id = name.replace(/'/g, "''");
     // An agent that stopped checking in (three intervals) is not a coordinator: the group moves on to the next one.
     const alive = this.now().getTime() - 3 * this.deps.config.agent.checkinSeconds * 1000;
-    for await (const e of t.listEntities<GroupMemberEntity>({ queryOptions: { filter: `PartitionKey eq '${id}' and RowKey ge 'member|' and RowKey lt 'member|~'` } })) {
+    for await (const e of t.listEntities<GroupMemberEntity>({
+      queryOptions: { filter: `PartitionKey eq '${id}' and RowKey ge 'member|' and RowKey lt 'member|~'` },
+    })) {
       if (Date.parse(e.reportedAt) >= alive) listening.set(e.rowKey.slice("member|".length), e);
     }
     // Deterministic: the member with the smallest item id among the live ones that said where they listen.
@@ -355,7 +367,8 @@ export class Agents {
         const at = chunks[next++]!;
         const n = Math.min(chunk, end - at);
         const bytes = await blob.downloadToBuffer(at, n);
-        for (let b = 0; b < n; b += RESYNC_BLOCK_BYTES) checksums[(at - req.offset + b) / RESYNC_BLOCK_BYTES] = crc32c(bytes.subarray(b, b + RESYNC_BLOCK_BYTES));
+        for (let b = 0; b < n; b += RESYNC_BLOCK_BYTES)
+          checksums[(at - req.offset + b) / RESYNC_BLOCK_BYTES] = crc32c(bytes.subarray(b, b + RESYNC_BLOCK_BYTES));
       }
     };
     await Promise.all(Array.from({ length: MANIFEST_READS }, worker));

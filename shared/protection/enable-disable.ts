@@ -107,10 +107,14 @@ export class Protection {
         await items.releaseVm(key, holder);
         return this.enable(body);
       }
-      throw new Conflict("AlreadyProtected", `VM '${req.vm.name}' (${req.vm.region}/${req.vm.resourceGroup}) is already protected by replicated item '${holder}'`, {
-        itemId: holder,
-        state: existing.item.state,
-      });
+      throw new Conflict(
+        "AlreadyProtected",
+        `VM '${req.vm.name}' (${req.vm.region}/${req.vm.resourceGroup}) is already protected by replicated item '${holder}'`,
+        {
+          itemId: holder,
+          state: existing.item.state,
+        },
+      );
     }
 
     const undo = new Undo();
@@ -327,14 +331,23 @@ export class Protection {
     // Both directions: a re-protected item has a cache and replicas in each region (the other direction's are its seed).
     for (const direction of ["forward", "reverse"] as const) {
       const where = direction === "forward" ? "" : " (reverse)";
-      if (await storage.cache(direction).getContainerClient(cacheContainerName(itemId)).deleteIfExists().then((r) => r.succeeded)) {
+      if (
+        await storage
+          .cache(direction)
+          .getContainerClient(cacheContainerName(itemId))
+          .deleteIfExists()
+          .then((r) => r.succeeded)
+      ) {
         removed.push(`cache container ${cacheContainerName(itemId)}${where}`);
       }
       const replicas = await storage.replicas(direction);
       for await (const b of replicas.listBlobsFlat({ prefix: `${itemId}/` })) {
         const blob = replicas.getBlobClient(b.name);
         // An apply run may hold the replica's lease; disabling wins (the run is fenced out and finds the item gone).
-        await blob.getBlobLeaseClient().breakLease(0).catch(() => undefined);
+        await blob
+          .getBlobLeaseClient()
+          .breakLease(0)
+          .catch(() => undefined);
         if ((await blob.deleteIfExists({ deleteSnapshots: "include" })).succeeded) removed.push(`replica ${b.name}${where}`);
       }
       for await (const b of replicas.listBlobsFlat({ prefix: `${SEED_CHECKSUMS_PREFIX}${itemId}/` })) {
@@ -360,7 +373,11 @@ export class Protection {
     const { fabric } = this.deps;
     const others = (await this.deps.items.list()).filter((i) => i.id !== item.id && i.target);
     const used = new Set(
-      others.flatMap((o) => [o.target!.resourceGroup.id, o.target!.vnet.id, o.target!.availabilitySet?.id, ...o.target!.networkMappings].filter(Boolean).map((id) => id!.toLowerCase())),
+      others.flatMap((o) =>
+        [o.target!.resourceGroup.id, o.target!.vnet.id, o.target!.availabilitySet?.id, ...o.target!.networkMappings]
+          .filter(Boolean)
+          .map((id) => id!.toLowerCase()),
+      ),
     );
     // A failed-over (or test) VM still running in the target keeps its resource group, network and availability set.
     for (const r of [...(await fabric.list("virtualMachine")), ...(await fabric.list("networkInterface"))]) {

@@ -3,7 +3,17 @@ import { parseInput, reprotectRequestSchema, resyncRequestSchema } from "../cont
 import type { Agents } from "./agents";
 import { Conflict, IllegalState, isLeaseHeld, isNotFound, NotFound, storageCode, storageStatus } from "../contract/errors";
 import type { Fabric } from "../fabric/port";
-import { cacheContainerName, directionOf, isControlPlaneResync, replicaBlobName, type DiskRecord, type DiskSeed, type OriginalResources, type ReplicatedItem, type SeedSource } from "./items";
+import {
+  cacheContainerName,
+  directionOf,
+  isControlPlaneResync,
+  replicaBlobName,
+  type DiskRecord,
+  type DiskSeed,
+  type OriginalResources,
+  type ReplicatedItem,
+  type SeedSource,
+} from "./items";
 import { type ItemStore } from "../storage/item-store";
 import { blobReadSas } from "../storage/sas";
 import { isEmulatedAccount, type Config } from "../config/settings";
@@ -81,7 +91,11 @@ export class Reprotection {
    * Validates the request and locks the item for `instanceId` (state Reprotecting, ETag-conditional): 400/404/409
    * before anything changes. Issues the registration token for the agent on the VM that now runs.
    */
-  async accept(itemId: string, body: unknown, instanceId: string): Promise<{ input: ReprotectInput; item: ReplicatedItem; agentRegistration: { token: string; expiresAt: string } }> {
+  async accept(
+    itemId: string,
+    body: unknown,
+    instanceId: string,
+  ): Promise<{ input: ReprotectInput; item: ReplicatedItem; agentRegistration: { token: string; expiresAt: string } }> {
     parseInput(reprotectRequestSchema, body ?? {});
     const found = await this.deps.items.get(itemId);
     if (!found) throw new NotFound("replicatedItem", itemId);
@@ -119,11 +133,12 @@ export class Reprotection {
     // The old direction's agent was forgotten at commit; a token left from then goes too, and this one is the new agent's.
     await this.deps.agents.forget(itemId);
     const { token, expiresAt } = await this.deps.agents.issueToken(itemId);
-    const item = (await this.deps.items.updateItem(itemId, (i) => {
-      if (i.reprotect?.instanceId !== instanceId) return undefined;
-      i.reprotect.tokenExpiresAt = expiresAt;
-      return i;
-    })) ?? locked;
+    const item =
+      (await this.deps.items.updateItem(itemId, (i) => {
+        if (i.reprotect?.instanceId !== instanceId) return undefined;
+        i.reprotect.tokenExpiresAt = expiresAt;
+        return i;
+      })) ?? locked;
     return { input, item, agentRegistration: { token, expiresAt } };
   }
 
@@ -131,7 +146,12 @@ export class Reprotection {
   async unlock(input: ReprotectInput, error: string): Promise<void> {
     await this.deps.items.updateItem(input.itemId, (i) => {
       if (i.reprotect?.instanceId !== input.instanceId || i.state !== "Reprotecting") return undefined;
-      return { ...i, state: "FailoverCommitted", reprotect: { ...i.reprotect, error: { code: "ReprotectNotStarted", message: error } }, updatedAt: this.now().toISOString() };
+      return {
+        ...i,
+        state: "FailoverCommitted",
+        reprotect: { ...i.reprotect, error: { code: "ReprotectNotStarted", message: error } },
+        updatedAt: this.now().toISOString(),
+      };
     });
     await this.deps.agents.forget(input.itemId);
   }
@@ -167,7 +187,9 @@ export class Reprotection {
       const rg = (await fabric.ensureResourceGroup(item.vm.region, item.vm.resourceGroup)).resource;
       const n = item.vm.network;
       const vnet = await fabric.sourceNetwork(item.vm.region, item.vm.resourceGroup, n.vnet, n.subnet, n.privateIp);
-      const as = item.vm.availabilitySet ? (await fabric.ensureAvailabilitySet(item.vm.region, item.vm.resourceGroup, item.vm.availabilitySet)).resource : undefined;
+      const as = item.vm.availabilitySet
+        ? (await fabric.ensureAvailabilitySet(item.vm.region, item.vm.resourceGroup, item.vm.availabilitySet)).resource
+        : undefined;
       const original: OriginalResources = {
         resourceGroup: { id: rg.id, name: rg.name },
         vnet: { id: vnet.id, name: vnet.name },
@@ -181,7 +203,10 @@ export class Reprotection {
       if (!vnet) throw new ReprotectStepError("TargetMissing", `the recovery region's network of '${item.id}' no longer exists: disable and enable again`);
     }
     await storage.cache(input.from).getContainerClient(cacheContainerName(item.id)).deleteIfExists();
-    await storage.cache(input.to).getContainerClient(cacheContainerName(item.id)).createIfNotExists({ metadata: { itemid: item.id, direction: input.to } });
+    await storage
+      .cache(input.to)
+      .getContainerClient(cacheContainerName(item.id))
+      .createIfNotExists({ metadata: { itemid: item.id, direction: input.to } });
     const disks = await this.deps.items.listDisks(item.id);
     return { disks: disks.map((d) => ({ diskId: d.id, sizeBytes: d.sizeBytes })) };
   }
@@ -221,7 +246,11 @@ export class Reprotection {
       this.log(`re-protect ${input.instanceId}: disk ${diskId} seeded from ${seed.source}`);
     }
     // Nothing of an earlier apply run may hold the replica while it is replaced.
-    const breakLease = () => target.getBlobLeaseClient().breakLease(0).catch(() => undefined);
+    const breakLease = () =>
+      target
+        .getBlobLeaseClient()
+        .breakLease(0)
+        .catch(() => undefined);
     if (seed.source === "other-direction-replica") {
       const props = await target.getProperties().catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
       if (props?.metadata?.reprotect === input.instanceId && props.copyStatus !== "failed" && props.copyStatus !== "aborted") {
@@ -312,7 +341,13 @@ export class Reprotection {
           sizeBytes: d.sizeBytes,
           replicaBlob: replicaBlobName(item.id, d.id),
           state: "InitialReplication",
-          resync: { id: resyncId, reason: `re-protect ${input.instanceId}: compare with the seed (${seed}) and ship the blocks that differ`, origin: "seed", baseSeq: 0, since: at },
+          resync: {
+            id: resyncId,
+            reason: `re-protect ${input.instanceId}: compare with the seed (${seed}) and ship the blocks that differ`,
+            origin: "seed",
+            baseSeq: 0,
+            since: at,
+          },
           initialStartedAt: at,
           initialTransfer: { bytes: 0, throughSeq: 0 },
         };
@@ -346,11 +381,23 @@ export class Reprotection {
     const status = await readReplicationStatus(this.deps.storage, item, disks, this.now());
     const rows = disks.map((d) => {
       const i = status.disks[d.id]!.initialReplication;
-      return { diskId: d.id, seed: item.reprotect?.seeds?.[d.id]?.source ?? "none", doneBytes: i.doneBytes, totalBytes: i.totalBytes, transferredBytes: i.transferredBytes, etaSeconds: i.etaSeconds };
+      return {
+        diskId: d.id,
+        seed: item.reprotect?.seeds?.[d.id]?.source ?? "none",
+        doneBytes: i.doneBytes,
+        totalBytes: i.totalBytes,
+        transferredBytes: i.transferredBytes,
+        etaSeconds: i.etaSeconds,
+      };
     });
     const sum = (k: "doneBytes" | "totalBytes" | "transferredBytes") => rows.reduce((n, r) => n + r[k], 0);
     const etas = rows.map((r) => r.etaSeconds);
-    const state = item.state === "Protected" && directionOf(item) === input.to ? "done" : SEED_STATES.has(item.state) && directionOf(item) === input.to ? "running" : "ended";
+    const state =
+      item.state === "Protected" && directionOf(item) === input.to
+        ? "done"
+        : SEED_STATES.has(item.state) && directionOf(item) === input.to
+          ? "running"
+          : "ended";
     return {
       state,
       itemState: item.state,
@@ -382,12 +429,17 @@ export class Reprotection {
    * the item replicates in the new direction already: only the error is recorded.
    */
   async rollback(input: ReprotectInput, error: string, code?: string): Promise<void> {
-    await this.deps.jobs?.end(input.instanceId, "Failed", { code: code ?? /^\w+: ([A-Za-z][A-Za-z0-9]*): /.exec(error)?.[1] ?? "ReprotectFailed", message: error });
+    await this.deps.jobs?.end(input.instanceId, "Failed", {
+      code: code ?? /^\w+: ([A-Za-z][A-Za-z0-9]*): /.exec(error)?.[1] ?? "ReprotectFailed",
+      message: error,
+    });
     const found = await this.deps.items.get(input.itemId);
     if (!found || found.item.reprotect?.instanceId !== input.instanceId) return;
     if (found.item.state !== "Reprotecting") {
       await this.deps.items.updateItem(input.itemId, (i) =>
-        i.reprotect?.instanceId === input.instanceId ? { ...i, reprotect: { ...i.reprotect, error: { code: code ?? "ReprotectFailed", message: error } } } : undefined,
+        i.reprotect?.instanceId === input.instanceId
+          ? { ...i, reprotect: { ...i.reprotect, error: { code: code ?? "ReprotectFailed", message: error } } }
+          : undefined,
       );
       return;
     }
@@ -395,7 +447,12 @@ export class Reprotection {
     await this.deps.agents.forget(input.itemId);
     await this.deps.items.updateItem(input.itemId, (i) => {
       if (i.reprotect?.instanceId !== input.instanceId || i.state !== "Reprotecting") return undefined;
-      return { ...i, state: "FailoverCommitted", reprotect: { ...i.reprotect, error: { code: code ?? "ReprotectFailed", message: error } }, updatedAt: this.now().toISOString() };
+      return {
+        ...i,
+        state: "FailoverCommitted",
+        reprotect: { ...i.reprotect, error: { code: code ?? "ReprotectFailed", message: error } },
+        updatedAt: this.now().toISOString(),
+      };
     });
     this.log(`re-protect ${input.instanceId}: ${input.itemId} rolled back: ${error}`);
   }
@@ -462,7 +519,8 @@ export class Reprotection {
           await lease.acquireLease(15);
           break;
         } catch (e) {
-          if (!isLeaseHeld(e) || attempt >= 40) throw isLeaseHeld(e) ? new Conflict("DiskBusy", `disk '${disk.id}' is being applied right now; try again`, { diskId: disk.id }) : e;
+          if (!isLeaseHeld(e) || attempt >= 40)
+            throw isLeaseHeld(e) ? new Conflict("DiskBusy", `disk '${disk.id}' is being applied right now; try again`, { diskId: disk.id }) : e;
           await new Promise((r) => setTimeout(r, 250));
         }
       }

@@ -88,7 +88,11 @@ export class ReplicationGroups {
           { field: "replicationGroup", itemId: ids[0] },
         );
       }
-      const next: Membership = { sourceRegion, targetRegion, members: { ...Object.fromEntries(ids.map((id) => [id, value.members[id]!])), [itemId]: this.now().toISOString() } };
+      const next: Membership = {
+        sourceRegion,
+        targetRegion,
+        members: { ...Object.fromEntries(ids.map((id) => [id, value.members[id]!])), [itemId]: this.now().toISOString() },
+      };
       if (await this.write(group, next, etag)) return;
     }
     throw new Conflict("ConcurrentChange", `replication group '${group}' is changing too fast; try again`, { field: "replicationGroup" });
@@ -114,7 +118,9 @@ export class ReplicationGroups {
   /** false when another writer changed the record since it was read (412). */
   private async write(group: string, value: Membership, etag: string): Promise<boolean> {
     try {
-      await (await this.table()).updateEntity<MembershipEntity>({ partitionKey: group, rowKey: MEMBERSHIP_ROW, body: JSON.stringify(value) }, "Replace", { etag });
+      await (
+        await this.table()
+      ).updateEntity<MembershipEntity>({ partitionKey: group, rowKey: MEMBERSHIP_ROW, body: JSON.stringify(value) }, "Replace", { etag });
       return true;
     } catch (e) {
       if (storageStatus(e) === 412) return false;

@@ -207,7 +207,8 @@ export class RecoveryPoints {
   async listPartition(partition: string): Promise<RecoveryPoint[]> {
     const t = await this.points();
     const out: RecoveryPoint[] = [];
-    for await (const e of t.listEntities<Row>({ queryOptions: { filter: `PartitionKey eq '${esc(partition)}'` } })) out.push(JSON.parse(e.body) as RecoveryPoint);
+    for await (const e of t.listEntities<Row>({ queryOptions: { filter: `PartitionKey eq '${esc(partition)}'` } }))
+      out.push(JSON.parse(e.body) as RecoveryPoint);
     return out; // row keys are inverted times: newest first
   }
 
@@ -229,7 +230,11 @@ export class RecoveryPoints {
   async prune(item: ReplicatedItem, nowMs = this.now().getTime()): Promise<RecoveryPoint[]> {
     const partition = vmPartition(item.id);
     const points = await this.listPartition(partition);
-    const keep = pointsToKeep(points.map((p) => ({ id: p.id, timeMs: Date.parse(p.time), kind: p.kind })), nowMs, item.policy);
+    const keep = pointsToKeep(
+      points.map((p) => ({ id: p.id, timeMs: Date.parse(p.time), kind: p.kind })),
+      nowMs,
+      item.policy,
+    );
     const pruned: RecoveryPoint[] = [];
     for (const p of points.filter((x) => !keep.has(x.id))) {
       await this.deletePoint(partition, p);
@@ -242,7 +247,11 @@ export class RecoveryPoints {
   async pruneGroup(group: string, policy: ReplicatedItem["policy"], nowMs = this.now().getTime()): Promise<RecoveryPoint[]> {
     const partition = groupPartition(group);
     const points = await this.listPartition(partition);
-    const keep = pointsToKeep(points.map((p) => ({ id: p.id, timeMs: Date.parse(p.time), kind: p.kind })), nowMs, policy);
+    const keep = pointsToKeep(
+      points.map((p) => ({ id: p.id, timeMs: Date.parse(p.time), kind: p.kind })),
+      nowMs,
+      policy,
+    );
     const pruned: RecoveryPoint[] = [];
     for (const p of points.filter((x) => !keep.has(x.id))) {
       await this.deletePoint(partition, p);

@@ -38,7 +38,8 @@ export async function sealRecoveryPoints(deps: SealingDeps): Promise<SealingRepo
     // RPO health means something once initial replication is over.
     if (item.state === "Protected" || item.state === "ResyncRequired") await judgeHealth(deps, item, await deps.points.listForItem(item), now);
   }
-  for (const [group, member] of groups) if (!groupsFailingOver.has(group)) report.pruned += (await deps.points.pruneGroup(group, member.policy, now.getTime())).length;
+  for (const [group, member] of groups)
+    if (!groupsFailingOver.has(group)) report.pruned += (await deps.points.pruneGroup(group, member.policy, now.getTime())).length;
   return report;
 }
 

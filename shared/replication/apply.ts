@@ -194,7 +194,8 @@ async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyO
   try {
     const outcome = await new ApplyRun(deps, limits, log, message, direction, replica, cache, lease.leaseId, keeper).run();
     // One line per leased run that wrote: which batches this holder applied (the one writer of the replica meanwhile).
-    if (outcome.appliedFrom !== undefined) log(`${itemId}/${diskId}: applied batches ${outcome.appliedFrom}-${outcome.watermark} under lease, stopped: ${outcome.stop}`);
+    if (outcome.appliedFrom !== undefined)
+      log(`${itemId}/${diskId}: applied batches ${outcome.appliedFrom}-${outcome.watermark} under lease, stopped: ${outcome.stop}`);
     return outcome;
   } finally {
     keeper.stop();
@@ -683,6 +684,12 @@ class ApplyRun {
         await this.deps.items.updateItem(this.itemId, (item) => (clearIssues(item, resolved) ? { ...item, updatedAt: this.now().toISOString() } : undefined));
       }
     }
-    return { result: "ran", watermark: this.watermark, applied: this.applied, stop, ...(this.firstApplied !== undefined ? { appliedFrom: this.firstApplied } : {}) };
+    return {
+      result: "ran",
+      watermark: this.watermark,
+      applied: this.applied,
+      stop,
+      ...(this.firstApplied !== undefined ? { appliedFrom: this.firstApplied } : {}),
+    };
   }
 }

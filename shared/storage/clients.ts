@@ -41,7 +41,11 @@ export function queueMessageText(value: unknown): string {
  * storage is down, and queue-triggered work is retried by the host instead.
  */
 export const STORAGE_RETRY = { maxTries: 3, retryDelayInMs: 200, maxRetryDelayInMs: 1000 } as const;
-const TABLE_RETRY = { maxRetries: STORAGE_RETRY.maxTries - 1, retryDelayInMs: STORAGE_RETRY.retryDelayInMs, maxRetryDelayInMs: STORAGE_RETRY.maxRetryDelayInMs };
+const TABLE_RETRY = {
+  maxRetries: STORAGE_RETRY.maxTries - 1,
+  retryDelayInMs: STORAGE_RETRY.retryDelayInMs,
+  maxRetryDelayInMs: STORAGE_RETRY.maxRetryDelayInMs,
+};
 
 /** The Entra credential of an identity-based connection; undefined for a keyed one. */
 export function tokenCredential(account: StorageAccount): TokenCredential | undefined {
@@ -50,12 +54,16 @@ export function tokenCredential(account: StorageAccount): TokenCredential | unde
 
 export function blobService(account: StorageAccount): BlobServiceClient {
   const a = account.auth;
-  return new BlobServiceClient(account.blobUrl, a.kind === "key" ? new StorageSharedKeyCredential(account.name, a.key) : azureCredential(a), { retryOptions: STORAGE_RETRY });
+  return new BlobServiceClient(account.blobUrl, a.kind === "key" ? new StorageSharedKeyCredential(account.name, a.key) : azureCredential(a), {
+    retryOptions: STORAGE_RETRY,
+  });
 }
 
 export function queueService(account: StorageAccount): QueueServiceClient {
   const a = account.auth;
-  return new QueueServiceClient(account.queueUrl, a.kind === "key" ? new QueueKeyCredential(account.name, a.key) : azureCredential(a), { retryOptions: STORAGE_RETRY });
+  return new QueueServiceClient(account.queueUrl, a.kind === "key" ? new QueueKeyCredential(account.name, a.key) : azureCredential(a), {
+    retryOptions: STORAGE_RETRY,
+  });
 }
 
 export function tableClient(account: StorageAccount, table: string): TableClient {

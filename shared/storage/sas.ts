@@ -1,5 +1,11 @@
 // The agents' SAS URLs: signed with the account key where the app has one, else user delegation SAS from its identity.
-import { BlobSASPermissions, generateBlobSASQueryParameters, SASProtocol, StorageSharedKeyCredential, type UserDelegationKey as BlobDelegationKey } from "@azure/storage-blob";
+import {
+  BlobSASPermissions,
+  generateBlobSASQueryParameters,
+  SASProtocol,
+  StorageSharedKeyCredential,
+  type UserDelegationKey as BlobDelegationKey,
+} from "@azure/storage-blob";
 import {
   generateQueueSASQueryParameters,
   QueueSASPermissions,
@@ -80,12 +86,19 @@ export class AgentSas {
     const { cache } = this.deps;
     const permissions = BlobSASPermissions.parse("cw");
     if (cache.auth.kind === "key") {
-      const sas = generateBlobSASQueryParameters({ containerName, permissions, startsOn, expiresOn }, new StorageSharedKeyCredential(cache.name, cache.auth.key));
+      const sas = generateBlobSASQueryParameters(
+        { containerName, permissions, startsOn, expiresOn },
+        new StorageSharedKeyCredential(cache.name, cache.auth.key),
+      );
       return { sas: sas.toString(), expiresOn };
     }
     const key = await this.blobKeys.forSasUntil(expiresOn);
     const until = new Date(Math.min(expiresOn.getTime(), key.signedExpiresOn.getTime()));
-    const sas = generateBlobSASQueryParameters({ containerName, permissions, startsOn, expiresOn: until, ...(cache.blobUrl.startsWith("https:") ? { protocol: SASProtocol.Https } : {}) }, key, cache.name);
+    const sas = generateBlobSASQueryParameters(
+      { containerName, permissions, startsOn, expiresOn: until, ...(cache.blobUrl.startsWith("https:") ? { protocol: SASProtocol.Https } : {}) },
+      key,
+      cache.name,
+    );
     return { sas: sas.toString(), expiresOn: until };
   }
 
@@ -98,11 +111,14 @@ export class AgentSas {
     }
     const key = await this.queueKeys.forSasUntil(expiresOn);
     const until = new Date(Math.min(expiresOn.getTime(), key.signedExpiresOn.getTime()));
-    const sas = generateQueueSASQueryParameters({ queueName, permissions, startsOn, expiresOn: until, ...(control.queueUrl.startsWith("https:") ? { protocol: QueueSASProtocol.Https } : {}) }, key, control.name);
+    const sas = generateQueueSASQueryParameters(
+      { queueName, permissions, startsOn, expiresOn: until, ...(control.queueUrl.startsWith("https:") ? { protocol: QueueSASProtocol.Https } : {}) },
+      key,
+      control.name,
+    );
     return { sas: sas.toString(), expiresOn: until };
   }
 }
-
 
 /**
  * A read SAS on one blob, for a server-side copy from another account (a re-protect's seed): the copy source is
@@ -121,7 +137,10 @@ export async function blobReadSas(
   const startsOn = new Date(now.getTime() - 5 * 60_000);
   const expiresOn = new Date(now.getTime() + ttlMs);
   if (account.auth.kind === "key") {
-    return generateBlobSASQueryParameters({ containerName, blobName, permissions, startsOn, expiresOn }, new StorageSharedKeyCredential(account.name, account.auth.key)).toString();
+    return generateBlobSASQueryParameters(
+      { containerName, blobName, permissions, startsOn, expiresOn },
+      new StorageSharedKeyCredential(account.name, account.auth.key),
+    ).toString();
   }
   const key = await delegationKey(startsOn, expiresOn);
   return generateBlobSASQueryParameters(

@@ -153,14 +153,18 @@ describe("app-consistent tags", () => {
       assert.ok(took >= FREEZE_TIMEOUT_MS && took < FREEZE_TIMEOUT_MS + 3000, `bounded: ${took} ms`);
       assert.deepEqual(ctx.journal(), ["pre", "post", "pre", "pre", "post"], "post-thaw run: the killed script may have frozen something");
       const pgid = Number(readFileSync(join(ctx.vm.dir, "pgid"), "utf8"));
-      await until("the script's process group gone", () => {
-        try {
-          process.kill(-pgid, 0);
-          return undefined;
-        } catch {
-          return true;
-        }
-      }, 3000);
+      await until(
+        "the script's process group gone",
+        () => {
+          try {
+            process.kill(-pgid, 0);
+            return undefined;
+          } catch {
+            return true;
+          }
+        },
+        3000,
+      );
       const issue = await checkedIn(ctx.agent, ctx.vm.itemId, (i) => /killed/.test(i?.message ?? ""));
       assert.ok(issue);
       assert.match(issue.message, new RegExp(`did not finish within ${FREEZE_TIMEOUT_MS} ms and was killed`));

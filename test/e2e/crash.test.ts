@@ -24,7 +24,13 @@ describe("the local host killed (SIGKILL) mid-apply and restarted", () => {
     storage = await startTestStorage();
     // The sweep runs every 2 s and re-announces a disk after 2 s without progress: messages the killed host held are
     // invisible for minutes (as in Azure), the sweep is what picks the work up again.
-    env = { AzureWebJobsStorage: storage.control, CACHE_STORAGE: storage.cache, SWEEP_SCHEDULE: "*/2 * * * * *", SWEEP_STALL_SECONDS: "2", AGENT_CHECKIN_SECONDS: "1" };
+    env = {
+      AzureWebJobsStorage: storage.control,
+      CACHE_STORAGE: storage.cache,
+      SWEEP_SCHEDULE: "*/2 * * * * *",
+      SWEEP_STALL_SECONDS: "2",
+      AGENT_CHECKIN_SECONDS: "1",
+    };
     services = createServices(loadConfig(env));
   });
   after(async () => {
@@ -52,7 +58,10 @@ describe("the local host killed (SIGKILL) mid-apply and restarted", () => {
       while ((await watermark("os")) + (await watermark("data0")) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
       await host.kill();
       const at = await Promise.all(DISKS.map(watermark));
-      assert.ok(at.some((w, i) => w < lastSeq(agent, DISKS[i]!)), `killed before the end (watermarks ${at})`);
+      assert.ok(
+        at.some((w, i) => w < lastSeq(agent, DISKS[i]!)),
+        `killed before the end (watermarks ${at})`,
+      );
 
       host = await startHostProcess(env);
       for (const d of DISKS) {
@@ -77,9 +86,13 @@ describe("the agent killed (SIGKILL) mid-stream and restarted from its spool", (
   test("every write that reached the image reaches the replica", async () => {
     const vm = await protectVm(stack, "agent-kill-e2e");
     try {
-      const writer = spawn(process.execPath, [join(__dirname, "..", "support", "agent-writer.js"), "--agent-writer", stack.url, vm.token, vm.stateDir, vm.images.os!, "5"], {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
+      const writer = spawn(
+        process.execPath,
+        [join(__dirname, "..", "support", "agent-writer.js"), "--agent-writer", stack.url, vm.token, vm.stateDir, vm.images.os!, "5"],
+        {
+          stdio: ["ignore", "pipe", "pipe"],
+        },
+      );
       let out = "";
       writer.stdout.on("data", (d: Buffer) => (out += d.toString()));
       writer.stderr.on("data", (d: Buffer) => (out += d.toString()));
@@ -92,7 +105,12 @@ describe("the agent killed (SIGKILL) mid-stream and restarted from its spool", (
       await once(writer, "exit");
 
       // The same state directory: no new registration, the dirty log and the spool carry what the kill interrupted.
-      const agent = await Agent.start({ url: stack.url, stateDir: vm.stateDir, disks: [{ id: "os", path: vm.images.os!, kind: "tracked" }], checkinIntervalMs: 500 });
+      const agent = await Agent.start({
+        url: stack.url,
+        stateDir: vm.stateDir,
+        disks: [{ id: "os", path: vm.images.os!, kind: "tracked" }],
+        checkinIntervalMs: 500,
+      });
       vm.agent = agent;
       await agent.waitIdle(60_000);
       await waitForWatermark(stack, vm, "os", lastSeq(agent, "os"), 60_000);

@@ -39,17 +39,26 @@ describe("the dashboard in headless Chromium", () => {
     stack = await startTestStack({ functionKey: KEY, env: { SEAL_SCHEDULE: NEVER, HISTORY_SAMPLE_SECONDS: "60", RPO_CRITICAL_MINUTES: "60" } });
     for (const name of ["web-1", "db-1"] as const) {
       const body = enableBody(name, { replicationGroup: "app-tier" });
-      const r = await api("POST", "replicated-items", { ...body, vm: { ...body.vm, network: { vnet: "prod-vnet", subnet: "web", privateIp: name === "web-1" ? "10.0.1.4" : "10.0.1.5" } } });
+      const r = await api("POST", "replicated-items", {
+        ...body,
+        vm: { ...body.vm, network: { vnet: "prod-vnet", subnet: "web", privateIp: name === "web-1" ? "10.0.1.4" : "10.0.1.5" } },
+      });
       assert.equal(r.status, 201, JSON.stringify(r.body));
       ids[name === "web-1" ? "web" : "db"] = r.body.id;
     }
     // web-1: protected, with an hour of history and points every 10 minutes (real snapshots: a failover copies them).
     const replicas = await stack.services.storage.replicas();
-    for (const d of await stack.services.items.listDisks(ids.web)) await stack.services.items.updateDisk(ids.web, d.id, (x) => ({ ...x, initialComplete: true, state: "Protected" }));
+    for (const d of await stack.services.items.listDisks(ids.web))
+      await stack.services.items.updateDisk(ids.web, d.id, (x) => ({ ...x, initialComplete: true, state: "Protected" }));
     await stack.services.items.updateItem(ids.web, (i) => ({ ...i, state: "Protected" }));
     for (let k = 0; k < 7; k++) {
       if (k % 2 === 0) {
-        const tag = { id: randomUUID(), kind: (k === 4 ? "app" : "crash") as "app" | "crash", time: new Date(now().getTime() - 30_000).toISOString(), scope: "vm" as const };
+        const tag = {
+          id: randomUUID(),
+          kind: (k === 4 ? "app" : "crash") as "app" | "crash",
+          time: new Date(now().getTime() - 30_000).toISOString(),
+          scope: "vm" as const,
+        };
         for (const d of await stack.services.items.listDisks(ids.web)) {
           const { snapshot } = await replicas.getPageBlobClient(d.replicaBlob).createSnapshot();
           await stack.services.points.recordArrival({ itemId: ids.web, diskId: d.id, snapshot: snapshot!, seq: 1, tag });
@@ -62,7 +71,16 @@ describe("the dashboard in headless Chromium", () => {
     browser = await puppeteer.launch({
       executablePath: CHROMIUM,
       headless: true,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", `--user-data-dir=${profile}`],
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        `--user-data-dir=${profile}`,
+      ],
     });
     page = await browser.newPage();
     await page.setViewport({ width: 1400, height: 1000 });
@@ -95,7 +113,9 @@ describe("the dashboard in headless Chromium", () => {
     await page.goto(`${stack.url}/api/dashboard?code=${KEY}&refresh=1000`);
     // Browser-side expressions are strings: the test is compiled without the DOM's types.
     await page.waitForFunction(`document.querySelectorAll("#items tbody tr").length === 2`);
-    const rows = (await page.evaluate(`[...document.querySelectorAll("#items tbody tr")].map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent.trim()))`)) as string[][];
+    const rows = (await page.evaluate(
+      `[...document.querySelectorAll("#items tbody tr")].map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent.trim()))`,
+    )) as string[][];
     assert.deepEqual(
       rows.map((r) => [r[0], r[1], r[2], r[3], r[4]]),
       [

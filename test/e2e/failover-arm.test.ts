@@ -41,7 +41,13 @@ describe("failover with the ARM fabric over a fake ARM: test failover and cleanu
       location: "eastus",
       properties: { addressSpace: { addressPrefixes: ["10.2.0.0/16"] }, subnets: [{ name: "app", properties: { addressPrefix: "10.2.0.0/24" } }] },
     });
-    arm.seed({ id: `/subscriptions/${SUB}/resourceGroups/e2e-rg/providers/Microsoft.Compute/virtualMachines/fo-arm`, name: "fo-arm", type: "Microsoft.Compute/virtualMachines", location: "eastus", properties: {} });
+    arm.seed({
+      id: `/subscriptions/${SUB}/resourceGroups/e2e-rg/providers/Microsoft.Compute/virtualMachines/fo-arm`,
+      name: "fo-arm",
+      type: "Microsoft.Compute/virtualMachines",
+      location: "eastus",
+      properties: {},
+    });
     stack = await startTestStack({
       queueOverrides: { maxPollingIntervalMs: 100, visibilityTimeoutMs: 500 },
       env: { AGENT_CHECKIN_SECONDS: "1" },
@@ -101,13 +107,20 @@ describe("failover with the ARM fabric over a fake ARM: test failover and cleanu
     for (const d of disks) {
       const data = d.properties.creationData as { sourceUri: string; storageAccountId: string };
       assert.equal(data.storageAccountId, REPLICA_ID);
-      assert.ok(v.disks.some((x: { blob: string }) => data.sourceUri.endsWith(`/${x.blob}`)), `${d.name} imported from a failover VHD: ${data.sourceUri}`);
+      assert.ok(
+        v.disks.some((x: { blob: string }) => data.sourceUri.endsWith(`/${x.blob}`)),
+        `${d.name} imported from a failover VHD: ${data.sourceUri}`,
+      );
     }
 
     const res = await stack.api("POST", `replicated-items/${vm.itemId}/test-failover-cleanup`);
     assert.equal(res.status, 200, JSON.stringify(res.body));
     assert.equal(res.body.state, "Protected");
-    assert.deepEqual(armResources("Microsoft.Compute/virtualMachines").map((r) => r.name), ["fo-arm"], "only the source VM is left");
+    assert.deepEqual(
+      armResources("Microsoft.Compute/virtualMachines").map((r) => r.name),
+      ["fo-arm"],
+      "only the source VM is left",
+    );
     assert.deepEqual(armResources("Microsoft.Compute/disks"), []);
     assert.deepEqual(armResources("Microsoft.Network/networkInterfaces"), []);
     assert.ok(!armResources("Microsoft.Network/virtualNetworks").some((r) => r.name === "e2e-vnet-asr-test"), "the test network is gone");
@@ -141,7 +154,11 @@ describe("failover with the ARM fabric over a fake ARM: test failover and cleanu
     assert.equal(v.targetVm.privateIp, "10.2.0.4", "the source address is kept");
     const models = work.copy();
     for (const d of v.disks) await assertFailoverDisk(stack, d.blob, models.get(`${vm.itemId}/${d.diskId}`)!, `planned ${d.diskId}`);
-    assert.equal(arm.power.get(`/subscriptions/${SUB}/resourcegroups/e2e-rg/providers/microsoft.compute/virtualmachines/fo-arm`), "deallocated", "the source VM is shut down");
+    assert.equal(
+      arm.power.get(`/subscriptions/${SUB}/resourcegroups/e2e-rg/providers/microsoft.compute/virtualmachines/fo-arm`),
+      "deallocated",
+      "the source VM is shut down",
+    );
     assert.equal(arm.power.get(`/subscriptions/${SUB}/resourcegroups/e2e-rg-asr/providers/microsoft.compute/virtualmachines/fo-arm`), "running");
     const commit = await stack.api("POST", `replicated-items/${vm.itemId}/commit`);
     assert.equal(commit.status, 200, JSON.stringify(commit.body));

@@ -284,7 +284,11 @@ describe("failover of a replication group: group points, a recovery plan's order
     onCut = (vm) => {
       for (const d of DISKS) images.set(`${vm.itemId}/${d}`, readFileSync(vm.images[d]!));
     };
-    const work = new Workload(members.map((vm) => ({ itemId: vm.itemId, agent: vm.agent! })), 43, { disks: DISKS, diskBytes: DISK_MIB * MiB });
+    const work = new Workload(
+      members.map((vm) => ({ itemId: vm.itemId, agent: vm.agent! })),
+      43,
+      { disks: DISKS, diskBytes: DISK_MIB * MiB },
+    );
     let tagId: string;
     try {
       await sleep(300);
@@ -311,7 +315,11 @@ describe("failover of a replication group: group points, a recovery plan's order
     assert.equal(st.output.vms.length, 3);
     for (const v of st.output.vms) await assertVmDisks(stack, v, images, "plan");
     const groupVms = st.output.vms.filter((v: any) => v.itemId !== solo.itemId);
-    assert.deepEqual(groupVms.map((v: any) => v.recoveryPoint.id), [tagId!, tagId!], "one group point for both");
+    assert.deepEqual(
+      groupVms.map((v: any) => v.recoveryPoint.id),
+      [tagId!, tagId!],
+      "one group point for both",
+    );
     assert.ok(groupVms.every((v: any) => v.recoveryPoint.scope === "group"));
     // Order: the first group's VM ran before the second group's disks started copying.
     const timeline = async (itemId: string) => (await item(stack, itemId)).failover.timeline as { step: string; at: string }[];
@@ -326,7 +334,11 @@ describe("failover of a replication group: group points, a recovery plan's order
   test("planned failover of the group under a live workload: the source VMs shut down, and the VMs hold every acknowledged write", async () => {
     // The disks hold what the earlier tests wrote.
     const initial = new Map(members.flatMap((vm) => DISKS.map((d) => [`${vm.itemId}/${d}`, readFileSync(vm.images[d]!)] as const)));
-    const work = new Workload(members.map((vm) => ({ itemId: vm.itemId, agent: vm.agent! })), 47, { disks: DISKS, diskBytes: DISK_MIB * MiB, initial });
+    const work = new Workload(
+      members.map((vm) => ({ itemId: vm.itemId, agent: vm.agent! })),
+      47,
+      { disks: DISKS, diskBytes: DISK_MIB * MiB, initial },
+    );
     try {
       await sleep(500);
       const out = await runFailover(stack, { groupId: GROUP, type: "planned" }, 90_000);
@@ -347,7 +359,10 @@ describe("failover of a replication group: group points, a recovery plan's order
       await assert.rejects(members[0]!.agent!.trackedDisk("os").write(0, Buffer.alloc(512, 1)), /shutting down/);
       const sources = (await stack.services.fabric.list("virtualMachine")).filter((r) => !r.createdBySiteRecovery);
       assert.equal(sources.length, 2);
-      assert.ok(sources.every((r) => r.powerState === "deallocated"), "the source VMs are shut down");
+      assert.ok(
+        sources.every((r) => r.powerState === "deallocated"),
+        "the source VMs are shut down",
+      );
     } finally {
       await work.stop();
     }
@@ -374,7 +389,9 @@ describe("failover to latest drains the cache itself", () => {
     await agent.waitIdle(30_000);
     const cache = stack.services.storage.cacheBlobs.getContainerClient(cacheContainerName(vm.itemId));
     // Initial replication, delivered by hand.
-    const initial = (await Promise.all(DISKS.map(async (d) => (await cacheBatches(cache, d)).map((b) => ({ v: 1 as const, itemId: vm.itemId, diskId: d, seq: b.seq }))))).flat();
+    const initial = (
+      await Promise.all(DISKS.map(async (d) => (await cacheBatches(cache, d)).map((b) => ({ v: 1 as const, itemId: vm.itemId, diskId: d, seq: b.seq }))))
+    ).flat();
     await deliver(stack, initial);
     assert.equal((await item(stack, vm.itemId)).state, "Protected");
     // Writes that reach the cache and stay there.

@@ -85,7 +85,10 @@ describe("replication groups: agents coordinate group tags over TCP", () => {
 
   async function snapshotBytes(itemId: string, diskId: string, snapshot: string): Promise<Buffer> {
     const replicas = await stack.services.storage.replicas();
-    return replicas.getPageBlobClient(replicaBlobName(itemId, diskId)).withSnapshot(snapshot).downloadToBuffer(0, DISK_MIB * MiB);
+    return replicas
+      .getPageBlobClient(replicaBlobName(itemId, diskId))
+      .withSnapshot(snapshot)
+      .downloadToBuffer(0, DISK_MIB * MiB);
   }
 
   async function assertPointEquals(p: RecoveryPoint, model: Map<string, Buffer>): Promise<void> {
@@ -101,7 +104,10 @@ describe("replication groups: agents coordinate group tags over TCP", () => {
   }
 
   test("exactness: each group point's snapshots equal every disk of every member at the tag, byte for byte", async () => {
-    const work = new Workload(members.map((vm) => ({ itemId: vm.itemId, agent: vm.agent! })), 11);
+    const work = new Workload(
+      members.map((vm) => ({ itemId: vm.itemId, agent: vm.agent! })),
+      11,
+    );
     const at = new Map<string, Map<string, Buffer>>();
     try {
       for (let i = 0; i < 3; i++) {
@@ -111,7 +117,10 @@ describe("replication groups: agents coordinate group tags over TCP", () => {
         const out = await coordinator.groupTag("crash");
         work.go();
         assert.ok(out?.committed, out?.reason);
-        assert.deepEqual(out.members, members.map((m) => m.itemId));
+        assert.deepEqual(
+          out.members,
+          members.map((m) => m.itemId),
+        );
         at.set(out.tagId, model);
       }
     } finally {
@@ -120,7 +129,10 @@ describe("replication groups: agents coordinate group tags over TCP", () => {
     const sealed = await waitSealed(groupPartition(GROUP), [...at.keys()]);
     for (const p of sealed) {
       assert.equal(p.scope, "group");
-      assert.deepEqual(p.members, members.map((m) => m.itemId));
+      assert.deepEqual(
+        p.members,
+        members.map((m) => m.itemId),
+      );
       assert.equal(p.disks.length, 6, "every disk of every member");
       await assertPointEquals(p, at.get(p.id)!);
     }
@@ -133,7 +145,10 @@ describe("replication groups: agents coordinate group tags over TCP", () => {
       for (const d of DISKS) m.set(`${vm.itemId}/${d}`, readFileSync(vm.images[d]!));
       images.set(tagId, m);
     };
-    const work = new Workload(members.map((vm) => ({ itemId: vm.itemId, agent: vm.agent! })), 13);
+    const work = new Workload(
+      members.map((vm) => ({ itemId: vm.itemId, agent: vm.agent! })),
+      13,
+    );
     const tags: string[] = [];
     try {
       for (let i = 0; i < 3; i++) {
@@ -228,7 +243,10 @@ describe("replication groups: agents coordinate group tags over TCP", () => {
     await waitFor("the first to coordinate again", () => coordinator.groupRole === "coordinator" && coordinator.groupMembersConnected().length === 2);
     const back = await coordinator.groupTag("crash");
     assert.ok(back?.committed, back?.reason);
-    assert.deepEqual(back.members, members.map((m) => m.itemId));
+    assert.deepEqual(
+      back.members,
+      members.map((m) => m.itemId),
+    );
   });
 
   test("a VM outside any group: its VM points equal both disks at the tag, byte for byte", async () => {

@@ -23,7 +23,12 @@ interface PointView {
   disks: { diskId: string; snapshot: string; seq: number }[];
 }
 
-async function until<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs: number, seen: () => string = () => ""): Promise<T> {
+async function until<T>(
+  what: string,
+  check: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs: number,
+  seen: () => string = () => "",
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await check();
@@ -86,7 +91,12 @@ describe("the CLI agent with --nbd", () => {
     );
     agent.stdout!.on("data", (d: Buffer) => (output += d.toString()));
     agent.stderr!.on("data", (d: Buffer) => (output += d.toString()));
-    await until("the agent serving", () => /serving NBD exports os, data0 on /.test(output), 60_000, () => output);
+    await until(
+      "the agent serving",
+      () => /serving NBD exports os, data0 on /.test(output),
+      60_000,
+      () => output,
+    );
   });
 
   after(async () => {
@@ -106,7 +116,10 @@ describe("the CLI agent with --nbd", () => {
 
   async function snapshotBytes(diskId: string, snapshot: string): Promise<Buffer> {
     const replicas = await stack.services.storage.replicas();
-    return replicas.getPageBlobClient(replicaBlobName(itemId, diskId)).withSnapshot(snapshot).downloadToBuffer(0, DISK_MIB * MiB);
+    return replicas
+      .getPageBlobClient(replicaBlobName(itemId, diskId))
+      .withSnapshot(snapshot)
+      .downloadToBuffer(0, DISK_MIB * MiB);
   }
 
   async function replicaEqualsImage(diskId: "os" | "data0"): Promise<boolean> {
@@ -132,7 +145,12 @@ describe("the CLI agent with --nbd", () => {
     assert.ok(osImage.subarray(0, 128 * 1024).equals(Buffer.alloc(128 * 1024, 0x11)));
     assert.ok(dataImage.subarray(7 * MiB, 7 * MiB + 4096).equals(Buffer.alloc(4096, 0x22)));
 
-    await until("the replicas to equal the images", async () => (await replicaEqualsImage("os")) && (await replicaEqualsImage("data0")), 90_000, () => output);
+    await until(
+      "the replicas to equal the images",
+      async () => (await replicaEqualsImage("os")) && (await replicaEqualsImage("data0")),
+      90_000,
+      () => output,
+    );
 
     const point = await until(
       "a sealed crash point newer than the writes",
@@ -147,7 +165,10 @@ describe("the CLI agent with --nbd", () => {
       assert.ok(at.equals(d.diskId === "os" ? osImage : dataImage), `point ${point.id}: disk ${d.diskId} equals its image at the tag`);
     }
     const all = await points();
-    assert.ok(all.every((p, i) => i === 0 || Date.parse(all[i - 1]!.time) >= Date.parse(p.time)), "newest first");
+    assert.ok(
+      all.every((p, i) => i === 0 || Date.parse(all[i - 1]!.time) >= Date.parse(p.time)),
+      "newest first",
+    );
 
     const item = await stack.api("GET", `replicated-items/${itemId}`);
     assert.equal(item.status, 200);
@@ -155,7 +176,12 @@ describe("the CLI agent with --nbd", () => {
   });
 
   test("--pre-freeze/--post-thaw through the CLI: an app point, with the freeze run and thawed", async () => {
-    const app = await until("an app-consistent point", async () => (await points()).find((p) => p.kind === "app"), 150_000, () => output);
+    const app = await until(
+      "an app-consistent point",
+      async () => (await points()).find((p) => p.kind === "app"),
+      150_000,
+      () => output,
+    );
     assert.deepEqual(app.disks.map((d) => d.diskId).sort(), ["data0", "os"]);
     const journal = readFileSync(join(dir, "journal"), "utf8").trim().split("\n");
     assert.deepEqual(journal.slice(0, 2), ["pre", "post"]);

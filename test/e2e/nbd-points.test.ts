@@ -51,7 +51,8 @@ describe("exact recovery points through NBD (qemu-io → CLI agents → replicas
 
   test("a group of two VMs written by qemu-io: every sealed point, VM and group, is a prefix of the acknowledged writes at its tag's instant on all four disks", async () => {
     const policy = { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 10, appConsistentFrequencyMinutes: 0 };
-    const vms: { name: string; id: string; sock: string; images: Record<string, string>; base: Record<string, Buffer>; agent?: ReturnType<typeof runChild> }[] = [];
+    const vms: { name: string; id: string; sock: string; images: Record<string, string>; base: Record<string, Buffer>; agent?: ReturnType<typeof runChild> }[] =
+      [];
     for (const [i, name] of ["nbd-web", "nbd-db"].entries()) {
       const body = enableBody(name, { policy, replicationGroup: GROUP });
       const res = await stack.api("POST", "replicated-items", body);
@@ -70,20 +71,38 @@ describe("exact recovery points through NBD (qemu-io → CLI agents → replicas
       const vm = { name, id: res.body.id as string, sock, images, base };
       vms.push(vm);
       const agent = runChild([
-        CLI, "--url", stack.url, "agent", "--token", res.body.agentRegistration.token,
+        CLI,
+        "--url",
+        stack.url,
+        "agent",
+        "--token",
+        res.body.agentRegistration.token,
         ...Object.entries(images).flatMap(([id, path]) => ["--disk", `${id}=${path}`]),
-        "--state-dir", join(dir, `${name}-state`), "--nbd", sock, "--group-port", "0", "--group-host", "127.0.0.1",
+        "--state-dir",
+        join(dir, `${name}-state`),
+        "--nbd",
+        sock,
+        "--group-port",
+        "0",
+        "--group-host",
+        "127.0.0.1",
       ]);
       Object.assign(vm, { agent });
     }
     const writes = new Map<string, AckedWrite[]>();
     const output = () => vms.map((v) => `--- ${v.name}\n${v.agent!.output()}`).join("\n");
     try {
-      await until("both items Protected", async () => {
-        for (const v of vms) if ((await stack.api("GET", `replicated-items/${v.id}`)).body.state !== "Protected") return false;
-        return vms.every((v) => existsSync(v.sock));
-      }, 90_000, output);
-      const groupPoints = async () => (await stack.api("GET", `replicated-items/${vms[0]!.id}/recovery-points`)).body.filter((p: Point) => p.scope === "group").length;
+      await until(
+        "both items Protected",
+        async () => {
+          for (const v of vms) if ((await stack.api("GET", `replicated-items/${v.id}`)).body.state !== "Protected") return false;
+          return vms.every((v) => existsSync(v.sock));
+        },
+        90_000,
+        output,
+      );
+      const groupPoints = async () =>
+        (await stack.api("GET", `replicated-items/${vms[0]!.id}/recovery-points`)).body.filter((p: Point) => p.scope === "group").length;
       await until("the group's barrier formed (a first group point)", async () => (await groupPoints()) > 0, 60_000, output);
 
       // One sequential qemu-io writer per disk: overlapping, 512-aligned writes, each with its own byte pattern.
@@ -117,13 +136,26 @@ describe("exact recovery points through NBD (qemu-io → CLI agents → replicas
       // Every point whose tag falls in the writing window, once sealed (the last may need a moment to apply).
       // Each item's list: its VM points, and the group points it is part of (their disks name every member's items).
       const all = async () =>
-        (await Promise.all(vms.map(async (v) => ((await stack.api("GET", `replicated-items/${v.id}/recovery-points`)).body as Point[]).map((p) => ({ ...p, owner: v.id }))))).flat();
+        (
+          await Promise.all(
+            vms.map(async (v) => ((await stack.api("GET", `replicated-items/${v.id}/recovery-points`)).body as Point[]).map((p) => ({ ...p, owner: v.id }))),
+          )
+        ).flat();
       let inWindow: (Point & { owner: string })[] = [];
-      await until("group points sealed during the writes", async () => {
-        inWindow = (await all()).filter((p) => Date.parse(p.time) > started && Date.parse(p.time) < ended);
-        return inWindow.filter((p) => p.scope === "group").length >= 2;
-      }, 60_000, () => `points in the window: ${JSON.stringify(inWindow.map((p) => [p.scope, p.time]))}, writes ${[...writes.values()].map((l) => l.length)}; window ${new Date(started).toISOString()}..${new Date(ended).toISOString()}\n${output()}`);
-      assert.ok(inWindow.some((p) => p.scope === "group"), "group points");
+      await until(
+        "group points sealed during the writes",
+        async () => {
+          inWindow = (await all()).filter((p) => Date.parse(p.time) > started && Date.parse(p.time) < ended);
+          return inWindow.filter((p) => p.scope === "group").length >= 2;
+        },
+        60_000,
+        () =>
+          `points in the window: ${JSON.stringify(inWindow.map((p) => [p.scope, p.time]))}, writes ${[...writes.values()].map((l) => l.length)}; window ${new Date(started).toISOString()}..${new Date(ended).toISOString()}\n${output()}`,
+      );
+      assert.ok(
+        inWindow.some((p) => p.scope === "group"),
+        "group points",
+      );
 
       const replicas = await stack.services.storage.replicas();
       let verified = 0;
@@ -133,7 +165,10 @@ describe("exact recovery points through NBD (qemu-io → CLI agents → replicas
           const itemId = d.itemId ?? point.owner;
           const v = vms.find((x) => x.id === itemId)!;
           const log = writes.get(`${itemId}/${d.diskId}`)!;
-          const snap = await replicas.getPageBlobClient(replicaBlobName(itemId, d.diskId)).withSnapshot(d.snapshot).downloadToBuffer(0, v.base[d.diskId]!.length);
+          const snap = await replicas
+            .getPageBlobClient(replicaBlobName(itemId, d.diskId))
+            .withSnapshot(d.snapshot)
+            .downloadToBuffer(0, v.base[d.diskId]!.length);
           // Acknowledged before the cut ⇒ in the point; sent after it ⇒ not. The tag's time is whole milliseconds.
           const kmin = log.filter((w) => w.ackedAt < t).length;
           const kmax = log.filter((w) => w.sentAt < t + 1).length;
@@ -145,7 +180,10 @@ describe("exact recovery points through NBD (qemu-io → CLI agents → replicas
             model.fill(w.pattern, w.offset, w.offset + w.length);
             match = model.equals(snap);
           }
-          assert.ok(match, `${point.scope} point ${point.id} (${point.time}) on ${v.name}/${d.diskId}: no prefix of writes ${kmin}..${kmax} of ${log.length} matches`);
+          assert.ok(
+            match,
+            `${point.scope} point ${point.id} (${point.time}) on ${v.name}/${d.diskId}: no prefix of writes ${kmin}..${kmax} of ${log.length} matches`,
+          );
           verified++;
         }
       }

@@ -70,7 +70,11 @@ describe("continuous replication under delivery faults (messages delivered by th
     const messages = await announcements(vm);
     for (const d of DISKS) {
       const seqs = new Set(messages.filter((m) => m.diskId === d).map((m) => m.seq));
-      assert.deepEqual([...seqs].sort((a, b) => a - b), Array.from({ length: lastSeq(agent, d) }, (_, i) => i + 1), `every batch of ${d} announced`);
+      assert.deepEqual(
+        [...seqs].sort((a, b) => a - b),
+        Array.from({ length: lastSeq(agent, d) }, (_, i) => i + 1),
+        `every batch of ${d} announced`,
+      );
     }
     return { vm, messages };
   }
@@ -84,7 +88,10 @@ describe("continuous replication under delivery faults (messages delivered by th
 
   test("every message delivered twice: duplicates are no-ops", async () => {
     const { vm: v, messages } = await shipped("dup", 7);
-    await deliver(stack, messages.flatMap((m) => [m, m]));
+    await deliver(
+      stack,
+      messages.flatMap((m) => [m, m]),
+    );
     await assertConverged(v);
   });
 
@@ -105,7 +112,10 @@ describe("continuous replication under delivery faults (messages delivered by th
     const deliverer = (async () => {
       while (live) {
         const batch = await announcements(v);
-        await deliver(stack, batch.filter(() => next() >= 0.1 || (dropped++, false)));
+        await deliver(
+          stack,
+          batch.filter(() => next() >= 0.1 || (dropped++, false)),
+        );
         await new Promise((r) => setTimeout(r, 50));
       }
     })();

@@ -106,7 +106,8 @@ describe("the DR cycle: re-protect and failback, differential, bytes compared at
     const protectedForward = await waitItem(stack, vm.itemId, "Protected", "forward");
     await forward2.waitIdle(60_000);
     for (const d of DISKS) await assertReplicaEquals(stack, "forward", vm.itemId, d, original[d]!);
-    for (const d of protectedForward.disks) assert.ok(d.initialReplication.transferredBytes < disk, `${d.id}: forward re-protect shipped ${d.initialReplication.transferredBytes}`);
+    for (const d of protectedForward.disks)
+      assert.ok(d.initialReplication.transferredBytes < disk, `${d.id}: forward re-protect shipped ${d.initialReplication.transferredBytes}`);
     assert.equal((await waitReprotectJob(stack, vm.itemId)).state, "Succeeded");
 
     // One more failover: its disks match, and the VM the first failover left in the recovery region is replaced.
@@ -126,7 +127,10 @@ describe("the DR cycle: re-protect and failback, differential, bytes compared at
     );
     const reprotects = jobs.filter((j) => j.type === "reprotect");
     assert.deepEqual(reprotects.map((j) => j.id).sort(), [rp1.jobId, rp2.jobId].sort());
-    assert.ok(reprotects.every((j) => j.steps.some((st) => st.name === "seeding replicas")), JSON.stringify(reprotects));
+    assert.ok(
+      reprotects.every((j) => j.steps.some((st) => st.name === "seeding replicas")),
+      JSON.stringify(reprotects),
+    );
     await forward2.stop();
   });
 });

@@ -83,7 +83,11 @@ describe("differential re-protect", () => {
     }
     const job = await waitReprotectJob(stack, vm.itemId);
     assert.equal(job.state, "Succeeded");
-    assert.equal(job.output.transferredBytes, item.disks.reduce((n: number, d: any) => n + d.initialReplication.transferredBytes, 0), "the job reports what the disks shipped");
+    assert.equal(
+      job.output.transferredBytes,
+      item.disks.reduce((n: number, d: any) => n + d.initialReplication.transferredBytes, 0),
+      "the job reports what the disks shipped",
+    );
     assert.equal(job.output.totalBytes, 2 * DISK);
     await agent.stop();
   });

@@ -102,23 +102,34 @@ describe("re-protect and failback with the local host and the CLI agent in their
     assert.deepEqual(replicas.sort(), DISKS.map((d) => `${vm.itemId}/${d}.vhd`).sort(), "one reverse replica per disk");
 
     // The agent killed while it ships: its state directory and spool carry it on.
-    await until("the agent shipping", async () => {
-      for await (const b of services.storage.cache("reverse").getContainerClient(cacheContainerName(vm.itemId)).listBlobsFlat()) if (b.name.endsWith(".batch")) return true;
-      return (await services.items.listDisks(vm.itemId)).some((d) => (d.initialTransfer?.bytes ?? 0) > 0);
-    }, 60_000, first.output);
+    await until(
+      "the agent shipping",
+      async () => {
+        for await (const b of services.storage.cache("reverse").getContainerClient(cacheContainerName(vm.itemId)).listBlobsFlat())
+          if (b.name.endsWith(".batch")) return true;
+        return (await services.items.listDisks(vm.itemId)).some((d) => (d.initialTransfer?.bytes ?? 0) > 0);
+      },
+      60_000,
+      first.output,
+    );
     await stopChild(first.child, "SIGKILL");
     const mid = (await services.items.get(vm.itemId))!.item;
     assert.equal(mid.state, "InitialReplication", "killed mid-initial-replication");
     const second = runChild(agentArgs(stateDir));
     await waitItem(stack, vm.itemId, "Protected", "reverse", 120_000);
-    await until("the replicas equal the disks", async () => {
-      try {
-        for (const d of DISKS) await assertReplicaEquals(stack, "reverse", vm.itemId, d, images[d]!);
-        return true;
-      } catch {
-        return false;
-      }
-    }, 60_000, second.output);
+    await until(
+      "the replicas equal the disks",
+      async () => {
+        try {
+          for (const d of DISKS) await assertReplicaEquals(stack, "reverse", vm.itemId, d, images[d]!);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      60_000,
+      second.output,
+    );
     assert.equal(await stopChild(second.child, "SIGTERM"), 0, second.output());
   });
 

@@ -44,7 +44,10 @@ describe("recovery points from scanned disks", () => {
     assert.equal(res.status, 201, JSON.stringify(res.body));
     const next = rng(name.length);
     const images: Record<string, string> = {};
-    for (const [disk, mib] of [["os", 16], ["data0", 8]] as const) {
+    for (const [disk, mib] of [
+      ["os", 16],
+      ["data0", 8],
+    ] as const) {
       const path = join(dir, `${name}-${disk}.img`);
       const bytes = Buffer.alloc(mib * MiB);
       randomBytes(next, 2 * MiB).copy(bytes, MiB);
@@ -97,7 +100,12 @@ describe("recovery points from scanned disks", () => {
       const lastWrite = Date.now();
 
       let point: Point | undefined;
-      await until("a point newer than the last write", async () => (point = (await points(vm.id)).find((p) => Date.parse(p.time) > lastWrite)) !== undefined, 60_000, agent.output);
+      await until(
+        "a point newer than the last write",
+        async () => (point = (await points(vm.id)).find((p) => Date.parse(p.time) > lastWrite)) !== undefined,
+        60_000,
+        agent.output,
+      );
       assert.equal(point!.kind, "crash");
       assert.equal(point!.scope, "vm");
       // A quiet round is at most a scan interval away, a tag at most the policy's frequency after the previous one.
@@ -110,7 +118,10 @@ describe("recovery points from scanned disks", () => {
       }
       const item = await stack.api("GET", `replicated-items/${vm.id}`);
       assert.equal(typeof item.body.rpoSeconds, "number");
-      assert.equal(item.body.health.issues.some((i: { code: string }) => i.code === "NoConsistentScan"), false);
+      assert.equal(
+        item.body.health.issues.some((i: { code: string }) => i.code === "NoConsistentScan"),
+        false,
+      );
     } finally {
       assert.equal(await stopChild(agent.child), 0, agent.output());
     }
@@ -120,9 +131,13 @@ describe("recovery points from scanned disks", () => {
     const vm = await protect("scan-busy");
     const agent = startCliAgent(vm, "scan-busy");
     // The workload: a 4 KiB write somewhere in data0 every 20 ms, from another process (as a VM's application would).
-    const writer = runChild(["-e", `const fs=require("fs");const fd=fs.openSync(${JSON.stringify(vm.images.data0)},"r+");let i=0;setInterval(()=>{fs.writeSync(fd,require("crypto").randomBytes(4096),0,4096,((i++*7919)%2000)*4096)},20);`]);
+    const writer = runChild([
+      "-e",
+      `const fs=require("fs");const fd=fs.openSync(${JSON.stringify(vm.images.data0)},"r+");let i=0;setInterval(()=>{fs.writeSync(fd,require("crypto").randomBytes(4096),0,4096,((i++*7919)%2000)*4096)},20);`,
+    ]);
     try {
-      const issue = async () => (await stack.api("GET", `replicated-items/${vm.id}`)).body.health.issues.find((i: { code: string }) => i.code === "NoConsistentScan");
+      const issue = async () =>
+        (await stack.api("GET", `replicated-items/${vm.id}`)).body.health.issues.find((i: { code: string }) => i.code === "NoConsistentScan");
       await until("the NoConsistentScan issue on the item", async () => (await issue()) !== undefined, 90_000, agent.output);
       const shown = await issue();
       assert.equal(shown.severity, "Warning");
@@ -142,11 +157,19 @@ describe("recovery points from scanned disks", () => {
   test("planned failover of a scanned VM: the final tag waits until the workload stops writing; the failover disks equal the images", async () => {
     const vm = await protect("scan-planned");
     const agent = startCliAgent(vm, "scan-planned");
-    const writer = runChild(["-e", `const fs=require("fs");const fd=fs.openSync(${JSON.stringify(vm.images.os)},"r+");let i=0;setInterval(()=>{fs.writeSync(fd,require("crypto").randomBytes(4096),0,4096,((i++*31)%3000)*4096)},20);`]);
+    const writer = runChild([
+      "-e",
+      `const fs=require("fs");const fd=fs.openSync(${JSON.stringify(vm.images.os)},"r+");let i=0;setInterval(()=>{fs.writeSync(fd,require("crypto").randomBytes(4096),0,4096,((i++*31)%3000)*4096)},20);`,
+    ]);
     try {
       await until("initial replication", async () => (await stack.api("GET", `replicated-items/${vm.id}`)).body.state === "Protected", 90_000, agent.output);
       const id = await startFailover(stack, { itemIds: [vm.id], type: "planned" });
-      await until("the agent waiting for the workload to stop", () => /final tag .* yet \(scanned disks are still being written/.test(agent.output()), 60_000, agent.output);
+      await until(
+        "the agent waiting for the workload to stop",
+        () => /final tag .* yet \(scanned disks are still being written/.test(agent.output()),
+        60_000,
+        agent.output,
+      );
       // The operator stops the application: the next quiet round is the final instant.
       await stopChild(writer.child);
       const st = await waitFailover(stack, id, 120_000);

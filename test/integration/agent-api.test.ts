@@ -27,7 +27,10 @@ describe("agent check-in and resync manifests", () => {
   test("registration hands out an agent key and the next sequence number of each disk", async () => {
     const { item, reg } = await registered("ck-1");
     assert.match(reg.agentKey, /^[A-Za-z0-9_-]{43}$/);
-    assert.deepEqual(reg.disks.map((d: { nextSeq: number }) => d.nextSeq), [1, 1]);
+    assert.deepEqual(
+      reg.disks.map((d: { nextSeq: number }) => d.nextSeq),
+      [1, 1],
+    );
     assert.ok(reg.checkinIntervalSeconds > 0);
     // Batches waiting in the cache raise nextSeq for an agent that registers again without its state.
     const cache = stack.services.storage.cacheBlobs.getContainerClient(`cache-${item.id}`);
@@ -35,7 +38,13 @@ describe("agent check-in and resync manifests", () => {
     const refused = await stack.api("POST", "agents/register", { token: item.agentRegistration.token });
     assert.equal(refused.status, 409, "a token reused while an agent is registered is refused unless replace is asked for");
     const again = await stack.api("POST", "agents/register", { token: item.agentRegistration.token, replace: true });
-    assert.deepEqual(again.body.disks.map((d: { id: string; nextSeq: number }) => [d.id, d.nextSeq]), [["os", 8], ["data0", 1]]);
+    assert.deepEqual(
+      again.body.disks.map((d: { id: string; nextSeq: number }) => [d.id, d.nextSeq]),
+      [
+        ["os", 8],
+        ["data0", 1],
+      ],
+    );
 
     const old = await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey: reg.agentKey });
     assert.equal(old.status, 401, "a re-registration fences the previous agent out");
@@ -51,7 +60,10 @@ describe("agent check-in and resync manifests", () => {
     assert.equal((await stack.api("POST", "agents/checkin", { itemId: "no-such-item", agentKey: "nope" })).status, 401);
     const bad = await stack.api("POST", "agents/checkin", { itemId: item.id });
     assert.equal(bad.status, 400);
-    assert.deepEqual(bad.body.error.details.map((d: { field: string }) => d.field), ["agentKey"]);
+    assert.deepEqual(
+      bad.body.error.details.map((d: { field: string }) => d.field),
+      ["agentKey"],
+    );
   });
 
   test("an agent that lost write order reports it: the disk and the item show ResyncRequired with the reason", async () => {
@@ -70,9 +82,17 @@ describe("agent check-in and resync manifests", () => {
     assert.equal(got.body.health.status, "Warning");
     assert.match(got.body.health.issues[0].message, /spool full/);
     // Reporting the same resync again changes nothing.
-    await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey: reg.agentKey, resyncRequired: [{ diskId: "data0", resyncId: "r-1", reason: "again" }] });
+    await stack.api("POST", "agents/checkin", {
+      itemId: item.id,
+      agentKey: reg.agentKey,
+      resyncRequired: [{ diskId: "data0", resyncId: "r-1", reason: "again" }],
+    });
     assert.equal((await stack.api("GET", `replicated-items/${item.id}`)).body.health.issues.length, 1);
-    const unknown = await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey: reg.agentKey, resyncRequired: [{ diskId: "nope", resyncId: "r-2", reason: "x" }] });
+    const unknown = await stack.api("POST", "agents/checkin", {
+      itemId: item.id,
+      agentKey: reg.agentKey,
+      resyncRequired: [{ diskId: "nope", resyncId: "r-2", reason: "x" }],
+    });
     assert.equal(unknown.status, 400);
   });
 
@@ -80,14 +100,30 @@ describe("agent check-in and resync manifests", () => {
     const { item, reg } = await registered("ck-warn");
     const checkin = (warnings?: unknown) => stack.api("POST", "agents/checkin", { itemId: item.id, agentKey: reg.agentKey, ...(warnings ? { warnings } : {}) });
     const issues = async () => (await stack.api("GET", `replicated-items/${item.id}`)).body.health;
-    assert.equal((await checkin([{ code: "AppConsistencyFailed", message: "pre-freeze exited with code 1" }, { code: "SomethingElse", message: "x" }])).status, 200);
+    assert.equal(
+      (
+        await checkin([
+          { code: "AppConsistencyFailed", message: "pre-freeze exited with code 1" },
+          { code: "SomethingElse", message: "x" },
+        ])
+      ).status,
+      200,
+    );
     const raised = await issues();
     assert.equal(raised.status, "Warning");
-    assert.deepEqual(raised.issues.map((i: { code: string; severity: string }) => [i.code, i.severity]), [["AppConsistencyFailed", "Warning"]]);
+    assert.deepEqual(
+      raised.issues.map((i: { code: string; severity: string }) => [i.code, i.severity]),
+      [["AppConsistencyFailed", "Warning"]],
+    );
     assert.match(raised.issues[0].message, /code 1/);
     assert.equal((await checkin([{ code: "AppConsistencyFailed", message: "pre-freeze exited with code 1" }])).status, 200);
     assert.deepEqual(await issues(), raised, "the same report again changes nothing");
-    for (const bad of [[{ code: "AppConsistencyFailed", message: "x".repeat(1001) }], [{ code: "AppConsistencyFailed", message: "m", extra: 1 }], Array(17).fill({ code: "A", message: "m" }), [{ code: "no spaces", message: "m" }]]) {
+    for (const bad of [
+      [{ code: "AppConsistencyFailed", message: "x".repeat(1001) }],
+      [{ code: "AppConsistencyFailed", message: "m", extra: 1 }],
+      Array(17).fill({ code: "A", message: "m" }),
+      [{ code: "no spaces", message: "m" }],
+    ]) {
       assert.equal((await checkin(bad)).status, 400, JSON.stringify(bad).slice(0, 80));
     }
     assert.equal((await checkin()).status, 200);
@@ -101,7 +137,14 @@ describe("agent check-in and resync manifests", () => {
     await replica.uploadPages(bytes, RESYNC_BLOCK_BYTES, bytes.length);
     await replica.updateSequenceNumber("update", 5);
 
-    const noResync = await stack.api("POST", "agents/resync-manifest", { itemId: item.id, agentKey: reg.agentKey, diskId: "data0", resyncId: "x", offset: 0, length: RESYNC_BLOCK_BYTES });
+    const noResync = await stack.api("POST", "agents/resync-manifest", {
+      itemId: item.id,
+      agentKey: reg.agentKey,
+      diskId: "data0",
+      resyncId: "x",
+      offset: 0,
+      length: RESYNC_BLOCK_BYTES,
+    });
     assert.equal(noResync.status, 409);
     assert.equal(noResync.body.error.code, "NoSuchResync");
 
@@ -113,21 +156,52 @@ describe("agent check-in and resync manifests", () => {
     const ck = await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey: reg.agentKey });
     assert.deepEqual(ck.body.resync, [{ diskId: "data0", resyncId: "halt-1", baseSeq: 5, reason: "corrupt batch 6" }]);
 
-    const m = await stack.api("POST", "agents/resync-manifest", { itemId: item.id, agentKey: reg.agentKey, diskId: "data0", resyncId: "halt-1", offset: 0, length: 8 * RESYNC_BLOCK_BYTES });
+    const m = await stack.api("POST", "agents/resync-manifest", {
+      itemId: item.id,
+      agentKey: reg.agentKey,
+      diskId: "data0",
+      resyncId: "halt-1",
+      offset: 0,
+      length: 8 * RESYNC_BLOCK_BYTES,
+    });
     assert.equal(m.status, 200, JSON.stringify(m.body));
     const zero = crc32c(Buffer.alloc(RESYNC_BLOCK_BYTES));
     const expected = [zero, ...[0, 1, 2].map((i) => crc32c(bytes.subarray(i * RESYNC_BLOCK_BYTES, (i + 1) * RESYNC_BLOCK_BYTES))), zero, zero, zero, zero];
     assert.deepEqual(m.body.checksums, expected);
     assert.equal(m.body.baseSeq, 5);
 
-    const past = await stack.api("POST", "agents/resync-manifest", { itemId: item.id, agentKey: reg.agentKey, diskId: "data0", resyncId: "halt-1", offset: 8 * 1024 * 1024, length: RESYNC_BLOCK_BYTES });
+    const past = await stack.api("POST", "agents/resync-manifest", {
+      itemId: item.id,
+      agentKey: reg.agentKey,
+      diskId: "data0",
+      resyncId: "halt-1",
+      offset: 8 * 1024 * 1024,
+      length: RESYNC_BLOCK_BYTES,
+    });
     assert.equal(past.status, 400, "past the disk's end");
-    const unaligned = await stack.api("POST", "agents/resync-manifest", { itemId: item.id, agentKey: reg.agentKey, diskId: "data0", resyncId: "halt-1", offset: 512, length: RESYNC_BLOCK_BYTES });
+    const unaligned = await stack.api("POST", "agents/resync-manifest", {
+      itemId: item.id,
+      agentKey: reg.agentKey,
+      diskId: "data0",
+      resyncId: "halt-1",
+      offset: 512,
+      length: RESYNC_BLOCK_BYTES,
+    });
     assert.equal(unaligned.status, 400);
-    assert.deepEqual(unaligned.body.error.details.map((d: { field: string }) => d.field), ["offset"]);
+    assert.deepEqual(
+      unaligned.body.error.details.map((d: { field: string }) => d.field),
+      ["offset"],
+    );
 
     await replica.updateSequenceNumber("update", 6);
-    const moved = await stack.api("POST", "agents/resync-manifest", { itemId: item.id, agentKey: reg.agentKey, diskId: "data0", resyncId: "halt-1", offset: 0, length: RESYNC_BLOCK_BYTES });
+    const moved = await stack.api("POST", "agents/resync-manifest", {
+      itemId: item.id,
+      agentKey: reg.agentKey,
+      diskId: "data0",
+      resyncId: "halt-1",
+      offset: 0,
+      length: RESYNC_BLOCK_BYTES,
+    });
     assert.equal(moved.status, 409);
     assert.equal(moved.body.error.code, "ReplicaMoved");
   });

@@ -80,7 +80,10 @@ describe("planned failover: the agent shuts the source VM down", () => {
 
   async function snapshotBytes(diskId: string, snapshot: string): Promise<Buffer> {
     const replicas = await stack.services.storage.replicas();
-    return replicas.getPageBlobClient(replicaBlobName(vm.itemId, diskId)).withSnapshot(snapshot).downloadToBuffer(0, DISK_MIB * MiB);
+    return replicas
+      .getPageBlobClient(replicaBlobName(vm.itemId, diskId))
+      .withSnapshot(snapshot)
+      .downloadToBuffer(0, DISK_MIB * MiB);
   }
 
   const setShutdownOf = (on: boolean) => setShutdown(stack.services.items, vm.itemId, on ? FINAL : undefined);
@@ -197,7 +200,11 @@ describe("planned failover in a replication group: the shutting-down agent leave
     coordinator = vms[0]!.agent!;
     memberVm = vms[1]!;
     member = memberVm.agent!;
-    await until("the group to form", () => coordinator.groupRole === "coordinator" && coordinator.groupMembersConnected().length === 1 && member.groupRole === "member", 15_000);
+    await until(
+      "the group to form",
+      () => coordinator.groupRole === "coordinator" && coordinator.groupMembersConnected().length === 1 && member.groupRole === "member",
+      15_000,
+    );
   });
 
   after(async () => {
@@ -213,7 +220,11 @@ describe("planned failover in a replication group: the shutting-down agent leave
     const out = await coordinator.groupTag("crash");
     assert.ok(out?.committed, out?.reason);
     assert.deepEqual(out.members, [vms[0]!.itemId], "the group tag is cut without the shutting-down member");
-    await until("the member's final point", async () => (await stack.services.points.listPartition(vmPartition(memberVm.itemId))).some((p) => p.id === "final-m"), 15_000);
+    await until(
+      "the member's final point",
+      async () => (await stack.services.points.listPartition(vmPartition(memberVm.itemId))).some((p) => p.id === "final-m"),
+      15_000,
+    );
     assert.deepEqual(member.shuttingDown, { tagId: "final-m", tagCut: true });
 
     await setShutdown(stack.services.items, memberVm.itemId, undefined);
@@ -230,6 +241,10 @@ describe("planned failover in a replication group: the shutting-down agent leave
     await until("the member to lose its coordinator", () => member.groupRole === "none");
     const tag = await member.cutTag("crash");
     assert.equal(tag?.scope, "vm", "the member still cuts its own points");
-    await until("the coordinator's final point", async () => (await stack.services.points.listPartition(vmPartition(vms[0]!.itemId))).some((p) => p.id === "final-c"), 15_000);
+    await until(
+      "the coordinator's final point",
+      async () => (await stack.services.points.listPartition(vmPartition(vms[0]!.itemId))).some((p) => p.id === "final-c"),
+      15_000,
+    );
   });
 });

@@ -16,7 +16,16 @@ import { RESYNC_BLOCK_BYTES } from "../../shared/protection/agent-protocol";
 import type { BatchTag } from "../../shared/replication/batch";
 import { replicaBlobName } from "../../shared/protection/items";
 import { killChildren, runChild as run, until } from "../support/children";
-import { assertContiguous, readHeartbeat, replayBatches, replayDisk, spoolBatches, stackAppliesBatches, takeAnnouncements, type ShippedBatch } from "../support/cache";
+import {
+  assertContiguous,
+  readHeartbeat,
+  replayBatches,
+  replayDisk,
+  spoolBatches,
+  stackAppliesBatches,
+  takeAnnouncements,
+  type ShippedBatch,
+} from "../support/cache";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -61,7 +70,10 @@ describe("the agent", () => {
     const status = agent.status();
     for (const [diskId, path] of Object.entries(images)) {
       const r = await replayDisk(stack, itemId, diskId, { untilSeq: status.disks[diskId]!.nextSeq - 1 });
-      assert.ok(r.image.equals(readFileSync(path)), `disk ${diskId}: the shipped batches rebuild the image (watermark ${r.watermark}, ${r.batches.length} batches)`);
+      assert.ok(
+        r.image.equals(readFileSync(path)),
+        `disk ${diskId}: the shipped batches rebuild the image (watermark ${r.watermark}, ${r.batches.length} batches)`,
+      );
     }
   }
 
@@ -113,7 +125,10 @@ describe("the agent", () => {
       }
       await agent.flush();
       const spooled = await spoolBatches(join(dir, "a1-state"), "os");
-      assertContiguous(spooled.map((b) => b.seq), next);
+      assertContiguous(
+        spooled.map((b) => b.seq),
+        next,
+      );
       assert.ok(spooled.length >= 5, `${spooled.length} batches`);
       assert.ok(spooled.every((b) => b.header.payloadLength <= 4 * MiB && b.header.diskId === "os" && b.header.itemId === item.id));
       assert.ok(spooled.every((b) => b.header.firstWriteMs <= b.header.lastWriteMs && !b.header.initial && !b.header.resyncId));
@@ -127,13 +142,19 @@ describe("the agent", () => {
         for (const diskId of ["os", "data0"]) {
           const { batches } = await replayDisk(stack, item.id, diskId);
           assert.equal(batches[0]?.seq, 1, "sequence numbers start at 1");
-          assert.ok(batches.every((b) => b.header.payloadLength <= 4 * MiB), "no payload over 4 MiB");
+          assert.ok(
+            batches.every((b) => b.header.payloadLength <= 4 * MiB),
+            "no payload over 4 MiB",
+          );
           assert.equal(batches.filter((b) => b.header.initialComplete).length, 1, "one batch ends initial replication");
           const lastInitial = batches.findIndex((b) => b.header.initialComplete);
           // Writes made during the initial copy are sealed as their own batches, interleaved with the copy's (under
           // load the copy is slower than the first seal): the copy's batches are flagged, and none follows its end.
           assert.ok(batches[lastInitial]!.header.initial, "the batch that completes initial replication is an initial one");
-          assert.ok(batches.slice(lastInitial + 1).every((b) => !b.header.initial), "no initial batch after the one that completes it");
+          assert.ok(
+            batches.slice(lastInitial + 1).every((b) => !b.header.initial),
+            "no initial batch after the one that completes it",
+          );
           for (const b of batches) {
             assert.equal(b.header.itemId, item.id);
             assert.ok(Number(b.metadata.firstwritems) <= Number(b.metadata.lastwritems), "write times in the metadata");
@@ -216,7 +237,23 @@ describe("the agent", () => {
     writeFileSync(data0, Buffer.alloc(0)); // shorter than the disk: the rest reads as zeros
     const cli = join(__dirname, "..", "..", "cli", "main.js");
     const start = (token?: string) =>
-      run([cli, "--url", stack.url, "agent", ...(token ? ["--token", token] : []), "--disk", `os=${os}`, "--disk", `data0=${data0}`, "--state-dir", state, "--scan-interval", "1", "--progress-interval", "1"]);
+      run([
+        cli,
+        "--url",
+        stack.url,
+        "agent",
+        ...(token ? ["--token", token] : []),
+        "--disk",
+        `os=${os}`,
+        "--disk",
+        `data0=${data0}`,
+        "--state-dir",
+        state,
+        "--scan-interval",
+        "1",
+        "--progress-interval",
+        "1",
+      ]);
 
     let agent = start(item.token);
     const both = async () => (await replicated(item.id, "os", os)) && (await replicated(item.id, "data0", data0));
@@ -294,7 +331,10 @@ describe("the agent", () => {
       await agent.checkin();
       const got = await stack.api("GET", `replicated-items/${item.id}`);
       assert.equal(got.body.state, "ResyncRequired");
-      assert.ok(got.body.health.issues.some((i: { message: string }) => /spool full/.test(i.message)), JSON.stringify(got.body.health));
+      assert.ok(
+        got.body.health.issues.some((i: { message: string }) => /spool full/.test(i.message)),
+        JSON.stringify(got.body.health),
+      );
 
       // Writes go on while the spool is full, unaligned ones too.
       for (let i = 0; i < 20; i++) await disk.write(rnd.int(16 * MiB - 10_000), rnd.bytes(1 + rnd.int(10_000)));
@@ -362,7 +402,9 @@ describe("the agent", () => {
         assert.ok(resync[resync.length - 1]!.header.resyncComplete);
         const first = resync[0]!.seq;
         const shipped = new Set<number>();
-        for (const b of resync.slice(1)) for (const e of b.header.extents) for (let at = e.offset; at < e.offset + e.length; at += RESYNC_BLOCK_BYTES) shipped.add(Math.floor(at / RESYNC_BLOCK_BYTES));
+        for (const b of resync.slice(1))
+          for (const e of b.header.extents)
+            for (let at = e.offset; at < e.offset + e.length; at += RESYNC_BLOCK_BYTES) shipped.add(Math.floor(at / RESYNC_BLOCK_BYTES));
         // The damaged blocks, plus any block the writes during the resync touched (they may be compared after the writes).
         const touched = new Set([...damaged, Math.floor((9 * MiB + 3) / RESYNC_BLOCK_BYTES), Math.floor((9 * MiB + 70_003) / RESYNC_BLOCK_BYTES), 0]);
         for (const b of damaged) assert.ok(shipped.has(b), `damaged block ${b} shipped`);
@@ -434,7 +476,10 @@ describe("the agent", () => {
         const tagged: ShippedBatch[] = batches.filter((b) => b.header.tag?.id === tag.id);
         assert.equal(tagged.length, 1, `disk ${diskId} carries the tag once`);
         assert.deepEqual(tagged[0]!.header.tag, tag);
-        const image = replayBatches(batches.filter((b) => b.seq <= tagged[0]!.seq), Buffer.alloc(disks[d]!.sizeBytes));
+        const image = replayBatches(
+          batches.filter((b) => b.seq <= tagged[0]!.seq),
+          Buffer.alloc(disks[d]!.sizeBytes),
+        );
         for (let slot = 0; slot < 1000; slot++) {
           const stamp = image.readUInt32LE(slot * 512);
           if (stamp !== 0) {
@@ -445,7 +490,11 @@ describe("the agent", () => {
       }
       present.sort((a, b) => a - b);
       assert.ok(present.length >= 100 && present.length < acked, `the tag fell mid-stream (${present.length} of ${acked})`);
-      assert.deepEqual(present, present.map((_, i) => i), "no write is at the tag unless every earlier one is");
+      assert.deepEqual(
+        present,
+        present.map((_, i) => i),
+        "no write is at the tag unless every earlier one is",
+      );
 
       agent.resumeShipping();
       await agent.waitIdle(60_000);

@@ -47,7 +47,11 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
         }
         const expected = Buffer.from(signAlert(SECRET, String(req.headers[TIMESTAMP_HEADER]), body));
         const given = Buffer.from(String(req.headers[SIGNATURE_HEADER]));
-        received.push({ event: JSON.parse(body) as AlertEvent, signatureValid: given.length === expected.length && timingSafeEqual(given, expected), delivery });
+        received.push({
+          event: JSON.parse(body) as AlertEvent,
+          signatureValid: given.length === expected.length && timingSafeEqual(given, expected),
+          delivery,
+        });
         res.writeHead(204).end();
       });
     });
@@ -84,7 +88,8 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
     return r.body.id as string;
   };
   const setProtected = async (id: string) => {
-    for (const d of await stack.services.items.listDisks(id)) await stack.services.items.updateDisk(id, d.id, (x) => ({ ...x, initialComplete: true, state: "Protected" }));
+    for (const d of await stack.services.items.listDisks(id))
+      await stack.services.items.updateDisk(id, d.id, (x) => ({ ...x, initialComplete: true, state: "Protected" }));
     await stack.services.items.updateItem(id, (i) => ({ ...i, state: "Protected" }));
   };
   /** A point at `agoMs` before the stack's now; a real snapshot of each replica when `real` (a failover copies it). */
@@ -121,7 +126,10 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
       ["raised"],
     );
     const open = (await stack.api("GET", `alerts?state=open&itemId=${itemId}`)).body as Alert[];
-    assert.ok(open.some((x) => x.id === a.id), "listed as open");
+    assert.ok(
+      open.some((x) => x.id === a.id),
+      "listed as open",
+    );
 
     await end();
     await pass();
@@ -131,8 +139,14 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
     assert.ok(after[0]!.clearedAt, `${code} cleared: ${JSON.stringify(after[0])}`);
     assert.equal(after[0]!.webhook.cleared.state, "delivered");
     const events = eventsOf(itemId, code);
-    assert.deepEqual(events.map((e) => e.event.event), ["raised", "cleared"]);
-    assert.ok(events.every((e) => e.signatureValid), "every delivery carries a valid HMAC signature");
+    assert.deepEqual(
+      events.map((e) => e.event.event),
+      ["raised", "cleared"],
+    );
+    assert.ok(
+      events.every((e) => e.signatureValid),
+      "every delivery carries a valid HMAC signature",
+    );
     assert.equal(events[1]!.event.alert.id, a.id);
   }
 
@@ -180,7 +194,10 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
     advance(11 * MIN);
     await raisedOnceThenCleared(id, "AgentHeartbeatLost", "Critical", async () => {
       const beat = JSON.stringify({ agentVersion: "test", time: now().toISOString(), disks: {}, health: { status: "Healthy", issues: [] } });
-      await stack.services.storage.cacheBlobs.getContainerClient(cacheContainerName(id)).getBlockBlobClient(HEARTBEAT_BLOB).upload(beat, Buffer.byteLength(beat));
+      await stack.services.storage.cacheBlobs
+        .getContainerClient(cacheContainerName(id))
+        .getBlockBlobClient(HEARTBEAT_BLOB)
+        .upload(beat, Buffer.byteLength(beat));
     });
   });
 
@@ -195,11 +212,21 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
     }
     const history = (await stack.api("GET", `replicated-items/${id}/history`)).body;
     const backlog = history.samples.slice(-4).map((s: { backlogBytes: number }) => s.backlogBytes);
-    assert.deepEqual(backlog, [3, 6, 9, 12].map((n) => n * 64 * 1024), "one sample per pass, the backlog growing");
-    assert.ok(history.samples.slice(-3).every((s: { churnBytesPerSecond: number }) => s.churnBytesPerSecond > 0), "churn measured");
+    assert.deepEqual(
+      backlog,
+      [3, 6, 9, 12].map((n) => n * 64 * 1024),
+      "one sample per pass, the backlog growing",
+    );
+    assert.ok(
+      history.samples.slice(-3).every((s: { churnBytesPerSecond: number }) => s.churnBytesPerSecond > 0),
+      "churn measured",
+    );
     // The same figures as OpenTelemetry gauges, printable over GET /api/metrics.
     const metrics = await fetch(`${stack.url}/api/metrics`).then((r) => r.text());
-    assert.match(metrics, new RegExp(`^site_recovery\\.replication\\.backlog\\{item\\.id="${id}",vm\\.name="al-churn",replication\\.group=""\\} ${12 * 64 * 1024} By$`, "m"));
+    assert.match(
+      metrics,
+      new RegExp(`^site_recovery\\.replication\\.backlog\\{item\\.id="${id}",vm\\.name="al-churn",replication\\.group=""\\} ${12 * 64 * 1024} By$`, "m"),
+    );
     assert.match(metrics, new RegExp(`^site_recovery\\.replication\\.lag\\{item\\.id="${id}",`, "m"));
     await raisedOnceThenCleared(
       id,
@@ -226,7 +253,11 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
     const id = await enable("al-resync");
     await setProtected(id);
     await point(id);
-    await stack.services.items.updateDisk(id, "data0", (d) => ({ ...d, state: "ResyncRequired", resync: { id: "r1", reason: "batch 7 failed its checksum", origin: "apply", baseSeq: 6, since: now().toISOString() } }));
+    await stack.services.items.updateDisk(id, "data0", (d) => ({
+      ...d,
+      state: "ResyncRequired",
+      resync: { id: "r1", reason: "batch 7 failed its checksum", origin: "apply", baseSeq: 6, since: now().toISOString() },
+    }));
     await raisedOnceThenCleared(
       id,
       "DiskResyncRequired",
@@ -245,7 +276,13 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
   test("a failed job is Critical until the same operation succeeds on the item", async () => {
     const id = await enable("al-job");
     await assert.rejects(stack.services.jobs.run("resync", [id], async () => Promise.reject(new Error("the agent went away"))));
-    await raisedOnceThenCleared(id, "JobFailed", "Critical", () => stack.services.jobs.run("resync", [id], async () => {}), /resync job .* failed: Error: the agent went away/);
+    await raisedOnceThenCleared(
+      id,
+      "JobFailed",
+      "Critical",
+      () => stack.services.jobs.run("resync", [id], async () => {}),
+      /resync job .* failed: Error: the agent went away/,
+    );
   });
 
   test("no drill (test failover and its cleanup) for DRILL_REMINDER_DAYS is a Warning; a drill clears it", async () => {

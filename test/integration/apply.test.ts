@@ -62,7 +62,12 @@ class Vm {
   }
 
   /** Encodes a batch, uploads it to the cache (as the agent does, with its write-time metadata); returns the encoded bytes. */
-  async ship(seq: number, writes: Write[], extra: Partial<BatchSpec> = {}, opts: { diskId?: string; corrupt?: boolean; model?: boolean } = {}): Promise<Buffer> {
+  async ship(
+    seq: number,
+    writes: Write[],
+    extra: Partial<BatchSpec> = {},
+    opts: { diskId?: string; corrupt?: boolean; model?: boolean } = {},
+  ): Promise<Buffer> {
     const diskId = opts.diskId ?? "os";
     const spec: BatchSpec = { itemId: this.itemId, diskId, seq, writes, ...extra };
     const encoded = encodeWrites(spec);
@@ -274,7 +279,11 @@ describe("applying batches", () => {
     await assert.rejects(writeBatch(replica, batch, { leaseId: stale.leaseId, watermark: 0 }), (e: { statusCode?: number }) => e.statusCode === 412);
 
     await replica.updateSequenceNumber("update", 5, { conditions: { leaseId: thief.leaseId } });
-    await assert.rejects(writeBatch(replica, batch, { leaseId: thief.leaseId, watermark: 0 }), (e: { statusCode?: number }) => e.statusCode === 412, "lease right, watermark stale");
+    await assert.rejects(
+      writeBatch(replica, batch, { leaseId: thief.leaseId, watermark: 0 }),
+      (e: { statusCode?: number }) => e.statusCode === 412,
+      "lease right, watermark stale",
+    );
     assert.ok((await vm.replicaBytes()).equals(before), "nothing was written");
     await thief.releaseLease();
     await vm.disable();
@@ -468,12 +477,23 @@ describe("applying batches", () => {
       { id: "data0", sizeBytes: 8 * MiB },
     ]);
     let status = await vm.status();
-    assert.deepEqual(status.disks[0].initialReplication, { percent: 0, doneBytes: 0, totalBytes: DISK, transferredBytes: 0, etaSeconds: null }, "no heartbeat yet");
+    assert.deepEqual(
+      status.disks[0].initialReplication,
+      { percent: 0, doneBytes: 0, totalBytes: DISK, transferredBytes: 0, etaSeconds: null },
+      "no heartbeat yet",
+    );
     const heartbeat = {
       agentVersion: "test",
       time: new Date().toISOString(),
       disks: {
-        os: { nextSeq: 2, spoolBatches: 0, spoolBytes: 0, mode: "journal", dirtyBytes: 0, initialReplication: { doneBytes: 4 * MiB, totalBytes: DISK, complete: false } },
+        os: {
+          nextSeq: 2,
+          spoolBatches: 0,
+          spoolBytes: 0,
+          mode: "journal",
+          dirtyBytes: 0,
+          initialReplication: { doneBytes: 4 * MiB, totalBytes: DISK, complete: false },
+        },
       },
       health: { status: "Healthy", issues: [] },
     };
@@ -580,7 +600,10 @@ describe("applying batches", () => {
     const quiet = await sweepCache({ storage: s.storage, items: s.items, config });
     assert.ok(!quiet.kicked.some((k) => k.itemId === vm.itemId), "recent progress: not stalled");
     const later = await sweepCache({ storage: s.storage, items: s.items, config, now: () => new Date(Date.now() + 31_000) });
-    assert.deepEqual(later.kicked.filter((k) => k.itemId === vm.itemId), [{ itemId: vm.itemId, diskId: "os", seq: 4 }]);
+    assert.deepEqual(
+      later.kicked.filter((k) => k.itemId === vm.itemId),
+      [{ itemId: vm.itemId, diskId: "os", seq: 4 }],
+    );
     await stack.host.drainQueues(30_000);
     assert.equal(await vm.watermark(), 4);
     await vm.disable();

@@ -6,20 +6,21 @@ import { startTestStack, type TestStack } from "../support/stack";
 const MiB = 1024 * 1024;
 const TiB = 1024 * 1024 * MiB;
 
-const good = () => ({
-  vm: {
-    name: "web-1",
-    region: "eastus",
-    resourceGroup: "prod-rg",
-    size: "Standard_D2s_v5",
-    network: { vnet: "prod-vnet", subnet: "web", privateIp: "10.0.1.4" },
-    disks: [
-      { id: "os", sizeBytes: 16 * MiB },
-      { id: "data0", sizeBytes: 8 * MiB },
-    ] as { id: unknown; sizeBytes: unknown }[],
-  } as Record<string, unknown> & { disks: { id: unknown; sizeBytes: unknown }[]; network: Record<string, unknown> },
-  targetRegion: "westus",
-} as Record<string, unknown> & { vm: Record<string, unknown> & { disks: { id: unknown; sizeBytes: unknown }[]; network: Record<string, unknown> } });
+const good = () =>
+  ({
+    vm: {
+      name: "web-1",
+      region: "eastus",
+      resourceGroup: "prod-rg",
+      size: "Standard_D2s_v5",
+      network: { vnet: "prod-vnet", subnet: "web", privateIp: "10.0.1.4" },
+      disks: [
+        { id: "os", sizeBytes: 16 * MiB },
+        { id: "data0", sizeBytes: 8 * MiB },
+      ] as { id: unknown; sizeBytes: unknown }[],
+    } as Record<string, unknown> & { disks: { id: unknown; sizeBytes: unknown }[]; network: Record<string, unknown> },
+    targetRegion: "westus",
+  }) as Record<string, unknown> & { vm: Record<string, unknown> & { disks: { id: unknown; sizeBytes: unknown }[]; network: Record<string, unknown> } };
 
 const change = (f: (b: ReturnType<typeof good>) => void) => {
   const b = good();
@@ -44,23 +45,124 @@ const cases: Case[] = [
   { name: "body is an array", method: "POST", path: "replicated-items", body: [good()], status: 400, fields: ["(body)"] },
   { name: "vm is missing", method: "POST", path: "replicated-items", body: { targetRegion: "westus" }, status: 400, fields: ["vm"] },
   { name: "vm name has the wrong type", method: "POST", path: "replicated-items", body: change((b) => (b.vm.name = 42)), status: 400, fields: ["vm.name"] },
-  { name: "several fields wrong at once", method: "POST", path: "replicated-items", body: change((b) => { b.vm.size = ""; delete b.targetRegion; }), status: 400, fields: ["vm.size", "targetRegion"] },
-  { name: "disk size not a whole MiB", method: "POST", path: "replicated-items", body: change((b) => (b.vm.disks[1]!.sizeBytes = 8 * MiB + 512)), status: 400, fields: ["vm.disks[1].sizeBytes"] },
-  { name: "disk size negative", method: "POST", path: "replicated-items", body: change((b) => (b.vm.disks[0]!.sizeBytes = -MiB)), status: 400, fields: ["vm.disks[0].sizeBytes"] },
-  { name: "disk size a string", method: "POST", path: "replicated-items", body: change((b) => (b.vm.disks[0]!.sizeBytes = "16MiB")), status: 400, fields: ["vm.disks[0].sizeBytes"] },
-  { name: "data disk over the page-blob limit", method: "POST", path: "replicated-items", body: change((b) => (b.vm.disks[1]!.sizeBytes = 8 * TiB)), status: 400, fields: ["vm.disks[1].sizeBytes"] },
-  { name: "OS disk over 4 TiB", method: "POST", path: "replicated-items", body: change((b) => (b.vm.disks[0]!.sizeBytes = 5 * TiB)), status: 400, fields: ["vm.disks[0].sizeBytes"] },
+  {
+    name: "several fields wrong at once",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => {
+      b.vm.size = "";
+      delete b.targetRegion;
+    }),
+    status: 400,
+    fields: ["vm.size", "targetRegion"],
+  },
+  {
+    name: "disk size not a whole MiB",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => (b.vm.disks[1]!.sizeBytes = 8 * MiB + 512)),
+    status: 400,
+    fields: ["vm.disks[1].sizeBytes"],
+  },
+  {
+    name: "disk size negative",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => (b.vm.disks[0]!.sizeBytes = -MiB)),
+    status: 400,
+    fields: ["vm.disks[0].sizeBytes"],
+  },
+  {
+    name: "disk size a string",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => (b.vm.disks[0]!.sizeBytes = "16MiB")),
+    status: 400,
+    fields: ["vm.disks[0].sizeBytes"],
+  },
+  {
+    name: "data disk over the page-blob limit",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => (b.vm.disks[1]!.sizeBytes = 8 * TiB)),
+    status: 400,
+    fields: ["vm.disks[1].sizeBytes"],
+  },
+  {
+    name: "OS disk over 4 TiB",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => (b.vm.disks[0]!.sizeBytes = 5 * TiB)),
+    status: 400,
+    fields: ["vm.disks[0].sizeBytes"],
+  },
   { name: "unknown region", method: "POST", path: "replicated-items", body: change((b) => (b.vm.region = "east-us-9")), status: 400, fields: ["vm.region"] },
-  { name: "target region equals the source", method: "POST", path: "replicated-items", body: change((b) => (b.targetRegion = "eastus")), status: 400, fields: ["targetRegion"] },
-  { name: "duplicate disk ids", method: "POST", path: "replicated-items", body: change((b) => (b.vm.disks[1]!.id = "os")), status: 400, fields: ["vm.disks[1].id"] },
-  { name: "a disk id that would escape its blob path", method: "POST", path: "replicated-items", body: change((b) => (b.vm.disks[1]!.id = "../x")), status: 400, fields: ["vm.disks[1].id"] },
-  { name: "more than 64 data disks", method: "POST", path: "replicated-items", body: change((b) => (b.vm.disks = Array.from({ length: 66 }, (_, i) => ({ id: `d${i}`, sizeBytes: MiB })))), status: 400, fields: ["vm.disks"] },
+  {
+    name: "target region equals the source",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => (b.targetRegion = "eastus")),
+    status: 400,
+    fields: ["targetRegion"],
+  },
+  {
+    name: "duplicate disk ids",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => (b.vm.disks[1]!.id = "os")),
+    status: 400,
+    fields: ["vm.disks[1].id"],
+  },
+  {
+    name: "a disk id that would escape its blob path",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => (b.vm.disks[1]!.id = "../x")),
+    status: 400,
+    fields: ["vm.disks[1].id"],
+  },
+  {
+    name: "more than 64 data disks",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => (b.vm.disks = Array.from({ length: 66 }, (_, i) => ({ id: `d${i}`, sizeBytes: MiB })))),
+    status: 400,
+    fields: ["vm.disks"],
+  },
   { name: "no disks", method: "POST", path: "replicated-items", body: change((b) => (b.vm.disks = [])), status: 400, fields: ["vm.disks"] },
-  { name: "private IP not an address", method: "POST", path: "replicated-items", body: change((b) => (b.vm.network.privateIp = "10.0.1.256")), status: 400, fields: ["vm.network.privateIp"] },
-  { name: "retention over 15 days", method: "POST", path: "replicated-items", body: { ...good(), policy: { recoveryPointRetentionHours: 400 } }, status: 400, fields: ["policy.recoveryPointRetentionHours"] },
-  { name: "crash frequency under 10 s", method: "POST", path: "replicated-items", body: { ...good(), policy: { crashConsistentFrequencySeconds: 1 } }, status: 400, fields: ["policy.crashConsistentFrequencySeconds"] },
+  {
+    name: "private IP not an address",
+    method: "POST",
+    path: "replicated-items",
+    body: change((b) => (b.vm.network.privateIp = "10.0.1.256")),
+    status: 400,
+    fields: ["vm.network.privateIp"],
+  },
+  {
+    name: "retention over 15 days",
+    method: "POST",
+    path: "replicated-items",
+    body: { ...good(), policy: { recoveryPointRetentionHours: 400 } },
+    status: 400,
+    fields: ["policy.recoveryPointRetentionHours"],
+  },
+  {
+    name: "crash frequency under 10 s",
+    method: "POST",
+    path: "replicated-items",
+    body: { ...good(), policy: { crashConsistentFrequencySeconds: 1 } },
+    status: 400,
+    fields: ["policy.crashConsistentFrequencySeconds"],
+  },
   { name: "an unknown field", method: "POST", path: "replicated-items", body: { ...good(), targetRegoin: "westus" }, status: 400, fields: ["targetRegoin"] },
-  { name: "a body over the size limit", method: "POST", path: "replicated-items", body: { ...good(), pad: "x".repeat(2 * MiB) }, status: 413, code: "PayloadTooLarge" },
+  {
+    name: "a body over the size limit",
+    method: "POST",
+    path: "replicated-items",
+    body: { ...good(), pad: "x".repeat(2 * MiB) },
+    status: 413,
+    code: "PayloadTooLarge",
+  },
   { name: "an unknown item", method: "GET", path: "replicated-items/no-such-item", status: 404, code: "NotFound" },
   { name: "disabling an unknown item", method: "DELETE", path: "replicated-items/no-such-item", status: 404, code: "NotFound" },
   { name: "a wrong registration token", method: "POST", path: "agents/register", body: { token: "not-a-token" }, status: 401, code: "Unauthorized" },
@@ -77,7 +179,11 @@ describe("bad input", () => {
     // The monitoring pass samples history once a minute: taken once before the baseline, then not again during the cases.
     stack = await startTestStack({ env: { HISTORY_SAMPLE_SECONDS: "3600" } });
     // One protected VM, so that "nothing changed" covers existing state too.
-    const seed = await stack.api("POST", "replicated-items", change((b) => (b.vm.name = "seed")));
+    const seed = await stack.api(
+      "POST",
+      "replicated-items",
+      change((b) => (b.vm.name = "seed")),
+    );
     assert.equal(seed.status, 201);
     await stack.host.runTimer("sealRecoveryPoints");
     baseline = await stack.snapshot();

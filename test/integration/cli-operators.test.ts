@@ -67,7 +67,8 @@ describe("the CLI for people (a process against a running stack)", () => {
           get(target, prop, receiver) {
             if (prop === "ensureVirtualMachine") {
               return async (spec: { name: string }) => {
-                if (spec.name.startsWith("broken")) throw new FabricError("SkuNotAvailable", `injected: Standard_D2s_v5 is not offered in westus for ${spec.name}`);
+                if (spec.name.startsWith("broken"))
+                  throw new FabricError("SkuNotAvailable", `injected: Standard_D2s_v5 is not offered in westus for ${spec.name}`);
                 return target.ensureVirtualMachine(spec as Parameters<Fabric["ensureVirtualMachine"]>[0]);
               };
             }
@@ -78,7 +79,12 @@ describe("the CLI for people (a process against a running stack)", () => {
     });
     const enable = async (name: string, ip: string) => {
       const body = enableBody(name);
-      const r = await stack.api("POST", "replicated-items", { ...body, vm: { ...body.vm, network: { ...body.vm.network, privateIp: ip } } }, { "x-functions-key": KEY });
+      const r = await stack.api(
+        "POST",
+        "replicated-items",
+        { ...body, vm: { ...body.vm, network: { ...body.vm.network, privateIp: ip } } },
+        { "x-functions-key": KEY },
+      );
       assert.equal(r.status, 201, JSON.stringify(r.body));
       return r.body.id as string;
     };
@@ -100,12 +106,29 @@ describe("the CLI for people (a process against a running stack)", () => {
       agentVersion: "0.1.0",
       time: new Date().toISOString(),
       disks: {
-        os: { nextSeq: 5, spoolBatches: 0, spoolBytes: 0, mode: "journal", dirtyBytes: 0, initialReplication: { doneBytes: 6 * MiB, totalBytes: 16 * MiB, complete: false } },
-        data0: { nextSeq: 2, spoolBatches: 0, spoolBytes: 0, mode: "journal", dirtyBytes: 0, initialReplication: { doneBytes: 2 * MiB, totalBytes: 8 * MiB, complete: false } },
+        os: {
+          nextSeq: 5,
+          spoolBatches: 0,
+          spoolBytes: 0,
+          mode: "journal",
+          dirtyBytes: 0,
+          initialReplication: { doneBytes: 6 * MiB, totalBytes: 16 * MiB, complete: false },
+        },
+        data0: {
+          nextSeq: 2,
+          spoolBatches: 0,
+          spoolBytes: 0,
+          mode: "journal",
+          dirtyBytes: 0,
+          initialReplication: { doneBytes: 2 * MiB, totalBytes: 8 * MiB, complete: false },
+        },
       },
       health: { status: "Healthy", issues: [] },
     });
-    await stack.services.storage.cacheBlobs.getContainerClient(cacheContainerName(ids.copying)).getBlockBlobClient(HEARTBEAT_BLOB).upload(beat, Buffer.byteLength(beat));
+    await stack.services.storage.cacheBlobs
+      .getContainerClient(cacheContainerName(ids.copying))
+      .getBlockBlobClient(HEARTBEAT_BLOB)
+      .upload(beat, Buffer.byteLength(beat));
   });
   after(async () => {
     await stack?.stop();
@@ -117,8 +140,14 @@ describe("the CLI for people (a process against a running stack)", () => {
     assert.doesNotMatch(r.stdout, ANSI);
     const lines = r.stdout.trim().split("\n");
     assert.match(lines[0]!, /^ITEM\s+VM\s+ROUTE\s+DIRECTION\s+STATE\s+HEALTH\s+DISKS\s+RPO\s+GROUP$/);
-    assert.match(lines.find((l) => l.includes("web-1"))!, /web-1\s+eastus → westus\s+forward\s+Protected\s+Healthy\s+2\s+\d+ (s|min)\s+-/);
-    assert.match(lines.find((l) => l.includes("copy-1"))!, /InitialReplication\s+Healthy\s+2\s+-/);
+    assert.match(
+      lines.find((l) => l.includes("web-1"))!,
+      /web-1\s+eastus → westus\s+forward\s+Protected\s+Healthy\s+2\s+\d+ (s|min)\s+-/,
+    );
+    assert.match(
+      lines.find((l) => l.includes("copy-1"))!,
+      /InitialReplication\s+Healthy\s+2\s+-/,
+    );
     const json = await cli(stack, ["status", "--json"]);
     assert.equal(json.code, 0);
     const api = (await stack.api("GET", "replicated-items", undefined, { "x-functions-key": KEY })).body;
@@ -172,14 +201,22 @@ describe("the CLI for people (a process against a running stack)", () => {
     const lines = r.stdout.split("\n");
     assert.match(lines[0]!, /^failover [0-9a-f-]{36} started \(test\)$/);
     const failoverSteps = lines.filter((l) => /^\s+\+\s*[\d.]+s\s+failover\s/.test(l)).map((l) => l.replace(/^\s+\+\s*[\d.]+s\s+failover\s+/, ""));
-    assert.deepEqual(failoverSteps.filter((s) => s !== "Pending" && s !== "Running"), ["validating", "choosing recovery points", "copying disks", "creating network interfaces", "creating VMs", "starting VMs", "completed"].filter((s) => failoverSteps.includes(s)));
+    assert.deepEqual(
+      failoverSteps.filter((s) => s !== "Pending" && s !== "Running"),
+      ["validating", "choosing recovery points", "copying disks", "creating network interfaces", "creating VMs", "starting VMs", "completed"].filter((s) =>
+        failoverSteps.includes(s),
+      ),
+    );
     assert.ok(failoverSteps.includes("completed"));
     const vmLines = lines.filter((l) => /^\s+\+\s*[\d.]+s\s+web-1\s/.test(l));
     // How many VM lines show depends on how the CLI's polls fall against the steps (a quick failover can finish
     // between two polls): at least the last state, and each line a change from the one before.
     assert.ok(vmLines.length >= 1, r.stdout);
     const states = vmLines.map((l) => l.replace(/^\s+\+\s*[\d.]+s\s+/, ""));
-    assert.ok(states.every((st, i) => i === 0 || st !== states[i - 1]), `a line only when the VM's state changes: ${r.stdout}`);
+    assert.ok(
+      states.every((st, i) => i === 0 || st !== states[i - 1]),
+      `a line only when the VM's state changes: ${r.stdout}`,
+    );
     assert.match(vmLines[vmLines.length - 1]!, /web-1\s+running \(2\/2 copied\) ip 10\.\d+\.\d+\.\d+/);
     assert.match(r.stdout, /VM\s+RUNS AS\s+IP\s+POWER\s+RECOVERY POINT/);
     assert.match(r.stdout, /web-1\s+web-1-test\s+10\.\d+\.\d+\.\d+\s+running/);
@@ -204,7 +241,10 @@ describe("the CLI for people (a process against a running stack)", () => {
     assert.equal(rows.filter((l) => /\benable\s/.test(l)).length, 3);
     const failed = await cli(stack, ["jobs", "--state", "Failed", "--json"]);
     const jobs = JSON.parse(failed.stdout) as { type: string; state: string }[];
-    assert.deepEqual(jobs.map((j) => `${j.type} ${j.state}`), ["failover Failed"]);
+    assert.deepEqual(
+      jobs.map((j) => `${j.type} ${j.state}`),
+      ["failover Failed"],
+    );
   });
 
   test("alerts: a table with open ones marked, --open, --json", async () => {

@@ -76,7 +76,8 @@ async function probeRows(connectionString: string, run: string): Promise<ProbeRo
   const probe = TableClient.fromConnectionString(connectionString, PROBE_TABLE, { allowInsecureConnection: true });
   const rows: ProbeRow[] = [];
   try {
-    for await (const e of probe.listEntities<ProbeRow>({ queryOptions: { filter: `PartitionKey eq '${run}'` } })) rows.push({ step: Number(e.step), pid: Number(e.pid) });
+    for await (const e of probe.listEntities<ProbeRow>({ queryOptions: { filter: `PartitionKey eq '${run}'` } }))
+      rows.push({ step: Number(e.step), pid: Number(e.pid) });
   } catch (e) {
     if ((e as { statusCode?: number }).statusCode !== 404) throw e;
   }
@@ -132,7 +133,10 @@ test("a host killed mid-orchestration resumes on restart: completed activities a
       assert.equal(runs(step)[0].pid, firstPid);
     }
     assert.ok(runs(3).length >= 1 && runs(3).length <= 2, `the step in flight ran ${runs(3).length} times`);
-    assert.ok(runs(3).some((r) => r.pid === second.process.pid), "the step in flight was run again by the new host");
+    assert.ok(
+      runs(3).some((r) => r.pid === second.process.pid),
+      "the step in flight was run again by the new host",
+    );
     for (const step of [4, 5, 6, 7]) {
       assert.equal(runs(step).length, 1, `step ${step} ran exactly once`);
       assert.equal(runs(step)[0].pid, second.process.pid);

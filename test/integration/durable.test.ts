@@ -328,7 +328,8 @@ async function waitFor(id: string, predicate: (s: Status) => boolean, timeoutMs 
   for (;;) {
     const s = await status(id);
     if (predicate(s)) return s;
-    if (Date.now() > deadline) throw new Error(`instance ${id} did not get there in ${timeoutMs} ms; last status ${JSON.stringify(s)}\n${logs.slice(-20).join("\n")}`);
+    if (Date.now() > deadline)
+      throw new Error(`instance ${id} did not get there in ${timeoutMs} ms; last status ${JSON.stringify(s)}\n${logs.slice(-20).join("\n")}`);
     await sleep(25);
   }
 }
@@ -390,10 +391,7 @@ test("an activity that always fails fails the orchestration with the activity's 
   assert.equal(s.runtimeStatus, "Failed");
   assert.equal(attempts.get("always"), 2);
   assert.equal(typeof s.output, "string");
-  assert.ok(
-    (s.output as string).startsWith("Orchestrator function 'retrying' failed: Activity function 'flaky' failed: flaky failure #2"),
-    String(s.output),
-  );
+  assert.ok((s.output as string).startsWith("Orchestrator function 'retrying' failed: Activity function 'flaky' failed: flaky failure #2"), String(s.output));
 });
 
 test("an orchestrator that throws is Failed with the host's message", async () => {
@@ -528,7 +526,10 @@ test("a replay that schedules a different activity fails the instance with a Non
   const id = await start("fickle");
   const s = await waitFor(id, finished);
   assert.equal(s.runtimeStatus, "Failed");
-  assert.match(String(s.output), /^Orchestrator function 'fickle' failed: NonDeterminismError: Non-deterministic orchestrator: action #0: the history has CallActivity 'double' but the replay scheduled CallActivity 'echo'/);
+  assert.match(
+    String(s.output),
+    /^Orchestrator function 'fickle' failed: NonDeterminismError: Non-deterministic orchestrator: action #0: the history has CallActivity 'double' but the replay scheduled CallActivity 'echo'/,
+  );
 });
 
 test("a timer computed from the wall clock instead of currentUtcDateTime is caught by the strict replay check", async () => {

@@ -75,9 +75,18 @@ async function localHarness(): Promise<Harness & { storage: LocalStorage }> {
   };
 }
 
-const ARM_KINDS = ["Microsoft.Resources/resourceGroups", "Microsoft.Network/virtualNetworks", "Microsoft.Network/networkInterfaces", "Microsoft.Compute/availabilitySets", "Microsoft.Compute/virtualMachines"];
+const ARM_KINDS = [
+  "Microsoft.Resources/resourceGroups",
+  "Microsoft.Network/virtualNetworks",
+  "Microsoft.Network/networkInterfaces",
+  "Microsoft.Compute/availabilitySets",
+  "Microsoft.Compute/virtualMachines",
+];
 
-export async function armHarness(options: FakeArmOptions = {}, client: Partial<ConstructorParameters<typeof ArmClient>[0]> = {}): Promise<Harness & { arm: FakeArm; storage: LocalStorage }> {
+export async function armHarness(
+  options: FakeArmOptions = {},
+  client: Partial<ConstructorParameters<typeof ArmClient>[0]> = {},
+): Promise<Harness & { arm: FakeArm; storage: LocalStorage }> {
   const storage = await startTestStorage();
   const store = new Storage(loadConfig({ AzureWebJobsStorage: storage.control, CACHE_STORAGE: storage.cache }));
   const arm = new FakeArm(options);
@@ -304,13 +313,23 @@ function conformance(title: string, start: () => Promise<Harness>): void {
       const nics = await fabric.list("networkInterface");
       assert.ok(nics.length > 1);
       assert.ok(nics.every((r) => r.kind === "networkInterface" && r.privateIp));
-      assert.deepEqual(nics.find((r) => r.id === nic.id), nic);
+      assert.deepEqual(
+        nics.find((r) => r.id === nic.id),
+        nic,
+      );
       const vms = await fabric.list("virtualMachine");
       assert.ok(vms.every((r) => r.kind === "virtualMachine"));
-      assert.deepEqual(vms.find((r) => r.id === vm.id), vm);
+      assert.deepEqual(
+        vms.find((r) => r.id === vm.id),
+        vm,
+      );
       assert.ok((await fabric.list("virtualNetwork")).some((r) => r.id === net.id));
       assert.ok((await fabric.list("resourceGroup")).some((r) => r.name === "listing"));
-      const all = (await Promise.all((["resourceGroup", "virtualNetwork", "availabilitySet", "networkMapping", "networkInterface", "virtualMachine"] as const).map((k) => fabric.list(k)))).flat();
+      const all = (
+        await Promise.all(
+          (["resourceGroup", "virtualNetwork", "availabilitySet", "networkMapping", "networkInterface", "virtualMachine"] as const).map((k) => fabric.list(k)),
+        )
+      ).flat();
       assert.equal(all.length, await h.count(), "every resource listed once, nothing else");
       assert.deepEqual(await fabric.list("networkMapping"), []);
     });
@@ -346,7 +365,6 @@ describe("LocalFabric only: what it records that ARM would hold", () => {
     assert.deepEqual(await fabric.get(vm.id), expected);
     assert.deepEqual(await fabric.setPowerState("northeurope", "prod-rg", "db-1", "running"), { ...expected, powerState: "running" });
   });
-
 });
 
 describe("ARM fabric (fake ARM) only: long-running operations, throttling, refusals, the source subscription", () => {
@@ -362,7 +380,12 @@ describe("ARM fabric (fake ARM) only: long-running operations, throttling, refus
 
   async function targetNetwork(h: Harness, rg: string): Promise<FabricResource> {
     await h.fabric.ensureResourceGroup(REGION, rg);
-    return (await h.fabric.ensureVirtualNetwork(REGION, rg, `${rg}-vnet`, { addressSpace: ["10.9.0.0/16"], subnets: [{ name: "default", addressPrefix: "10.9.0.0/24" }] })).resource;
+    return (
+      await h.fabric.ensureVirtualNetwork(REGION, rg, `${rg}-vnet`, {
+        addressSpace: ["10.9.0.0/16"],
+        subnets: [{ name: "default", addressPrefix: "10.9.0.0/24" }],
+      })
+    ).resource;
   }
 
   function vm(rg: string, name: string, nicId: string, size = "Standard_D2s_v5"): VirtualMachineSpec {
@@ -382,11 +405,25 @@ describe("ARM fabric (fake ARM) only: long-running operations, throttling, refus
     const net = await targetNetwork(h, "lro");
     assert.equal(h.arm.resources.get(net.id.toLowerCase())?.properties.provisioningState, "Succeeded");
     assert.equal(h.arm.count("GET", "/fake-operations/"), 4, "three InProgress answers, then Succeeded");
-    const nic = (await h.fabric.ensureNetworkInterface({ region: REGION, resourceGroup: "lro", name: "nic", vnetId: net.id, subnet: "default", allocation: "retain", preferredIp: "10.9.0.9" })).resource;
+    const nic = (
+      await h.fabric.ensureNetworkInterface({
+        region: REGION,
+        resourceGroup: "lro",
+        name: "nic",
+        vnetId: net.id,
+        subnet: "default",
+        allocation: "retain",
+        preferredIp: "10.9.0.9",
+      })
+    ).resource;
     const made = (await h.fabric.ensureVirtualMachine(vm("lro", "web-1", nic.id))).resource;
     // Managed disks answer 202 + Location; each is imported from its failover VHD in the replica account.
     const disk = h.arm.resources.get(`/subscriptions/${SUB}/resourcegroups/lro/providers/microsoft.compute/disks/web-1-os`);
-    assert.deepEqual(disk?.properties.creationData, { createOption: "Import", sourceUri: "https://replicas.blob.core.windows.net/failover/web-1-os.vhd", storageAccountId: REPLICA_ID });
+    assert.deepEqual(disk?.properties.creationData, {
+      createOption: "Import",
+      sourceUri: "https://replicas.blob.core.windows.net/failover/web-1-os.vhd",
+      storageAccountId: REPLICA_ID,
+    });
     assert.equal(disk?.properties.provisioningState, "Succeeded");
     assert.ok(h.arm.count("GET", "/fake-locations/") >= 4, "disks polled through Location");
     assert.deepEqual(made.osDisk, { name: "web-1-os", vhdUri: "https://replicas.blob.core.windows.net/failover/web-1-os.vhd" });
@@ -429,7 +466,9 @@ describe("ARM fabric (fake ARM) only: long-running operations, throttling, refus
   test("ARM fabric (fake ARM): a VM beyond the regional vCPU quota is refused as QuotaExceeded, and its imported disks are removed", async () => {
     const h = await start({ coreQuota: 4 });
     const net = await targetNetwork(h, "quota");
-    const nic = async (name: string) => (await h.fabric.ensureNetworkInterface({ region: REGION, resourceGroup: "quota", name, vnetId: net.id, subnet: "default", allocation: "retain" })).resource.id;
+    const nic = async (name: string) =>
+      (await h.fabric.ensureNetworkInterface({ region: REGION, resourceGroup: "quota", name, vnetId: net.id, subnet: "default", allocation: "retain" }))
+        .resource.id;
     await h.fabric.ensureVirtualMachine(vm("quota", "small", await nic("small-nic"), "Standard_D2s_v5"));
     await assert.rejects(h.fabric.ensureVirtualMachine(vm("quota", "big", await nic("big-nic"), "Standard_D4s_v5")), (e: unknown) => {
       assert.ok(e instanceof FabricError && e.code === "QuotaExceeded", String(e));
@@ -437,14 +476,19 @@ describe("ARM fabric (fake ARM) only: long-running operations, throttling, refus
       return true;
     });
     assert.equal(await h.fabric.get(h.id("virtualMachine", "quota", "big")), undefined);
-    const disks = [...h.arm.resources.values()].filter((r) => r.type === "Microsoft.Compute/disks").map((r) => r.name).sort();
+    const disks = [...h.arm.resources.values()]
+      .filter((r) => r.type === "Microsoft.Compute/disks")
+      .map((r) => r.name)
+      .sort();
     assert.deepEqual(disks, ["small-data0", "small-os"], "no orphan disk of the refused VM");
   });
 
   test("ARM fabric (fake ARM): a VM size the region does not offer is refused as SkuNotAvailable", async () => {
     const h = await start({ unavailableSizes: ["Standard_M416ms_v2"] });
     const net = await targetNetwork(h, "sku");
-    const nicId = (await h.fabric.ensureNetworkInterface({ region: REGION, resourceGroup: "sku", name: "nic", vnetId: net.id, subnet: "default", allocation: "retain" })).resource.id;
+    const nicId = (
+      await h.fabric.ensureNetworkInterface({ region: REGION, resourceGroup: "sku", name: "nic", vnetId: net.id, subnet: "default", allocation: "retain" })
+    ).resource.id;
     await assert.rejects(h.fabric.ensureVirtualMachine(vm("sku", "huge", nicId, "Standard_M416ms_v2")), fabricError("SkuNotAvailable"));
   });
 
@@ -459,7 +503,13 @@ describe("ARM fabric (fake ARM) only: long-running operations, throttling, refus
       location: "northeurope",
       properties: { addressSpace: { addressPrefixes: ["10.0.0.0/16"] }, subnets: [{ name: "web", properties: { addressPrefix: "10.0.1.0/24" } }] },
     });
-    h.arm.seed({ id: `/subscriptions/${SOURCE_SUB}/resourceGroups/prod-rg/providers/Microsoft.Compute/virtualMachines/web-1`, name: "web-1", type: "Microsoft.Compute/virtualMachines", location: "northeurope", properties: {} });
+    h.arm.seed({
+      id: `/subscriptions/${SOURCE_SUB}/resourceGroups/prod-rg/providers/Microsoft.Compute/virtualMachines/web-1`,
+      name: "web-1",
+      type: "Microsoft.Compute/virtualMachines",
+      location: "northeurope",
+      properties: {},
+    });
 
     const net = await h.fabric.sourceNetwork("northeurope", "prod-rg", "prod-vnet", "web", "10.0.1.4");
     assert.equal(net.id, vnetId);
@@ -478,13 +528,18 @@ describe("ARM fabric (fake ARM) only: long-running operations, throttling, refus
   test("ARM fabric (fake ARM): deleting a failed-over VM removes the managed disks made for it; network mappings are the control plane's records", async () => {
     const h = await start();
     const net = await targetNetwork(h, "del");
-    const nicId = (await h.fabric.ensureNetworkInterface({ region: REGION, resourceGroup: "del", name: "nic", vnetId: net.id, subnet: "default", allocation: "retain" })).resource.id;
+    const nicId = (
+      await h.fabric.ensureNetworkInterface({ region: REGION, resourceGroup: "del", name: "nic", vnetId: net.id, subnet: "default", allocation: "retain" })
+    ).resource.id;
     const made = (await h.fabric.ensureVirtualMachine(vm("del", "gone", nicId))).resource;
     assert.equal(await h.fabric.delete(made.id), true);
     assert.equal([...h.arm.resources.values()].filter((r) => r.type === "Microsoft.Compute/disks").length, 0);
     assert.equal(await h.fabric.delete(made.id), false);
 
-    const [forward, back] = await h.fabric.ensureNetworkMapping({ ...net, id: `/subscriptions/${SOURCE_SUB}/resourceGroups/prod-rg/providers/Microsoft.Network/virtualNetworks/prod-vnet` }, net);
+    const [forward, back] = await h.fabric.ensureNetworkMapping(
+      { ...net, id: `/subscriptions/${SOURCE_SUB}/resourceGroups/prod-rg/providers/Microsoft.Network/virtualNetworks/prod-vnet` },
+      net,
+    );
     assert.equal(forward!.created, true);
     assert.equal((await h.fabric.mappingsOf(net.id)).length, 2);
     assert.equal(h.arm.count("PUT", "networkmappings"), 0, "nothing of it is sent to ARM");

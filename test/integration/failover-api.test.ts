@@ -52,8 +52,20 @@ const cases: Case[] = [
     code: "InvalidInput",
     fields: ["itemIds", "type"],
   },
-  { name: "a request selecting nothing (no itemIds, groupId or planId) is refused with 400 naming itemIds", body: () => ({ type: "test" }), status: 400, code: "InvalidInput", fields: ["itemIds"] },
-  { name: "an empty itemIds list is refused with 400 naming itemIds", body: () => ({ itemIds: [], type: "test" }), status: 400, code: "InvalidInput", fields: ["itemIds"] },
+  {
+    name: "a request selecting nothing (no itemIds, groupId or planId) is refused with 400 naming itemIds",
+    body: () => ({ type: "test" }),
+    status: 400,
+    code: "InvalidInput",
+    fields: ["itemIds"],
+  },
+  {
+    name: "an empty itemIds list is refused with 400 naming itemIds",
+    body: () => ({ itemIds: [], type: "test" }),
+    status: 400,
+    code: "InvalidInput",
+    fields: ["itemIds"],
+  },
   {
     name: "an unknown field is refused with 400 naming it",
     body: (ids) => ({ itemIds: [ids.solo], type: "test", recoveryPiont: "latest" }),
@@ -75,8 +87,20 @@ const cases: Case[] = [
     code: "InvalidInput",
     fields: ["groupId", "itemIds"],
   },
-  { name: "a request without type is refused with 400 naming type", body: (ids) => ({ itemIds: [ids.solo] }), status: 400, code: "InvalidInput", fields: ["type"] },
-  { name: "an unknown type is refused with 400 naming type", body: (ids) => ({ itemIds: [ids.solo], type: "bogus" }), status: 400, code: "InvalidInput", fields: ["type"] },
+  {
+    name: "a request without type is refused with 400 naming type",
+    body: (ids) => ({ itemIds: [ids.solo] }),
+    status: 400,
+    code: "InvalidInput",
+    fields: ["type"],
+  },
+  {
+    name: "an unknown type is refused with 400 naming type",
+    body: (ids) => ({ itemIds: [ids.solo], type: "bogus" }),
+    status: 400,
+    code: "InvalidInput",
+    fields: ["type"],
+  },
   {
     name: "an unknown item id is refused with 404",
     body: (ids) => ({ itemIds: [ids.solo, "no-such-item"], type: "test" }),
@@ -162,8 +186,20 @@ const cases: Case[] = [
     code: "GroupMemberAlone",
     details: (ids) => ({ group: "tier", missing: [ids.g2] }),
   },
-  { name: "an unknown replication group is refused with 404", body: () => ({ groupId: "no-such-group", type: "test" }), status: 404, code: "NotFound", names: () => "no-such-group" },
-  { name: "an unknown recovery plan is refused with 404", body: () => ({ planId: "0123456789ab", type: "test" }), status: 404, code: "NotFound", names: () => "0123456789ab" },
+  {
+    name: "an unknown replication group is refused with 404",
+    body: () => ({ groupId: "no-such-group", type: "test" }),
+    status: 404,
+    code: "NotFound",
+    names: () => "no-such-group",
+  },
+  {
+    name: "an unknown recovery plan is refused with 404",
+    body: () => ({ planId: "0123456789ab", type: "test" }),
+    status: 404,
+    code: "NotFound",
+    names: () => "0123456789ab",
+  },
 ];
 
 describe("POST /api/failovers: bad input", () => {
@@ -187,7 +223,12 @@ describe("POST /api/failovers: bad input", () => {
     for (const d of await stack.services.items.listDisks(id)) {
       await stack.services.items.updateDisk(id, d.id, (x) =>
         state === "ResyncRequired" && d.index === 0
-          ? { ...x, initialComplete: true, state: "ResyncRequired", resync: { id: `resync-${id}`, reason: "set by the test", origin: "agent", baseSeq: 0, since: new Date().toISOString() } }
+          ? {
+              ...x,
+              initialComplete: true,
+              state: "ResyncRequired",
+              resync: { id: `resync-${id}`, reason: "set by the test", origin: "agent", baseSeq: 0, since: new Date().toISOString() },
+            }
           : { ...x, initialComplete: true, state: "Protected" },
       );
     }
@@ -239,7 +280,14 @@ describe("POST /api/failovers: bad input", () => {
     // The group point: there is no public insert for one, but recordArrival is how apply records a group tag reaching
     // a disk; once every disk of both members has it, it seals each member's VM point and the group point.
     ids.groupPoint = "tier-crash-1";
-    const tag = { id: ids.groupPoint, kind: "crash" as const, time: new Date(Date.now() - 4 * MIN).toISOString(), scope: "group" as const, group: "tier", members: [ids.g1, ids.g2] };
+    const tag = {
+      id: ids.groupPoint,
+      kind: "crash" as const,
+      time: new Date(Date.now() - 4 * MIN).toISOString(),
+      scope: "group" as const,
+      group: "tier",
+      members: [ids.g1, ids.g2],
+    };
     const sealed: RecoveryPoint[] = [];
     for (const itemId of [ids.g1, ids.g2]) {
       for (const d of await stack.services.items.listDisks(itemId)) {
@@ -314,8 +362,16 @@ describe("POST /api/failovers: bad input", () => {
     assert.equal(locked.failover?.requestedPoint, ids.soloPoint);
     assert.equal(locked.failover?.previousState, "Protected");
     const others = (await stack.services.items.list()).filter((i) => i.id !== ids.solo);
-    assert.deepEqual(others, (JSON.parse(baseline) as ReplicatedItem[]).filter((i) => i.id !== ids.solo), "no other item is touched");
-    assert.deepEqual((await instances()).map((i) => [i.instanceId, i.name]), [[id, "failover"]], "exactly the one orchestration");
+    assert.deepEqual(
+      others,
+      (JSON.parse(baseline) as ReplicatedItem[]).filter((i) => i.id !== ids.solo),
+      "no other item is touched",
+    );
+    assert.deepEqual(
+      (await instances()).map((i) => [i.instanceId, i.name]),
+      [[id, "failover"]],
+      "exactly the one orchestration",
+    );
 
     // Nothing can copy the fake snapshot: the failover fails and rolls the item back.
     const st = await waitFailover(stack, id, 120_000);

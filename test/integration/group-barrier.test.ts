@@ -37,7 +37,15 @@ async function group(n: number, holdBoundMs: number, secret = "s3cret") {
   const members = parts.slice(1).map((p, i) => new GroupMember({ itemId: `item-${i + 1}`, secret, host: "127.0.0.1", port, participant: p }));
   for (const m of members) await m.connect();
   for (let i = 0; i < 100 && coordinator.memberIds().length < n - 1; i++) await sleep(10);
-  return { parts, coordinator, members, close: async () => { for (const m of members) m.close(); await coordinator.close(); } };
+  return {
+    parts,
+    coordinator,
+    members,
+    close: async () => {
+      for (const m of members) m.close();
+      await coordinator.close();
+    },
+  };
 }
 
 test("every member cuts the same tag at the same instant, with the member list", async () => {

@@ -87,13 +87,20 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
       ],
     });
     assert.equal(res.status, 400, JSON.stringify(res.body));
-    assert.ok(res.body.error.details.some((d: { field: string }) => d.field.startsWith("resyncRequired[1].diskId")), JSON.stringify(res.body));
+    assert.ok(
+      res.body.error.details.some((d: { field: string }) => d.field.startsWith("resyncRequired[1].diskId")),
+      JSON.stringify(res.body),
+    );
     assert.equal(await itemsAndDisks(stack), before, "nothing changed");
   });
   // Item 3 -----------------------------------------------------------------------------------------
   test("an item whose disks never finished initial replication cannot fail over to latest: 409 naming the disk", async () => {
     const { item, agentKey } = await registered("never-copied");
-    const c = await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey, resyncRequired: [{ diskId: "os", resyncId: "r-1", reason: "spool overflow" }] });
+    const c = await stack.api("POST", "agents/checkin", {
+      itemId: item.id,
+      agentKey,
+      resyncRequired: [{ diskId: "os", resyncId: "r-1", reason: "spool overflow" }],
+    });
     assert.equal(c.status, 200, JSON.stringify(c.body));
     assert.equal((await stack.services.items.get(item.id))?.item.state, "ResyncRequired");
     const before = await itemsAndDisks(stack);
@@ -157,7 +164,15 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     await stack.services.items.updateItem(item.id, (i) => ({
       ...i,
       state: "TestFailover",
-      failover: { instanceId: "x", type: "test", requestedPoint: "latest-processed", startedAt: at, previousState: "InitialReplication", resources: { disks: [] }, completedAt: at },
+      failover: {
+        instanceId: "x",
+        type: "test",
+        requestedPoint: "latest-processed",
+        startedAt: at,
+        previousState: "InitialReplication",
+        resources: { disks: [] },
+        completedAt: at,
+      },
     }));
     const rs = await Promise.all([1, 2].map(() => stack.api("POST", `replicated-items/${item.id}/test-failover-cleanup`)));
     assert.deepEqual(statuses(rs), [200, 409], JSON.stringify(rs.map((r) => r.body)));
@@ -179,7 +194,9 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     ]);
     assert.deepEqual(rs.map((r) => r.status).sort(), [201, 409], JSON.stringify(rs.map((r) => r.body?.error)));
     assert.equal(rs.find((r) => r.status === 409)!.body.error.code, "ReplicationGroupRegionMismatch");
-    const regions = new Set((await stack.services.items.list()).filter((i) => i.replicationGroup === "new-pair").map((i) => `${i.vm.region}>${i.targetRegion}`));
+    const regions = new Set(
+      (await stack.services.items.list()).filter((i) => i.replicationGroup === "new-pair").map((i) => `${i.vm.region}>${i.targetRegion}`),
+    );
     assert.equal(regions.size, 1);
   });
 
@@ -211,7 +228,11 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     assert.equal((await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey })).status, 200, "the registered agent keeps working");
     const replaced = await stack.api("POST", "agents/register", { token: item.agentRegistration.token, replace: true });
     assert.equal(replaced.status, 200, JSON.stringify(replaced.body));
-    assert.equal((await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey })).status, 401, "an explicit re-registration fences the old agent out");
+    assert.equal(
+      (await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey })).status,
+      401,
+      "an explicit re-registration fences the old agent out",
+    );
     assert.equal((await stack.api("POST", "agents/checkin", { itemId: item.id, agentKey: replaced.body.agentKey })).status, 200);
   });
   // Item 11 ----------------------------------------------------------------------------------------
@@ -253,15 +274,29 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
     await cacheB.getBlockBlobClient(batchBlobName("os", 1)).upload(batch, batch.length);
     // The thief's SAS covers only its own container, yet Azurite copies another container's blob into it.
     const plainUrl = (c: ContainerClient, name: string) => `${c.url.split("?")[0]}/${name}`;
-    await cacheA.getBlobClient(HEARTBEAT_BLOB).syncCopyFromURL(plainUrl(cacheB, HEARTBEAT_BLOB)).catch(() => cacheA.getBlobClient(HEARTBEAT_BLOB).beginCopyFromURL(plainUrl(cacheB, HEARTBEAT_BLOB)).then((p) => p.pollUntilDone()));
-    await cacheA.getBlobClient(batchBlobName("os", 1)).beginCopyFromURL(plainUrl(cacheB, batchBlobName("os", 1))).then((p) => p.pollUntilDone());
+    await cacheA
+      .getBlobClient(HEARTBEAT_BLOB)
+      .syncCopyFromURL(plainUrl(cacheB, HEARTBEAT_BLOB))
+      .catch(() =>
+        cacheA
+          .getBlobClient(HEARTBEAT_BLOB)
+          .beginCopyFromURL(plainUrl(cacheB, HEARTBEAT_BLOB))
+          .then((p) => p.pollUntilDone()),
+      );
+    await cacheA
+      .getBlobClient(batchBlobName("os", 1))
+      .beginCopyFromURL(plainUrl(cacheB, batchBlobName("os", 1)))
+      .then((p) => p.pollUntilDone());
 
     const view = await stack.api("GET", `replicated-items/${a.body.id}`);
     assert.equal(view.status, 200);
     assert.equal(view.body.heartbeat, null, `a copied heartbeat is not this agent's: ${JSON.stringify(view.body.heartbeat)}`);
 
     await stack.host.drainQueues().catch(() => undefined);
-    await applyBatches({ storage: stack.services.storage, items: stack.services.items, config: stack.services.config }, { v: 1, itemId: a.body.id, diskId: "os", seq: 1 });
+    await applyBatches(
+      { storage: stack.services.storage, items: stack.services.items, config: stack.services.config },
+      { v: 1, itemId: a.body.id, diskId: "os", seq: 1 },
+    );
     const disk = (await stack.services.items.getDisk(a.body.id, "os"))!.disk;
     assert.equal(disk.state, "ResyncRequired");
     assert.match(disk.resync?.reason ?? "", /not written by this item's agent/);
@@ -277,7 +312,16 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
   test("a failover that cannot be started puts the item's previous failover record back", async () => {
     const item = await enable("previous-record");
     const at = new Date().toISOString();
-    const previous = { instanceId: "earlier", type: "test" as const, requestedPoint: "latest-processed", startedAt: at, previousState: "Protected" as const, resources: { disks: [] }, completedAt: at, cleanedUpAt: at };
+    const previous = {
+      instanceId: "earlier",
+      type: "test" as const,
+      requestedPoint: "latest-processed",
+      startedAt: at,
+      previousState: "Protected" as const,
+      resources: { disks: [] },
+      completedAt: at,
+      cleanedUpAt: at,
+    };
     await stack.services.items.updateItem(item.id, (i) => ({ ...i, state: "Protected", failover: previous }));
     const point = await stack.services.points.recordCutPoint({
       id: "prev-point",

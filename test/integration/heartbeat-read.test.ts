@@ -25,7 +25,10 @@ test("GET of an item while its heartbeat is rewritten at changing sizes: always 
       agentVersion: "test",
       time: new Date(Date.UTC(2026, 0, 1, 0, 0, n % 60)).toISOString(),
       disks: {},
-      health: { status: "Healthy", issues: Array.from({ length: n % 7 }, (_, k) => ({ code: `C${k}`, message: "x".repeat(40 * k), since: "2026-01-01T00:00:00Z" })) },
+      health: {
+        status: "Healthy",
+        issues: Array.from({ length: n % 7 }, (_, k) => ({ code: `C${k}`, message: "x".repeat(40 * k), since: "2026-01-01T00:00:00Z" })),
+      },
     });
   let writing = true;
   let written = 0;

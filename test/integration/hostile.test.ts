@@ -69,8 +69,20 @@ const cases: Case[] = [];
 
 for (const r of keyed) {
   const base = { method: r.method, path: r.path, ...(r.body ? { body: r.body } : {}) };
-  cases.push({ ...base, name: `${r.method} ${r.path({ itemId: "{id}", agentKey: "", planId: "{id}" })} without the key`, key: null, status: 401, code: "Unauthorized" });
-  cases.push({ ...base, name: `${r.method} ${r.path({ itemId: "{id}", agentKey: "", planId: "{id}" })} with a wrong key`, key: "not-the-key", status: 401, code: "Unauthorized" });
+  cases.push({
+    ...base,
+    name: `${r.method} ${r.path({ itemId: "{id}", agentKey: "", planId: "{id}" })} without the key`,
+    key: null,
+    status: 401,
+    code: "Unauthorized",
+  });
+  cases.push({
+    ...base,
+    name: `${r.method} ${r.path({ itemId: "{id}", agentKey: "", planId: "{id}" })} with a wrong key`,
+    key: "not-the-key",
+    status: 401,
+    code: "Unauthorized",
+  });
 }
 
 for (const r of bodyRoutes) {
@@ -109,7 +121,13 @@ for (const r of idRoutes) {
     ["a control character", "x%01y"],
     ["a quote", "x%27y"],
   ] as const) {
-    cases.push({ name: `${r.method} ${r.path("{id}")} with ${label} in the id`, method: r.method, path: () => r.path(id), ...(r.body ? { body: () => r.body } : {}), status: [400, 404] });
+    cases.push({
+      name: `${r.method} ${r.path("{id}")} with ${label} in the id`,
+      method: r.method,
+      path: () => r.path(id),
+      ...(r.body ? { body: () => r.body } : {}),
+      status: [400, 404],
+    });
   }
 }
 
@@ -126,7 +144,11 @@ const sizes: [string, (b: ReturnType<typeof enableBody>) => void, string][] = [
   ["a vnet name with '%2F'", (b) => (b.vm.network.vnet = "a%2Fb"), "vm.network.vnet"],
   ["a private IP with a port", (b) => (b.vm.network.privateIp = "10.0.0.4:80"), "vm.network.privateIp"],
   ["a retention of a million hours", (b) => (b.policy.recoveryPointRetentionHours = 1e6), "policy.recoveryPointRetentionHours"],
-  ["a crash frequency that is NaN-like", (b) => ((b.policy as Record<string, unknown>).crashConsistentFrequencySeconds = "NaN"), "policy.crashConsistentFrequencySeconds"],
+  [
+    "a crash frequency that is NaN-like",
+    (b) => ((b.policy as Record<string, unknown>).crashConsistentFrequencySeconds = "NaN"),
+    "policy.crashConsistentFrequencySeconds",
+  ],
 ];
 for (const [name, change, field] of sizes) {
   cases.push({
@@ -145,21 +167,95 @@ for (const [name, change, field] of sizes) {
 
 // Agent credentials and failover selections that name what is not there.
 cases.push(
-  { name: "check-in with a wrong agent key", method: "POST", path: () => "agents/checkin", body: (s) => ({ itemId: s.itemId, agentKey: "wrong" }), status: 401, code: "Unauthorized" },
+  {
+    name: "check-in with a wrong agent key",
+    method: "POST",
+    path: () => "agents/checkin",
+    body: (s) => ({ itemId: s.itemId, agentKey: "wrong" }),
+    status: 401,
+    code: "Unauthorized",
+  },
   { name: "check-in for an unknown item", method: "POST", path: () => "agents/checkin", body: () => ({ itemId: "no-such-item", agentKey: "k" }), status: 401 },
-  { name: "check-in reporting a resync of an unknown disk", method: "POST", path: () => "agents/checkin", body: (s) => ({ itemId: s.itemId, agentKey: s.agentKey, resyncRequired: [{ diskId: "nope", resyncId: "r", reason: "x" }] }), status: 400, fields: ["resyncRequired[0].diskId"] },
-  { name: "check-in with a group port out of range", method: "POST", path: () => "agents/checkin", body: (s) => ({ itemId: s.itemId, agentKey: s.agentKey, groupListen: { host: "h", port: 70000 } }), status: 400, fields: ["groupListen.port"] },
-  { name: "manifest for a resync that does not exist", method: "POST", path: () => "agents/resync-manifest", body: (s) => ({ itemId: s.itemId, agentKey: s.agentKey, diskId: "os", resyncId: "r", offset: 0, length: 65536 }), status: 409, code: "NoSuchResync" },
-  { name: "manifest with an unaligned offset", method: "POST", path: () => "agents/resync-manifest", body: (s) => ({ itemId: s.itemId, agentKey: s.agentKey, diskId: "os", resyncId: "r", offset: 1, length: 65536 }), status: 400, fields: ["offset"] },
+  {
+    name: "check-in reporting a resync of an unknown disk",
+    method: "POST",
+    path: () => "agents/checkin",
+    body: (s) => ({ itemId: s.itemId, agentKey: s.agentKey, resyncRequired: [{ diskId: "nope", resyncId: "r", reason: "x" }] }),
+    status: 400,
+    fields: ["resyncRequired[0].diskId"],
+  },
+  {
+    name: "check-in with a group port out of range",
+    method: "POST",
+    path: () => "agents/checkin",
+    body: (s) => ({ itemId: s.itemId, agentKey: s.agentKey, groupListen: { host: "h", port: 70000 } }),
+    status: 400,
+    fields: ["groupListen.port"],
+  },
+  {
+    name: "manifest for a resync that does not exist",
+    method: "POST",
+    path: () => "agents/resync-manifest",
+    body: (s) => ({ itemId: s.itemId, agentKey: s.agentKey, diskId: "os", resyncId: "r", offset: 0, length: 65536 }),
+    status: 409,
+    code: "NoSuchResync",
+  },
+  {
+    name: "manifest with an unaligned offset",
+    method: "POST",
+    path: () => "agents/resync-manifest",
+    body: (s) => ({ itemId: s.itemId, agentKey: s.agentKey, diskId: "os", resyncId: "r", offset: 1, length: 65536 }),
+    status: 400,
+    fields: ["offset"],
+  },
   { name: "registration with a 10 KB token", method: "POST", path: () => "agents/register", body: () => ({ token: TEN_KB }), status: 400, fields: ["token"] },
   { name: "failover of an unknown item", method: "POST", path: () => "failovers", body: () => ({ itemIds: ["no-such-item"], type: "test" }), status: 404 },
-  { name: "failover naming an item twice", method: "POST", path: () => "failovers", body: (s) => ({ itemIds: [s.itemId, s.itemId], type: "test" }), status: 400, fields: ["itemIds[1]"] },
-  { name: "failover of an item still copying, to latest", method: "POST", path: () => "failovers", body: (s) => ({ itemIds: [s.itemId], type: "test", recoveryPoint: "latest" }), status: 409, code: "IllegalState" },
-  { name: "failover with a recovery point id of 10 KB", method: "POST", path: () => "failovers", body: (s) => ({ itemIds: [s.itemId], type: "test", recoveryPoint: TEN_KB }), status: 400, fields: ["recoveryPoint"] },
-  { name: "a recovery plan naming an unknown item", method: "POST", path: () => "recovery-plans", body: () => ({ name: "ghost", groups: [["no-such-item"]] }), status: 404 },
-  { name: "a recovery plan with 8 groups", method: "POST", path: () => "recovery-plans", body: (s) => ({ name: "big", groups: Array.from({ length: 8 }, () => [s.itemId]) }), status: 400 },
+  {
+    name: "failover naming an item twice",
+    method: "POST",
+    path: () => "failovers",
+    body: (s) => ({ itemIds: [s.itemId, s.itemId], type: "test" }),
+    status: 400,
+    fields: ["itemIds[1]"],
+  },
+  {
+    name: "failover of an item still copying, to latest",
+    method: "POST",
+    path: () => "failovers",
+    body: (s) => ({ itemIds: [s.itemId], type: "test", recoveryPoint: "latest" }),
+    status: 409,
+    code: "IllegalState",
+  },
+  {
+    name: "failover with a recovery point id of 10 KB",
+    method: "POST",
+    path: () => "failovers",
+    body: (s) => ({ itemIds: [s.itemId], type: "test", recoveryPoint: TEN_KB }),
+    status: 400,
+    fields: ["recoveryPoint"],
+  },
+  {
+    name: "a recovery plan naming an unknown item",
+    method: "POST",
+    path: () => "recovery-plans",
+    body: () => ({ name: "ghost", groups: [["no-such-item"]] }),
+    status: 404,
+  },
+  {
+    name: "a recovery plan with 8 groups",
+    method: "POST",
+    path: () => "recovery-plans",
+    body: (s) => ({ name: "big", groups: Array.from({ length: 8 }, () => [s.itemId]) }),
+    status: 400,
+  },
   { name: "commit of an item that is not failed over", method: "POST", path: (s) => `replicated-items/${s.itemId}/commit`, status: 409, code: "IllegalState" },
-  { name: "cleanup of an item with no test failover", method: "POST", path: (s) => `replicated-items/${s.itemId}/test-failover-cleanup`, status: 409, code: "IllegalState" },
+  {
+    name: "cleanup of an item with no test failover",
+    method: "POST",
+    path: (s) => `replicated-items/${s.itemId}/test-failover-cleanup`,
+    status: 409,
+    code: "IllegalState",
+  },
   { name: "an unknown route", method: "GET", path: () => "no/such/route", status: 404, code: "NotFound" },
   { name: "a method the route does not take", method: "PUT", path: () => "replicated-items", body: () => ({}), status: 405, code: "MethodNotAllowed" },
 );
@@ -217,7 +313,11 @@ describe("hostile input on every route", () => {
       if (c.code) assert.equal(json!.error!.code, c.code);
       if (c.fields) {
         const named = ((json!.error!.details ?? []) as { field: string }[]).map((d) => d.field);
-        for (const f of c.fields) assert.ok(named.some((n) => n === f || n.startsWith(`${f}`)), `names ${f}: ${JSON.stringify(named)}`);
+        for (const f of c.fields)
+          assert.ok(
+            named.some((n) => n === f || n.startsWith(`${f}`)),
+            `names ${f}: ${JSON.stringify(named)}`,
+          );
       }
       assert.deepEqual(await stack.snapshot(), baseline, "nothing changed");
     });
@@ -225,13 +325,37 @@ describe("hostile input on every route", () => {
 
   // Forged Host headers and broken framing, over raw sockets (fetch sends neither).
   const raw: { name: string; request: (port: number) => string; status: number }[] = [
-    { name: "a Host of another site", request: () => `GET /api/replicated-items HTTP/1.1\r\nHost: evil.example\r\nx-functions-key: ${KEY}\r\nConnection: close\r\n\r\n`, status: 400 },
-    { name: "a loopback Host on another port", request: (p) => `GET /api/replicated-items HTTP/1.1\r\nHost: 127.0.0.1:${p + 1}\r\nx-functions-key: ${KEY}\r\nConnection: close\r\n\r\n`, status: 400 },
-    { name: "a Host with a path", request: () => `GET /api/replicated-items HTTP/1.1\r\nHost: localhost/evil\r\nx-functions-key: ${KEY}\r\nConnection: close\r\n\r\n`, status: 400 },
-    { name: "a Host with userinfo", request: () => `GET /api/replicated-items HTTP/1.1\r\nHost: a@evil.example\r\nx-functions-key: ${KEY}\r\nConnection: close\r\n\r\n`, status: 400 },
-    { name: "a forged Host on the durable endpoint", request: () => `GET /runtime/webhooks/durabletask/instances HTTP/1.1\r\nHost: evil.example:1\r\nx-functions-key: ${KEY}\r\nConnection: close\r\n\r\n`, status: 400 },
+    {
+      name: "a Host of another site",
+      request: () => `GET /api/replicated-items HTTP/1.1\r\nHost: evil.example\r\nx-functions-key: ${KEY}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: "a loopback Host on another port",
+      request: (p) => `GET /api/replicated-items HTTP/1.1\r\nHost: 127.0.0.1:${p + 1}\r\nx-functions-key: ${KEY}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: "a Host with a path",
+      request: () => `GET /api/replicated-items HTTP/1.1\r\nHost: localhost/evil\r\nx-functions-key: ${KEY}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: "a Host with userinfo",
+      request: () => `GET /api/replicated-items HTTP/1.1\r\nHost: a@evil.example\r\nx-functions-key: ${KEY}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: "a forged Host on the durable endpoint",
+      request: () => `GET /runtime/webhooks/durabletask/instances HTTP/1.1\r\nHost: evil.example:1\r\nx-functions-key: ${KEY}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
     { name: "a negative Content-Length", request: () => `POST /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n\r\n`, status: 400 },
-    { name: "Content-Length and chunked together", request: () => `POST /api/failovers HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`, status: 400 },
+    {
+      name: "Content-Length and chunked together",
+      request: () => `POST /api/failovers HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
+      status: 400,
+    },
     { name: "a header without a colon", request: () => `GET /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nbroken header\r\n\r\n`, status: 400 },
     { name: "a 32 KB header", request: () => `GET /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nCookie: ${"c".repeat(32 * 1024)}\r\n\r\n`, status: 431 },
     { name: "an unknown method", request: () => `FROB /api/replicated-items HTTP/1.1\r\nHost: localhost\r\n\r\n`, status: 501 },
@@ -249,7 +373,9 @@ describe("hostile input on every route", () => {
 
   // Races fired at once: each has exactly one winner or none, never a 500, and (here) nothing changes.
   test("20 concurrent registrations with one token: every one refused (an agent is registered), none 500", async () => {
-    const rs = await Promise.all(Array.from({ length: 20 }, () => fetch(`${stack.url}/api/agents/register`, { method: "POST", body: JSON.stringify({ token: "x".repeat(43) }) })));
+    const rs = await Promise.all(
+      Array.from({ length: 20 }, () => fetch(`${stack.url}/api/agents/register`, { method: "POST", body: JSON.stringify({ token: "x".repeat(43) }) })),
+    );
     assert.deepEqual([...new Set(rs.map((r) => r.status))], [401]);
     assert.deepEqual(await stack.snapshot(), baseline);
   });
@@ -258,7 +384,11 @@ describe("hostile input on every route", () => {
     const before = await instances();
     const rs = await Promise.all(
       Array.from({ length: 8 }, () =>
-        fetch(`${stack.url}/api/failovers`, { method: "POST", headers: { "x-functions-key": KEY }, body: JSON.stringify({ itemIds: [seed.itemId], type: "test", recoveryPoint: "latest" }) }),
+        fetch(`${stack.url}/api/failovers`, {
+          method: "POST",
+          headers: { "x-functions-key": KEY },
+          body: JSON.stringify({ itemIds: [seed.itemId], type: "test", recoveryPoint: "latest" }),
+        }),
       ),
     );
     assert.deepEqual([...new Set(rs.map((r) => r.status))], [409]);
@@ -277,7 +407,9 @@ describe("hostile input on every route", () => {
   });
 
   test("concurrent enables of a VM already protected: all 409 AlreadyProtected", async () => {
-    const rs = await Promise.all(Array.from({ length: 6 }, () => stack.api("POST", "replicated-items", enableBody("hostile-seed"), { "x-functions-key": KEY })));
+    const rs = await Promise.all(
+      Array.from({ length: 6 }, () => stack.api("POST", "replicated-items", enableBody("hostile-seed"), { "x-functions-key": KEY })),
+    );
     assert.deepEqual([...new Set(rs.map((r) => r.status))], [409]);
     assert.ok(rs.every((r) => r.body.error.code === "AlreadyProtected"));
     assert.deepEqual(await stack.snapshot(), baseline);

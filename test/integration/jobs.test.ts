@@ -65,13 +65,19 @@ describe("jobs", () => {
     assert.ok(j.endedAt && Date.parse(j.endedAt) >= Date.parse(j.startedAt), "ended after it started");
     assert.equal(typeof j.durationSeconds, "number");
     assert.ok(j.steps.length > 0, "steps recorded");
-    assert.ok(j.steps.every((s) => s.state !== "InProgress" && s.endedAt), `every step ended: ${JSON.stringify(j.steps)}`);
+    assert.ok(
+      j.steps.every((s) => s.state !== "InProgress" && s.endedAt),
+      `every step ended: ${JSON.stringify(j.steps)}`,
+    );
     if (state === "Succeeded") {
       assert.equal(j.error, null);
       assert.ok(j.steps.every((s) => s.state === "Succeeded"));
     } else {
       assert.ok(j.error && j.error.code && j.error.message, "a failed job says why");
-      assert.ok(j.steps.some((s) => s.state === "Failed"), "the step that failed is marked");
+      assert.ok(
+        j.steps.some((s) => s.state === "Failed"),
+        "the step that failed is marked",
+      );
     }
   };
 
@@ -150,7 +156,11 @@ describe("jobs", () => {
     const all = (await stack.api("GET", "jobs")).body as Job[];
     assert.ok(all.length >= 8);
     const sorted = [...all].sort((a, b) => b.startedAt.localeCompare(a.startedAt));
-    assert.deepEqual(all.map((j) => j.id), sorted.map((j) => j.id), "newest first");
+    assert.deepEqual(
+      all.map((j) => j.id),
+      sorted.map((j) => j.id),
+      "newest first",
+    );
     const failovers = (await stack.api("GET", "jobs?type=failover")).body as Job[];
     assert.ok(failovers.length >= 3 && failovers.every((j) => j.type === "failover"));
     assert.equal(((await stack.api("GET", "jobs?limit=2")).body as Job[]).length, 2);
@@ -184,7 +194,10 @@ describe("jobs", () => {
     );
     const [resync, reprotect] = await jobsOf(id);
     assertEnded(reprotect!, "Succeeded");
-    assert.deepEqual(reprotect!.steps.map((s) => s.name), ["seeding the reverse replicas", "waiting for the differential sync"]);
+    assert.deepEqual(
+      reprotect!.steps.map((s) => s.name),
+      ["seeding the reverse replicas", "waiting for the differential sync"],
+    );
     assertEnded(resync!, "Failed");
     assert.deepEqual(resync!.error, { code: "Error", message: "the agent went away" });
   });

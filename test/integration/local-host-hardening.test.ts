@@ -37,7 +37,8 @@ describe("local host: Host header, durable endpoints, HTTP framing", () => {
     const r = await stack.api("POST", "replicated-items", enableBody(name), keyed);
     assert.equal(r.status, 201, JSON.stringify(r.body));
     const id = r.body.id as string;
-    for (const d of await stack.services.items.listDisks(id)) await stack.services.items.updateDisk(id, d.id, (x) => ({ ...x, initialComplete: true, state: "Protected" }));
+    for (const d of await stack.services.items.listDisks(id))
+      await stack.services.items.updateDisk(id, d.id, (x) => ({ ...x, initialComplete: true, state: "Protected" }));
     await stack.services.items.updateItem(id, (i) => ({ ...i, state: "Protected" }));
     return id;
   }
@@ -121,7 +122,10 @@ describe("local host: Host header, durable endpoints, HTTP framing", () => {
     }
     const shut = await stack.api("POST", "agents/checkin", { itemId: id, agentKey: reg.body.agentKey });
     assert.ok(shut.body.shutdown, "the agent is told to refuse writes");
-    const t = await fetch(`${stack.url}/runtime/webhooks/durabletask/instances/${started.body.id}/terminate?reason=operator`, { method: "POST", headers: keyed });
+    const t = await fetch(`${stack.url}/runtime/webhooks/durabletask/instances/${started.body.id}/terminate?reason=operator`, {
+      method: "POST",
+      headers: keyed,
+    });
     assert.equal(t.status, 202);
     const until = Date.now() + 20_000;
     for (;;) {
@@ -144,10 +148,26 @@ describe("local host: Host header, durable endpoints, HTTP framing", () => {
   const framing: { name: string; request: string; status: number }[] = [
     { name: "a malformed Host", request: "GET /api/replicated-items HTTP/1.1\r\nHost: [::1\r\nConnection: close\r\n\r\n", status: 400 },
     { name: "a negative Content-Length", request: "POST /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n", status: 400 },
-    { name: "a Content-Length that is not a number", request: "POST /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n", status: 400 },
-    { name: "two different Content-Lengths", request: "POST /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", status: 400 },
-    { name: "Content-Length with Transfer-Encoding", request: "POST /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", status: 400 },
-    { name: "a bad chunk size", request: `POST /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nx-functions-key: ${KEY}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n`, status: 400 },
+    {
+      name: "a Content-Length that is not a number",
+      request: "POST /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n",
+      status: 400,
+    },
+    {
+      name: "two different Content-Lengths",
+      request: "POST /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+      status: 400,
+    },
+    {
+      name: "Content-Length with Transfer-Encoding",
+      request: "POST /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+      status: 400,
+    },
+    {
+      name: "a bad chunk size",
+      request: `POST /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nx-functions-key: ${KEY}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n`,
+      status: 400,
+    },
     { name: "a 20 KB header", request: `GET /api/replicated-items HTTP/1.1\r\nHost: localhost\r\nX-Big: ${"a".repeat(20 * 1024)}\r\n\r\n`, status: 431 },
     { name: "an unknown method", request: "BREW /api/replicated-items HTTP/1.1\r\nHost: localhost\r\n\r\n", status: 501 },
     { name: "a request line that is not HTTP", request: "hello there\r\n\r\n", status: 400 },

@@ -172,7 +172,10 @@ test("routes with params, case-insensitive literals, decoded values, query", asy
   assert.deepEqual(r.body.params, { itemId: "web 1" });
   assert.equal(r.body.q, "hello");
   assert.match(r.body.invocationId, /^[0-9a-f-]{36}$/);
-  assert.ok(logs.some((l) => /Executed 'getItem' \(Succeeded, id=[0-9a-f-]{36}, Duration=\d+ms\)/.test(l)), "invocation log line");
+  assert.ok(
+    logs.some((l) => /Executed 'getItem' \(Succeeded, id=[0-9a-f-]{36}, Duration=\d+ms\)/.test(l)),
+    "invocation log line",
+  );
 
   const trailing = await call(`${base}/api/items/abc/`);
   assert.deepEqual(trailing.body.params, { itemId: "abc" });
@@ -203,7 +206,10 @@ test("a throwing handler is a 500 InternalError envelope and a Failed log with t
   assert.equal(r.status, 500);
   assert.equal(r.body.error.code, "InternalError");
   assert.doesNotMatch(JSON.stringify(r.body), /kaboom/, "no handler internals leak to the client");
-  assert.ok(logs.some((l) => l.includes("kaboom in handler") && l.includes("at ")), "stack logged");
+  assert.ok(
+    logs.some((l) => l.includes("kaboom in handler") && l.includes("at ")),
+    "stack logged",
+  );
   assert.ok(logs.some((l) => /Executed 'boom' \(Failed, id=/.test(l)));
 });
 
@@ -420,7 +426,7 @@ test("Azurite in disk mode keeps data across a graceful stop, for both accounts"
 
     const second = await startAzurite({ location: dir, silent: true });
     try {
-      assert.equal((await new QueueClient(second.control, "kept").exists()), true);
+      assert.equal(await new QueueClient(second.control, "kept").exists(), true);
       const peeked = await new QueueClient(second.cache, "kept-cache").peekMessages();
       assert.equal(peeked.peekedMessageItems[0]?.messageText, "still here");
     } finally {

@@ -202,7 +202,10 @@ describe("the agent's NBD server", () => {
         assert.equal(unknown[unknown.length - 1]!.type, Rep.ERR_UNKNOWN);
         assert.match(unknown[unknown.length - 1]!.data.toString(), /no export named 'nope' \(exports: os, data0\)/);
         const go = await c.go("os");
-        assert.deepEqual(go.map((x) => x.type), [Rep.INFO, Rep.INFO, Rep.ACK]);
+        assert.deepEqual(
+          go.map((x) => x.type),
+          [Rep.INFO, Rep.INFO, Rep.ACK],
+        );
         const info = go[0]!.data;
         assert.equal(info.readUInt16BE(0), 0, "NBD_INFO_EXPORT");
         assert.equal(Number(info.readBigUInt64BE(2)), 16 * MiB);
@@ -345,7 +348,13 @@ describe("the agent's NBD server", () => {
       const fresh = join(dir, "third-data0.img");
       writeFileSync(imageLockPath(fresh), String(process.ppid));
       await assert.rejects(
-        Agent.start({ url: stack.url, token: other.token, stateDir: join(dir, "second-state"), disks: [{ id: "data0", path: fresh, kind: "tracked" }], nbd: { socketPath: join(dir, "second.sock") } }),
+        Agent.start({
+          url: stack.url,
+          token: other.token,
+          stateDir: join(dir, "second-state"),
+          disks: [{ id: "data0", path: fresh, kind: "tracked" }],
+          nbd: { socketPath: join(dir, "second.sock") },
+        }),
         new RegExp(`already served by another agent \\(pid ${process.ppid}`),
       );
       rmSync(imageLockPath(fresh));
@@ -375,51 +384,63 @@ describe("the agent's NBD server", () => {
       assert.equal(existsSync(join(dir, "stale.sock")), false, "the socket is removed at stop");
     });
 
-    test(`a block device is opened with O_EXCL: a second agent on it is refused${hasLoop ? "" : " (skipped: needs loop devices and root)"}`, { skip: !hasLoop }, async () => {
-      const backing = join(dir, "loop-data0.img");
-      writeFileSync(backing, Buffer.alloc(8 * MiB));
-      const lo = await runTool("losetup", ["-f", "--show", backing]);
-      assert.equal(lo.code, 0, lo.stderr);
-      const device = lo.stdout.trim();
-      const first = await protect("nbd-dev-1");
-      const second = await protect("nbd-dev-2");
-      const a = await Agent.start({
-        url: stack.url,
-        token: first.token,
-        stateDir: join(dir, "dev1-state"),
-        disks: [
-          { id: "os", path: join(dir, "dev1-os.img"), kind: "tracked" },
-          { id: "data0", path: device, kind: "tracked" },
-        ],
-        nbd: { socketPath: join(dir, "dev1.sock") },
-      });
-      try {
-        await qemuIo(nbdUnixUrl(join(dir, "dev1.sock"), "data0"), ["write -P 0x42 0 64k", "flush"]);
-        assert.ok(readFileSync(backing).subarray(0, 64 * KiB).equals(Buffer.alloc(64 * KiB, 0x42)), "written through to the device");
-        await assert.rejects(
-          Agent.start({
-            url: stack.url,
-            token: second.token,
-            stateDir: join(dir, "dev2-state"),
-            disks: [{ id: "data0", path: device, kind: "tracked" }],
-            nbd: { socketPath: join(dir, "dev2.sock") },
-          }),
-          /disk data0: \/dev\/loop\d+ is in use — mounted, or held exclusively/,
-        );
-        const mkfs = await runTool("mkfs.ext4", ["-q", "-F", device]);
-        assert.notEqual(mkfs.code, 0, "mkfs cannot open the device exclusively either");
-      } finally {
-        await a.stop();
-        await runTool("losetup", ["-d", device]);
-      }
-    });
+    test(
+      `a block device is opened with O_EXCL: a second agent on it is refused${hasLoop ? "" : " (skipped: needs loop devices and root)"}`,
+      { skip: !hasLoop },
+      async () => {
+        const backing = join(dir, "loop-data0.img");
+        writeFileSync(backing, Buffer.alloc(8 * MiB));
+        const lo = await runTool("losetup", ["-f", "--show", backing]);
+        assert.equal(lo.code, 0, lo.stderr);
+        const device = lo.stdout.trim();
+        const first = await protect("nbd-dev-1");
+        const second = await protect("nbd-dev-2");
+        const a = await Agent.start({
+          url: stack.url,
+          token: first.token,
+          stateDir: join(dir, "dev1-state"),
+          disks: [
+            { id: "os", path: join(dir, "dev1-os.img"), kind: "tracked" },
+            { id: "data0", path: device, kind: "tracked" },
+          ],
+          nbd: { socketPath: join(dir, "dev1.sock") },
+        });
+        try {
+          await qemuIo(nbdUnixUrl(join(dir, "dev1.sock"), "data0"), ["write -P 0x42 0 64k", "flush"]);
+          assert.ok(
+            readFileSync(backing)
+              .subarray(0, 64 * KiB)
+              .equals(Buffer.alloc(64 * KiB, 0x42)),
+            "written through to the device",
+          );
+          await assert.rejects(
+            Agent.start({
+              url: stack.url,
+              token: second.token,
+              stateDir: join(dir, "dev2-state"),
+              disks: [{ id: "data0", path: device, kind: "tracked" }],
+              nbd: { socketPath: join(dir, "dev2.sock") },
+            }),
+            /disk data0: \/dev\/loop\d+ is in use — mounted, or held exclusively/,
+          );
+          const mkfs = await runTool("mkfs.ext4", ["-q", "-F", device]);
+          assert.notEqual(mkfs.code, 0, "mkfs cannot open the device exclusively either");
+        } finally {
+          await a.stop();
+          await runTool("losetup", ["-d", device]);
+        }
+      },
+    );
   });
 
   describe("the state directory is never on an exported disk", () => {
     test("a state directory equal to or inside an exported path is refused", () => {
       const exported = join(dir, "exported-dir");
       mkdirSync(join(exported, "state"), { recursive: true });
-      assert.throws(() => refuseStateDirOnExports(join(exported, "state"), [{ diskId: "data0", path: exported }]), /state directory .* is on disk data0, which this agent exports over NBD \(it is .* itself or inside it\)/);
+      assert.throws(
+        () => refuseStateDirOnExports(join(exported, "state"), [{ diskId: "data0", path: exported }]),
+        /state directory .* is on disk data0, which this agent exports over NBD \(it is .* itself or inside it\)/,
+      );
       assert.throws(() => refuseStateDirOnExports(exported, [{ diskId: "data0", path: exported }]), /is on disk data0/);
       assert.doesNotThrow(() => refuseStateDirOnExports(join(dir, "state"), [{ diskId: "data0", path: images.data0 }]));
     });
@@ -449,29 +470,49 @@ describe("the agent's NBD server", () => {
       };
     }
 
-    test(`a state directory on a loop device backed by an exported image is refused at start${hasLoop ? "" : " (skipped: needs loop devices and root)"}`, { skip: !hasLoop }, async () => {
-      const image = join(dir, "fs-data0.img");
-      const m = await mountedLoop(image);
-      try {
-        await assert.rejects(
-          Agent.start({ url: stack.url, token: "unused", stateDir: join(m.mnt, "state"), disks: [{ id: "data0", path: image, kind: "tracked" }], nbd: { socketPath: join(dir, "refused.sock") } }),
-          new RegExp(`is on disk data0, which this agent exports over NBD \\(its filesystem is on loop device .* backed by ${image}`),
-        );
-      } finally {
-        await m.cleanup();
-      }
-    });
+    test(
+      `a state directory on a loop device backed by an exported image is refused at start${hasLoop ? "" : " (skipped: needs loop devices and root)"}`,
+      { skip: !hasLoop },
+      async () => {
+        const image = join(dir, "fs-data0.img");
+        const m = await mountedLoop(image);
+        try {
+          await assert.rejects(
+            Agent.start({
+              url: stack.url,
+              token: "unused",
+              stateDir: join(m.mnt, "state"),
+              disks: [{ id: "data0", path: image, kind: "tracked" }],
+              nbd: { socketPath: join(dir, "refused.sock") },
+            }),
+            new RegExp(`is on disk data0, which this agent exports over NBD \\(its filesystem is on loop device .* backed by ${image}`),
+          );
+        } finally {
+          await m.cleanup();
+        }
+      },
+    );
 
-    test(`a state directory on a filesystem whose device is an exported block device is refused at start${hasLoop ? "" : " (skipped: needs loop devices and root)"}`, { skip: !hasLoop }, async () => {
-      const m = await mountedLoop(join(dir, "fs-dev.img"));
-      try {
-        await assert.rejects(
-          Agent.start({ url: stack.url, token: "unused", stateDir: join(m.mnt, "state"), disks: [{ id: "data0", path: m.device, kind: "tracked" }], nbd: { socketPath: join(dir, "refused.sock") } }),
-          /is on disk data0, which this agent exports over NBD \(its filesystem is on device \d+:\d+, the exported block device\)/,
-        );
-      } finally {
-        await m.cleanup();
-      }
-    });
+    test(
+      `a state directory on a filesystem whose device is an exported block device is refused at start${hasLoop ? "" : " (skipped: needs loop devices and root)"}`,
+      { skip: !hasLoop },
+      async () => {
+        const m = await mountedLoop(join(dir, "fs-dev.img"));
+        try {
+          await assert.rejects(
+            Agent.start({
+              url: stack.url,
+              token: "unused",
+              stateDir: join(m.mnt, "state"),
+              disks: [{ id: "data0", path: m.device, kind: "tracked" }],
+              nbd: { socketPath: join(dir, "refused.sock") },
+            }),
+            /is on disk data0, which this agent exports over NBD \(its filesystem is on device \d+:\d+, the exported block device\)/,
+          );
+        } finally {
+          await m.cleanup();
+        }
+      },
+    );
   });
 });

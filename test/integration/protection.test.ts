@@ -50,7 +50,10 @@ describe("protecting a VM", () => {
     assert.equal(rg?.region, "westus");
     const vnet = await fabric.get(item.target.vnet.id);
     assert.equal(vnet?.name, "prod-vnet-asr");
-    assert.deepEqual(vnet?.subnets?.map((s) => s.name), ["web"]);
+    assert.deepEqual(
+      vnet?.subnets?.map((s) => s.name),
+      ["web"],
+    );
     assert.equal(vnet?.subnets?.[0]?.addressPrefix, "10.0.1.0/24");
     const as = await fabric.get(item.target.availabilitySet.id);
     assert.equal(as?.name, "web-as-asr");
@@ -76,10 +79,16 @@ describe("protecting a VM", () => {
     const got = await stack.api("GET", `replicated-items/${item.id}`);
     assert.equal(got.status, 200);
     assert.equal(got.body.state, "InitialReplication");
-    assert.deepEqual(got.body.disks.map((d: { id: string }) => d.id), ["os", "data0"]);
+    assert.deepEqual(
+      got.body.disks.map((d: { id: string }) => d.id),
+      ["os", "data0"],
+    );
     assert.equal(got.body.agentRegistration, undefined, "the token is shown once, on create");
     const list = await stack.api("GET", "replicated-items");
-    assert.deepEqual(list.body.map((i: { id: string }) => i.id), [item.id]);
+    assert.deepEqual(
+      list.body.map((i: { id: string }) => i.id),
+      [item.id],
+    );
 
     const del = await stack.api("DELETE", `replicated-items/${item.id}`);
     assert.equal(del.status, 202);
@@ -91,11 +100,23 @@ describe("protecting a VM", () => {
     }
     const after = (await stack.snapshot()).filter((l) => !/ table FabricResources .*prod-vnet"/.test(l) && !/ (container|queue) /.test(l));
     // Nothing of the item remains but the record of its jobs: no blob, no row (the discovered source network is not the item's).
-    assert.deepEqual(after.filter((l) => l.includes(item.id) && !/ table Jobs /.test(l)), []);
+    assert.deepEqual(
+      after.filter((l) => l.includes(item.id) && !/ table Jobs /.test(l)),
+      [],
+    );
     const jobs = (await stack.api("GET", `jobs?itemId=${item.id}`)).body;
-    assert.deepEqual(jobs.map((j: { type: string; state: string }) => `${j.type} ${j.state}`), ["disable Succeeded", "enable Succeeded"]);
-    assert.deepEqual(after.filter((l) => / blob /.test(l)), before.filter((l) => / blob /.test(l)));
-    assert.deepEqual(after.filter((l) => / table (ReplicatedItems|Disks|AgentRegistrations) /.test(l)), []);
+    assert.deepEqual(
+      jobs.map((j: { type: string; state: string }) => `${j.type} ${j.state}`),
+      ["disable Succeeded", "enable Succeeded"],
+    );
+    assert.deepEqual(
+      after.filter((l) => / blob /.test(l)),
+      before.filter((l) => / blob /.test(l)),
+    );
+    assert.deepEqual(
+      after.filter((l) => / table (ReplicatedItems|Disks|AgentRegistrations) /.test(l)),
+      [],
+    );
   });
 
   test("a replica downloaded from storage is a fixed VHD of the disk's size for qemu-img", async () => {
@@ -131,7 +152,11 @@ describe("protecting a VM", () => {
   test("target resources shared by two items stay until the last one is disabled; explicit names win", async () => {
     const a = await stack.api("POST", "replicated-items", enableBody("app-1"));
     const b = await stack.api("POST", "replicated-items", enableBody("app-2"));
-    const c = await stack.api("POST", "replicated-items", enableBody("app-3", { target: { resourceGroup: "dr-rg", vnet: "dr-vnet", availabilitySet: "dr-as" } }));
+    const c = await stack.api(
+      "POST",
+      "replicated-items",
+      enableBody("app-3", { target: { resourceGroup: "dr-rg", vnet: "dr-vnet", availabilitySet: "dr-as" } }),
+    );
     assert.deepEqual([a.status, b.status, c.status], [201, 201, 201]);
     assert.equal(a.body.target.vnet.id, b.body.target.vnet.id, "the second VM reuses the target network");
     assert.equal(c.body.target.resourceGroup.name, "dr-rg");
@@ -157,7 +182,10 @@ describe("protecting a VM", () => {
     const reg = await stack.api("POST", "agents/register", { token: one.body.agentRegistration.token });
     assert.equal(reg.status, 200, JSON.stringify(reg.body));
     assert.equal(reg.body.itemId, one.body.id);
-    assert.deepEqual(reg.body.disks.map((d: { id: string }) => d.id), ["os", "data0"]);
+    assert.deepEqual(
+      reg.body.disks.map((d: { id: string }) => d.id),
+      ["os", "data0"],
+    );
     assert.equal(reg.body.policy.crashConsistentFrequencySeconds, 300);
     assert.equal(reg.body.queue.messageEncoding, "base64");
 
@@ -172,7 +200,10 @@ describe("protecting a VM", () => {
     const otherUrl = `${stack.services.config.storage.cache.blobUrl}/${cacheContainerName(two.body.id)}/os/1.batch${sas}`;
     assert.equal(await statusOf(() => new BlockBlobClient(otherUrl).upload(Buffer.from("x"), 1)), 403, "another item's container");
     // The batch really is in the cache, as the control plane sees it.
-    const seen = await stack.services.storage.cacheBlobs.getContainerClient(own.containerName).getBlockBlobClient("os/00000000000000000001.batch").downloadToBuffer();
+    const seen = await stack.services.storage.cacheBlobs
+      .getContainerClient(own.containerName)
+      .getBlockBlobClient("os/00000000000000000001.batch")
+      .downloadToBuffer();
     assert.equal(seen.toString(), "batch");
 
     const queue = new QueueClient(reg.body.queue.url);
@@ -256,8 +287,14 @@ describe("an enable that fails half-way (fabric fault injected, not a mock of st
     assert.equal(res.status, 500);
     assert.equal(res.body.error.code, "InternalError");
     // The one thing left is the record of what happened: a Failed enable job.
-    const after = (await stack.snapshot()).filter((l) => !/ (container|queue) /.test(l) && !/ table FabricResources .*prod-vnet"/.test(l) && !/ table Jobs /.test(l));
-    assert.deepEqual(after, before.filter((l) => !/ table FabricResources .*prod-vnet"/.test(l)), "rolled back");
+    const after = (await stack.snapshot()).filter(
+      (l) => !/ (container|queue) /.test(l) && !/ table FabricResources .*prod-vnet"/.test(l) && !/ table Jobs /.test(l),
+    );
+    assert.deepEqual(
+      after,
+      before.filter((l) => !/ table FabricResources .*prod-vnet"/.test(l)),
+      "rolled back",
+    );
     const [job] = (await stack.api("GET", "jobs?type=enable")).body;
     assert.equal(job.state, "Failed");
     assert.match(job.error.message, /availability set quota exceeded/);

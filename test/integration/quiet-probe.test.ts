@@ -19,8 +19,23 @@ function oldImage(dir: string, name: string): string {
 const dd = (args: string[]) => execFileSync("dd", [...args, "status=none"], { stdio: "ignore" });
 
 describe("changedBetween (the verdict on two looks)", () => {
-  const file = (over: Partial<Extract<Look, { kind: "file" }>> = {}): Look => ({ kind: "file", at: 10_000_000, size: 4096, mtimeNs: 1_000_000_000_123n, events: 3, ...over });
-  const device = (over: Partial<Extract<Look, { kind: "device" }>> = {}): Look => ({ kind: "device", at: 0, writes: 5, sectors: 80, discards: 0, inFlight: 0, ...over });
+  const file = (over: Partial<Extract<Look, { kind: "file" }>> = {}): Look => ({
+    kind: "file",
+    at: 10_000_000,
+    size: 4096,
+    mtimeNs: 1_000_000_000_123n,
+    events: 3,
+    ...over,
+  });
+  const device = (over: Partial<Extract<Look, { kind: "device" }>> = {}): Look => ({
+    kind: "device",
+    at: 0,
+    writes: 5,
+    sectors: 80,
+    discards: 0,
+    inFlight: 0,
+    ...over,
+  });
 
   test("identical looks at a file modified long before are quiet", () => {
     assert.equal(changedBetween(file(), file({ at: 10_000_500 })), undefined);
@@ -83,28 +98,32 @@ describe("QuietProbe on real disks", () => {
   });
 
   const loopUsable = existsSync("/dev/loop-control") && spawnSync("losetup", ["--version"]).status === 0;
-  test(`a block device (a loop device): direct and buffered dd writes are counted, no write is quiet${loopUsable ? "" : " — skipped: no loop devices here"}`, { skip: !loopUsable }, async () => {
-    const dir = mkdtempSync(join(tmpdir(), "quiet-dev-"));
-    const backing = oldImage(dir, "dev.img");
-    const dev = execFileSync("losetup", ["-f", "--show", backing], { encoding: "utf8" }).trim();
-    const probe = await QuietProbe.open(dev);
-    try {
-      const a = await probe.look();
-      assert.equal(a.kind, "device");
-      assert.equal(changedBetween(a, await probe.look()), undefined, "nobody wrote");
+  test(
+    `a block device (a loop device): direct and buffered dd writes are counted, no write is quiet${loopUsable ? "" : " — skipped: no loop devices here"}`,
+    { skip: !loopUsable },
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), "quiet-dev-"));
+      const backing = oldImage(dir, "dev.img");
+      const dev = execFileSync("losetup", ["-f", "--show", backing], { encoding: "utf8" }).trim();
+      const probe = await QuietProbe.open(dev);
+      try {
+        const a = await probe.look();
+        assert.equal(a.kind, "device");
+        assert.equal(changedBetween(a, await probe.look()), undefined, "nobody wrote");
 
-      const b = await probe.look();
-      dd(["if=/dev/urandom", `of=${dev}`, "bs=4k", "seek=2", "count=1", "oflag=direct"]);
-      assert.match(changedBetween(b, await probe.look())!, /completed/);
+        const b = await probe.look();
+        dd(["if=/dev/urandom", `of=${dev}`, "bs=4k", "seek=2", "count=1", "oflag=direct"]);
+        assert.match(changedBetween(b, await probe.look())!, /completed/);
 
-      // Buffered: only in the device's page cache until written back — the probe's flush makes it count.
-      const c = await probe.look();
-      dd(["if=/dev/urandom", `of=${dev}`, "bs=4k", "seek=5", "count=1"]);
-      assert.match(changedBetween(c, await probe.look())!, /completed/);
-    } finally {
-      await probe.close();
-      execFileSync("losetup", ["-d", dev]);
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+        // Buffered: only in the device's page cache until written back — the probe's flush makes it count.
+        const c = await probe.look();
+        dd(["if=/dev/urandom", `of=${dev}`, "bs=4k", "seek=5", "count=1"]);
+        assert.match(changedBetween(c, await probe.look())!, /completed/);
+      } finally {
+        await probe.close();
+        execFileSync("losetup", ["-d", dev]);
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

@@ -87,7 +87,13 @@ describe("recovery plans", () => {
   }
   const unique = (n: number, prefix = "item") => Array.from({ length: n }, (_, i) => `${prefix}-${i}`);
   const cases: BadCase[] = [
-    { name: "8 groups are refused with 400 naming groups", body: () => ({ name: "eight", groups: Array.from({ length: 8 }, () => [ids.db]) }), status: 400, code: "InvalidInput", fields: ["groups"] },
+    {
+      name: "8 groups are refused with 400 naming groups",
+      body: () => ({ name: "eight", groups: Array.from({ length: 8 }, () => [ids.db]) }),
+      status: 400,
+      code: "InvalidInput",
+      fields: ["groups"],
+    },
     {
       name: "101 items are refused with 400 naming groups",
       body: () => ({ name: "too-many", groups: [unique(50, "a"), unique(51, "b")] }),
@@ -128,13 +134,43 @@ describe("recovery plans", () => {
       fields: ["groups[1][0]"],
       message: /replication group 'plan-tier'.*one plan group/,
     },
-    { name: "an empty group is refused with 400 naming it", body: () => ({ name: "empty", groups: [[ids.db], []] }), status: 400, code: "InvalidInput", fields: ["groups[1]"] },
+    {
+      name: "an empty group is refused with 400 naming it",
+      body: () => ({ name: "empty", groups: [[ids.db], []] }),
+      status: 400,
+      code: "InvalidInput",
+      fields: ["groups[1]"],
+    },
     { name: "no groups are refused with 400 naming groups", body: () => ({ name: "none", groups: [] }), status: 400, code: "InvalidInput", fields: ["groups"] },
-    { name: "a name with other characters is refused with 400 naming name", body: () => ({ name: "drill/1", groups: [[ids.db]] }), status: 400, code: "InvalidInput", fields: ["name"] },
-    { name: "a name over 64 characters is refused with 400 naming name", body: () => ({ name: "n".repeat(65), groups: [[ids.db]] }), status: 400, code: "InvalidInput", fields: ["name"] },
+    {
+      name: "a name with other characters is refused with 400 naming name",
+      body: () => ({ name: "drill/1", groups: [[ids.db]] }),
+      status: 400,
+      code: "InvalidInput",
+      fields: ["name"],
+    },
+    {
+      name: "a name over 64 characters is refused with 400 naming name",
+      body: () => ({ name: "n".repeat(65), groups: [[ids.db]] }),
+      status: 400,
+      code: "InvalidInput",
+      fields: ["name"],
+    },
     { name: "a missing name is refused with 400 naming name", body: () => ({ groups: [[ids.db]] }), status: 400, code: "InvalidInput", fields: ["name"] },
-    { name: "an unknown field is refused with 400 naming it", body: () => ({ name: "extra", groups: [[ids.db]], steps: [] }), status: 400, code: "InvalidInput", fields: ["steps"] },
-    { name: "an item id of the wrong type is refused with 400 naming its path", body: () => ({ name: "typed", groups: [[ids.db, 7]] }), status: 400, code: "InvalidInput", fields: ["groups[0][1]"] },
+    {
+      name: "an unknown field is refused with 400 naming it",
+      body: () => ({ name: "extra", groups: [[ids.db]], steps: [] }),
+      status: 400,
+      code: "InvalidInput",
+      fields: ["steps"],
+    },
+    {
+      name: "an item id of the wrong type is refused with 400 naming its path",
+      body: () => ({ name: "typed", groups: [[ids.db, 7]] }),
+      status: 400,
+      code: "InvalidInput",
+      fields: ["groups[0][1]"],
+    },
   ];
 
   for (const c of cases) {

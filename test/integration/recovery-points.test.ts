@@ -50,10 +50,19 @@ describe("recovery points", () => {
     assert.equal(data.sealed.length, 1);
     const point = data.sealed[0]!;
     assert.equal(point.scope, "vm");
-    assert.deepEqual(point.disks.map((d) => [d.diskId, d.snapshot]), [["os", os.snapshot], ["data0", data.snapshot]]);
+    assert.deepEqual(
+      point.disks.map((d) => [d.diskId, d.snapshot]),
+      [
+        ["os", os.snapshot],
+        ["data0", data.snapshot],
+      ],
+    );
     const item = (await stack.services.items.get(id))!.item;
     const listed = await stack.services.points.listForItem(item);
-    assert.deepEqual(listed.map((p) => p.id), [t.id]);
+    assert.deepEqual(
+      listed.map((p) => p.id),
+      [t.id],
+    );
     // Arriving again (a retried apply) seals nothing twice.
     assert.deepEqual((await arrive(id, "data0", t)).sealed, []);
   });
@@ -68,11 +77,18 @@ describe("recovery points", () => {
     }
     const item = (await stack.services.items.get(id))!.item;
     const listed = await stack.services.points.listForItem(item);
-    assert.deepEqual(listed.map((p) => p.time), [...times].sort().reverse());
+    assert.deepEqual(
+      listed.map((p) => p.time),
+      [...times].sort().reverse(),
+    );
   });
 
   test("a group point needs every disk of every member; its snapshots outlive the VM points that share them", async () => {
-    const ids = [await enable("g-1", { replicationGroup: "tier" }), await enable("g-2", { replicationGroup: "tier" }), await enable("g-3", { replicationGroup: "tier" })];
+    const ids = [
+      await enable("g-1", { replicationGroup: "tier" }),
+      await enable("g-2", { replicationGroup: "tier" }),
+      await enable("g-3", { replicationGroup: "tier" }),
+    ];
     const t = tag({ scope: "group", group: "tier", members: ids, time: new Date(Date.now() - 3 * HOUR).toISOString() });
     const snaps: { id: string; disk: string; snapshot: string }[] = [];
     let sealed: unknown[] = [];
@@ -108,7 +124,10 @@ describe("recovery points", () => {
     const report = await sealRecoveryPoints({ items: stack.services.items, points: stack.services.points, rpoCriticalMinutes: 60 });
     assert.ok(report.pruned >= 1);
     const item = (await stack.services.items.get(id))!.item;
-    assert.deepEqual((await stack.services.points.listForItem(item)).map((p) => p.id), [fresh.id]);
+    assert.deepEqual(
+      (await stack.services.points.listForItem(item)).map((p) => p.id),
+      [fresh.id],
+    );
     assert.equal(await snapshotExists(id, "os", oldSnaps[0]!.snapshot), false);
     assert.equal(await snapshotExists(id, "data0", oldSnaps[1]!.snapshot), false);
   });
@@ -132,8 +151,17 @@ describe("recovery points", () => {
     }
     const list = await stack.api("GET", `replicated-items/${id}/recovery-points`);
     assert.equal(list.status, 200);
-    assert.deepEqual(list.body.map((p: { id: string; kind: string; scope: string }) => [p.id, p.kind, p.scope]), [[newer.id, "crash", "vm"], [older.id, "app", "vm"]]);
-    assert.deepEqual(list.body[0].disks.map((d: { diskId: string }) => d.diskId), ["os", "data0"]);
+    assert.deepEqual(
+      list.body.map((p: { id: string; kind: string; scope: string }) => [p.id, p.kind, p.scope]),
+      [
+        [newer.id, "crash", "vm"],
+        [older.id, "app", "vm"],
+      ],
+    );
+    assert.deepEqual(
+      list.body[0].disks.map((d: { diskId: string }) => d.diskId),
+      ["os", "data0"],
+    );
     const item = await stack.api("GET", `replicated-items/${id}`);
     assert.equal(item.body.latestRecoveryPoint.id, newer.id);
     assert.equal(item.body.latestAppConsistentRecoveryPoint.id, older.id);
@@ -149,7 +177,10 @@ describe("recovery points", () => {
     assert.equal(joined.body.replicationGroup, "join-tier");
     const bad = await stack.api("PATCH", `replicated-items/${b}`, { replicationGroup: "no spaces allowed" });
     assert.equal(bad.status, 400);
-    assert.deepEqual(bad.body.error.details.map((d: { field: string }) => d.field), ["replicationGroup"]);
+    assert.deepEqual(
+      bad.body.error.details.map((d: { field: string }) => d.field),
+      ["replicationGroup"],
+    );
     assert.equal((await stack.api("PATCH", `replicated-items/${b}`, { colour: "red" })).status, 400);
     assert.equal((await stack.api("PATCH", "replicated-items/nope", { replicationGroup: null })).status, 404);
     const left = await stack.api("PATCH", `replicated-items/${b}`, { replicationGroup: null });
@@ -178,7 +209,10 @@ describe("recovery points", () => {
     assert.equal((await stack.api("DELETE", `replicated-items/${a}`)).status, 202);
     assert.deepEqual(await stack.services.points.listPartition("group|del-tier"), []);
     const bItem = (await stack.services.items.get(b))!.item;
-    assert.deepEqual((await stack.services.points.listForItem(bItem)).map((p) => [p.id, p.scope]), [[t.id, "vm"]]);
+    assert.deepEqual(
+      (await stack.services.points.listForItem(bItem)).map((p) => [p.id, p.scope]),
+      [[t.id, "vm"]],
+    );
     for (const s of bSnaps) assert.ok(await snapshotExists(b, s.disk, s.snapshot), `${s.disk} snapshot kept for b's VM point`);
   });
 
@@ -193,7 +227,9 @@ describe("recovery points", () => {
   });
 
   test("RPO health: Critical without a point for RPO_CRITICAL_MINUTES, Warning when app-consistent points are overdue, both clear", async () => {
-    const id = await enable("rp-health", { policy: { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 300, appConsistentFrequencyMinutes: 60 } });
+    const id = await enable("rp-health", {
+      policy: { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 300, appConsistentFrequencyMinutes: 60 },
+    });
     await stack.services.items.updateItem(id, (i) => ({ ...i, state: "Protected" }));
     const item = (await stack.services.items.get(id))!.item;
     const seal = (atMs: number) =>
@@ -214,7 +250,10 @@ describe("recovery points", () => {
     await seal(later);
     h = await health();
     assert.equal(h.status, "Warning");
-    assert.deepEqual(h.issues.map((i: { code: string }) => i.code), ["AppConsistentPointOverdue"]);
+    assert.deepEqual(
+      h.issues.map((i: { code: string }) => i.code),
+      ["AppConsistentPointOverdue"],
+    );
 
     // An app-consistent point clears the warning.
     const app = tag({ kind: "app", time: new Date(later - 30_000).toISOString() });

@@ -79,5 +79,8 @@ export function encodeWrites(spec: BatchSpec): Buffer {
   const extents: Extent[] = spec.writes.map((w) => ({ offset: w.offset, length: w.data.length }));
   const now = Date.now();
   const { writes: _writes, firstWriteMs, lastWriteMs, ...rest } = spec;
-  return encodeBatch({ ...rest, extents, firstWriteMs: firstWriteMs ?? now - 1000, lastWriteMs: lastWriteMs ?? now }, Buffer.concat(spec.writes.map((w) => w.data)));
+  return encodeBatch(
+    { ...rest, extents, firstWriteMs: firstWriteMs ?? now - 1000, lastWriteMs: lastWriteMs ?? now },
+    Buffer.concat(spec.writes.map((w) => w.data)),
+  );
 }

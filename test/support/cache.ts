@@ -80,12 +80,17 @@ export interface ReplayedDisk {
  * cache replayed onto the replica as created). With `untilSeq`, waits until those reach that batch (uploads may land
  * out of order); reads that an apply side raced (it moved the watermark meanwhile) are taken again.
  */
-export async function replayDisk(stack: TestStack, itemId: string, diskId: string, opts: { untilSeq?: number; timeoutMs?: number } = {}): Promise<ReplayedDisk> {
+export async function replayDisk(
+  stack: TestStack,
+  itemId: string,
+  diskId: string,
+  opts: { untilSeq?: number; timeoutMs?: number } = {},
+): Promise<ReplayedDisk> {
   const replicas = await stack.services.storage.replicas();
   const replica = replicas.getPageBlobClient(replicaBlobName(itemId, diskId));
   const cache = stack.services.storage.cacheBlobs.getContainerClient(cacheContainerName(itemId));
   const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
-  for (let seen = "";;) {
+  for (let seen = ""; ;) {
     const props = await replica.getProperties();
     const before = props.blobSequenceNumber ?? 0;
     const base = await replica.downloadToBuffer(0, (props.contentLength ?? 0) - 512);
@@ -96,7 +101,11 @@ export async function replayDisk(stack: TestStack, itemId: string, diskId: strin
       const reached = before + batches.length >= (opts.untilSeq ?? 0);
       if (contiguous && reached) return { image: replayBatches(batches, base), watermark: before, batches };
       seen = `watermark ${before}, cached ${batches.map((b) => b.seq).join(",") || "none"}`;
-      if (opts.untilSeq === undefined) assertContiguous(batches.map((b) => b.seq), before + 1);
+      if (opts.untilSeq === undefined)
+        assertContiguous(
+          batches.map((b) => b.seq),
+          before + 1,
+        );
     }
     if (Date.now() > deadline) throw new Error(`disk ${diskId} did not reach batch ${opts.untilSeq} (${seen})`);
     await new Promise((r) => setTimeout(r, 100));

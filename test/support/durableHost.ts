@@ -44,7 +44,9 @@ export function restartTable(connectionString: string): FunctionSpec[] {
           results.push(yield context.df.callActivity("step", { run, step } satisfies StepInput));
           context.df.setCustomStatus({ done: step });
         }
-        const fanned: number[] = yield context.df.Task.all([count + 1, count + 2].map((step) => context.df.callActivity("step", { run, step } satisfies StepInput)));
+        const fanned: number[] = yield context.df.Task.all(
+          [count + 1, count + 2].map((step) => context.df.callActivity("step", { run, step } satisfies StepInput)),
+        );
         return [...results, ...fanned];
       },
     },

@@ -68,7 +68,8 @@ export async function assertFailoverDisk(stack: StackLike, blobPath: string, mod
     const file = join(dir, "disk.vhd");
     writeFileSync(file, bytes);
     const r = spawnSync("qemu-img", ["info", "-f", "vpc", "--output", "json", file], { encoding: "utf8" });
-    if ((r.error as NodeJS.ErrnoException | undefined)?.code === "ENOENT") assert.fail("qemu-img is not installed; this test needs it: apt-get install -y qemu-utils");
+    if ((r.error as NodeJS.ErrnoException | undefined)?.code === "ENOENT")
+      assert.fail("qemu-img is not installed; this test needs it: apt-get install -y qemu-utils");
     assert.equal(r.status, 0, r.stderr);
     const info = JSON.parse(r.stdout) as { "virtual-size": number; format: string };
     assert.equal(info.format, "vpc");

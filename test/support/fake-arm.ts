@@ -68,7 +68,13 @@ export class FakeArm implements HttpClient {
   }
 
   seedResourceGroup(subscription: string, name: string, location: string): void {
-    this.seed({ id: `/subscriptions/${subscription}/resourceGroups/${name}`, name, type: "Microsoft.Resources/resourceGroups", location, properties: { provisioningState: "Succeeded" } });
+    this.seed({
+      id: `/subscriptions/${subscription}/resourceGroups/${name}`,
+      name,
+      type: "Microsoft.Resources/resourceGroups",
+      location,
+      properties: { provisioningState: "Succeeded" },
+    });
   }
 
   count(method: string, pathPart: string): number {
@@ -83,7 +89,11 @@ export class FakeArm implements HttpClient {
     const reply = (status: number, body?: unknown, headers: Record<string, string> = {}): PipelineResponse => ({
       request,
       status,
-      headers: createHttpHeaders({ ...(body === undefined ? {} : { "content-type": "application/json" }), "x-ms-request-id": `fake-${this.requests.length}`, ...headers }),
+      headers: createHttpHeaders({
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+        "x-ms-request-id": `fake-${this.requests.length}`,
+        ...headers,
+      }),
       ...(body === undefined ? {} : { bodyAsText: JSON.stringify(body) }),
     });
     const fail = (status: number, code: string, message: string) => reply(status, { error: { code, message } });
@@ -115,7 +125,10 @@ export class FakeArm implements HttpClient {
 
     // Lists.
     let m = /^\/subscriptions\/([^/]+)\/resourcegroups$/.exec(lower);
-    if (m && request.method === "GET") return reply(200, { value: this.all().filter((r) => r.type === "Microsoft.Resources/resourceGroups" && r.id.toLowerCase().startsWith(`/subscriptions/${m![1]}/`)) });
+    if (m && request.method === "GET")
+      return reply(200, {
+        value: this.all().filter((r) => r.type === "Microsoft.Resources/resourceGroups" && r.id.toLowerCase().startsWith(`/subscriptions/${m![1]}/`)),
+      });
     m = /^\/subscriptions\/([^/]+)\/providers\/([^/]+\/[^/]+)$/.exec(lower);
     if (m && request.method === "GET") {
       const [, sub, type] = m;
@@ -123,11 +136,15 @@ export class FakeArm implements HttpClient {
     }
 
     // Actions and views on a VM, and the address check on a vnet.
-    m = /^(\/subscriptions\/[^/]+\/resourcegroups\/[^/]+\/providers\/microsoft\.compute\/virtualmachines\/[^/]+)\/(start|deallocate|poweroff|instanceview)$/.exec(lower);
+    m =
+      /^(\/subscriptions\/[^/]+\/resourcegroups\/[^/]+\/providers\/microsoft\.compute\/virtualmachines\/[^/]+)\/(start|deallocate|poweroff|instanceview)$/.exec(
+        lower,
+      );
     if (m) {
       const vmId = m[1]!;
       if (!this.resources.has(vmId)) return fail(404, "ResourceNotFound", `${path} not found`);
-      if (m[2] === "instanceview") return reply(200, { statuses: [{ code: "ProvisioningState/succeeded" }, { code: `PowerState/${this.power.get(vmId) ?? "running"}` }] });
+      if (m[2] === "instanceview")
+        return reply(200, { statuses: [{ code: "ProvisioningState/succeeded" }, { code: `PowerState/${this.power.get(vmId) ?? "running"}` }] });
       const target = m[2] === "start" ? "running" : "deallocated";
       return this.operation(reply, () => this.power.set(vmId, target), false);
     }
@@ -144,13 +161,18 @@ export class FakeArm implements HttpClient {
     const res = /^(\/subscriptions\/[^/]+\/resourcegroups\/[^/]+)\/providers\/([^/]+\/[^/]+)\/([^/]+)$/.exec(lower);
     if (!rg && !res) return fail(404, "NoRegisteredProviderFound", `the fake ARM does not serve ${path}`);
     const existing = this.resources.get(lower);
-    if (request.method === "GET") return existing ? reply(200, existing) : fail(404, rg ? "ResourceGroupNotFound" : "ResourceNotFound", `${path} was not found`);
+    if (request.method === "GET")
+      return existing ? reply(200, existing) : fail(404, rg ? "ResourceGroupNotFound" : "ResourceNotFound", `${path} was not found`);
     if (request.method === "DELETE") {
       if (!existing) return reply(204);
-      return this.operation(reply, () => {
-        for (const key of [...this.resources.keys()]) if (key === lower || (rg && key.startsWith(`${lower}/`))) this.resources.delete(key);
-        this.power.delete(lower);
-      }, true);
+      return this.operation(
+        reply,
+        () => {
+          for (const key of [...this.resources.keys()]) if (key === lower || (rg && key.startsWith(`${lower}/`))) this.resources.delete(key);
+          this.power.delete(lower);
+        },
+        true,
+      );
     }
     if (request.method !== "PUT" || !body) return fail(405, "MethodNotAllowed", `${request.method} ${path}`);
     if (res && !this.resources.has(res[1]!)) return fail(404, "ResourceGroupNotFound", `resource group of ${path} not found`);
@@ -200,7 +222,13 @@ export class FakeArm implements HttpClient {
   }
 
   private canonicalType(lowerType: string): string {
-    const known = ["Microsoft.Network/virtualNetworks", "Microsoft.Network/networkInterfaces", "Microsoft.Compute/availabilitySets", "Microsoft.Compute/virtualMachines", "Microsoft.Compute/disks"];
+    const known = [
+      "Microsoft.Network/virtualNetworks",
+      "Microsoft.Network/networkInterfaces",
+      "Microsoft.Compute/availabilitySets",
+      "Microsoft.Compute/virtualMachines",
+      "Microsoft.Compute/disks",
+    ];
     return known.find((k) => k.toLowerCase() === lowerType) ?? lowerType;
   }
 
@@ -245,7 +273,8 @@ export class FakeArm implements HttpClient {
       if (![...candidates(subnet.prefix, "fromEnd", undefined)].map(formatIpv4).includes(address)) {
         return { status: 400, code: "PrivateIPAddressNotInSubnet", message: `IP ${address} does not belong to subnet ${subnetId}.` };
       }
-      if (this.addressTaken(subnet.vnetId, address, lowerId)) return { status: 400, code: "PrivateIPAddressInUse", message: `IP configuration uses ${address}, which is in use.` };
+      if (this.addressTaken(subnet.vnetId, address, lowerId))
+        return { status: 400, code: "PrivateIPAddressInUse", message: `IP configuration uses ${address}, which is in use.` };
     }
     if (r.type === "Microsoft.Compute/disks") {
       const data = r.properties.creationData as { createOption?: string; sourceUri?: string; storageAccountId?: string } | undefined;
@@ -274,7 +303,7 @@ export class FakeArm implements HttpClient {
       if (missing) return { status: 400, code: "InvalidResourceReference", message: `Resource ${missing} referenced by ${r.id} was not found.` };
       const used = this.all()
         .filter((x) => x.type === "Microsoft.Compute/virtualMachines" && x.id.toLowerCase() !== lowerId)
-        .reduce((n, x) => n + this.cores(((x.properties.hardwareProfile as { vmSize?: string } | undefined)?.vmSize) ?? ""), 0);
+        .reduce((n, x) => n + this.cores((x.properties.hardwareProfile as { vmSize?: string } | undefined)?.vmSize ?? ""), 0);
       const quota = this.options.coreQuota ?? 100;
       if (used + this.cores(size) > quota) {
         return {

@@ -2,16 +2,7 @@
 import { connect, type Socket } from "node:net";
 import { execFile } from "node:child_process";
 import { ByteReader, ConnectionClosedError } from "../../agent/nbd/byte-reader";
-import {
-  decodeSimpleReply,
-  encodeInfoRequest,
-  encodeOption,
-  encodeRequest,
-  Info,
-  Opt,
-  OPTION_REPLY_MAGIC,
-  SIMPLE_REPLY_MAGIC,
-} from "../../agent/nbd/protocol";
+import { decodeSimpleReply, encodeInfoRequest, encodeOption, encodeRequest, Info, Opt, OPTION_REPLY_MAGIC, SIMPLE_REPLY_MAGIC } from "../../agent/nbd/protocol";
 
 export interface OptionReply {
   option: number;

@@ -28,7 +28,7 @@ export function parseRaw(answer: string): { status: number; headers: string; bod
   let body = at < 0 ? "" : answer.slice(at + 4);
   if (/transfer-encoding: chunked/i.test(head)) {
     let out = "";
-    for (let rest = body; ; ) {
+    for (let rest = body; ;) {
       const nl = rest.indexOf("\r\n");
       const size = parseInt(rest.slice(0, nl), 16);
       if (!size) break;

@@ -68,7 +68,11 @@ export async function assertDiskEquals(stack: StackLike, direction: Direction, b
 /** Asserts the item's replica in `direction` equals the file (the VHD footer aside). */
 export async function assertReplicaEquals(stack: StackLike, direction: Direction, itemId: string, diskId: string, file: string): Promise<void> {
   const source = await readFile(file);
-  const replica = await (await stack.services.storage.replicas(direction)).getPageBlobClient(replicaBlobName(itemId, diskId)).downloadToBuffer(0, source.length);
+  const replica = await (
+    await stack.services.storage.replicas(direction)
+  )
+    .getPageBlobClient(replicaBlobName(itemId, diskId))
+    .downloadToBuffer(0, source.length);
   if (!replica.equals(source)) {
     let at = 0;
     while (replica[at] === source[at]) at++;
@@ -89,7 +93,13 @@ export async function materialize(stack: StackLike, direction: Direction, output
 }
 
 /** A tracked-disk agent on image files, with the e2e defaults (fast seals, check-ins, heartbeats). */
-export function startAgentOn(stack: StackLike, token: string, images: Record<string, string>, stateDir: string, opts: Partial<AgentOptions> = {}): Promise<Agent> {
+export function startAgentOn(
+  stack: StackLike,
+  token: string,
+  images: Record<string, string>,
+  stateDir: string,
+  opts: Partial<AgentOptions> = {},
+): Promise<Agent> {
   return Agent.start({
     url: stack.url,
     token,

@@ -127,8 +127,14 @@ test("a batch is sealed when its payload would pass the bound, and none is large
     await disk.flush();
     const batches = await spooled(state);
     assert.ok(batches.length >= 10);
-    assert.ok(batches.every((b) => b.header.payloadLength <= 64 * KiB), batches.map((b) => b.header.payloadLength).join(","));
-    assert.deepEqual(batches.map((b) => b.header.seq), batches.map((_, i) => i + 1));
+    assert.ok(
+      batches.every((b) => b.header.payloadLength <= 64 * KiB),
+      batches.map((b) => b.header.payloadLength).join(","),
+    );
+    assert.deepEqual(
+      batches.map((b) => b.header.seq),
+      batches.map((_, i) => i + 1),
+    );
     assert.ok(replay(batches, 4 * MiB).equals(readFileSync(image)));
     await disk.close();
   } finally {
@@ -177,7 +183,11 @@ test("a full spool switches the disk to bitmap mode, which survives a restart an
     assert.equal(second.disk.mode, "journal");
     await second.disk.close();
     const all = [...shipped, ...(await spooled(state))].sort((a, b) => a.header.seq - b.header.seq);
-    assert.deepEqual(all.map((b) => b.header.seq), all.map((_, i) => i + 1), "no seq gap");
+    assert.deepEqual(
+      all.map((b) => b.header.seq),
+      all.map((_, i) => i + 1),
+      "no seq gap",
+    );
     const flagged = all.filter((b) => b.header.resyncId === resyncId);
     assert.ok(flagged.length >= 1);
     assert.equal(flagged.filter((b) => b.header.resyncComplete).length, 1);

@@ -60,7 +60,7 @@ test("the dirty set merges overlapping and adjacent ranges and counts each byte 
 
 test("the dirty set agrees with a byte model under random writes, and its extents are valid batch extents", () => {
   let seed = 42;
-  const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   const size = 256 * KiB;
   for (let round = 0; round < 20; round++) {
     const s = new RangeSet();
@@ -71,7 +71,10 @@ test("the dirty set agrees with a byte model under random writes, and its extent
       added += s.add(start, end);
       m.add(start, end);
       const probe = alignOut(Math.floor(rand() * (size - 8 * KiB)), 1 + Math.floor(rand() * 4 * KiB));
-      assert.equal(s.covers(probe.start, probe.end), m.ranges().some((r) => r.start <= probe.start && r.end >= probe.end));
+      assert.equal(
+        s.covers(probe.start, probe.end),
+        m.ranges().some((r) => r.start <= probe.start && r.end >= probe.end),
+      );
     }
     assert.deepEqual(s.toArray(), m.ranges());
     assert.equal(s.bytes, m.bytes());
@@ -79,7 +82,10 @@ test("the dirty set agrees with a byte model under random writes, and its extent
     const extents = s.toExtents(16 * KiB);
     checkExtents(extents, size);
     assert.ok(extents.every((e) => e.length <= 16 * KiB));
-    assert.equal(extents.reduce((n, e) => n + e.length, 0), s.bytes);
+    assert.equal(
+      extents.reduce((n, e) => n + e.length, 0),
+      s.bytes,
+    );
   }
 });
 
@@ -141,11 +147,15 @@ test("the bitmap marks the blocks a write touches and hands them back lowest fir
   assert.equal(b.count, 0);
   b.mark(0, 1);
   assert.deepEqual(b.take(1), [{ start: 0, end: 16 * KiB }], "at least one block, whatever the budget");
-  const restored = new BlockBitmap(1024 * KiB + 512, 16 * KiB, (() => {
-    const c = new BlockBitmap(1024 * KiB + 512, 16 * KiB);
-    c.mark(48 * KiB, 49 * KiB);
-    return c.snapshot();
-  })());
+  const restored = new BlockBitmap(
+    1024 * KiB + 512,
+    16 * KiB,
+    (() => {
+      const c = new BlockBitmap(1024 * KiB + 512, 16 * KiB);
+      c.mark(48 * KiB, 49 * KiB);
+      return c.snapshot();
+    })(),
+  );
   assert.equal(restored.count, 1);
   assert.deepEqual(restored.take(1024 * KiB), [{ start: 48 * KiB, end: 64 * KiB }]);
 });
@@ -198,8 +208,14 @@ test("a batch is announced as base64 of its JSON message, as the Functions queue
 test("retries back off exponentially with jitter, never beyond the cap", () => {
   for (let attempt = 0; attempt < 40; attempt++) {
     const ceiling = Math.min(30_000, 500 * 2 ** attempt);
-    assert.equal(backoffMs(attempt, 500, 30_000, () => 0), ceiling / 2);
-    assert.equal(backoffMs(attempt, 500, 30_000, () => 0.999999), Math.round(ceiling / 2 + (0.999999 * ceiling) / 2));
+    assert.equal(
+      backoffMs(attempt, 500, 30_000, () => 0),
+      ceiling / 2,
+    );
+    assert.equal(
+      backoffMs(attempt, 500, 30_000, () => 0.999999),
+      Math.round(ceiling / 2 + (0.999999 * ceiling) / 2),
+    );
   }
   assert.ok(backoffMs(100) <= 30_000);
 });

@@ -61,7 +61,13 @@ test("a user delegation key is fetched once, reused while it covers 90% of the a
 test("identity-based accounts: the cache SAS and the queue SAS are user delegation SAS, scoped as the key-signed ones, expiring with their key", async () => {
   const blob = fakeKeySource("b");
   const queue = fakeKeySource("q");
-  const sas = new AgentSas({ cache: identityAccount("src"), control: identityAccount("ctl"), cacheBlobKey: blob.source, controlQueueKey: queue.source, now: () => T0 });
+  const sas = new AgentSas({
+    cache: identityAccount("src"),
+    control: identityAccount("ctl"),
+    cacheBlobKey: blob.source,
+    controlQueueKey: queue.source,
+    now: () => T0,
+  });
   assert.deepEqual(sas.mode(), { cache: "user-delegation", queue: "user-delegation" });
   const startsOn = new Date(T0.getTime() - 5 * 60_000);
   const asked = new Date(T0.getTime() + 30 * 24 * HOUR); // more than a delegation key may cover

@@ -8,11 +8,13 @@ import { appConsistentTag, runScript, APP_CONSISTENCY_FAILED } from "../../agent
 import { Health } from "../../agent/health";
 import type { BatchTag, TagKind } from "../../shared/replication/batch";
 
-const fakeCut = (delayMs: number, fail = false) => async (kindAtCut: () => TagKind): Promise<BatchTag | undefined> => {
-  await new Promise((r) => setTimeout(r, delayMs));
-  if (fail) throw new Error("spool gone");
-  return { id: "t", kind: kindAtCut(), time: new Date().toISOString(), scope: "vm" };
-};
+const fakeCut =
+  (delayMs: number, fail = false) =>
+  async (kindAtCut: () => TagKind): Promise<BatchTag | undefined> => {
+    await new Promise((r) => setTimeout(r, delayMs));
+    if (fail) throw new Error("spool gone");
+    return { id: "t", kind: kindAtCut(), time: new Date().toISOString(), scope: "vm" };
+  };
 
 describe("app-consistent tag bound", () => {
   test("runScript: exit code and stderr tail; a missing program fails without throwing", async () => {

@@ -5,8 +5,7 @@ import { batchMessageSchema } from "../../shared/replication/apply";
 import { clearIssues, raiseIssue, replicationStateOf, type DiskRecord, type ReplicatedItem } from "../../shared/protection/items";
 import { loadConfig, SettingsError, timerSchedules } from "../../shared/config/settings";
 
-const item = (state: ReplicatedItem["state"]): ReplicatedItem =>
-  ({ id: "i", state, health: { status: "Healthy", issues: [] } }) as unknown as ReplicatedItem;
+const item = (state: ReplicatedItem["state"]): ReplicatedItem => ({ id: "i", state, health: { status: "Healthy", issues: [] } }) as unknown as ReplicatedItem;
 const disk = (id: string, state: DiskRecord["state"], initialComplete?: boolean): DiskRecord =>
   ({ itemId: "i", id, state, ...(initialComplete ? { initialComplete } : {}) }) as DiskRecord;
 
@@ -15,7 +14,11 @@ test("an item is Protected only when every disk finished its first copy and none
   assert.equal(replicationStateOf(item("InitialReplication"), [disk("os", "Protected", true), disk("d", "Protected", true)]), "Protected");
   assert.equal(replicationStateOf(item("Protected"), [disk("os", "ResyncRequired", true), disk("d", "Protected", true)]), "ResyncRequired");
   assert.equal(replicationStateOf(item("ResyncRequired"), [disk("os", "Protected", true), disk("d", "Protected", true)]), "Protected");
-  assert.equal(replicationStateOf(item("ResyncRequired"), [disk("os", "InitialReplication")]), "InitialReplication", "a resync during the first copy returns to it");
+  assert.equal(
+    replicationStateOf(item("ResyncRequired"), [disk("os", "InitialReplication")]),
+    "InitialReplication",
+    "a resync during the first copy returns to it",
+  );
   for (const s of ["FailingOver", "TestFailover", "Disabling", "FailedOver"] as const) {
     assert.equal(replicationStateOf(item(s), [disk("os", "ResyncRequired", true)]), s, `${s} is not the apply side's to change`);
   }
@@ -30,9 +33,15 @@ test("one open issue per cause and disk; health follows the worst open issue", (
   assert.deepEqual([i.health.issues[0].seq, i.health.issues[0].since], [5, "t1"], "replaced, keeping when it began");
   raiseIssue(i, { code: "CorruptBatch", severity: "Critical", diskId: "data0", message: "m3", since: "t3" });
   assert.equal(i.health.status, "Critical");
-  assert.equal(clearIssues(i, (x) => x.diskId === "data0"), true);
+  assert.equal(
+    clearIssues(i, (x) => x.diskId === "data0"),
+    true,
+  );
   assert.equal(i.health.status, "Warning");
-  assert.equal(clearIssues(i, (x) => x.code === "nothing"), false);
+  assert.equal(
+    clearIssues(i, (x) => x.code === "nothing"),
+    false,
+  );
   clearIssues(i, () => true);
   assert.deepEqual(i.health, { status: "Healthy", issues: [] });
 });
@@ -59,7 +68,10 @@ test("the sweep runs every 30 s and re-kicks after 30 s by default; a bad schedu
   const base = { AzureWebJobsStorage: "UseDevelopmentStorage=true" };
   assert.deepEqual(loadConfig(base).sweep, { schedule: "*/30 * * * * *", stallSeconds: 30 });
   assert.deepEqual(timerSchedules({}), { sweep: "*/30 * * * * *", seal: "*/15 * * * * *" }, "the table's schedule needs no other setting");
-  assert.deepEqual(loadConfig({ ...base, SWEEP_SCHEDULE: " 0 */5 * * * * ", SWEEP_STALL_SECONDS: "120" }).sweep, { schedule: "0 */5 * * * *", stallSeconds: 120 });
+  assert.deepEqual(loadConfig({ ...base, SWEEP_SCHEDULE: " 0 */5 * * * * ", SWEEP_STALL_SECONDS: "120" }).sweep, {
+    schedule: "0 */5 * * * *",
+    stallSeconds: 120,
+  });
   assert.equal(timerSchedules({ SWEEP_SCHEDULE: "" }).sweep, "*/30 * * * * *", "empty counts as unset");
   try {
     loadConfig({ ...base, SWEEP_SCHEDULE: "*/5 * * * *", SWEEP_STALL_SECONDS: "-1" });

@@ -51,7 +51,15 @@ test("every single flipped bit, in the header or the payload, is a CorruptBatchE
   const next = rng(2);
   const payload = randomBytes(next, 2048);
   const encoded = encodeBatch(
-    { ...header, extents: [{ offset: 512, length: 1024 }, { offset: 8192, length: 1024 }], tag: { id: "t", kind: "crash", time: "2026-01-01T00:00:00.000Z", scope: "vm" }, resyncId: "r" },
+    {
+      ...header,
+      extents: [
+        { offset: 512, length: 1024 },
+        { offset: 8192, length: 1024 },
+      ],
+      tag: { id: "t", kind: "crash", time: "2026-01-01T00:00:00.000Z", scope: "vm" },
+      resyncId: "r",
+    },
     payload,
   );
   for (let byte = 0; byte < encoded.length; byte++) {
@@ -75,8 +83,34 @@ test("the encoder refuses extents that are unaligned, overlapping, out of order,
   const p = Buffer.alloc(1024);
   assert.throws(() => encodeBatch({ ...header, extents: [{ offset: 100, length: 1024 }] }, p), CorruptBatchError);
   assert.throws(() => encodeBatch({ ...header, extents: [{ offset: 0, length: 1000 }] }, Buffer.alloc(1000)), CorruptBatchError);
-  assert.throws(() => encodeBatch({ ...header, extents: [{ offset: 1024, length: 512 }, { offset: 512, length: 512 }] }, p), CorruptBatchError);
-  assert.throws(() => encodeBatch({ ...header, extents: [{ offset: 0, length: 1024 }, { offset: 512, length: 512 }] }, Buffer.alloc(1536)), CorruptBatchError);
+  assert.throws(
+    () =>
+      encodeBatch(
+        {
+          ...header,
+          extents: [
+            { offset: 1024, length: 512 },
+            { offset: 512, length: 512 },
+          ],
+        },
+        p,
+      ),
+    CorruptBatchError,
+  );
+  assert.throws(
+    () =>
+      encodeBatch(
+        {
+          ...header,
+          extents: [
+            { offset: 0, length: 1024 },
+            { offset: 512, length: 512 },
+          ],
+        },
+        Buffer.alloc(1536),
+      ),
+    CorruptBatchError,
+  );
   assert.throws(() => encodeBatch({ ...header, extents: [{ offset: 0, length: 512 }] }, p), RangeError);
 });
 

@@ -56,7 +56,10 @@ test("an orchestrator that throws yields a failed outcome with its message", asy
     yield context.df.callActivity("x");
     throw new Error("kaput");
   };
-  const r = await episode([orchestratorStarted(at), executionStarted("boom", undefined, "i1", "e1", at), orchestratorStarted(at), taskCompleted(0, "null", "c")], boom);
+  const r = await episode(
+    [orchestratorStarted(at), executionStarted("boom", undefined, "i1", "e1", at), orchestratorStarted(at), taskCompleted(0, "null", "c")],
+    boom,
+  );
   assert.equal(r.kind, "failed");
   assert.equal(r.kind === "failed" && r.error, "kaput");
 });
@@ -78,6 +81,12 @@ test("the replay check: type and name always, input and timer time when strict, 
 
 test("retry delays follow DTFx: first × backoff^(attempt-1), capped by the maximum interval", () => {
   const options = { firstRetryIntervalInMilliseconds: 100, maxNumberOfAttempts: 5, backoffCoefficient: 3, maxRetryIntervalInMilliseconds: 1000 };
-  assert.deepEqual([1, 2, 3, 4].map((n) => retryDelayMs(options, n)), [100, 300, 900, 1000]);
-  assert.deepEqual([1, 2, 3].map((n) => retryDelayMs({ firstRetryIntervalInMilliseconds: 250, maxNumberOfAttempts: 3 }, n)), [250, 250, 250]);
+  assert.deepEqual(
+    [1, 2, 3, 4].map((n) => retryDelayMs(options, n)),
+    [100, 300, 900, 1000],
+  );
+  assert.deepEqual(
+    [1, 2, 3].map((n) => retryDelayMs({ firstRetryIntervalInMilliseconds: 250, maxNumberOfAttempts: 3 }, n)),
+    [250, 250, 250],
+  );
 });

@@ -33,7 +33,8 @@ const SAMPLE_PARAMS: Record<string, string> = {
   controlTableUri: "https://stsrabc.table.core.windows.net/",
   cacheBlobUri: "https://stsrcabc.blob.core.windows.net/",
   replicaStorageId: "/subscriptions/aaaaaaaa-0000-4000-8000-000000000001/resourceGroups/rg-dr/providers/Microsoft.Storage/storageAccounts/stsrabc",
-  applicationInsightsConnectionString: "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://westus-0.in.applicationinsights.azure.com/",
+  applicationInsightsConnectionString:
+    "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://westus-0.in.applicationinsights.azure.com/",
   subscriptionId: "aaaaaaaa-0000-4000-8000-000000000001",
   sourceSubscriptionId: "bbbbbbbb-0000-4000-8000-000000000002",
   taskHub: "siterecovery",
@@ -63,7 +64,8 @@ test("azure.yaml names the Functions service and the infra folder azd provisions
   // azd deploys to the app tagged with the service's name.
   assert.match(apiBicep, /'azd-service-name': 'api'/);
   const parameters = JSON.parse(read("infra/main.parameters.json")) as { parameters: Record<string, unknown> };
-  for (const m of read("infra/main.bicep").matchAll(/^param (\w+) string$/gm)) assert.ok(m[1]! in parameters.parameters, `required parameter ${m[1]} is in main.parameters.json`);
+  for (const m of read("infra/main.bicep").matchAll(/^param (\w+) string$/gm))
+    assert.ok(m[1]! in parameters.parameters, `required parameter ${m[1]} is in main.parameters.json`);
 });
 
 test("the Bicep's app settings satisfy the settings schema: the app would start keyless, with the ARM fabric", () => {
@@ -93,11 +95,20 @@ test("every app setting the schema cannot do without is set by the Bicep: droppi
       return false;
     } catch (e) {
       assert.ok(e instanceof SettingsError);
-      assert.ok(e.problems.some((p) => p.setting.startsWith(k.split("__")[0]!) || p.setting === k), `dropping ${k} is reported by name: ${e.message}`);
+      assert.ok(
+        e.problems.some((p) => p.setting.startsWith(k.split("__")[0]!) || p.setting === k),
+        `dropping ${k} is reported by name: ${e.message}`,
+      );
       return true;
     }
   });
-  for (const k of ["AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__queueServiceUri", "AzureWebJobsStorage__tableServiceUri", "AZURE_SUBSCRIPTION_ID", "REPLICA_STORAGE_RESOURCE_ID"]) {
+  for (const k of [
+    "AzureWebJobsStorage__blobServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__tableServiceUri",
+    "AZURE_SUBSCRIPTION_ID",
+    "REPLICA_STORAGE_RESOURCE_ID",
+  ]) {
     assert.ok(required.includes(k), `${k} is required and set`);
   }
   // And nothing the Bicep sets is unknown to the app (a typo would be silently ignored).
@@ -125,7 +136,9 @@ function rolesOn(account: string): Set<string> {
     if (!new RegExp(`^\\s*scope: ${account}$`, "m").test(block) || !/identityPrincipalId/.test(block.split("\n")[0] + block)) continue;
     if (/principalId: userPrincipalId/.test(block)) continue;
     const loop = /\[for role in (\w+):/.exec(block);
-    const names = loop ? [...(new RegExp(`var ${loop[1]} = \\[([^\\]]+)\\]`).exec(rbac)?.[1] ?? "").matchAll(/roles\.(\w+)/g)].map((m) => m[1]!) : [...block.matchAll(/roles\.(\w+)/g)].map((m) => m[1]!);
+    const names = loop
+      ? [...(new RegExp(`var ${loop[1]} = \\[([^\\]]+)\\]`).exec(rbac)?.[1] ?? "").matchAll(/roles\.(\w+)/g)].map((m) => m[1]!)
+      : [...block.matchAll(/roles\.(\w+)/g)].map((m) => m[1]!);
     for (const n of names) out.add(roleId(n)!);
   }
   return out;
@@ -143,7 +156,10 @@ test("every identity-based connection has its data roles on the account it names
   for (const conn of Object.keys(CONNECTIONS) as ConnectionName[]) {
     const granted = rolesOn(accountOf(conn));
     for (const service of CONNECTIONS[conn].services) {
-      assert.ok(byService[service]!.some((r) => granted.has(r)), `${conn} (${accountOf(conn)}): a ${service} data role`);
+      assert.ok(
+        byService[service]!.some((r) => granted.has(r)),
+        `${conn} (${accountOf(conn)}): a ${service} data role`,
+      );
     }
   }
   assert.equal(accountOf("CACHE_STORAGE"), "cache");
@@ -205,6 +221,7 @@ test("host.json and the Bicep agree: Node 20, the task hub setting, base64 queue
   for (const c of [REPLICAS_CONTAINER, FAILOVER_CONTAINER]) assert.match(storageBicep, new RegExp(`'${c}'`));
   assert.match(apiBicep, /name: 'FC1'[\s\S]*tier: 'FlexConsumption'/);
   // host.json is the one source of host settings: no AzureFunctionsJobHost__ override, no worker settings Flex refuses.
-  for (const k of settings.keys()) assert.doesNotMatch(k, /^AzureFunctionsJobHost__|^FUNCTIONS_WORKER_RUNTIME$|^FUNCTIONS_EXTENSION_VERSION$|^WEBSITE_NODE_DEFAULT_VERSION$/);
+  for (const k of settings.keys())
+    assert.doesNotMatch(k, /^AzureFunctionsJobHost__|^FUNCTIONS_WORKER_RUNTIME$|^FUNCTIONS_EXTENSION_VERSION$|^WEBSITE_NODE_DEFAULT_VERSION$/);
   assert.match(host.functionTimeout, /^\d{2}:\d{2}:\d{2}$/, "a bounded timeout (Flex allows unbounded; site-recovery keeps one)");
 });

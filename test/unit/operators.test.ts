@@ -22,7 +22,13 @@ test("colours only on a terminal; NO_COLOR turns them off, FORCE_COLOR on", () =
 
 test("tables pad by what is visible, not by colour codes", () => {
   const s = new Style(true);
-  const t = formatTable(["A", "B"], [[s.status("Healthy"), "x"], ["Warning!", "y"]]).split("\n");
+  const t = formatTable(
+    ["A", "B"],
+    [
+      [s.status("Healthy"), "x"],
+      ["Warning!", "y"],
+    ],
+  ).split("\n");
   assert.equal(t[1]!.replace(/\x1b\[[0-9;]*m/g, ""), "Healthy   x");
   assert.equal(t[2], "Warning!  y");
 });
@@ -49,12 +55,15 @@ test("history keeps every sample for 2 hours, one per 5 minutes to a day, one an
 });
 
 test("the webhook signature is HMAC-SHA256 over '<timestamp>.<body>', as the README tells receivers to check it", () => {
-  const expected = createHmac("sha256", "s3cret").update("1700000000.{\"a\":1}").digest("hex");
+  const expected = createHmac("sha256", "s3cret").update('1700000000.{"a":1}').digest("hex");
   assert.equal(signAlert("s3cret", "1700000000", '{"a":1}'), `sha256=${expected}`);
 });
 
 test("the vendored uPlot under web/vendor is the one package-lock.json installs", () => {
   for (const f of ["uPlot.iife.min.js", "uPlot.min.css"]) {
-    assert.ok(readFileSync(join(ROOT, "web", "vendor", f)).equals(readFileSync(join(ROOT, "node_modules", "uplot", "dist", f))), `${f} matches node_modules/uplot`);
+    assert.ok(
+      readFileSync(join(ROOT, "web", "vendor", f)).equals(readFileSync(join(ROOT, "node_modules", "uplot", "dist", f))),
+      `${f} matches node_modules/uplot`,
+    );
   }
 });

@@ -65,7 +65,10 @@ test("every function of the table is registered with the host, with the same tri
         assert.equal(trigger.route, f.route, `${f.name} route`);
         assert.deepEqual(trigger.methods, f.methods, `${f.name} methods`);
         assert.equal(trigger.authLevel, f.authLevel, `${f.name} authLevel`);
-        assert.ok(Object.values(r.metadata.bindings).some((b) => b.type === "http" && b.direction === "out"), `${f.name} returns HTTP`);
+        assert.ok(
+          Object.values(r.metadata.bindings).some((b) => b.type === "http" && b.direction === "out"),
+          `${f.name} returns HTTP`,
+        );
         assert.equal(hasDurableClient(r), f.durableClient === true, `${f.name} durable client input`);
         break;
       case "queue":
@@ -133,7 +136,10 @@ test("orchestrations, activities and durable-client HTTP functions register with
   const from = registered.length;
   registerAll(tiny);
   const mine = registered.slice(from);
-  assert.deepEqual(mine.map((r) => r.metadata.name), tiny.map((f) => f.name));
+  assert.deepEqual(
+    mine.map((r) => r.metadata.name),
+    tiny.map((f) => f.name),
+  );
   const byName = (name: string) => mine.find((r) => r.metadata.name === name)!;
   const triggerOf = (r: Registered) => Object.values(r.metadata.bindings).find((b) => /Trigger$/.test(b.type))!;
 
@@ -147,7 +153,10 @@ test("orchestrations, activities and durable-client HTTP functions register with
   assert.ok(!hasDurableClient(byName("tinyPlain")), "a plain HTTP function gets none");
 
   // The orchestration callback is the SDK's replay engine around the table's generator.
-  const orchestrate = byName("tinyOrchestration").callback as (trigger: unknown, context: InvocationContext) => Promise<{ actions: { functionName: string }[][] }>;
+  const orchestrate = byName("tinyOrchestration").callback as (
+    trigger: unknown,
+    context: InvocationContext,
+  ) => Promise<{ actions: { functionName: string }[][] }>;
   const { DummyOrchestrationContext } = await import("durable-functions");
   const at = new Date().toISOString();
   const state = await orchestrate(

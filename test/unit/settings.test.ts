@@ -70,7 +70,11 @@ function problemsOf(env: NodeJS.ProcessEnv): { setting: string; message: string 
 }
 
 test("identity-based connections: service URIs, managed identity and client id are parsed; no key anywhere", () => {
-  const c = loadConfig({ ...identity("AzureWebJobsStorage", "ctl"), ...identity("REPLICA_STORAGE", "rep", ["blob"]), ...identity("CACHE_STORAGE", "src", ["blob"]) });
+  const c = loadConfig({
+    ...identity("AzureWebJobsStorage", "ctl"),
+    ...identity("REPLICA_STORAGE", "rep", ["blob"]),
+    ...identity("CACHE_STORAGE", "src", ["blob"]),
+  });
   assert.deepEqual(c.storage.control, {
     name: "ctl",
     blobUrl: "https://ctl.blob.core.windows.net",
@@ -152,6 +156,12 @@ test("FABRIC=arm needs the target subscription and the replica account's resourc
 });
 
 test("the start line says which SAS the agents get: account-key locally, user delegation with an identity", () => {
-  assert.match(describeStorageAuth(loadConfig({ AzureWebJobsStorage: "UseDevelopmentStorage=true" })), /agents get account-key SAS for the cache and account-key SAS for the queue/);
-  assert.match(describeStorageAuth(loadConfig(identity("AzureWebJobsStorage", "ctl"))), /identity \(managedidentity 1111.*user delegation SAS for the cache and user delegation SAS for the queue/);
+  assert.match(
+    describeStorageAuth(loadConfig({ AzureWebJobsStorage: "UseDevelopmentStorage=true" })),
+    /agents get account-key SAS for the cache and account-key SAS for the queue/,
+  );
+  assert.match(
+    describeStorageAuth(loadConfig(identity("AzureWebJobsStorage", "ctl"))),
+    /identity \(managedidentity 1111.*user delegation SAS for the cache and user delegation SAS for the queue/,
+  );
 });

@@ -28,7 +28,10 @@ test("footer is 512 bytes with the fixed-VHD fields at their offsets (big-endian
   assert.equal(f.readUInt32BE(60), 2, "disk type fixed");
   assert.deepEqual(f.subarray(68, 84), uniqueId);
   assert.equal(f[84], 0, "saved state");
-  assert.ok(f.subarray(85).every((b) => b === 0), "reserved bytes are zero");
+  assert.ok(
+    f.subarray(85).every((b) => b === 0),
+    "reserved bytes are zero",
+  );
 });
 
 test("footer round-trips through parseVhdFooter", () => {
