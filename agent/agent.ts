@@ -1,5 +1,7 @@
 // The agent (ASR's Mobility service): registers once, tracks or scans its disks, spools and ships batches, checks in, and reports a heartbeat. It only ever calls out.
 // A planned failover shuts the VM down through it: writes are refused, one final tag is cut, and everything up to it is shipped.
+// Over 500 lines: the agent's loops (check-in, heartbeat, tags, app tags, scan rounds, planned shutdown) share one
+// state and one set of signals; the disks, spool, shipper, group barrier and NBD server are modules of their own.
 import { createHash, randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";

@@ -1,4 +1,6 @@
 // What every replicated disk shares: sequence numbers, the seal → spool → commit pipeline, and the background jobs (initial copy, resync).
+// Over 500 lines: the pipeline (seal → spool → commit → ship) and the background jobs share the disk's state and its
+// commit chain; what differs by kind of disk is in tracked-disk.ts and scanned-disk.ts.
 import { mkdir, open } from "node:fs/promises";
 import { crc32c } from "@node-rs/crc32";
 import { encodeBatchHeader, type BatchFlags, type BatchTag, type Extent } from "../shared/replication/batch";

@@ -1,4 +1,6 @@
 // A disk whose writes go through the agent (the stand-in for ASR's filter driver): each write lands in the image file and in the replication stream, in order.
+// Over 500 lines: writing, sealing, tag cuts and group holds all take the same write gate and seal mutex, and their
+// ordering is the invariant (a write acknowledged is in the image and in the stream, in order); they stay together.
 import { readSync } from "node:fs";
 import { open, readFile, stat, type FileHandle } from "node:fs/promises";
 import { randomUUID } from "node:crypto";

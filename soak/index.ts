@@ -1,4 +1,6 @@
 // The chaos soak: a local stack in real processes, four protected VMs under a seeded workload kept in a byte model, seeded faults, and an oracle that stops at the first divergence.
+// Over 500 lines: the run's scheduler, its faults and its oracle share one stack and one history; the model, the VMs
+// and the writer process are modules of their own.
 import { mkdirSync, mkdtempSync, rmSync, appendFileSync, writeFileSync, createWriteStream } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
