@@ -5,6 +5,7 @@ import type { Alert } from "../operations/alerts";
 import type { Job } from "../operations/jobs";
 import type { FailoverStatusBody, ReprotectJob } from "./responses";
 import type { ItemView, PointView } from "./views";
+import { ApiError } from "./errors";
 
 /** A response as it came: the status and the parsed JSON body (undefined when empty, the text when not JSON). */
 export interface ApiResponse<T = unknown> {
@@ -15,16 +16,8 @@ export interface ApiResponse<T = unknown> {
 
 /** What enable answers: the item and the agent's one-time registration token. */
 export type EnabledItem = ItemView & { agentRegistration: { token: string; expiresAt: string } };
-export class ApiCallError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-    readonly details?: unknown,
-  ) {
-    super(message);
-  }
-}
+/** The API's error as a caller receives it (status 0, code `Unreachable`, when the host cannot be reached). */
+export class ApiCallError extends ApiError {}
 
 export class ApiClient {
   constructor(
