@@ -30,6 +30,13 @@ module.exports = {
       to: { path: "@azure/", dependencyTypesNot: ["type-only"] },
     },
     {
+      name: "stages-use-table-ports",
+      severity: "error",
+      comment: "Table-backed stores take an EntityTable (shared/storage/ports.ts), not the SDK's TableClient: not even its type.",
+      from: { path: "^shared/", pathNot: "^shared/(storage/clients|fabric/local)\\.ts$" },
+      to: { path: "@azure/data-tables" },
+    },
+    {
       name: "contract-is-plain",
       severity: "error",
       comment: "Request schemas, response types and the client are plain TypeScript: no SDK, not even its types.",

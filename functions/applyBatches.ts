@@ -2,7 +2,7 @@
 import type { Services } from "./compose";
 import type { QueueFunctionSpec } from "./spec";
 import * as apply from "../shared/replication/apply";
-import { REPLICATION_QUEUE } from "../shared/storage/clients";
+import { REPLICATION_QUEUE } from "../shared/storage/names";
 import { snapshotAtTag } from "../shared/recovery-points/points";
 
 /** A short, safe rendering of whatever arrived, for the log line of a dropped message. */

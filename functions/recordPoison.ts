@@ -3,7 +3,7 @@ import type { Services } from "./compose";
 import type { QueueFunctionSpec } from "./spec";
 import { batchMessageSchema } from "../shared/replication/apply";
 import { recordPoisonMessage } from "../shared/replication/poison";
-import { REPLICATION_POISON_QUEUE } from "../shared/storage/clients";
+import { REPLICATION_POISON_QUEUE } from "../shared/storage/names";
 import { preview } from "./applyBatches";
 
 export const recordPoison = (services: () => Services): QueueFunctionSpec => ({

@@ -7,7 +7,9 @@ import { replicationSource, replicationStateOf, type FailoverRecord, type Replic
 import { type ItemStore } from "../storage/item-store";
 import { type RecoveryPoints } from "../recovery-points/points";
 import type { Config } from "../config/settings";
-import { FAILOVER_CONTAINER, type Direction, type Storage } from "../storage/clients";
+import { type Storage } from "../storage/clients";
+import { type Direction } from "../storage/names";
+import { FAILOVER_CONTAINER } from "../storage/names";
 import type { Jobs, JobStep } from "../operations/jobs";
 
 export type StepRecorder = { step(name: string): Promise<void> };

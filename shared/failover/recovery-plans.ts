@@ -1,11 +1,11 @@
 // Recovery plans: named, ordered groups of replicated items that fail over together (ASR: ≤ 7 groups, ≤ 100 items).
 import { randomBytes } from "node:crypto";
-import type { TableClient } from "@azure/data-tables";
 import { createPlanRequestSchema, fieldPath, parseInput } from "../contract/api";
 import { ApiError, BadRequest, Conflict, NotFound, isConflict, isNotFound, type FieldIssue } from "../contract/errors";
 import type { ReplicatedItem } from "../protection/items";
 import type { ItemStore } from "../storage/item-store";
-import { TABLES, type Storage } from "../storage/clients";
+import { TABLES } from "../storage/names";
+import type { EntityTable, Tables } from "../storage/ports";
 
 export interface RecoveryPlan {
   id: string;
@@ -37,7 +37,7 @@ interface NameEntity {
 }
 
 export interface RecoveryPlanDeps {
-  storage: Storage;
+  storage: Tables;
   items: ItemStore;
   now?: () => Date;
 }
@@ -49,7 +49,7 @@ export class RecoveryPlans {
     this.now = deps.now ?? (() => new Date());
   }
 
-  private table(): Promise<TableClient> {
+  private table(): Promise<EntityTable> {
     return this.deps.storage.table(TABLES.recoveryPlans);
   }
 

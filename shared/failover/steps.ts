@@ -19,7 +19,7 @@ import {
   type ReplicatedItem,
 } from "../protection/items";
 import { snapshotAtTag, vmPartition, type RecoveryPoint } from "../recovery-points/points";
-import { FAILOVER_CONTAINER } from "../storage/clients";
+import { FAILOVER_CONTAINER } from "../storage/names";
 
 /**
  * How long a drain for `latest` may apply before it gives up with its own error. It must end well inside the

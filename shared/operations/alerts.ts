@@ -1,11 +1,10 @@
 // Alerts: conditions the monitoring pass finds, each raised once, cleared when it ends, and POSTed signed to ALERT_WEBHOOK_URL.
 import { setTimeout as sleep } from "node:timers/promises";
 import { createHmac, randomUUID } from "node:crypto";
-import type { TableClient } from "@azure/data-tables";
 import { z } from "zod";
 import { isConflict, isNotFound } from "../contract/errors";
-import type { Storage } from "../storage/clients";
-import { TABLES } from "../storage/clients";
+import { TABLES } from "../storage/names";
+import type { EntityTable, Tables } from "../storage/ports";
 
 /** Every alert code, with its severity and the ASR error it stands for where there is one. */
 export const ALERT_CODES = {
@@ -80,7 +79,7 @@ interface AlertEntity {
 }
 
 export interface AlertsDeps {
-  storage: Storage;
+  storage: Tables;
   webhook?: { url: string; secret: string };
   now?: () => Date;
   /** Attempts per event per pass, and the first backoff (doubling). */
@@ -106,7 +105,7 @@ export class Alerts {
     this.now = deps.now ?? (() => new Date());
   }
 
-  private table(): Promise<TableClient> {
+  private table(): Promise<EntityTable> {
     return this.deps.storage.table(TABLES.alerts);
   }
 

@@ -1,8 +1,7 @@
 // Replication history: RPO, lag, backlog and churn per item, sampled by the monitoring pass and thinned like recovery points.
-import type { TableClient } from "@azure/data-tables";
 import { isNotFound } from "../contract/errors";
-import type { Storage } from "../storage/clients";
-import { TABLES } from "../storage/clients";
+import { TABLES } from "../storage/names";
+import type { EntityTable, Tables } from "../storage/ports";
 
 export interface HistorySample {
   time: string;
@@ -59,9 +58,9 @@ export function samplesToKeep(timesMs: number[], nowMs: number): Set<number> {
 const rowKeyOf = (ms: number) => String(ms).padStart(15, "0");
 
 export class ReplicationHistory {
-  constructor(private readonly storage: Storage) {}
+  constructor(private readonly storage: Tables) {}
 
-  private table(): Promise<TableClient> {
+  private table(): Promise<EntityTable> {
     return this.storage.table(TABLES.history);
   }
 

@@ -1,10 +1,9 @@
 // Jobs: every operation an operator starts (enable, disable, failover, commit, cleanup, re-protect, resync) recorded with its steps and outcome.
 import { randomUUID } from "node:crypto";
-import type { TableClient } from "@azure/data-tables";
 import { z } from "zod";
 import { ApiError, isNotFound } from "../contract/errors";
-import type { Storage } from "../storage/clients";
-import { TABLES } from "../storage/clients";
+import { TABLES } from "../storage/names";
+import type { EntityTable, Tables } from "../storage/ports";
 
 export const JOB_TYPES = ["enable", "disable", "failover", "commit", "test-failover-cleanup", "reprotect", "resync"] as const;
 export type JobType = (typeof JOB_TYPES)[number];
@@ -87,7 +86,7 @@ export class JobHandle {
 }
 
 export interface JobsDeps {
-  storage: Storage;
+  storage: Tables;
   /** Finished jobs older than this are pruned by the monitoring pass. */
   retentionDays: number;
   now?: () => Date;
@@ -100,7 +99,7 @@ export class Jobs {
     this.now = deps.now ?? (() => new Date());
   }
 
-  private table(): Promise<TableClient> {
+  private table(): Promise<EntityTable> {
     return this.deps.storage.table(TABLES.jobs);
   }
 

@@ -2,7 +2,6 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { crc32c } from "@node-rs/crc32";
 import { AgentSas } from "../storage/sas";
-import type { TableClient } from "@azure/data-tables";
 import { parseInput, registerRequestSchema } from "../contract/api";
 import {
   AGENT_WARNINGS,
@@ -21,7 +20,11 @@ import { BadRequest, Conflict, isConflict, isNotFound, NotFound, Unauthorized } 
 import { cacheContainerName, clearIssues, directionOf, isControlPlaneResync, raiseIssue, type DiskRecord, type ReplicatedItem } from "./items";
 import { ItemStore } from "../storage/item-store";
 import type { Config } from "../config/settings";
-import { directionAccounts, REPLICATION_QUEUE, TABLES, type Direction, type Storage } from "../storage/clients";
+import { directionAccounts, type Storage } from "../storage/clients";
+import { type Direction } from "../storage/names";
+import { REPLICATION_QUEUE } from "../storage/names";
+import { TABLES } from "../storage/names";
+import type { EntityTable } from "../storage/ports";
 
 export const hashSecret = (secret: string) => createHash("sha256").update(secret, "utf8").digest("hex");
 
@@ -104,7 +107,7 @@ export class Agents {
     this.sas = { forward: signer("forward"), reverse: signer("reverse") };
   }
 
-  private table(): Promise<TableClient> {
+  private table(): Promise<EntityTable> {
     return this.deps.storage.table(TABLES.registrations);
   }
 
@@ -257,7 +260,7 @@ export class Agents {
     };
   }
 
-  private groups(): Promise<TableClient> {
+  private groups(): Promise<EntityTable> {
     return this.deps.storage.table(TABLES.replicationGroups);
   }
 

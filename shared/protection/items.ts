@@ -1,6 +1,6 @@
 // A replicated item: its states, health issues, disks and the rules that move between them (stored by storage/item-store.ts).
 import type { ReplicationPolicy } from "../contract/api";
-import type { Direction } from "../storage/clients";
+import type { Direction } from "../storage/names";
 
 export type ItemState =
   | "Enabling"

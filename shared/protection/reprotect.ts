@@ -19,7 +19,10 @@ import { blobReadSas } from "../storage/sas";
 import { isEmulatedAccount, type Config } from "../config/settings";
 import { bindSeedChecksums, copySeedPages, deleteSeedChecksums, storeSeedChecksums } from "./seed-copy";
 import { readReplicationStatus } from "../replication/status";
-import { directionAccounts, flipped, regionsAreDistinct, REPLICAS_CONTAINER, type Direction, type Storage } from "../storage/clients";
+import { directionAccounts, regionsAreDistinct, type Storage } from "../storage/clients";
+import { type Direction } from "../storage/names";
+import { flipped } from "../storage/names";
+import { REPLICAS_CONTAINER } from "../storage/names";
 import { VHD_FOOTER_BYTES, vhdFooter } from "../replication/vhd";
 import type { Jobs } from "../operations/jobs";
 

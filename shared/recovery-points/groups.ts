@@ -1,9 +1,9 @@
 // Replication group membership: one ETag-conditional record per group, so that concurrent enables cannot overfill a group or mix region pairs.
-import type { TableClient } from "@azure/data-tables";
 import { MAX_GROUP_VMS } from "../contract/api";
 import { Conflict, isConflict, isNotFound, storageStatus } from "../contract/errors";
 import type { ItemStore } from "../storage/item-store";
-import { TABLES, type Storage } from "../storage/clients";
+import { TABLES } from "../storage/names";
+import type { EntityTable, Tables } from "../storage/ports";
 
 /** The group's row in ReplicationGroups (partition: the group); its members with when each was claimed. */
 interface MembershipEntity {
@@ -24,13 +24,13 @@ const STALE_CLAIM_MS = 10 * 60_000;
 const MAX_ATTEMPTS = 50;
 
 export class ReplicationGroups {
-  constructor(private readonly deps: { storage: Storage; items: ItemStore; now?: () => Date }) {}
+  constructor(private readonly deps: { storage: Tables; items: ItemStore; now?: () => Date }) {}
 
   private now(): Date {
     return this.deps.now?.() ?? new Date();
   }
 
-  private table(): Promise<TableClient> {
+  private table(): Promise<EntityTable> {
     return this.deps.storage.table(TABLES.replicationGroups);
   }
 

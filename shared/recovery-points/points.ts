@@ -1,12 +1,13 @@
 // Recovery points: tag arrivals (a replica snapshot per disk per tag), sealing complete tags, listing, pruning.
-import type { TableClient } from "@azure/data-tables";
 import type { TagApplied } from "../replication/apply";
 import type { BatchTag } from "../replication/batch";
 import { isConflict, isNotFound } from "../contract/errors";
 import { directionOf, type ReplicatedItem } from "../protection/items";
 import { type ItemStore } from "../storage/item-store";
-import { TABLES, type Storage } from "../storage/clients";
+import { type Storage } from "../storage/clients";
+import { TABLES } from "../storage/names";
 import { pointsToKeep } from "./thinning";
+import type { EntityTable } from "../storage/ports";
 
 export interface PointDisk {
   itemId: string;
@@ -64,11 +65,11 @@ export class RecoveryPoints {
     this.now = deps.now ?? (() => new Date());
   }
 
-  private points(): Promise<TableClient> {
+  private points(): Promise<EntityTable> {
     return this.deps.storage.table(TABLES.recoveryPoints);
   }
 
-  private arrivals(): Promise<TableClient> {
+  private arrivals(): Promise<EntityTable> {
     return this.deps.storage.table(TABLES.tagArrivals);
   }
 

@@ -30,7 +30,9 @@ import {
 } from "../protection/items";
 import { type ItemStore } from "../storage/item-store";
 import type { Config } from "../config/settings";
-import { queueMessageText, type Direction, type Storage } from "../storage/clients";
+import { type Storage } from "../storage/clients";
+import { type Direction } from "../storage/names";
+import { queueMessageText } from "../storage/names";
 import { downloadBlob, readWatermark, writeBatch } from "./replica";
 import { LeaseKeeper } from "./lease";
 import { ApplyLimits, DEFAULT_APPLY_LIMITS } from "./limits";

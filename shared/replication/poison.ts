@@ -2,7 +2,7 @@
 import { type BatchMessage } from "./batch";
 import { raiseIssue } from "../protection/items";
 import { type ItemStore } from "../storage/item-store";
-import { REPLICATION_POISON_QUEUE } from "../storage/clients";
+import { REPLICATION_POISON_QUEUE } from "../storage/names";
 
 /** Records a message the host gave up on (moved to the poison queue) as a warning on its item; false for an unknown item. */
 export async function recordPoisonMessage(deps: { items: ItemStore; now?: () => Date }, message: BatchMessage): Promise<boolean> {

@@ -5,36 +5,12 @@ import { AzureNamedKeyCredential, TableClient, TableServiceClient } from "@azure
 import type { TokenCredential } from "@azure/identity";
 import { azureCredential } from "./identity";
 import type { Config, StorageAccount } from "../config/settings";
+import { FAILOVER_CONTAINER, REPLICAS_CONTAINER, REPLICATION_QUEUE, type Direction, type TableName } from "./names";
 
-export const REPLICATION_QUEUE = "replication-batches";
-/** Where the Functions host moves a replication message after maxDequeueCount failed attempts. */
-export const REPLICATION_POISON_QUEUE = `${REPLICATION_QUEUE}-poison`;
-export const REPLICAS_CONTAINER = "replicas";
-export const FAILOVER_CONTAINER = "failover";
-
-export const TABLES = {
-  items: "ReplicatedItems",
-  disks: "Disks",
-  registrations: "AgentRegistrations",
-  fabric: "FabricResources",
-  recoveryPoints: "RecoveryPoints",
-  tagArrivals: "TagArrivals",
-  replicationGroups: "ReplicationGroups",
-  recoveryPlans: "RecoveryPlans",
-  jobs: "Jobs",
-  alerts: "Alerts",
-  history: "ReplicationHistory",
-} as const;
-export type TableName = (typeof TABLES)[keyof typeof TABLES];
+export { FAILOVER_CONTAINER, flipped, queueMessageText, REPLICAS_CONTAINER, REPLICATION_POISON_QUEUE, REPLICATION_QUEUE, TABLES } from "./names";
+export type { Direction, TableName } from "./names";
 
 const isHttp = (url: string) => url.startsWith("http:");
-
-/** Queue-trigger messages are base64 of JSON (host.json messageEncoding); Azure caps the text at 64 KiB. */
-export function queueMessageText(value: unknown): string {
-  const text = Buffer.from(JSON.stringify(value), "utf8").toString("base64");
-  if (text.length > 65536) throw new RangeError(`queue message of ${text.length} characters exceeds 64 KiB`);
-  return text;
-}
 
 /**
  * Retries are bounded (the SDKs' defaults wait 4-7 s on an unreachable account): a request answers 503 quickly when
@@ -81,15 +57,6 @@ export function tableService(account: StorageAccount): TableServiceClient {
     ? new TableServiceClient(account.tableUrl, new AzureNamedKeyCredential(account.name, a.key), options)
     : new TableServiceClient(account.tableUrl, azureCredential(a), options);
 }
-
-/**
- * Which way an item replicates. `forward`: from the VM's original region to the recovery (target) region; `reverse`:
- * after a failover and re-protect, from the recovery region back to the original one.
- */
-export type Direction = "forward" | "reverse";
-
-/** The other direction (what re-protect turns an item to). */
-export const flipped = (d: Direction): Direction => (d === "forward" ? "reverse" : "forward");
 
 /**
  * Storage is symmetric across the two regions: the original region's account (`CACHE_STORAGE`) holds the forward

@@ -1,9 +1,10 @@
 // The replicated-item records in Table Storage: items, their disks, the VM claims that keep a VM protected once.
-import type { TableClient } from "@azure/data-tables";
 import { isConflict, isNotFound, storageStatus } from "../contract/errors";
 import { DISK_ID_PATTERN, ITEM_ID_PATTERN } from "../contract/api";
-import { TABLES, type Storage } from "./clients";
+import { type Storage } from "./clients";
+import { TABLES } from "./names";
 import { type DiskRecord, type ItemState, type ReplicatedItem } from "../protection/items";
+import type { EntityTable } from "./ports";
 
 interface ItemEntity {
   partitionKey: "item";
@@ -48,11 +49,11 @@ async function readModifyWrite<T>(
 export class ItemStore {
   constructor(private readonly storage: Storage) {}
 
-  private items(): Promise<TableClient> {
+  private items(): Promise<EntityTable> {
     return this.storage.table(TABLES.items);
   }
 
-  private disks(): Promise<TableClient> {
+  private disks(): Promise<EntityTable> {
     return this.storage.table(TABLES.disks);
   }
 

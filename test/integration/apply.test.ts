@@ -9,7 +9,9 @@ import { applyBatches, type ApplyDeps, type ApplyOutcome } from "../../shared/re
 import { readWatermark, writeBatch } from "../../shared/replication/replica";
 import { batchBlobName, decodeBatch, pageWrites, type BatchMessage } from "../../shared/replication/batch";
 import { cacheContainerName, replicaBlobName } from "../../shared/protection/items";
-import { queueMessageText, REPLICATION_POISON_QUEUE, REPLICATION_QUEUE } from "../../shared/storage/clients";
+import { queueMessageText } from "../../shared/storage/names";
+import { REPLICATION_POISON_QUEUE } from "../../shared/storage/names";
+import { REPLICATION_QUEUE } from "../../shared/storage/names";
 import { sweepCache } from "../../shared/replication/sweep";
 import { HEARTBEAT_BLOB, RESYNC_BLOCK_BYTES } from "../../shared/protection/agent-protocol";
 import { crc32c } from "@node-rs/crc32";

@@ -19,7 +19,8 @@ import {
   type VirtualMachineSpec,
 } from "../../shared/fabric/port";
 import { loadConfig } from "../../shared/config/settings";
-import { Storage, TABLES, tableClient } from "../../shared/storage/clients";
+import { Storage, tableClient } from "../../shared/storage/clients";
+import { TABLES } from "../../shared/storage/names";
 import { startTestStorage, type LocalStorage } from "../support/storage";
 import { FakeArm, fakeArmCredential, FAKE_ARM_ENDPOINT, type FakeArmOptions } from "../support/fake-arm";
 

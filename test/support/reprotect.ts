@@ -5,7 +5,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Agent, type AgentOptions } from "../../agent";
 import { replicaBlobName } from "../../shared/protection/items";
-import type { Direction } from "../../shared/storage/clients";
+import type { Direction } from "../../shared/storage/names";
 import type { StackLike } from "./e2e";
 
 const MiB = 1024 * 1024;

@@ -6,7 +6,11 @@ import assert from "node:assert/strict";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { CONNECTIONS, IDENTITY_SUFFIXES, loadConfig, SETTING_NAMES, SettingsError, type ConnectionName } from "../../shared/config/settings";
-import { FAILOVER_CONTAINER, queueMessageText, REPLICAS_CONTAINER, REPLICATION_POISON_QUEUE, REPLICATION_QUEUE } from "../../shared/storage/clients";
+import { queueMessageText } from "../../shared/storage/names";
+import { FAILOVER_CONTAINER } from "../../shared/storage/names";
+import { REPLICAS_CONTAINER } from "../../shared/storage/names";
+import { REPLICATION_POISON_QUEUE } from "../../shared/storage/names";
+import { REPLICATION_QUEUE } from "../../shared/storage/names";
 
 const ROOT = resolve(__dirname, "..", "..", "..");
 const read = (path: string) => readFileSync(join(ROOT, path), "utf8");
