@@ -42,25 +42,14 @@ export class ApiClient {
     return text;
   }
 
+  /** The body of a 2xx answer; any other status throws the API's error (code, message, details) as an ApiCallError. */
   async call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const url = `${this.baseUrl.replace(/\/+$/, "")}/api/${path}`;
-    let res: Response;
-    try {
-      res = await fetch(url, {
-        method,
-        headers: { "content-type": "application/json", ...(this.key ? { "x-functions-key": this.key } : {}) },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      });
-    } catch (e) {
-      throw new ApiCallError(0, "Unreachable", `cannot reach ${this.baseUrl}: ${(e as Error).message} (is 'npm start' running?)`);
+    const res = await this.request(method, path, body);
+    if (res.status < 200 || res.status >= 300) {
+      const err = (res.body as { error?: { code?: string; message?: string; details?: unknown } } | undefined)?.error;
+      throw new ApiCallError(res.status, err?.code ?? String(res.status), err?.message ?? `HTTP ${res.status}`, err?.details);
     }
-    const text = await res.text();
-    const json = text ? (JSON.parse(text) as unknown) : undefined;
-    if (!res.ok) {
-      const err = (json as { error?: { code?: string; message?: string; details?: unknown } } | undefined)?.error;
-      throw new ApiCallError(res.status, err?.code ?? String(res.status), err?.message ?? res.statusText, err?.details);
-    }
-    return json as T;
+    return res.body as T;
   }
 
   /** Any status, as it came; throws only when the host cannot be reached. `body` may be a string (sent as is). */
