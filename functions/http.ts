@@ -8,12 +8,16 @@ export interface JsonResult {
   headers?: Record<string, string>;
 }
 
-/** Reads the JSON body within the size limit: 413 when larger, 400 when it is not JSON. */
-export async function readJson(request: HttpRequest, maxBytes: number): Promise<unknown> {
+/**
+ * Reads the JSON body within the size limit: 413 when larger, 400 when it is not JSON. An empty body is a 400, or `{}`
+ * with `optional` (routes that take no required options: re-protect, resync).
+ */
+export async function readJson(request: HttpRequest, maxBytes: number, opts: { optional?: boolean } = {}): Promise<unknown> {
   const declared = Number(request.headers.get("content-length") ?? "0");
   if (declared > maxBytes) throw new PayloadTooLarge(maxBytes);
   const text = await request.text();
   if (Buffer.byteLength(text, "utf8") > maxBytes) throw new PayloadTooLarge(maxBytes);
+  if (text.trim() === "" && opts.optional) return {};
   if (text.trim() === "") throw new BadRequest("request body is empty: a JSON object is expected", [{ field: "(body)", message: "is required" }]);
   try {
     return JSON.parse(text) as unknown;

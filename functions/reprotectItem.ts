@@ -1,28 +1,12 @@
 // POST /api/replicated-items/{itemId}/reprotect: turns a committed item around (400/404/409, nothing started), starts the re-protect orchestration → 202 with the item and the agent's token.
 import { randomUUID } from "node:crypto";
-import type { HttpRequest } from "@azure/functions";
 import type { DurableClientHttpFunctionSpec } from "./spec";
 import type { Services } from "./compose";
-import { errorResponse } from "./http";
+import { errorResponse, readJson } from "./http";
 import { itemView } from "../shared/contract/views";
 import { REPROTECT_ORCHESTRATION } from "./reprotect";
 import { itemIdParam } from "../shared/contract/api";
-import { BadRequest, PayloadTooLarge } from "../shared/contract/errors";
 import type { JobHandle } from "../shared/operations/jobs";
-
-/** `{}` or no body at all: re-protect takes no options. */
-export async function readOptionalJson(request: HttpRequest, maxBytes: number): Promise<unknown> {
-  const declared = Number(request.headers.get("content-length") ?? "0");
-  if (declared > maxBytes) throw new PayloadTooLarge(maxBytes);
-  const text = await request.text();
-  if (Buffer.byteLength(text, "utf8") > maxBytes) throw new PayloadTooLarge(maxBytes);
-  if (text.trim() === "") return {};
-  try {
-    return JSON.parse(text) as unknown;
-  } catch (e) {
-    throw new BadRequest(`request body is not valid JSON: ${(e as Error).message}`, [{ field: "(body)", message: "is not valid JSON" }]);
-  }
-}
 
 export const reprotectItem = (services: () => Services): DurableClientHttpFunctionSpec => ({
   kind: "http",
@@ -35,7 +19,7 @@ export const reprotectItem = (services: () => Services): DurableClientHttpFuncti
     try {
       const s = services();
       const itemId = itemIdParam(request.params.itemId);
-      const body = await readOptionalJson(request, s.config.http.maxRequestBytes);
+      const body = await readJson(request, s.config.http.maxRequestBytes, { optional: true });
       const instanceId = randomUUID();
       const { input, item, agentRegistration } = await s.reprotection.accept(itemId, body, instanceId);
       // Accepted: a job from here on, named after the orchestration, ended by its completion or rollback.
