@@ -25,16 +25,24 @@ module.exports = {
     {
       name: "stages-import-no-sdk",
       severity: "error",
-      comment: "Only the adapters (shared/storage, shared/fabric) import the Azure SDKs; a stage is handed clients and may name their types.",
+      comment: "Only the adapters (shared/storage, shared/fabric) import the Azure SDKs; a stage is handed ports, and names no SDK type.",
       from: { path: "^shared/", pathNot: "^shared/(storage|fabric)/" },
-      to: { path: "@azure/", dependencyTypesNot: ["type-only"] },
+      to: { path: "@azure/" },
     },
     {
-      name: "stages-use-table-ports",
+      name: "stages-see-ports",
       severity: "error",
-      comment: "Table-backed stores take an EntityTable (shared/storage/ports.ts), not the SDK's TableClient: not even its type.",
-      from: { path: "^shared/", pathNot: "^shared/(storage/clients|fabric/local)\\.ts$" },
-      to: { path: "@azure/data-tables" },
+      comment:
+        "A stage reaches storage and the fabric through their ports (shared/storage/ports.ts, shared/fabric/port.ts); the composition root hands it the adapters.",
+      from: { path: "^shared/", pathNot: "^shared/(storage|fabric)/" },
+      to: { path: "^shared/(storage/(clients|sas|identity)|fabric/(arm|arm-client|local))\\.ts$" },
+    },
+    {
+      name: "ports-are-plain",
+      severity: "error",
+      comment: "The ports, the storage names and the item store are plain TypeScript over the ports: no SDK, not even its types.",
+      from: { path: "^shared/(storage/(ports|names|item-store)|fabric/port)\\.ts$" },
+      to: { path: "@azure/" },
     },
     {
       name: "contract-is-plain",

@@ -1,5 +1,5 @@
 // How a failover ends, other than by completing: a rollback (also of an abandoned one), the commit, a test failover's cleanup, and its job.
-import type { ContainerClient } from "@azure/storage-blob";
+import type { ContainerPort, StoragePort } from "../storage/ports";
 import { Conflict, IllegalState, NotFound } from "../contract/errors";
 import type { Fabric } from "../fabric/port";
 import { FailoverPlanning, type FailoverInput } from "./start";
@@ -7,7 +7,6 @@ import { replicationSource, replicationStateOf, type FailoverRecord, type Replic
 import { type ItemStore } from "../storage/item-store";
 import { type RecoveryPoints } from "../recovery-points/points";
 import type { Config } from "../config/settings";
-import { type Storage } from "../storage/clients";
 import { type Direction } from "../storage/names";
 import { FAILOVER_CONTAINER } from "../storage/names";
 import type { Jobs, JobStep } from "../operations/jobs";
@@ -16,7 +15,7 @@ export type StepRecorder = { step(name: string): Promise<void> };
 
 export interface FailoverStepsDeps {
   config: Config;
-  storage: Storage;
+  storage: StoragePort;
   items: ItemStore;
   points: RecoveryPoints;
   fabric: Fabric;
@@ -46,7 +45,7 @@ export class FailoverEndings {
   }
 
   /** Failover disks sit beside the replicas they are copied from: the recovery region forward, the original one for a failback. */
-  protected async failoverContainer(direction: Direction): Promise<ContainerClient> {
+  protected async failoverContainer(direction: Direction): Promise<ContainerPort> {
     return this.deps.storage.failover(direction);
   }
 

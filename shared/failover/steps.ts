@@ -1,6 +1,6 @@
 // The failover's steps, each idempotent (a retried or replayed step finds its own work done): drain and cut, copy disks, NIC, VM, start, record.
+import type { ContainerPort } from "../storage/ports";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { ContainerClient } from "@azure/storage-blob";
 import { applyBatches } from "../replication/apply";
 import { seqOfBlobName, batchBlobName } from "../replication/batch";
 import { isLeaseHeld, isNotFound } from "../contract/errors";
@@ -187,7 +187,7 @@ export class FailoverSteps extends FailoverEndings {
    * Applies, through the same apply as the queue (joining or waiting for a run in progress), every batch that was
    * contiguous in the cache when the drain began: a source still writing does not make it chase a moving target.
    */
-  private async drainDisk(item: ReplicatedItem, diskId: string, cache: ContainerClient, deadline: number): Promise<"drained" | "unreachable"> {
+  private async drainDisk(item: ReplicatedItem, diskId: string, cache: ContainerPort, deadline: number): Promise<"drained" | "unreachable"> {
     const replica = (await this.deps.storage.replicas(directionOf(item))).getPageBlobClient(replicaBlobName(item.id, diskId));
     const cached = await this.listCached(cache, diskId);
     if (cached === "unreachable") return "unreachable";
@@ -216,7 +216,7 @@ export class FailoverSteps extends FailoverEndings {
   }
 
   /** The seqs cached for a disk, or "unreachable" when the cache does not answer within the bound. */
-  private async listCached(cache: ContainerClient, diskId: string): Promise<Set<number> | "unreachable"> {
+  private async listCached(cache: ContainerPort, diskId: string): Promise<Set<number> | "unreachable"> {
     const list = (async () => {
       const seqs = new Set<number>();
       for await (const b of cache.listBlobsFlat({ prefix: `${diskId}/` })) {

@@ -1,4 +1,5 @@
 // The monitoring pass (run by the sealing timer): samples each item's history, finds the alert conditions that hold, reconciles and delivers alerts, prunes jobs.
+import type { StoragePort } from "../storage/ports";
 import type { AlertCondition, Alerts } from "./alerts";
 import type { HistorySample, ReplicationHistory } from "./history";
 import type { ItemState, ReplicatedItem, DiskRecord } from "../protection/items";
@@ -7,11 +8,10 @@ import type { Job, Jobs } from "./jobs";
 import type { RecoveryPoints } from "../recovery-points/points";
 import type { Config } from "../config/settings";
 import { readReplicationStatus, type ReplicationStatus } from "../replication/status";
-import type { Storage } from "../storage/clients";
 
 export interface MonitoringDeps {
   config: Config;
-  storage: Storage;
+  storage: StoragePort;
   items: ItemStore;
   points: RecoveryPoints;
   jobs: Jobs;

@@ -1,7 +1,6 @@
 // The control plane's side of the agent: registration, check-ins (SAS renewal, resync commands), resync manifests.
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { crc32c } from "@node-rs/crc32";
-import { AgentSas } from "../storage/sas";
 import { parseInput, registerRequestSchema } from "../contract/api";
 import {
   AGENT_WARNINGS,
@@ -20,11 +19,11 @@ import { BadRequest, Conflict, isConflict, isNotFound, NotFound, Unauthorized } 
 import { cacheContainerName, clearIssues, directionOf, isControlPlaneResync, raiseIssue, type DiskRecord, type ReplicatedItem } from "./items";
 import { ItemStore } from "../storage/item-store";
 import type { Config } from "../config/settings";
-import { directionAccounts, type Storage } from "../storage/clients";
+import { directionAccounts } from "../storage/names";
 import { type Direction } from "../storage/names";
 import { REPLICATION_QUEUE } from "../storage/names";
 import { TABLES } from "../storage/names";
-import type { EntityTable } from "../storage/ports";
+import type { EntityTable, StoragePort } from "../storage/ports";
 
 export const hashSecret = (secret: string) => createHash("sha256").update(secret, "utf8").digest("hex");
 
@@ -62,7 +61,7 @@ interface GroupMemberEntity {
 
 export interface AgentsDeps {
   config: Config;
-  storage: Storage;
+  storage: StoragePort;
   items: ItemStore;
   now?: () => Date;
 }
@@ -90,21 +89,8 @@ class ItemGone extends Error {}
 export class Agents {
   private readonly now: () => Date;
 
-  /** Per direction: the cache container lives in the account of the region the VM replicates from. */
-  private readonly sas: Record<Direction, AgentSas>;
-
   constructor(private readonly deps: AgentsDeps) {
     this.now = deps.now ?? (() => new Date());
-    const { storage, config } = deps;
-    const signer = (direction: Direction) =>
-      new AgentSas({
-        cache: directionAccounts(config, direction).cache,
-        control: config.storage.control,
-        cacheBlobKey: (startsOn, expiresOn) => storage.cache(direction).getUserDelegationKey(startsOn, expiresOn),
-        controlQueueKey: (startsOn, expiresOn) => storage.controlQueues.getUserDelegationKey(startsOn, expiresOn),
-        now: this.now,
-      });
-    this.sas = { forward: signer("forward"), reverse: signer("reverse") };
   }
 
   private table(): Promise<EntityTable> {
@@ -408,8 +394,9 @@ export class Agents {
     const { cache } = directionAccounts(this.deps.config, direction);
     const { control } = this.deps.config.storage;
     const containerName = cacheContainerName(item.id);
-    const blob = await this.sas[direction].cacheContainer(containerName, startsOn, expiresOn);
-    const queue = await this.sas[direction].queue(REPLICATION_QUEUE, startsOn, expiresOn);
+    // The cache container lives in the account of the region the VM replicates from.
+    const blob = await this.deps.storage.sas.cacheContainer(direction, containerName, startsOn, expiresOn);
+    const queue = await this.deps.storage.sas.queue(REPLICATION_QUEUE, startsOn, expiresOn);
     await this.deps.storage.replicationQueue();
     return {
       cache: { containerUrl: `${cache.blobUrl}/${containerName}?${blob.sas}`, expiresOn: blob.expiresOn.toISOString() },

@@ -1,4 +1,5 @@
 // Protecting a VM: enable replication (target resources, replicas, cache), disable it, and register its agent.
+import type { StoragePort } from "../storage/ports";
 import { SEED_CHECKSUMS_PREFIX } from "./seed-copy";
 import { randomUUID } from "node:crypto";
 import { enableRequestSchema, parseInput, updateRequestSchema, type EnableRequest } from "../contract/api";
@@ -10,14 +11,13 @@ import { resourceGroupIdOf, type Fabric, type FabricResource } from "../fabric/p
 import { cacheContainerName, replicaBlobName, vmKey, type DiskRecord, type ReplicatedItem, type TargetResources } from "./items";
 import { ItemStore } from "../storage/item-store";
 import type { Config } from "../config/settings";
-import type { Storage } from "../storage/clients";
 import { VHD_FOOTER_BYTES, vhdFooter } from "../replication/vhd";
 import type { JobHandle, Jobs } from "../operations/jobs";
 import type { ReplicationHistory } from "../operations/history";
 
 export interface ProtectionDeps {
   config: Config;
-  storage: Storage;
+  storage: StoragePort;
   fabric: Fabric;
   items: ItemStore;
   agents: Agents;

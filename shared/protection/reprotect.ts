@@ -15,14 +15,11 @@ import {
   type SeedSource,
 } from "./items";
 import { type ItemStore } from "../storage/item-store";
-import { blobReadSas } from "../storage/sas";
 import { isEmulatedAccount, type Config } from "../config/settings";
 import { bindSeedChecksums, copySeedPages, deleteSeedChecksums, storeSeedChecksums } from "./seed-copy";
 import { readReplicationStatus } from "../replication/status";
-import { directionAccounts, regionsAreDistinct, type Storage } from "../storage/clients";
-import { type Direction } from "../storage/names";
-import { flipped } from "../storage/names";
-import { REPLICAS_CONTAINER } from "../storage/names";
+import { directionAccounts, flipped, regionsAreDistinct, REPLICAS_CONTAINER, type Direction } from "../storage/names";
+import type { StoragePort } from "../storage/ports";
 import { VHD_FOOTER_BYTES, vhdFooter } from "../replication/vhd";
 import type { Jobs } from "../operations/jobs";
 
@@ -37,7 +34,7 @@ export interface ReprotectInput {
 
 export interface ReprotectDeps {
   config: Config;
-  storage: Storage;
+  storage: StoragePort;
   items: ItemStore;
   fabric: Fabric;
   agents: Agents;
@@ -263,13 +260,7 @@ export class Reprotection {
       const metadata = { reprotect: input.instanceId, itemid: item.id, diskid: diskId };
       const accounts = [directionAccounts(this.deps.config, input.from).replica, directionAccounts(this.deps.config, input.to).replica];
       if (!accounts.some(isEmulatedAccount)) {
-        const sas = await blobReadSas(
-          accounts[0]!,
-          REPLICAS_CONTAINER,
-          blobName,
-          (s, e) => this.deps.storage.replicaService(input.from).getUserDelegationKey(s, e),
-          this.now(),
-        );
+        const sas = await this.deps.storage.sas.replicaRead(input.from, REPLICAS_CONTAINER, blobName, this.now());
         try {
           const poller = await target.beginCopyFromURL(`${source.url}?${sas}`, { metadata });
           poller.stopPolling();

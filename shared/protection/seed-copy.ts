@@ -1,5 +1,5 @@
 // A re-protect seed copied through the control plane in one pass: the pages that hold data, and the per-block checksums the agent's differential compare needs, kept beside the replicas so nobody reads the seed a second time.
-import type { BlockBlobClient, ContainerClient, PageBlobClient } from "@azure/storage-blob";
+import type { BlockBlobPort, ContainerPort, PageBlobPort } from "../storage/ports";
 import { crc32c } from "@node-rs/crc32";
 import { RESYNC_BLOCK_BYTES } from "./agent-protocol";
 import { isNotFound } from "../contract/errors";
@@ -41,7 +41,7 @@ export const seedChecksumsBlobName = (itemId: string, diskId: string) => `${SEED
  * range are read, their blocks hashed, and the runs of blocks that are not zero written (a fresh page blob reads zero
  * elsewhere). Returns the checksums; the caller marks the copy whole only after storing them.
  */
-export async function copySeedPages(source: PageBlobClient, target: PageBlobClient, size: number, diskBytes: number): Promise<Buffer> {
+export async function copySeedPages(source: PageBlobPort, target: PageBlobPort, size: number, diskBytes: number): Promise<Buffer> {
   await target.create(size, { blobSequenceNumber: 0 });
   const written: [number, number][] = [];
   for await (const page of source.listPageRanges().byPage()) for (const r of page.pageRange ?? []) written.push([r.start, r.end + 1]);
@@ -86,12 +86,12 @@ export async function copySeedPages(source: PageBlobClient, target: PageBlobClie
 }
 
 /** Stores a seed's checksums for `resyncId` (the replica's ETag is added at the hand-over, when the replica is final). */
-export async function storeSeedChecksums(replicas: ContainerClient, itemId: string, diskId: string, resyncId: string, sums: Buffer): Promise<void> {
+export async function storeSeedChecksums(replicas: ContainerPort, itemId: string, diskId: string, resyncId: string, sums: Buffer): Promise<void> {
   await replicas.getBlockBlobClient(seedChecksumsBlobName(itemId, diskId)).uploadData(sums, { metadata: { resync: resyncId } });
 }
 
 /** The hand-over: the checksums describe the replica as long as its ETag is this one (any page written changes it). */
-export async function bindSeedChecksums(replicas: ContainerClient, itemId: string, diskId: string, resyncId: string, replicaEtag: string): Promise<boolean> {
+export async function bindSeedChecksums(replicas: ContainerPort, itemId: string, diskId: string, resyncId: string, replicaEtag: string): Promise<boolean> {
   const blob = replicas.getBlockBlobClient(seedChecksumsBlobName(itemId, diskId));
   const props = await blob.getProperties().catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
   if (props?.metadata?.resync !== resyncId) return false;
@@ -105,7 +105,7 @@ export async function bindSeedChecksums(replicas: ContainerClient, itemId: strin
  * replica (its ETag is the one bound at the hand-over); undefined otherwise (the caller reads the replica).
  */
 export async function readSeedChecksums(
-  replicas: ContainerClient,
+  replicas: ContainerPort,
   itemId: string,
   diskId: string,
   resyncId: string,
@@ -113,7 +113,7 @@ export async function readSeedChecksums(
   offset: number,
   length: number,
 ): Promise<number[] | undefined> {
-  const blob: BlockBlobClient = replicas.getBlockBlobClient(seedChecksumsBlobName(itemId, diskId));
+  const blob: BlockBlobPort = replicas.getBlockBlobClient(seedChecksumsBlobName(itemId, diskId));
   const props = await blob.getProperties().catch((e) => (isNotFound(e) ? undefined : Promise.reject(e)));
   if (!props || props.metadata?.resync !== resyncId || props.metadata.replicaetag !== replicaEtag) return undefined;
   const from = (offset / RESYNC_BLOCK_BYTES) * 4;
@@ -124,6 +124,6 @@ export async function readSeedChecksums(
 }
 
 /** The seed's checksums go once its resync no longer needs them (or the replica goes). */
-export async function deleteSeedChecksums(replicas: ContainerClient, itemId: string, diskId: string): Promise<void> {
+export async function deleteSeedChecksums(replicas: ContainerPort, itemId: string, diskId: string): Promise<void> {
   await replicas.getBlockBlobClient(seedChecksumsBlobName(itemId, diskId)).deleteIfExists();
 }

@@ -4,10 +4,9 @@ import type { BatchTag } from "../replication/batch";
 import { isConflict, isNotFound } from "../contract/errors";
 import { directionOf, type ReplicatedItem } from "../protection/items";
 import { type ItemStore } from "../storage/item-store";
-import { type Storage } from "../storage/clients";
 import { TABLES } from "../storage/names";
 import { pointsToKeep } from "./thinning";
-import type { EntityTable } from "../storage/ports";
+import type { EntityTable, StoragePort } from "../storage/ports";
 
 export interface PointDisk {
   itemId: string;
@@ -53,7 +52,7 @@ export const groupPartition = (group: string) => `group|${group}`;
 const esc = (s: string) => s.replace(/'/g, "''");
 
 export interface RecoveryPointDeps {
-  storage: Storage;
+  storage: StoragePort;
   items: ItemStore;
   now?: () => Date;
 }

@@ -1,8 +1,8 @@
 // Applies a disk's cached batches to its replica in sequence order, under a lease (lease.ts) and fenced by the replica's
 // sequence number, the watermark (replica.ts), within the bounds of limits.ts. Over 500 lines because one run (ApplyRun)
 // is one state machine — list, prefetch, verify, write, fence, record, re-announce — whose steps share its fields.
+import type { ContainerPort, PageBlobPort, StoragePort } from "../storage/ports";
 import { randomUUID } from "node:crypto";
-import type { ContainerClient, PageBlobClient } from "@azure/storage-blob";
 import { z } from "zod";
 import {
   batchBlobName,
@@ -30,7 +30,6 @@ import {
 } from "../protection/items";
 import { type ItemStore } from "../storage/item-store";
 import type { Config } from "../config/settings";
-import { type Storage } from "../storage/clients";
 import { type Direction } from "../storage/names";
 import { queueMessageText } from "../storage/names";
 import { downloadBlob, readWatermark, writeBatch } from "./replica";
@@ -57,12 +56,12 @@ export interface TagApplied {
   tag: BatchTag;
   header: BatchHeader;
   /** The replica at exactly the state after `seq`; nothing later is written until the hook returns. */
-  replica: PageBlobClient;
+  replica: PageBlobPort;
   leaseId: string;
 }
 
 export interface ApplyDeps {
-  storage: Storage;
+  storage: StoragePort;
   items: ItemStore;
   config: Config;
   now?: () => Date;
@@ -103,7 +102,7 @@ export interface ApplyOutcome {
 }
 
 /** Announces a batch (or re-kicks a disk) on the replication queue, base64 JSON like every producer. */
-export async function announceBatch(storage: Storage, message: BatchMessage, delaySeconds = 0): Promise<void> {
+export async function announceBatch(storage: StoragePort, message: BatchMessage, delaySeconds = 0): Promise<void> {
   const queue = await storage.replicationQueue();
   await queue.sendMessage(queueMessageText(message), delaySeconds > 0 ? { visibilityTimeout: delaySeconds } : {});
 }
@@ -243,8 +242,8 @@ class ApplyRun {
     private readonly log: (line: string) => void,
     message: BatchMessage,
     private readonly direction: Direction,
-    private readonly replica: PageBlobClient,
-    private readonly cache: ContainerClient,
+    private readonly replica: PageBlobPort,
+    private readonly cache: ContainerPort,
     private readonly leaseId: string,
     private readonly keeper: LeaseKeeper,
   ) {

@@ -1,5 +1,5 @@
 // The lease that makes one apply at a time the writer of a replica: renewed at a third of its duration, its loss noticed before writes are refused.
-import type { BlobLeaseClient } from "@azure/storage-blob";
+import type { LeasePort } from "../storage/ports";
 import { isTransient } from "../contract/errors";
 
 /** Renews the lease at a third of its duration; notes when it was lost so the run stops before its writes are refused. */
@@ -8,7 +8,7 @@ export class LeaseKeeper {
   private readonly timer: NodeJS.Timeout;
   private renewing: Promise<unknown> | undefined;
 
-  constructor(lease: BlobLeaseClient, seconds: number) {
+  constructor(lease: LeasePort, seconds: number) {
     this.timer = setInterval(
       () => {
         if (this.renewing) return;

@@ -1,11 +1,11 @@
 // The replica page blob and the cache blobs as apply touches them: the watermark read, a batch's pages written with the watermark in one fenced step, a batch downloaded whole.
-import type { ContainerClient, PageBlobClient } from "@azure/storage-blob";
+import type { ContainerPort, PageBlobPort } from "../storage/ports";
 import { MAX_PAGE_WRITE, pageWrites, type Batch } from "./batch";
 import { isNotFound } from "../contract/errors";
 import { ApplyLimits, DEFAULT_APPLY_LIMITS } from "./limits";
 
 /** The replica's watermark: its blob sequence number; undefined when the replica does not exist. */
-export async function readWatermark(replica: PageBlobClient, leaseId?: string): Promise<number | undefined> {
+export async function readWatermark(replica: PageBlobPort, leaseId?: string): Promise<number | undefined> {
   try {
     const p = await replica.getProperties(leaseId ? { conditions: { leaseId } } : {});
     return p.blobSequenceNumber ?? 0;
@@ -21,7 +21,7 @@ export async function readWatermark(replica: PageBlobClient, leaseId?: string): 
  * On a failure the writes already in flight finish before the error is thrown, so none outlives the call.
  */
 export async function writeBatch(
-  replica: PageBlobClient,
+  replica: PageBlobPort,
   batch: Batch,
   fence: { leaseId: string; watermark: number },
   tuning: Pick<ApplyLimits, "writeConcurrency" | "writeChunkBytes"> = DEFAULT_APPLY_LIMITS,
@@ -55,7 +55,7 @@ function splitWrites(writes: { offset: number; data: Buffer }[], chunk: number):
 }
 
 /** One GET of the whole blob; a body shorter than announced is a failed download (retried), never a batch to verify. */
-export async function downloadBlob(cache: ContainerClient, name: string): Promise<Buffer> {
+export async function downloadBlob(cache: ContainerPort, name: string): Promise<Buffer> {
   const r = await cache.getBlobClient(name).download(0);
   const body = r.readableStreamBody;
   if (!body) throw new Error(`download of ${name} returned no body`);

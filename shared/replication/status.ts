@@ -1,10 +1,9 @@
 // Live replication status of an item's disks, read from storage: watermarks, what waits in the cache, the agent's heartbeat.
+import type { BlobPort, StoragePort } from "../storage/ports";
 import { heartbeatSchema, HEARTBEAT_BLOB, type Heartbeat } from "../protection/agent-protocol";
 import { batchBlobName, seqOfBlobName } from "./batch";
 import { isNotFound } from "../contract/errors";
 import { cacheContainerName, directionOf, isControlPlaneResync, type DiskRecord, type ReplicatedItem } from "../protection/items";
-import type { BlobClient } from "@azure/storage-blob";
-import type { Storage } from "../storage/clients";
 
 export interface DiskReplicationStatus {
   /** Last fully applied batch (the replica's sequence number); null when the replica is missing. */
@@ -33,7 +32,7 @@ const FIRST_WRITE_META = "firstwritems";
 
 /** Reads each disk's replica and cache listing, and the heartbeat, all at once. */
 export async function readReplicationStatus(
-  storage: Storage,
+  storage: StoragePort,
   item: Pick<ReplicatedItem, "id" | "direction">,
   disks: DiskRecord[],
   now: Date = new Date(),
@@ -104,7 +103,7 @@ function initialProgress(disk: DiskRecord, heartbeat: Heartbeat | undefined, now
 }
 
 /** The heartbeat blob, or undefined when absent or not what the agent protocol says it is. */
-async function readHeartbeat(blob: BlobClient): Promise<Heartbeat | undefined> {
+async function readHeartbeat(blob: BlobPort): Promise<Heartbeat | undefined> {
   try {
     // One GET (not downloadToBuffer's size-then-range reads): the agent replaces the blob at any moment, and a range
     // read of a blob that changed size in between fails.

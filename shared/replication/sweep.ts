@@ -1,14 +1,14 @@
 // The cache sweep: re-announces disks whose cache holds batches that nobody is applying, so a lost message only delays.
+import type { StoragePort } from "../storage/ports";
 import { announceBatch, STALLED } from "./apply";
 import { seqOfBlobName, batchBlobName } from "./batch";
 import { isNotFound } from "../contract/errors";
 import { cacheContainerName, directionOf, raiseIssue, type DiskRecord, type ItemState, type ReplicatedItem } from "../protection/items";
 import { type ItemStore } from "../storage/item-store";
 import type { Config } from "../config/settings";
-import type { Storage } from "../storage/clients";
 
 export interface SweepDeps {
-  storage: Storage;
+  storage: StoragePort;
   items: ItemStore;
   config: Config;
   now?: () => Date;

@@ -6,8 +6,20 @@ import type { TokenCredential } from "@azure/identity";
 import { azureCredential } from "./identity";
 import type { Config, StorageAccount } from "../config/settings";
 import { FAILOVER_CONTAINER, REPLICAS_CONTAINER, REPLICATION_QUEUE, type Direction, type TableName } from "./names";
+import type { StoragePort } from "./ports";
+import { StorageSas } from "./sas";
 
-export { FAILOVER_CONTAINER, flipped, queueMessageText, REPLICAS_CONTAINER, REPLICATION_POISON_QUEUE, REPLICATION_QUEUE, TABLES } from "./names";
+export {
+  directionAccounts,
+  regionsAreDistinct,
+  FAILOVER_CONTAINER,
+  flipped,
+  queueMessageText,
+  REPLICAS_CONTAINER,
+  REPLICATION_POISON_QUEUE,
+  REPLICATION_QUEUE,
+  TABLES,
+} from "./names";
 export type { Direction, TableName } from "./names";
 
 const isHttp = (url: string) => url.startsWith("http:");
@@ -58,25 +70,8 @@ export function tableService(account: StorageAccount): TableServiceClient {
     : new TableServiceClient(account.tableUrl, azureCredential(a), options);
 }
 
-/**
- * Storage is symmetric across the two regions: the original region's account (`CACHE_STORAGE`) holds the forward
- * cache and the reverse replicas, the recovery region's account (`REPLICA_STORAGE`) the forward replicas and the
- * reverse cache. The names inside them are the same in both directions (`cache-<item>`, `replicas/<item>/<disk>.vhd`,
- * `failover/...`); the account says which direction a blob belongs to.
- */
-export function directionAccounts(config: Config, direction: Direction): { cache: StorageAccount; replica: StorageAccount } {
-  const { cache, replica } = config.storage;
-  return direction === "forward" ? { cache, replica } : { cache: replica, replica: cache };
-}
-
-/** Re-protect needs storage in both regions: one account for both would hold both directions under the same names. */
-export function regionsAreDistinct(config: Config): boolean {
-  const { cache, replica } = config.storage;
-  return cache.blobUrl.replace(/\/+$/, "").toLowerCase() !== replica.blobUrl.replace(/\/+$/, "").toLowerCase();
-}
-
 /** The storage a running app uses; tables and containers are created on first use, once. */
-export class Storage {
+export class Storage implements StoragePort {
   /** The recovery region's blobs (REPLICA_STORAGE): forward replicas and failover disks, the reverse cache. */
   readonly replicaBlobs: BlobServiceClient;
   /** The original region's blobs (CACHE_STORAGE): the forward cache, reverse replicas and failback disks. */
@@ -85,11 +80,13 @@ export class Storage {
   private readonly tables = new Map<string, Promise<TableClient>>();
   private readonly containers = new Map<string, Promise<ContainerClient>>();
   private queue: Promise<QueueClient> | undefined;
+  readonly sas: StorageSas;
 
   constructor(readonly config: Config) {
     this.replicaBlobs = blobService(config.storage.replica);
     this.cacheBlobs = blobService(config.storage.cache);
     this.controlQueues = queueService(config.storage.control);
+    this.sas = new StorageSas(config, (direction, role) => (role === "cache" ? this.cache(direction) : this.replicaService(direction)), this.controlQueues);
   }
 
   table(name: TableName): Promise<TableClient> {

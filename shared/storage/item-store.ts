@@ -1,10 +1,9 @@
 // The replicated-item records in Table Storage: items, their disks, the VM claims that keep a VM protected once.
 import { isConflict, isNotFound, storageStatus } from "../contract/errors";
 import { DISK_ID_PATTERN, ITEM_ID_PATTERN } from "../contract/api";
-import { type Storage } from "./clients";
+import type { EntityTable, Tables } from "./ports";
 import { TABLES } from "./names";
 import { type DiskRecord, type ItemState, type ReplicatedItem } from "../protection/items";
-import type { EntityTable } from "./ports";
 
 interface ItemEntity {
   partitionKey: "item";
@@ -47,7 +46,7 @@ async function readModifyWrite<T>(
 }
 
 export class ItemStore {
-  constructor(private readonly storage: Storage) {}
+  constructor(private readonly storage: Tables) {}
 
   private items(): Promise<EntityTable> {
     return this.storage.table(TABLES.items);

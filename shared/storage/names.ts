@@ -1,4 +1,5 @@
 // The names storage is laid out by, and the two directions of replication: plain values, no SDK.
+import type { Config, StorageAccount } from "../config/settings";
 
 export const REPLICATION_QUEUE = "replication-batches";
 /** Where the Functions host moves a replication message after maxDequeueCount failed attempts. */
@@ -35,4 +36,21 @@ export function queueMessageText(value: unknown): string {
   const text = Buffer.from(JSON.stringify(value), "utf8").toString("base64");
   if (text.length > 65536) throw new RangeError(`queue message of ${text.length} characters exceeds 64 KiB`);
   return text;
+}
+
+/**
+ * Storage is symmetric across the two regions: the original region's account (`CACHE_STORAGE`) holds the forward
+ * cache and the reverse replicas, the recovery region's account (`REPLICA_STORAGE`) the forward replicas and the
+ * reverse cache. The names inside them are the same in both directions (`cache-<item>`, `replicas/<item>/<disk>.vhd`,
+ * `failover/...`); the account says which direction a blob belongs to.
+ */
+export function directionAccounts(config: Config, direction: Direction): { cache: StorageAccount; replica: StorageAccount } {
+  const { cache, replica } = config.storage;
+  return direction === "forward" ? { cache, replica } : { cache: replica, replica: cache };
+}
+
+/** Re-protect needs storage in both regions: one account for both would hold both directions under the same names. */
+export function regionsAreDistinct(config: Config): boolean {
+  const { cache, replica } = config.storage;
+  return cache.blobUrl.replace(/\/+$/, "").toLowerCase() !== replica.blobUrl.replace(/\/+$/, "").toLowerCase();
 }

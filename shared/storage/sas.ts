@@ -13,7 +13,11 @@ import {
   StorageSharedKeyCredential as QueueKeyCredential,
   type UserDelegationKey as QueueDelegationKey,
 } from "@azure/storage-queue";
-import type { StorageAccount } from "../config/settings";
+import type { BlobServiceClient } from "@azure/storage-blob";
+import type { QueueServiceClient } from "@azure/storage-queue";
+import type { StorageAccount, Config } from "../config/settings";
+import { directionAccounts, type Direction } from "./names";
+import type { SasPort, SignedSas } from "./ports";
 
 /** Azure signs user delegation keys (and so their SAS) for at most 7 days from now. */
 export const MAX_DELEGATION_MS = 7 * 24 * 3600_000;
@@ -46,12 +50,6 @@ export class DelegationKeyCache<K extends { signedExpiresOn: Date }> {
     this.current = fetched;
     return fetched;
   }
-}
-
-export interface SignedSas {
-  /** The query string, without '?'. */
-  sas: string;
-  expiresOn: Date;
 }
 
 export interface AgentSasDeps {
@@ -148,4 +146,41 @@ export async function blobReadSas(
     key,
     account.name,
   ).toString();
+}
+
+/** The SAS a running app hands out (`SasPort`), each signed by the account that holds what it grants. */
+export class StorageSas implements SasPort {
+  private readonly agents: Record<Direction, AgentSas>;
+
+  constructor(
+    private readonly config: Config,
+    /** The blob service of the account holding a direction's cache or replicas (for delegation keys). */
+    private readonly blobs: (direction: Direction, role: "cache" | "replica") => BlobServiceClient,
+    queues: QueueServiceClient,
+    now: () => Date = () => new Date(),
+  ) {
+    const signer = (direction: Direction) =>
+      new AgentSas({
+        cache: directionAccounts(config, direction).cache,
+        control: config.storage.control,
+        cacheBlobKey: (startsOn, expiresOn) => blobs(direction, "cache").getUserDelegationKey(startsOn, expiresOn),
+        controlQueueKey: (startsOn, expiresOn) => queues.getUserDelegationKey(startsOn, expiresOn),
+        now,
+      });
+    this.agents = { forward: signer("forward"), reverse: signer("reverse") };
+  }
+
+  cacheContainer(direction: Direction, containerName: string, startsOn: Date, expiresOn: Date): Promise<SignedSas> {
+    return this.agents[direction].cacheContainer(containerName, startsOn, expiresOn);
+  }
+
+  /** Queues live in the control account, whichever the direction: either signer signs them alike. */
+  queue(queueName: string, startsOn: Date, expiresOn: Date): Promise<SignedSas> {
+    return this.agents.forward.queue(queueName, startsOn, expiresOn);
+  }
+
+  replicaRead(direction: Direction, containerName: string, blobName: string, now: Date): Promise<string> {
+    const account = directionAccounts(this.config, direction).replica;
+    return blobReadSas(account, containerName, blobName, (s, e) => this.blobs(direction, "replica").getUserDelegationKey(s, e), now);
+  }
 }

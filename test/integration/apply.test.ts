@@ -1,7 +1,7 @@
 // Applying cached batches to replicas against real Azurite: order, gaps, duplicates, fencing, crash safety, corruption, resync, sweep, poison.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import type { BlobLeaseClient } from "@azure/storage-blob";
+import type { LeasePort } from "../../shared/storage/ports";
 import { QueueClient } from "@azure/storage-queue";
 import { startTestStack, type TestStack } from "../support/stack";
 import { DiskModel, encodeWrites, KiB, MiB, randomBytes, randomWrites, rng, type BatchSpec, type Write } from "../support/batches";
@@ -298,7 +298,7 @@ describe("applying batches", () => {
     await vm.ship(1, randomWrites(next, DISK, 6), { tag });
     const afterOne = vm.sources.get("os")!.clone();
     await vm.ship(2, randomWrites(next, DISK, 6));
-    let thief: BlobLeaseClient | undefined;
+    let thief: LeasePort | undefined;
     let tagged: number | undefined;
     // Another processor breaks the lease and takes it just after batch 1 (the recovery-point hook is the seam).
     const out = await vm.apply(1, "os", {
