@@ -16,136 +16,143 @@ export const SHUTDOWN_TIMEOUT_MS = 10 * 60_000;
 const COPY_POLL_MS = 2_000;
 const FINAL_SYNC_POLL_MS = 1_000;
 
-function* orchestrate(context: OrchestrationContext): Generator<df.Task, FailoverOutput, unknown> {
-  const input = context.df.getInput() as FailoverInput;
-  const ids = input.stages.flat();
-  const status: FailoverStatus = { step: "validating", vms: {} };
-  // The job's steps, timed by the orchestration's clock (deterministic on replay); recorded once, when it ends.
-  const steps: JobStep[] = [];
-  const endStep = (state: "Succeeded" | "Failed") => {
-    const open = steps[steps.length - 1];
-    if (open?.state === "InProgress") Object.assign(open, { state, endedAt: context.df.currentUtcDateTime.toISOString() });
-  };
-  const show = (step: string) => {
-    status.step = step;
-    context.df.setCustomStatus(status);
-    if (step === "completed" || step === "failed" || steps[steps.length - 1]?.name === step) return;
-    endStep("Succeeded");
-    steps.push({ name: step, state: "InProgress", startedAt: context.df.currentUtcDateTime.toISOString(), endedAt: null });
-  };
-  // A job that cannot be recorded must not turn a failover into a failure (nor a failure into a second rollback).
-  const endJob = function* (outcome: { state: "Succeeded" | "Failed"; error?: { code: string; message: string } }): Generator<df.Task, void, unknown> {
+type Steps<T> = Generator<df.Task, T, unknown>;
+type Latest = Record<string, { pointId?: string; note?: string }>;
+
+/**
+ * One failover as its orchestration runs it: the status it publishes, its job's steps, and one method per phase
+ * (validate → shut down or drain → choose points → per stage: copy, NIC, VM, start → complete; or roll back).
+ */
+class FailoverRun {
+  private readonly input: FailoverInput;
+  private readonly ids: string[];
+  private readonly status: FailoverStatus = { step: "validating", vms: {} };
+  /** The job's steps, timed by the orchestration's clock (deterministic on replay); recorded once, when it ends. */
+  private readonly steps: JobStep[] = [];
+
+  constructor(private readonly context: OrchestrationContext) {
+    this.input = context.df.getInput() as FailoverInput;
+    this.ids = this.input.stages.flat();
+  }
+
+  *run(): Steps<FailoverOutput> {
     try {
-      yield context.df.callActivityWithRetry("failoverJobEnd", stepRetry(), { instanceId: input.instanceId, type: input.type, steps, ...outcome });
-    } catch {
-      // the job stays InProgress; the failover's own status is the truth
-    }
-  };
-  // One step for several VMs at once: the activities run in parallel, the first final failure stops the failover.
-  const all = function* <T>(name: string, inputs: unknown[]): Generator<df.Task, T[], unknown> {
-    const results = (yield context.df.Task.all(inputs.map((i) => context.df.callActivityWithRetry(name, stepRetry(), i)))) as StepResult<T>[];
-    return results.map((r) => unwrap(name, r));
-  };
-  const later = (ms: number) => context.df.createTimer(new Date(context.df.currentUtcDateTime.getTime() + ms));
-
-  try {
-    show("validating");
-    const [vms] = yield* all<{ itemId: string; vm: string }[]>("failoverVerify", [input]);
-    for (const v of vms!) status.vms[v.itemId] = { vm: v.vm, step: "waiting" };
-
-    let latest: Record<string, { pointId?: string; note?: string }> = {};
-    if (input.type === "planned") {
-      show("shutting down the source VMs");
-      yield* all(
-        "failoverRequestShutdown",
-        ids.map((itemId) => ({ input, itemId })),
-      );
-      show("waiting for the source VMs' final sync");
-      const deadline = Date.parse(input.startedAt) + SHUTDOWN_TIMEOUT_MS;
-      let pending = ids;
-      for (;;) {
-        const sealed = yield* all<boolean>(
-          "failoverFinalPointSealed",
-          pending.map((itemId) => ({ input, itemId })),
-        );
-        for (const [n, id] of pending.entries()) if (sealed[n]) status.vms[id]!.step = "source shut down, final sync done";
-        pending = pending.filter((_, n) => !sealed[n]);
-        if (pending.length === 0) break;
-        if (context.df.currentUtcDateTime.getTime() > deadline) {
-          throw new Error(
-            `SourceNotShutDown: the source VMs of ${pending.join(", ")} did not complete their final sync within ${SHUTDOWN_TIMEOUT_MS / 60_000} minutes; run an unplanned failover`,
-          );
-        }
-        context.df.setCustomStatus(status);
-        yield later(FINAL_SYNC_POLL_MS);
+      yield* this.validate();
+      let latest: Latest = {};
+      if (this.input.type === "planned") yield* this.awaitFinalSync();
+      else if (this.input.recoveryPoint === "latest") latest = yield* this.drainLatest();
+      const plans = yield* this.choosePoints(latest);
+      const outcomes: VmOutcome[] = [];
+      for (const [n, stage] of this.input.stages.entries()) {
+        if (this.input.stages.length > 1) this.status.stage = { index: n + 1, count: this.input.stages.length };
+        outcomes.push(...(yield* this.failOverStage(plans.filter((p) => stage.includes(p.itemId)))));
       }
-    } else if (input.recoveryPoint === "latest") {
-      show("draining the cache and cutting the latest point");
-      const drained = yield* all<{ pointId?: string; note?: string }>(
-        "failoverDrain",
-        ids.map((itemId) => ({ input, itemId })),
-      );
-      latest = Object.fromEntries(ids.map((id, n) => [id, drained[n]!]));
+      return yield* this.complete(outcomes);
+    } catch (e) {
+      yield* this.rollBack(e);
+      throw e;
     }
+  }
 
-    show("choosing recovery points");
-    const [plans] = yield* all<VmPlan[]>("failoverPlan", [{ input, latest }]);
+  private *validate(): Steps<void> {
+    this.show("validating");
+    const [vms] = yield* this.all<{ itemId: string; vm: string }[]>("failoverVerify", [this.input]);
+    for (const v of vms!) this.status.vms[v.itemId] = { vm: v.vm, step: "waiting" };
+  }
+
+  /** Planned: the source VMs are asked to shut down, then polled until each one's final point is sealed (or the deadline). */
+  private *awaitFinalSync(): Steps<void> {
+    const { input, status } = this;
+    this.show("shutting down the source VMs");
+    yield* this.all("failoverRequestShutdown", this.perItem());
+    this.show("waiting for the source VMs' final sync");
+    const deadline = Date.parse(input.startedAt) + SHUTDOWN_TIMEOUT_MS;
+    let pending = this.ids;
+    for (;;) {
+      const sealed = yield* this.all<boolean>(
+        "failoverFinalPointSealed",
+        pending.map((itemId) => ({ input, itemId })),
+      );
+      for (const [n, id] of pending.entries()) if (sealed[n]) status.vms[id]!.step = "source shut down, final sync done";
+      pending = pending.filter((_, n) => !sealed[n]);
+      if (pending.length === 0) return;
+      if (this.context.df.currentUtcDateTime.getTime() > deadline) {
+        throw new Error(
+          `SourceNotShutDown: the source VMs of ${pending.join(", ")} did not complete their final sync within ${SHUTDOWN_TIMEOUT_MS / 60_000} minutes; run an unplanned failover`,
+        );
+      }
+      this.context.df.setCustomStatus(status);
+      yield this.later(FINAL_SYNC_POLL_MS);
+    }
+  }
+
+  /** `latest`: what is in the cache is applied and a point cut on it, per VM. */
+  private *drainLatest(): Steps<Latest> {
+    this.show("draining the cache and cutting the latest point");
+    const drained = yield* this.all<{ pointId?: string; note?: string }>("failoverDrain", this.perItem());
+    return Object.fromEntries(this.ids.map((id, n) => [id, drained[n]!]));
+  }
+
+  private *choosePoints(latest: Latest): Steps<VmPlan[]> {
+    this.show("choosing recovery points");
+    const [plans] = yield* this.all<VmPlan[]>("failoverPlan", [{ input: this.input, latest }]);
     for (const p of plans!)
-      Object.assign(status.vms[p.itemId]!, { recoveryPoint: p.point, step: "waiting for its group", ...(p.note ? { note: p.note } : {}) });
+      Object.assign(this.status.vms[p.itemId]!, { recoveryPoint: p.point, step: "waiting for its group", ...(p.note ? { note: p.note } : {}) });
+    return plans!;
+  }
 
-    const outcomes: VmOutcome[] = [];
-    for (const [n, stage] of input.stages.entries()) {
-      if (input.stages.length > 1) status.stage = { index: n + 1, count: input.stages.length };
-      const group = plans!.filter((p) => stage.includes(p.itemId));
-      const mark = (step: string) => group.forEach((p) => (status.vms[p.itemId]!.step = step));
+  /** One stage of a recovery plan (every VM of a plain failover is one stage): its VMs go through each step together. */
+  private *failOverStage(group: VmPlan[]): Steps<VmOutcome[]> {
+    const { input, status } = this;
+    const mark = (step: string) => group.forEach((p) => (status.vms[p.itemId]!.step = step));
+    const perVm = () => group.map((plan) => ({ input, plan }));
 
-      mark("copying disks");
-      show("copying disks");
-      let copying = group;
-      for (;;) {
-        const copies = yield* all<{ state: CopyState; copied: number; total: number }>(
-          "failoverCopyDisks",
-          copying.map((plan) => ({ input, plan })),
-        );
-        for (const [k, p] of copying.entries()) status.vms[p.itemId]!.disks = `${copies[k]!.copied}/${copies[k]!.total} copied`;
-        copying = copying.filter((_, k) => copies[k]!.state === "pending");
-        if (copying.length === 0) break;
-        context.df.setCustomStatus(status);
-        yield later(COPY_POLL_MS); // Azure copies can stay pending for a while: poll, do not hold an activity
-      }
+    mark("copying disks");
+    this.show("copying disks");
+    yield* this.copyDisks(group);
 
-      mark("creating the network interface");
-      show("creating network interfaces");
-      const nics = yield* all<{ nicId: string; privateIp: string }>(
-        "failoverCreateNic",
-        group.map((plan) => ({ input, plan })),
+    mark("creating the network interface");
+    this.show("creating network interfaces");
+    const nics = yield* this.all<{ nicId: string; privateIp: string }>("failoverCreateNic", perVm());
+    group.forEach((p, k) => (status.vms[p.itemId]!.privateIp = nics[k]!.privateIp));
+
+    mark("creating the VM");
+    this.show("creating VMs");
+    yield* this.all(
+      "failoverCreateVm",
+      group.map((plan, k) => ({ input, plan, nicId: nics[k]!.nicId })),
+    );
+
+    mark("starting");
+    this.show("starting VMs");
+    yield* this.all("failoverStartVm", perVm());
+
+    const done = yield* this.all<VmOutcome>("failoverComplete", perVm());
+    for (const o of done) Object.assign(status.vms[o.itemId]!, { step: "running", powerState: o.targetVm.powerState });
+    return done;
+  }
+
+  /** Azure copies can stay pending for a while: the copy step is polled, no activity is held while it runs. */
+  private *copyDisks(group: VmPlan[]): Steps<void> {
+    let copying = group;
+    for (;;) {
+      const copies = yield* this.all<{ state: CopyState; copied: number; total: number }>(
+        "failoverCopyDisks",
+        copying.map((plan) => ({ input: this.input, plan })),
       );
-      group.forEach((p, k) => (status.vms[p.itemId]!.privateIp = nics[k]!.privateIp));
-
-      mark("creating the VM");
-      show("creating VMs");
-      yield* all(
-        "failoverCreateVm",
-        group.map((plan, k) => ({ input, plan, nicId: nics[k]!.nicId })),
-      );
-
-      mark("starting");
-      show("starting VMs");
-      yield* all(
-        "failoverStartVm",
-        group.map((plan) => ({ input, plan })),
-      );
-
-      const done = yield* all<VmOutcome>(
-        "failoverComplete",
-        group.map((plan) => ({ input, plan })),
-      );
-      for (const o of done) Object.assign(status.vms[o.itemId]!, { step: "running", powerState: o.targetVm.powerState });
-      outcomes.push(...done);
+      for (const [k, p] of copying.entries()) this.status.vms[p.itemId]!.disks = `${copies[k]!.copied}/${copies[k]!.total} copied`;
+      copying = copying.filter((_, k) => copies[k]!.state === "pending");
+      if (copying.length === 0) return;
+      this.context.df.setCustomStatus(this.status);
+      yield this.later(COPY_POLL_MS);
     }
-    endStep("Succeeded");
-    show("completed");
-    const completedAt = context.df.currentUtcDateTime;
+  }
+
+  private *complete(outcomes: VmOutcome[]): Steps<FailoverOutput> {
+    const { input } = this;
+    this.endStep("Succeeded");
+    this.show("completed");
+    const completedAt = this.context.df.currentUtcDateTime;
     const output: FailoverOutput = {
       instanceId: input.instanceId,
       type: input.type,
@@ -156,29 +163,77 @@ function* orchestrate(context: OrchestrationContext): Generator<df.Task, Failove
       vms: outcomes,
     };
     // After the RTO is taken: recording the job is not part of the failover's time.
-    yield* endJob({ state: "Succeeded" });
+    yield* this.endJob({ state: "Succeeded" });
     return output;
-  } catch (e) {
+  }
+
+  /** Nothing half-done: what the failover made goes and the items return to replication (retried like any step). */
+  private *rollBack(e: unknown): Steps<void> {
+    const { input, status } = this;
     // The first line says what failed (an activity's error also carries its stack, which is for the log).
     const message = firstLine((e as Error).message);
     status.error = message;
-    endStep("Failed");
-    show("rolling back");
-    // Nothing half-done: what the failover made goes and the items return to replication (retried like any step).
+    this.endStep("Failed");
+    this.show("rolling back");
     try {
-      yield context.df.Task.all(ids.map((itemId) => context.df.callActivityWithRetry("failoverRollback", stepRetry(), { input, itemId, error: message })));
+      yield this.context.df.Task.all(
+        this.ids.map((itemId) => this.context.df.callActivityWithRetry("failoverRollback", stepRetry(), { input, itemId, error: message })),
+      );
     } catch (r) {
       // Still the failover's error that fails it; what the rollback left is on the items (their failover record).
       status.error = `${message}; the rollback failed too: ${firstLine((r as Error).message)}`;
-      endStep("Failed");
+      this.endStep("Failed");
     }
-    endStep("Succeeded");
-    show("failed");
+    this.endStep("Succeeded");
+    this.show("failed");
     // "failoverCreateVm: QuotaExceeded: …" → code QuotaExceeded; anything else is FailoverFailed.
     const coded = /^\w+: ([A-Za-z][A-Za-z0-9]*): /.exec(message);
-    yield* endJob({ state: "Failed", error: { code: coded?.[1] ?? "FailoverFailed", message: status.error } });
-    throw e;
+    yield* this.endJob({ state: "Failed", error: { code: coded?.[1] ?? "FailoverFailed", message: status.error } });
   }
+
+  /** Publishes the step as the custom status, and opens it as the job's current step. */
+  private show(step: string): void {
+    const { steps } = this;
+    this.status.step = step;
+    this.context.df.setCustomStatus(this.status);
+    if (step === "completed" || step === "failed" || steps[steps.length - 1]?.name === step) return;
+    this.endStep("Succeeded");
+    steps.push({ name: step, state: "InProgress", startedAt: this.context.df.currentUtcDateTime.toISOString(), endedAt: null });
+  }
+
+  private endStep(state: "Succeeded" | "Failed"): void {
+    const open = this.steps[this.steps.length - 1];
+    if (open?.state === "InProgress") Object.assign(open, { state, endedAt: this.context.df.currentUtcDateTime.toISOString() });
+  }
+
+  /** A job that cannot be recorded must not turn a failover into a failure (nor a failure into a second rollback). */
+  private *endJob(outcome: { state: "Succeeded" | "Failed"; error?: { code: string; message: string } }): Steps<void> {
+    const { instanceId, type } = this.input;
+    try {
+      yield this.context.df.callActivityWithRetry("failoverJobEnd", stepRetry(), { instanceId, type, steps: this.steps, ...outcome });
+    } catch {
+      // the job stays InProgress; the failover's own status is the truth
+    }
+  }
+
+  /** One step for several VMs at once: the activities run in parallel, the first final failure stops the failover. */
+  private *all<T>(name: string, inputs: unknown[]): Steps<T[]> {
+    const df = this.context.df;
+    const results = (yield df.Task.all(inputs.map((i) => df.callActivityWithRetry(name, stepRetry(), i)))) as StepResult<T>[];
+    return results.map((r) => unwrap(name, r));
+  }
+
+  private perItem(): { input: FailoverInput; itemId: string }[] {
+    return this.ids.map((itemId) => ({ input: this.input, itemId }));
+  }
+
+  private later(ms: number): df.Task {
+    return this.context.df.createTimer(new Date(this.context.df.currentUtcDateTime.getTime() + ms));
+  }
+}
+
+function* orchestrate(context: OrchestrationContext): Steps<FailoverOutput> {
+  return yield* new FailoverRun(context).run();
 }
 
 /** An activity of this orchestration: its own step errors are final too. */
