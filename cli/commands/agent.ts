@@ -1,8 +1,9 @@
 // `site-recovery agent`: runs the agent on a VM — registers with a token once, then scans the given disks (or serves them over NBD and tracks every write) and ships their changes until stopped.
 import { Command, InvalidArgumentError, Option } from "commander";
-import { Agent, DEFAULT_STATE_DIR } from "../../agent";
+import { Agent, DEFAULT_STATE_DIR, type AgentOptions } from "../../agent";
 import { isLoopback, parseTcpAddress } from "../../agent/nbd/server";
 import type { Heartbeat } from "../../shared/protection/agent-protocol";
+import { EXIT } from "../options";
 
 /** `os=/dev/sda` → { id: "os", path: "/dev/sda" } (repeatable). */
 export function parseDiskPath(value: string, previous: { id: string; path: string }[] = []) {
@@ -154,87 +155,107 @@ export function agentCommand(program: Command): Command {
     .option("--progress-interval <seconds>", "seconds between progress lines (printed when something changed)", positiveInt("--progress-interval"), 2)
     .action(async (o: AgentCliOptions, cmd: Command) => {
       const { url, key } = cmd.optsWithGlobals<{ url: string; key?: string }>();
-      if (!o.disk?.length) throw new InvalidArgumentError("give at least one --disk <id=path>");
-      if (o.nbdTcp && !o.nbd) throw new InvalidArgumentError("--nbd-tcp needs --nbd <socket path>");
-      if (o.scanDisk?.length && !o.nbd) throw new InvalidArgumentError("--scan-disk goes with --nbd (without it, every --disk is scanned)");
       const log = (line: string) => console.log(`${new Date().toISOString()} ${line}`);
+      let options: AgentOptions;
+      try {
+        options = agentOptions(o, url, key, log);
+      } catch (e) {
+        // Thrown here (not by an option's parser), commander would exit without a word: say it as it says its own.
+        cmd.error(`error: ${(e as Error).message}`, { exitCode: EXIT.usage, code: "site-recovery.usage" });
+      }
       let agent: Agent;
       try {
-        agent = await Agent.start({
-          url,
-          ...(o.token ? { token: o.token } : {}),
-          ...(key ? { functionKey: key } : {}),
-          stateDir: o.stateDir,
-          disks: [
-            ...o.disk.map((d) => ({ ...d, kind: o.nbd ? ("tracked" as const) : ("scanned" as const) })),
-            ...(o.scanDisk ?? []).map((d) => ({ ...d, kind: "scanned" as const })),
-          ],
-          groupPort: o.groupPort ?? 20004,
-          groupHost: o.groupHost ?? "0.0.0.0",
-          ...(o.groupAdvertise ? { groupAdvertiseHost: o.groupAdvertise } : {}),
-          ...(o.replace ? { replaceRegistration: true } : {}),
-          ...(o.nbd ? { nbd: { socketPath: o.nbd, ...(o.nbdTcp ? { tcp: o.nbdTcp } : {}) } } : {}),
-          scanIntervalSeconds: o.scanInterval,
-          spoolMaxBytes: o.spoolMaxMb * 1024 * 1024,
-          uploadConcurrency: o.uploadConcurrency,
-          ...(o.preFreeze ? { preFreeze: o.preFreeze } : {}),
-          ...(o.postThaw ? { postThaw: o.postThaw } : {}),
-          freezeTimeoutMs: Math.round(o.freezeTimeout * 1000),
-          log,
-        });
+        agent = await Agent.start(options);
       } catch (e) {
         console.error(`agent: ${(e as Error).message}`);
         process.exitCode = 1;
         return;
       }
-      if (o.preFreeze && (!o.nbd || o.scanDisk?.length)) {
-        log(
-          "note: --pre-freeze acts on app-consistent tags, which need every disk served over NBD; with scanned disks the points are crash-consistent (after quiet scan rounds), so it is not run",
-        );
-      }
-      log(`replicating ${agent.vmName} (item ${agent.itemId}): ${agent.diskIds().join(", ")}; state in ${o.stateDir}; Ctrl-C stops`);
-      const served = agent.nbdAddress;
-      if (served) {
-        for (const line of nbdHowTo(
-          o.disk.map((d) => d.id),
-          served,
-        ))
-          log(line);
-        if (served.tcp && !isLoopback(served.tcp.host))
-          log(`warning: NBD on tcp ${served.tcp.host}:${served.tcp.port} has no authentication: anyone who reaches it can read and write these disks`);
-      }
-
-      let last = "";
-      const progress = setInterval(() => {
-        const line = progressLine(agent.status());
-        if (line !== last) log((last = line));
-      }, o.progressInterval * 1000);
-
-      await new Promise<void>((resolve) => {
-        let stopping = false;
-        const stop = (signal: string) => {
-          if (stopping) {
-            console.error(`${signal} again: exiting now (the spool and the state directory keep what was not shipped)`);
-            process.exit(1);
-          }
-          stopping = true;
-          log(`${signal}: stopping — sealing what was written or scanned into the spool`);
-          clearInterval(progress);
-          agent
-            .stop()
-            .then(() => {
-              const h = agent.status();
-              const left = Object.values(h.disks).reduce((n, d) => n + d.spoolBatches, 0);
-              log(`stopped; ${left} batch(es) left in the spool for the next start`);
-            })
-            .catch((e: Error) => {
-              console.error(`agent: stop failed: ${e.message}`);
-              process.exitCode = 1;
-            })
-            .finally(resolve);
-        };
-        process.on("SIGINT", () => stop("SIGINT"));
-        process.on("SIGTERM", () => stop("SIGTERM"));
-      });
+      announce(agent, o, log);
+      await runUntilSignalled(agent, o.progressInterval, log);
     });
+}
+
+/** The agent's options from the command line's, refusing combinations that cannot work (a usage error). */
+function agentOptions(o: AgentCliOptions, url: string, key: string | undefined, log: (line: string) => void): AgentOptions {
+  if (!o.disk?.length) throw new Error("give at least one --disk <id=path>");
+  if (o.nbdTcp && !o.nbd) throw new Error("--nbd-tcp needs --nbd <socket path>");
+  if (o.scanDisk?.length && !o.nbd) throw new Error("--scan-disk goes with --nbd (without it, every --disk is scanned)");
+  return {
+    url,
+    ...(o.token ? { token: o.token } : {}),
+    ...(key ? { functionKey: key } : {}),
+    stateDir: o.stateDir,
+    disks: [
+      ...o.disk.map((d) => ({ ...d, kind: o.nbd ? ("tracked" as const) : ("scanned" as const) })),
+      ...(o.scanDisk ?? []).map((d) => ({ ...d, kind: "scanned" as const })),
+    ],
+    groupPort: o.groupPort ?? 20004,
+    groupHost: o.groupHost ?? "0.0.0.0",
+    ...(o.groupAdvertise ? { groupAdvertiseHost: o.groupAdvertise } : {}),
+    ...(o.replace ? { replaceRegistration: true } : {}),
+    ...(o.nbd ? { nbd: { socketPath: o.nbd, ...(o.nbdTcp ? { tcp: o.nbdTcp } : {}) } } : {}),
+    scanIntervalSeconds: o.scanInterval,
+    spoolMaxBytes: o.spoolMaxMb * 1024 * 1024,
+    uploadConcurrency: o.uploadConcurrency,
+    ...(o.preFreeze ? { preFreeze: o.preFreeze } : {}),
+    ...(o.postThaw ? { postThaw: o.postThaw } : {}),
+    freezeTimeoutMs: Math.round(o.freezeTimeout * 1000),
+    log,
+  };
+}
+
+/** What the operator needs to know once the agent runs: what it replicates, and how to write through its exports. */
+function announce(agent: Agent, o: AgentCliOptions, log: (line: string) => void): void {
+  if (o.preFreeze && (!o.nbd || o.scanDisk?.length)) {
+    log(
+      "note: --pre-freeze acts on app-consistent tags, which need every disk served over NBD; with scanned disks the points are crash-consistent (after quiet scan rounds), so it is not run",
+    );
+  }
+  log(`replicating ${agent.vmName} (item ${agent.itemId}): ${agent.diskIds().join(", ")}; state in ${o.stateDir}; Ctrl-C stops`);
+  const served = agent.nbdAddress;
+  if (!served) return;
+  for (const line of nbdHowTo(
+    (o.disk ?? []).map((d) => d.id),
+    served,
+  ))
+    log(line);
+  if (served.tcp && !isLoopback(served.tcp.host))
+    log(`warning: NBD on tcp ${served.tcp.host}:${served.tcp.port} has no authentication: anyone who reaches it can read and write these disks`);
+}
+
+/** Progress lines while the agent runs; SIGINT/SIGTERM stop it (sealing what was written into the spool), a second one exits at once. */
+function runUntilSignalled(agent: Agent, progressIntervalSeconds: number, log: (line: string) => void): Promise<void> {
+  let last = "";
+  const progress = setInterval(() => {
+    const line = progressLine(agent.status());
+    if (line !== last) log((last = line));
+  }, progressIntervalSeconds * 1000);
+
+  return new Promise<void>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        console.error(`${signal} again: exiting now (the spool and the state directory keep what was not shipped)`);
+        process.exit(1);
+      }
+      stopping = true;
+      log(`${signal}: stopping — sealing what was written or scanned into the spool`);
+      clearInterval(progress);
+      agent
+        .stop()
+        .then(() => {
+          const h = agent.status();
+          const left = Object.values(h.disks).reduce((n, d) => n + d.spoolBatches, 0);
+          log(`stopped; ${left} batch(es) left in the spool for the next start`);
+        })
+        .catch((e: Error) => {
+          console.error(`agent: stop failed: ${e.message}`);
+          process.exitCode = 1;
+        })
+        .finally(resolve);
+    };
+    process.on("SIGINT", () => stop("SIGINT"));
+    process.on("SIGTERM", () => stop("SIGTERM"));
+  });
 }

@@ -284,4 +284,18 @@ describe("the CLI for people (a process against a running stack)", () => {
     assert.match(refused.stderr, /error 409 IllegalState/);
     assert.equal((await cli(stack, ["status", "--help"])).code, 0);
   });
+
+  test("the agent's usage errors say what is wrong and exit 2, before anything is contacted", async () => {
+    const cases: [string[], RegExp][] = [
+      [["agent"], /error: give at least one --disk <id=path>/],
+      [["agent", "--disk", "os=/tmp/os.img", "--nbd-tcp", "10809"], /error: --nbd-tcp needs --nbd <socket path>/],
+      [["agent", "--disk", "os=/tmp/os.img", "--scan-disk", "data=/tmp/d.img"], /error: --scan-disk goes with --nbd/],
+      [["agent", "--disk", "os"], /expected <diskId>=<path>/],
+    ];
+    for (const [args, message] of cases) {
+      const r = await cli(stack, args);
+      assert.equal(r.code, 2, args.join(" "));
+      assert.match(r.stderr, message);
+    }
+  });
 });
