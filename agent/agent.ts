@@ -1,7 +1,8 @@
 // The agent (ASR's Mobility service): registers once, tracks or scans its disks, spools and ships batches, checks in, and reports a heartbeat. It only ever calls out.
 // A planned failover shuts the VM down through it: writes are refused, one final tag is cut, and everything up to it is shipped.
 // Over 500 lines: the agent's loops (check-in, heartbeat, tags, app tags, scan rounds, planned shutdown) share one
-// state and one set of signals; the disks, spool, shipper, group barrier and NBD server are modules of their own.
+// state and one set of signals; the disks, spool, shipper, scan rounds (scan-rounds.ts), group barrier and NBD server are
+// modules of their own.
 import { createHash, randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
@@ -12,9 +13,9 @@ import { DEFAULT_TUNING, type DiskContext, type DiskSpec, type DiskTuning, type 
 import { lockStateDir, readJsonFile, writeFileAtomic } from "./files";
 import { Mutex, Signal } from "./gate";
 import { Health } from "./health";
-import { changedBetween, type Look } from "./quiet";
 import { backoffMs, describe, sleep } from "./retry";
 import { ScannedDisk } from "./scanned-disk";
+import { ScanRounds, type QuietRound } from "./scan-rounds";
 import { Shipper } from "./shipper";
 import { Spool } from "./spool";
 import { agentStateSchema, statePaths, type AgentState } from "./state";
@@ -31,21 +32,9 @@ import { refuseStateDirOnExports } from "./nbd/state-dir-guard";
 export const SHUTDOWN_REFUSAL = "the VM is shutting down for a planned failover: writes are refused";
 /** How often the final tag is tried again while some disk cannot carry it (initial replication, resync, bitmap mode). */
 const SHUTDOWN_RETRY_MS = 500;
-/** After a scan round's passes, change notifications of writes that were still completing get this long to arrive. */
-const SCAN_GRACE_MS = 250;
-/** Scan rounds in a row that saw a change before the item's health says no consistent point can be cut from a scan. */
-const NOISY_ROUNDS_BEFORE_WARNING = 3;
 /** How long a first start waits for a re-protect to finish seeding before it gives up (every 500 ms: 10 minutes). */
 const REGISTER_WAIT_ATTEMPTS = 1200;
 const REGISTER_WAIT_MS = 500;
-
-/** A scan round in which no scanned disk changed: its first looks and, per disk, the seq right after its pass. */
-interface QuietRound {
-  quiet: true;
-  first: Look[];
-  afterSeq: number[];
-}
-type ScanRound = QuietRound | { quiet: false; why: string };
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -134,8 +123,8 @@ export class Agent {
   private readonly appTagSignal = new Signal();
   private readonly shutdownSignal = new Signal();
   private readonly scanSignal = new Signal();
-  /** Scanned disks: scan rounds in a row that saw a change, and when the last crash tag after a quiet round was cut. */
-  private noisyRounds = 0;
+  /** Scanned disks: their rounds, and when the last crash tag after a quiet round was cut. */
+  private readonly scans: ScanRounds;
   private lastScanTagMs = 0;
   /** agent.json is replaced by the check-in and by the shutdown loop: one at a time (they share the temp file). */
   private readonly stateMutex = new Mutex();
@@ -159,7 +148,15 @@ export class Agent {
     readonly health: Health,
     private readonly unlock: () => void,
     private readonly log: (line: string) => void,
-  ) {}
+  ) {
+    this.scans = new ScanRounds({
+      scanned: () => this.scannedDisks(),
+      tracked: () => [...this.disks.values()].filter((d): d is TrackedDisk => d instanceof TrackedDisk),
+      health,
+      healthChanged: () => this.checkinSignal.notify(),
+      ...(opts.duringScanRound ? { duringScanRound: opts.duringScanRound } : {}),
+    });
+  }
 
   /** Registers (first start) or resumes from the state directory, recovers every disk, and starts replicating. */
   static async start(opts: AgentOptions): Promise<Agent> {
@@ -210,57 +207,68 @@ export class Agent {
         await Promise.all([...agent.disks.values()].map((d) => d.close().catch(() => undefined)));
         throw e;
       }
-      const self = agent;
-      agent.group = new GroupLink({
-        itemId: state.itemId,
-        ...(opts.groupPort !== undefined ? { port: opts.groupPort } : {}),
-        ...(opts.groupHost ? { host: opts.groupHost } : {}),
-        ...(opts.groupAdvertiseHost ? { advertiseHost: opts.groupAdvertiseHost } : {}),
-        ...(opts.groupHoldBoundMs ? { holdBoundMs: opts.groupHoldBoundMs } : {}),
-        ...(opts.groupBeforeHold ? { beforeHold: opts.groupBeforeHold } : {}),
-        disks: () => self.trackedDisks(),
-        onTag: (t) => {
-          self.lastTag = t;
-          opts.groupOnCut?.(t);
-        },
-        log,
-      });
-      // A restart during a planned shutdown: writes stay refused from the first instant, and the barrier stays left.
-      if (state.shutdown) {
-        agent.refuseWrites();
-        log(
-          `planned failover in progress: writes are refused${state.shutdown.tagCut ? ` (final tag ${state.shutdown.tagId} cut already)` : `; final tag ${state.shutdown.tagId} still to cut`}`,
-        );
-      }
-      await agent.group.update(state.shutdown ? undefined : state.group);
-      if (agent.group.listenAddress()) agent.checkinSignal.notify();
-      agent.loops.push(agent.checkinLoop(), agent.heartbeatLoop(), agent.tagLoop());
-      agent.loops.push(agent.appTagLoop(), agent.shutdownLoop(), agent.scanLoop());
-      // Resyncs known at registration (a re-protect's seed) are taken before any job starts: a seeded disk compares
-      // with its replica and ships what differs, it never starts a whole copy first.
-      for (const cmd of state.resync ?? []) await agent.disks.get(cmd.diskId)?.acceptResync(cmd);
-      for (const d of agent.disks.values()) d.start();
-      if (opts.nbd) {
-        try {
-          agent.nbd = await NbdServer.start({
-            socketPath: resolve(opts.nbd.socketPath),
-            ...(opts.nbd.tcp ? { tcp: opts.nbd.tcp } : {}),
-            ...(opts.nbd.maxPayloadBytes ? { maxPayloadBytes: opts.nbd.maxPayloadBytes } : {}),
-            exports: [...agent.disks.values()].filter((d): d is TrackedDisk => d instanceof TrackedDisk).map((d) => new TrackedDiskExport(d)),
-            log,
-          });
-        } catch (e) {
-          // stop() unlocks and releases; the caller sees why the server did not start.
-          await agent.stop().catch(() => undefined);
-          throw e;
-        }
-      }
+      await agent.joinGroup(state);
+      await agent.run(state);
+      if (opts.nbd) await agent.serveNbd(opts.nbd);
       return agent;
     } catch (e) {
       if (!owner?.closed) {
         releaseExports();
         unlock();
       }
+      throw e;
+    }
+  }
+
+  /** The replication group's barrier; a restart during a planned shutdown keeps writes refused and the barrier left. */
+  private async joinGroup(state: AgentState): Promise<void> {
+    const { opts, log } = this;
+    this.group = new GroupLink({
+      itemId: state.itemId,
+      ...(opts.groupPort !== undefined ? { port: opts.groupPort } : {}),
+      ...(opts.groupHost ? { host: opts.groupHost } : {}),
+      ...(opts.groupAdvertiseHost ? { advertiseHost: opts.groupAdvertiseHost } : {}),
+      ...(opts.groupHoldBoundMs ? { holdBoundMs: opts.groupHoldBoundMs } : {}),
+      ...(opts.groupBeforeHold ? { beforeHold: opts.groupBeforeHold } : {}),
+      disks: () => this.trackedDisks(),
+      onTag: (t) => {
+        this.lastTag = t;
+        opts.groupOnCut?.(t);
+      },
+      log,
+    });
+    if (state.shutdown) {
+      this.refuseWrites();
+      log(
+        `planned failover in progress: writes are refused${state.shutdown.tagCut ? ` (final tag ${state.shutdown.tagId} cut already)` : `; final tag ${state.shutdown.tagId} still to cut`}`,
+      );
+    }
+    await this.group.update(state.shutdown ? undefined : state.group);
+    if (this.group.listenAddress()) this.checkinSignal.notify();
+  }
+
+  /** Starts the loops and the disks' own work. */
+  private async run(state: AgentState): Promise<void> {
+    this.loops.push(this.checkinLoop(), this.heartbeatLoop(), this.tagLoop());
+    this.loops.push(this.appTagLoop(), this.shutdownLoop(), this.scanLoop());
+    // Resyncs known at registration (a re-protect's seed) are taken before any job starts: a seeded disk compares
+    // with its replica and ships what differs, it never starts a whole copy first.
+    for (const cmd of state.resync ?? []) await this.disks.get(cmd.diskId)?.acceptResync(cmd);
+    for (const d of this.disks.values()) d.start();
+  }
+
+  /** Serves the tracked disks over NBD; if the server cannot start, the agent stops (unlocked, released) and says why. */
+  private async serveNbd(nbd: NonNullable<AgentOptions["nbd"]>): Promise<void> {
+    try {
+      this.nbd = await NbdServer.start({
+        socketPath: resolve(nbd.socketPath),
+        ...(nbd.tcp ? { tcp: nbd.tcp } : {}),
+        ...(nbd.maxPayloadBytes ? { maxPayloadBytes: nbd.maxPayloadBytes } : {}),
+        exports: [...this.disks.values()].filter((d): d is TrackedDisk => d instanceof TrackedDisk).map((d) => new TrackedDiskExport(d)),
+        log: this.log,
+      });
+    } catch (e) {
+      await this.stop().catch(() => undefined);
       throw e;
     }
   }
@@ -428,9 +436,9 @@ export class Agent {
       // Shutting down for a planned failover: the shutdown loop runs the rounds for the final tag.
       if (this.closed || this.state.shutdown) continue;
       try {
-        const round = await this.scanRound();
+        const round = await this.scans.round();
         if (this.closed || this.state.shutdown) continue;
-        this.noteRound(round);
+        this.scans.note(round);
         const every = this.opts.tagIntervalMs ?? this.state.policy.crashConsistentFrequencySeconds * 1000;
         if (round.quiet && Date.now() - this.lastScanTagMs >= every) {
           const tag = await this.cutAfterQuietRound(round, "crash", randomUUID());
@@ -442,77 +450,14 @@ export class Agent {
     }
   }
 
-  /**
-   * Looks at every scanned disk, scans each in full, gives notifications a grace, and looks again: quiet if no look
-   * differs. What the passes shipped brings the replicas to the disks as they were during the whole round.
-   */
-  private async scanRound(): Promise<ScanRound> {
-    const disks = this.scannedDisks();
-    const first = await Promise.all(disks.map((d) => d.look()));
-    await Promise.all([...disks.map((d) => d.scanNow()), this.opts.duringScanRound?.()]);
-    const afterSeq = disks.map((d) => d.nextSeq);
-    await sleep(SCAN_GRACE_MS);
-    const second = await Promise.all(disks.map((d) => d.look()));
-    const why = disks
-      .map((d, i) => changedBetween(first[i]!, second[i]!) ?? (d.nextSeq !== afterSeq[i] ? "shipped more since its pass" : undefined))
-      .map((w, i) => (w ? `disk ${disks[i]!.id}: ${w}` : ""))
-      .filter(Boolean)
-      .join("; ");
-    return why ? { quiet: false, why } : { quiet: true, first, afterSeq };
-  }
-
-  /** Counts rounds that saw changes; past a few in a row the item's health says why no point comes of the scans. */
-  private noteRound(round: ScanRound): void {
-    if (round.quiet) {
-      this.noisyRounds = 0;
-      if (!this.health.has(AGENT_WARNINGS.noConsistentScan)) return;
-      this.health.clear(AGENT_WARNINGS.noConsistentScan);
-      // The item's health should not wait for the next interval to drop the warning.
-      this.checkinSignal.notify();
-      return;
-    }
-    this.noisyRounds++;
-    if (this.noisyRounds < NOISY_ROUNDS_BEFORE_WARNING) return;
-    const fresh = !this.health.has(AGENT_WARNINGS.noConsistentScan);
-    this.health.set(
-      AGENT_WARNINGS.noConsistentScan,
-      "Warning",
-      `scanned disks changed during the last ${this.noisyRounds} scan passes (${round.why}): a scan yields a crash-consistent point only when a whole pass sees no write; serve busy disks through the agent (--nbd) for exact points`,
-    );
-    if (fresh) this.checkinSignal.notify();
-  }
-
-  /**
-   * Cuts a tag on every disk right after a quiet round: tracked disks are held at this instant, and the scanned disks
-   * must still be unchanged since the round's first look (so the round's passes describe them now) and have shipped
-   * nothing since. Resolves once the tagged batches are durable in the spool; undefined if anything moved.
-   */
+  /** A tag after a quiet scan round (see ScanRounds.cutAfterQuiet), kept as the latest and announced in the heartbeat. */
   private async cutAfterQuietRound(round: QuietRound, kind: TagKind, id: string): Promise<BatchTag | undefined> {
-    const scanned = this.scannedDisks();
-    const tracked = [...this.disks.values()].filter((d): d is TrackedDisk => d instanceof TrackedDisk);
-    if (scanned.some((d) => d.tagBlocker !== undefined) || this.closed) return undefined;
-    const hold = tracked.length > 0 ? await TrackedDisk.hold(tracked) : undefined;
-    const commits: Promise<void>[] = [];
-    let cut: BatchTag | undefined;
-    try {
-      if (hold && !hold.canTag()) return undefined;
-      const now = await Promise.all(scanned.map((d) => d.look()));
-      if (scanned.some((_, i) => changedBetween(round.first[i]!, now[i]!) !== undefined)) return undefined;
-      const tag: BatchTag = { id, kind, scope: "vm", time: new Date().toISOString() };
-      for (const [i, d] of scanned.entries()) {
-        // A disk that shipped something since its pass: the tag stays incomplete, and no point comes of it.
-        const sealed = await d.sealTag(tag, round.afterSeq[i]!);
-        if (!sealed) return undefined;
-        commits.push(sealed.committed);
-      }
-      if (hold && hold.cut(tag) !== tag) return undefined;
-      cut = tag;
-    } finally {
-      hold?.release();
+    if (this.closed) return undefined;
+    const cut = await this.scans.cutAfterQuiet(round, kind, id);
+    if (cut) {
+      this.lastTag = cut;
+      this.heartbeatSignal.notify();
     }
-    await Promise.all([...commits, ...(hold ? [hold.done] : [])]);
-    this.lastTag = cut;
-    this.heartbeatSignal.notify();
     return cut;
   }
 
@@ -704,7 +649,7 @@ export class Agent {
           const held = [...this.disks.values()].filter((d): d is TrackedDisk => d instanceof TrackedDisk);
           await Promise.all(held.map((d) => d.writesSettled()));
           if (this.state.shutdown !== s || this.closed) continue;
-          const round = await this.scanRound();
+          const round = await this.scans.round();
           const tag = round.quiet ? await this.cutAfterQuietRound(round, "crash", s.tagId) : undefined;
           if (tag && this.state.shutdown === s) {
             s.tagCut = true;
