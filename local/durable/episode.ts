@@ -5,7 +5,9 @@ import {
   ActionType,
   actionLabel,
   EventType,
+  retryDelayMs,
   signatureOf,
+  timerFired,
   type Action,
   type ActionSignature,
   type EpisodeOutcome,
@@ -183,6 +185,74 @@ function generatedChildId(parentId: string, taskId: number): string {
 
 export function activityKey(job: ActivityJob): string {
   return `${job.instanceId}|${job.executionId}|${job.taskId}`;
+}
+
+/** A new history event of an episode; a retry's event takes the next task id for the task it consumes. */
+export interface FreshEvent {
+  event: HistoryEvent;
+  idConsumer?: TaskRecord;
+}
+
+/**
+ * What an episode brings: the inbox's messages (oldest first) and the timers due by `nowMs` as history events —
+ * `early` those that take task ids at once (failed attempts of retried calls and retry timers with attempts left, as
+ * the SDK numbers them while it processes the events), `rest` the others — and the ids of every message consumed.
+ */
+export function freshEvents(live: LiveInstance, nowMs: number): { consumedIds: string[]; early: FreshEvent[]; rest: FreshEvent[]; timestamp: string } {
+  const cp = live.cp;
+  const consumedIds: string[] = [];
+  const early: FreshEvent[] = [];
+  const rest: FreshEvent[] = [];
+  const messages = [...live.inbox.values()].sort((a, b) => a.sent - b.sent || a.id.localeCompare(b.id));
+  for (const m of messages) {
+    if (m.kind !== "completion" && m.kind !== "event") continue;
+    consumedIds.push(m.id);
+    if (!m.event) continue;
+    if (m.kind === "event") {
+      rest.push({ event: m.event });
+      continue;
+    }
+    const task = typeof m.event.TaskScheduledId === "number" ? live.tasks.get(m.event.TaskScheduledId) : undefined;
+    // A completion of an earlier execution, or a second one for the same task: nothing to deliver.
+    if (m.executionId !== cp.executionId || !task || task.done) continue;
+    const failed = m.event.EventType === EventType.TaskFailed || m.event.EventType === EventType.SubOrchestrationInstanceFailed;
+    // A failed attempt of a retried call takes the next task id for its retry timer, at once (see RetryableTask).
+    if (failed && task.retry) early.push({ event: m.event, idConsumer: task });
+    else rest.push({ event: m.event });
+  }
+  const due = [...live.tasks.values()]
+    .filter((t) => t.kind === "timer" && !t.done && !cp.canceledTimers.includes(t.id) && Date.parse(t.fireAt!) <= nowMs)
+    .sort((a, b) => Date.parse(a.fireAt!) - Date.parse(b.fireAt!) || a.id - b.id);
+  const timestamp = new Date(Math.max(nowMs, lastOrchestratorStarted(live.history))).toISOString();
+  for (const t of due) {
+    const ev = timerFired(t.id, t.fireAt!, timestamp);
+    const failedAttempt = t.retryOf !== undefined ? live.tasks.get(t.retryOf) : undefined;
+    // A retry timer with attempts left: the re-run takes the next task id when the timer fires.
+    if (failedAttempt?.retry && failedAttempt.retry.attempt < failedAttempt.retry.options.maxNumberOfAttempts) early.push({ event: ev, idConsumer: t });
+    else rest.push({ event: ev });
+  }
+  return { consumedIds, early, rest, timestamp };
+}
+
+/**
+ * The events of the retries the early events took, numbered first (in the SDK they are numbered while the events
+ * are processed): a fired retry timer re-runs its attempt, a failed attempt schedules its retry timer. Returns the
+ * first id left for the episode's new actions.
+ */
+export function retryEventsOf(live: LiveInstance, early: FreshEvent[], timestamp: string): { retryEvents: HistoryEvent[]; firstActionId: number } {
+  const retryEvents: HistoryEvent[] = [];
+  let firstActionId = live.nextId;
+  for (const f of early) {
+    const t = f.idConsumer!;
+    if (t.kind === "timer") {
+      const attempt = live.tasks.get(t.retryOf!)!;
+      retryEvents.push(attemptEvent(live.cp.instanceId, attempt, firstActionId++, timestamp));
+    } else {
+      const fireAt = new Date(Date.parse(timestamp) + retryDelayMs(t.retry!.options, t.retry!.attempt)).toISOString();
+      retryEvents.push({ EventType: EventType.TimerCreated, EventId: firstActionId++, IsPlayed: false, Timestamp: timestamp, FireAt: fireAt, RetryOf: t.id });
+    }
+  }
+  return { retryEvents, firstActionId };
 }
 
 export interface PlanInput {

@@ -12,13 +12,11 @@ import {
   executionStarted,
   NonDeterminismError,
   orchestratorStarted,
-  retryDelayMs,
   runEpisode,
   subOrchestrationCompleted,
   subOrchestrationFailed,
   taskCompleted,
   taskFailed,
-  timerFired,
   type EpisodeOutcome,
   type HistoryEvent,
 } from "./history";
@@ -38,12 +36,12 @@ import {
   PlanInput,
   activityKey,
   applyEvent,
-  attemptEvent,
   completionId,
   emptyLive,
-  lastOrchestratorStarted,
+  freshEvents,
   planEpisode,
   rebuild,
+  retryEventsOf,
   sameLink,
 } from "./episode";
 import { ActivityJob, LiveInstance, TaskRecord, newExecutionId } from "./episode";
@@ -430,105 +428,24 @@ export class DurableRuntime {
   // -------------------------------------------------------------------------------------------
   // Episodes
 
+  /**
+   * One episode of an instance: the messages and due timers become new history events, the orchestrator replays with
+   * them, the plan of what it did is committed at once, and only then do its effects follow.
+   */
   private async episode(actor: InstanceActor, live: LiveInstance): Promise<void> {
     const cp = live.cp;
-    const nowMs = Date.now();
-    const consumedIds: string[] = [];
-    type Fresh = { event: HistoryEvent; idConsumer?: TaskRecord };
-    const early: Fresh[] = [];
-    const rest: Fresh[] = [];
-
-    const messages = [...live.inbox.values()].sort((a, b) => a.sent - b.sent || a.id.localeCompare(b.id));
-    for (const m of messages) {
-      if (m.kind !== "completion" && m.kind !== "event") continue;
-      if (!m.event) {
-        consumedIds.push(m.id);
-        continue;
-      }
-      if (m.kind === "event") {
-        consumedIds.push(m.id);
-        rest.push({ event: m.event });
-        continue;
-      }
-      const task = typeof m.event.TaskScheduledId === "number" ? live.tasks.get(m.event.TaskScheduledId) : undefined;
-      consumedIds.push(m.id);
-      // A completion of an earlier execution, or a second one for the same task: nothing to deliver.
-      if (m.executionId !== cp.executionId || !task || task.done) continue;
-      const failed = m.event.EventType === EventType.TaskFailed || m.event.EventType === EventType.SubOrchestrationInstanceFailed;
-      // A failed attempt of a retried call takes the next task id for its retry timer, at once (see RetryableTask).
-      if (failed && task.retry) early.push({ event: m.event, idConsumer: task });
-      else rest.push({ event: m.event });
-    }
-    const due = [...live.tasks.values()]
-      .filter((t) => t.kind === "timer" && !t.done && !cp.canceledTimers.includes(t.id) && Date.parse(t.fireAt!) <= nowMs)
-      .sort((a, b) => Date.parse(a.fireAt!) - Date.parse(b.fireAt!) || a.id - b.id);
-    const lastStart = lastOrchestratorStarted(live.history);
-    const timestamp = new Date(Math.max(nowMs, lastStart)).toISOString();
-    for (const t of due) {
-      const ev = timerFired(t.id, t.fireAt!, timestamp);
-      const failedAttempt = t.retryOf !== undefined ? live.tasks.get(t.retryOf) : undefined;
-      // A retry timer with attempts left: the re-run takes the next task id when the timer fires.
-      if (failedAttempt?.retry && failedAttempt.retry.attempt < failedAttempt.retry.options.maxNumberOfAttempts) early.push({ event: ev, idConsumer: t });
-      else rest.push({ event: ev });
-    }
-
+    const { consumedIds, early, rest, timestamp } = freshEvents(live, Date.now());
     if (cp.episodes > 0 && early.length === 0 && rest.length === 0) {
       if (consumedIds.length) await this.dropMessages(live, consumedIds);
       this.armTimers(actor);
       return;
     }
-    const spec = this.orchestrations.get(cp.name.toLowerCase());
     const newEvents: HistoryEvent[] = [orchestratorStarted(timestamp)];
     if (cp.episodes === 0) newEvents.push(executionStarted(cp.name, cp.input, cp.instanceId, cp.executionId, timestamp));
     newEvents.push(...early.map((f) => f.event), ...rest.map((f) => f.event));
+    const { outcome, failure } = await this.replay(live, newEvents);
 
-    let outcome: EpisodeOutcome;
-    let failure: string | undefined;
-    if (!spec) {
-      outcome = {
-        kind: "failed",
-        actions: [],
-        error: `The orchestrator function '${cp.name}' is not registered with this host.`,
-        customStatus: parseJson(cp.customStatus),
-      };
-    } else {
-      const played = live.history.map((e) => ({ ...e, IsPlayed: true }));
-      try {
-        outcome = await runEpisode({
-          handler: spec.handler,
-          functionName: spec.name,
-          instanceId: cp.instanceId,
-          parentInstanceId: cp.parent?.instanceId,
-          input: parseJson(cp.input),
-          history: [...played, ...newEvents],
-          logHandler: this.options.logHandler(spec.name),
-        });
-      } catch (e) {
-        outcome = { kind: "failed", actions: [], error: errorText(e).message, customStatus: parseJson(cp.customStatus) };
-      }
-      try {
-        checkReplay(live.signatures, outcome.actions, this.strict, outcome.kind === "failed");
-      } catch (e) {
-        if (!(e instanceof NonDeterminismError)) throw e;
-        failure = `${e.name}: ${e.message}`;
-      }
-    }
-    if (outcome.kind === "failed" && failure === undefined) failure = outcome.error;
-
-    // Task ids: first those the retry events took (in the SDK they are numbered while the events are processed),
-    // then the leaves of the new actions, depth-first, as the SDK numbers yielded tasks.
-    const retryEvents: HistoryEvent[] = [];
-    let firstActionId = live.nextId;
-    for (const f of early) {
-      const t = f.idConsumer!;
-      if (t.kind === "timer") {
-        const attempt = live.tasks.get(t.retryOf!)!;
-        retryEvents.push(attemptEvent(cp.instanceId, attempt, firstActionId++, timestamp));
-      } else {
-        const fireAt = new Date(Date.parse(timestamp) + retryDelayMs(t.retry!.options, t.retry!.attempt)).toISOString();
-        retryEvents.push({ EventType: EventType.TimerCreated, EventId: firstActionId++, IsPlayed: false, Timestamp: timestamp, FireAt: fireAt, RetryOf: t.id });
-      }
-    }
+    const { retryEvents, firstActionId } = retryEventsOf(live, early, timestamp);
     const input: PlanInput = { live, outcome, newEvents, retryEvents, firstActionId, timestamp };
     let plan: EpisodePlan;
     try {
@@ -537,40 +454,86 @@ export class DurableRuntime {
       // What the orchestrator returned or passed on cannot be recorded (not JSON): that fails it, it is not a storage problem to retry.
       plan = planEpisode(input, `${errorText(e).message} (orchestrator data must be JSON-serialisable)`);
     }
-    const { nextCp, episodeEvents, newSignatures, scheduled, continueAsNew, canceled } = plan;
-    failure = plan.failure;
-
+    const { nextCp, episodeEvents, newSignatures, continueAsNew } = plan;
     const episode = continueAsNew ? undefined : { number: nextCp.episodes, events: episodeEvents, actions: newSignatures };
     nextCp.etag = await this.store.commit(nextCp, episode, consumedIds);
 
     // Committed: the in-memory view follows, then the effects (all recoverable from what was just written).
     for (const id of consumedIds) live.inbox.delete(id);
-    if (continueAsNew) {
-      actor.clearTimers();
-      this.track(this.store.deleteEpisodes(cp.instanceId, cp.executionId, cp.episodes).catch(() => undefined));
-      const carried = [...live.inbox.values()].filter((m) => m.kind !== "completion");
-      actor.live = emptyLive(nextCp);
-      for (const m of carried) actor.live.inbox.set(m.id, m);
-      await this.store.writeInstance(nextCp);
-      actor.signal();
-      return;
-    }
+    if (continueAsNew) return this.continuedAsNew(actor, live, nextCp);
     live.cp = nextCp;
     live.signatures.push(...newSignatures);
     for (const e of episodeEvents) applyEvent(live, e);
     for (const id of consumedIds) live.consumed.add(id);
-    if (TERMINAL.has(nextCp.status)) {
-      actor.clearTimers();
-      await this.store.writeInstance(nextCp);
-      this.options.log(
-        `[${nextCp.lastUpdatedTime.toISOString()}] Durable: '${cp.name}' instance ${cp.instanceId} ${nextCp.status}${failure ? `: ${failure}` : ""}`,
-      );
-      if (nextCp.parent) await this.notifyParent(nextCp);
-      if (live.inbox.size) await this.store.deleteInbox(cp.instanceId, [...live.inbox.keys()]);
-      actor.live = undefined;
-      return;
+    if (TERMINAL.has(nextCp.status)) return this.ended(actor, live, cp, plan.failure);
+    this.startScheduled(actor, live, plan);
+    this.armTimers(actor);
+    await this.store.writeInstance(nextCp);
+  }
+
+  /** Runs the orchestrator over its history and the new events; a replay that does not match its history fails it. */
+  private async replay(live: LiveInstance, newEvents: HistoryEvent[]): Promise<{ outcome: EpisodeOutcome; failure?: string }> {
+    const cp = live.cp;
+    const spec = this.orchestrations.get(cp.name.toLowerCase());
+    if (!spec) {
+      const error = `The orchestrator function '${cp.name}' is not registered with this host.`;
+      return { outcome: { kind: "failed", actions: [], error, customStatus: parseJson(cp.customStatus) }, failure: error };
     }
-    for (const e of scheduled) {
+    let outcome: EpisodeOutcome;
+    let failure: string | undefined;
+    const played = live.history.map((e) => ({ ...e, IsPlayed: true }));
+    try {
+      outcome = await runEpisode({
+        handler: spec.handler,
+        functionName: spec.name,
+        instanceId: cp.instanceId,
+        parentInstanceId: cp.parent?.instanceId,
+        input: parseJson(cp.input),
+        history: [...played, ...newEvents],
+        logHandler: this.options.logHandler(spec.name),
+      });
+    } catch (e) {
+      outcome = { kind: "failed", actions: [], error: errorText(e).message, customStatus: parseJson(cp.customStatus) };
+    }
+    try {
+      checkReplay(live.signatures, outcome.actions, this.strict, outcome.kind === "failed");
+    } catch (e) {
+      if (!(e instanceof NonDeterminismError)) throw e;
+      failure = `${e.name}: ${e.message}`;
+    }
+    if (outcome.kind === "failed" && failure === undefined) failure = outcome.error;
+    return { outcome, ...(failure !== undefined ? { failure } : {}) };
+  }
+
+  /** continueAsNew: a new execution of the same instance, with the messages that were not completions carried over. */
+  private async continuedAsNew(actor: InstanceActor, live: LiveInstance, nextCp: Checkpoint): Promise<void> {
+    const cp = live.cp;
+    actor.clearTimers();
+    this.track(this.store.deleteEpisodes(cp.instanceId, cp.executionId, cp.episodes).catch(() => undefined));
+    const carried = [...live.inbox.values()].filter((m) => m.kind !== "completion");
+    actor.live = emptyLive(nextCp);
+    for (const m of carried) actor.live.inbox.set(m.id, m);
+    await this.store.writeInstance(nextCp);
+    actor.signal();
+  }
+
+  /** Completed, failed or terminated: the record is written, the parent told, the inbox emptied, the actor idle. */
+  private async ended(actor: InstanceActor, live: LiveInstance, cp: Checkpoint, failure: string | undefined): Promise<void> {
+    const nextCp = live.cp;
+    actor.clearTimers();
+    await this.store.writeInstance(nextCp);
+    this.options.log(
+      `[${nextCp.lastUpdatedTime.toISOString()}] Durable: '${cp.name}' instance ${cp.instanceId} ${nextCp.status}${failure ? `: ${failure}` : ""}`,
+    );
+    if (nextCp.parent) await this.notifyParent(nextCp);
+    if (live.inbox.size) await this.store.deleteInbox(cp.instanceId, [...live.inbox.keys()]);
+    actor.live = undefined;
+  }
+
+  /** The episode's new tasks start (activities dispatched, children created); timers it canceled are dropped. */
+  private startScheduled(actor: InstanceActor, live: LiveInstance, plan: EpisodePlan): void {
+    const cp = live.cp;
+    for (const e of plan.scheduled) {
       const t = live.tasks.get(e.EventId);
       if (!t) continue;
       if (t.kind === "activity")
@@ -581,15 +544,13 @@ export class DurableRuntime {
           name: t.name,
           ...(t.input !== undefined ? { input: t.input } : {}),
         });
-      else if (t.kind === "suborchestration") this.track(this.ensureChild(nextCp, t).catch((err: unknown) => this.logError(cp.instanceId, err)));
+      else if (t.kind === "suborchestration") this.track(this.ensureChild(cp, t).catch((err: unknown) => this.logError(cp.instanceId, err)));
     }
-    for (const id of canceled) {
+    for (const id of plan.canceled) {
       const timer = actor.timers.get(id);
       if (timer) clearTimeout(timer);
       actor.timers.delete(id);
     }
-    this.armTimers(actor);
-    await this.store.writeInstance(nextCp);
   }
 
   private async finishTerminated(actor: InstanceActor, reason: string): Promise<void> {
