@@ -84,6 +84,8 @@ async function probeRows(connectionString: string, run: string): Promise<ProbeRo
   return rows;
 }
 
+const NAP_MS = 12_000;
+
 test("a host killed mid-orchestration resumes on restart: completed activities are not re-run, the one in flight is, timers and pending events survive", async () => {
   const storage = await startTestStorage();
   const children: ChildHost[] = [];
@@ -92,7 +94,8 @@ test("a host killed mid-orchestration resumes on restart: completed activities a
     children.push(first);
     const run = "run-1";
     const steps = await start(first, "steps", { run, count: 5 });
-    const nap = await start(first, "nap", 4000);
+    // Long enough to outlast step 3, the kill and the new host's start on a loaded machine (4 s did not, under load).
+    const nap = await start(first, "nap", NAP_MS);
     const napStarted = Date.now();
     const gate = await start(first, "gatekeeper", null);
 
@@ -117,7 +120,7 @@ test("a host killed mid-orchestration resumes on restart: completed activities a
     const sawDone = Date.now();
     assert.equal(napped.runtimeStatus, "Completed");
     const fireAt = Date.parse(String(napped.output));
-    assert.ok(fireAt - napStarted >= 3900, "the timer kept its original fire time");
+    assert.ok(fireAt - napStarted >= NAP_MS - 100, "the timer kept its original fire time");
     assert.ok(sawDone >= fireAt, "the re-armed timer fired at its time");
 
     const s = await waitDone(second, steps);

@@ -20,6 +20,8 @@ const logs: string[] = [];
 const attempts = new Map<string, number>();
 let active = 0;
 let maxActive = 0;
+/** How many gates a fan-out opens at once (0: a lone gate, open for 200 ms). */
+let gatesExpected = 0;
 // Flipped by the first run of the non-deterministic orchestrator, so its replay schedules something else.
 let replayed = false;
 
@@ -34,7 +36,9 @@ const table: FunctionSpec[] = [
     handler: async (input) => {
       active++;
       maxActive = Math.max(maxActive, active);
-      await sleep(200);
+      // A fan-out's gates wait for each other (up to 5 s): run at once, all are open together however loaded the
+      // machine; run one after another, each waits out its 5 s alone.
+      for (const until = Date.now() + (gatesExpected ? 5000 : 200); Date.now() < until && !(gatesExpected && maxActive >= gatesExpected);) await sleep(20);
       active--;
       return `gate ${String(input)}`;
     },
@@ -336,8 +340,9 @@ async function waitFor(id: string, predicate: (s: Status) => boolean, timeoutMs 
 
 const finished = (s: Status) => ["Completed", "Failed", "Terminated"].includes(s.runtimeStatus);
 
-test("sequential activities run in order, each result feeding the next, and ten of them take well under a second", async (t) => {
-  // A first run pays for creating the tables and warming the code paths; the second is the one timed.
+test("sequential activities run in order, each result feeding the next", async (t) => {
+  // A first run pays for creating the tables and warming the code paths; the second one's time is reported (a benchmark
+  // would judge it: a timed assertion only measures how loaded the machine is).
   await waitFor(await start("sequence", 0), finished);
   const t0 = performance.now();
   const id = await start("sequence", 1);
@@ -350,18 +355,16 @@ test("sequential activities run in order, each result feeding the next, and ten 
   assert.equal(s.input, 1);
   assert.equal(s.name, "sequence");
   assert.match(s.createdTime, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
-  assert.ok(elapsed < 1000, `10 sequential activities took ${Math.round(elapsed)} ms`);
 });
 
 test("fan-out runs the activities of one episode concurrently and fan-in gets every result in order", async () => {
   maxActive = 0;
-  const t0 = performance.now();
+  gatesExpected = 6;
   const id = await start("fanOut", 6);
-  const s = await waitFor(id, finished);
+  const s = await waitFor(id, finished).finally(() => (gatesExpected = 0));
   assert.equal(s.runtimeStatus, "Completed", JSON.stringify(s));
   assert.deepEqual(s.output, ["gate 0", "gate 1", "gate 2", "gate 3", "gate 4", "gate 5", "after fan-in"]);
   assert.equal(maxActive, 6, "all six gates were open at once");
-  assert.ok(performance.now() - t0 < 6 * 200, "concurrent, not one after another");
 });
 
 test("a retried activity that fails twice then succeeds completes on the third attempt, after the retry delays", async () => {
@@ -411,7 +414,8 @@ test("a durable timer fires on the wall clock: not before its time, and soon aft
   assert.equal(s.runtimeStatus, "Completed");
   const fireAt = Date.parse(String(s.output));
   assert.ok(Date.now() >= fireAt, "completed at or after its fire time");
-  assert.ok(Date.now() - t0 < 3000, "and not much later");
+  // Armed, not found by a later sweep: well within 10 s even on a loaded machine.
+  assert.ok(Date.now() - t0 < 10_000, "and not much later");
 });
 
 test("external events: one raised before it is awaited is buffered, one raised while awaited resumes it; custom status shows progress", async () => {
