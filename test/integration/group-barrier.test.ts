@@ -4,6 +4,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { GroupCoordinator, GroupMember, type BarrierParticipant } from "../../agent/group";
 
+/** Timers fire late on a loaded machine: a hold may overrun its bound by this much (still short of the 300 ms stalls below). */
+const SLACK_MS = 150;
+
 class Recorder implements BarrierParticipant {
   holds: { from: number; to?: number }[] = [];
   cuts: { id: string; time: string; members: string[] }[] = [];
@@ -73,7 +76,7 @@ test("a member that stalls in prepare aborts the tag for all, nobody cuts, write
     assert.match(out.reason ?? "", /item-2/);
     await sleep(400); // the stalled member acks late; its own bound releases it
     for (const p of g.parts) assert.equal(p.cuts.length, 0, "nothing half-cut");
-    for (const p of g.parts) assert.ok(p.heldLongestMs() <= bound + 50, `held ${p.heldLongestMs()} ms`);
+    for (const p of g.parts) assert.ok(p.heldLongestMs() <= bound + SLACK_MS, `held ${p.heldLongestMs()} ms`);
 
     g.parts[2]!.holdDelayMs = 0;
     const next = await g.coordinator.tag("crash");
@@ -94,7 +97,7 @@ test("a member slow to get ready (holding nothing) does not abort the tag, and n
     for (const p of g.parts) {
       assert.equal(p.readies, 1, "every member got ready first");
       assert.equal(p.cuts[0]?.id, out.tagId);
-      assert.ok(p.heldLongestMs() <= bound + 50, `held ${p.heldLongestMs()} ms`);
+      assert.ok(p.heldLongestMs() <= bound + SLACK_MS, `held ${p.heldLongestMs()} ms`);
     }
   } finally {
     await g.close();

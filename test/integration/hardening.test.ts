@@ -57,7 +57,7 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
         const res = await stack.api(method, path(id), method === "PATCH" ? { replicationGroup: null } : undefined);
         assert.ok(res.status === 400 || res.status === 404, `${id}: ${res.status} ${JSON.stringify(res.body)}`);
         assert.equal(typeof res.body?.error?.code, "string", `${id}: envelope`);
-        assert.ok(Date.now() - started < 1500, `${id}: answered in ${Date.now() - started} ms`);
+        assert.ok(Date.now() - started < 3000, `${id}: answered in ${Date.now() - started} ms`);
       }
     });
   }
@@ -70,7 +70,7 @@ describe("hardening: ids, check-ins, races, credentials, groups", () => {
       assert.ok(c.body.error.details.some((d: { field: string }) => d.field === "itemId"));
       const m = await stack.api("POST", "agents/resync-manifest", { itemId, agentKey: "k", diskId: "os/x", resyncId: "r", offset: 0, length: 65536 });
       assert.equal(m.status, 400, JSON.stringify(m.body));
-      assert.ok(Date.now() - started < 1500, `answered in ${Date.now() - started} ms`);
+      assert.ok(Date.now() - started < 3000, `answered in ${Date.now() - started} ms`);
     }
   });
 
