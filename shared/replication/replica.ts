@@ -1,6 +1,6 @@
 // The replica page blob and the cache blobs as apply touches them: the watermark read, a batch's pages written with the watermark in one fenced step, a batch downloaded whole.
 import type { ContainerClient, PageBlobClient } from "@azure/storage-blob";
-import { MAX_PAGE_WRITE, pageWrites, type Batch } from "./batch";
+import { MAX_PAGE_WRITE, mergedPageWrites, type Batch } from "./batch";
 import { isNotFound } from "../contract/errors";
 import { ApplyLimits, DEFAULT_APPLY_LIMITS } from "./limits";
 
@@ -26,7 +26,22 @@ export async function writeBatch(
   fence: { leaseId: string; watermark: number },
   tuning: Pick<ApplyLimits, "writeConcurrency" | "writeChunkBytes"> = DEFAULT_APPLY_LIMITS,
 ): Promise<void> {
-  const writes = splitWrites(pageWrites(batch), Math.min(tuning.writeChunkBytes, MAX_PAGE_WRITE));
+  return writeBatches(replica, [batch], fence, tuning);
+}
+
+/**
+ * Writes consecutive batches as one (see mergedPageWrites: the later batch wins where they overlap), every write fenced
+ * by the watermark before the first of them. Killed half-way, the replica holds that watermark plus some of their
+ * extents; applying them again from the first gives exactly the state after the last.
+ */
+export async function writeBatches(
+  replica: PageBlobClient,
+  batches: Batch[],
+  fence: { leaseId: string; watermark: number },
+  tuning: Pick<ApplyLimits, "writeConcurrency" | "writeChunkBytes"> = DEFAULT_APPLY_LIMITS,
+): Promise<void> {
+  const chunk = Math.min(tuning.writeChunkBytes, MAX_PAGE_WRITE);
+  const writes = splitWrites(mergedPageWrites(batches, chunk), chunk);
   const concurrency = tuning.writeConcurrency;
   const conditions = { leaseId: fence.leaseId, ifSequenceNumberEqualTo: fence.watermark };
   let next = 0;
