@@ -18,17 +18,40 @@ export interface ChurnWorkerPhase extends Workload {
 
 export type ChurnWorkerCommand = ChurnWorkerStart | ChurnWorkerPhase | { type: "stop" };
 export type ChurnWorkerReply =
-  { type: "ready" } | { type: "written"; bytes: number; lastSeq: Record<string, number> } | { type: "failed"; message: string } | { type: "stopped" };
+  | { type: "ready" }
+  | { type: "written"; bytes: number; lastSeq: Record<string, number>; memory: MemoryPeaks }
+  | { type: "failed"; message: string }
+  | { type: "stopped" };
+
+/** Peaks of process.memoryUsage() over a phase, MiB: where the agent's resident memory is. */
+export interface MemoryPeaks {
+  rss: number;
+  heapTotal: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+}
 
 let agent: Agent | undefined;
 let diskSizeMiB = 0;
 const send = (m: ChurnWorkerReply) => process.send!(m);
 
 async function phase(p: ChurnWorkerPhase): Promise<void> {
-  const written = await runWorkload(agent!, diskSizeMiB, p);
-  // Everything written is sealed, in the spool and shipped: what is left is the pipeline's.
-  await agent!.waitIdle(600_000);
-  send({ type: "written", bytes: written, lastSeq: lastSeqs(agent!) });
+  const peaks: MemoryPeaks = { rss: 0, heapTotal: 0, heapUsed: 0, external: 0, arrayBuffers: 0 };
+  const sample = () => {
+    const m = process.memoryUsage();
+    for (const k of Object.keys(peaks) as (keyof MemoryPeaks)[]) peaks[k] = Math.max(peaks[k], Math.round((m[k] / 2 ** 20) * 10) / 10);
+  };
+  const timer = setInterval(sample, 100);
+  try {
+    const written = await runWorkload(agent!, diskSizeMiB, p);
+    // Everything written is sealed, in the spool and shipped: what is left is the pipeline's.
+    await agent!.waitIdle(600_000);
+    sample();
+    send({ type: "written", bytes: written, lastSeq: lastSeqs(agent!), memory: peaks });
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 process.on("message", (m: ChurnWorkerCommand) => {

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { BlobServiceClient } from "@azure/storage-blob";
 import { parseConnectionString } from "../shared/config/settings";
 import { blobService } from "../shared/storage/clients";
-import type { ChurnWorkerCommand, ChurnWorkerPhase, ChurnWorkerReply } from "./churn-worker";
+import type { ChurnWorkerCommand, ChurnWorkerPhase, ChurnWorkerReply, MemoryPeaks } from "./churn-worker";
 import {
   enableBenchVm,
   machine,
@@ -114,6 +114,8 @@ export interface ChurnPhaseResult {
   hostCpuPerGB: number;
   azuriteCpuPerGB: number;
   agentPeakRssMiB: number;
+  /** The agent's own view of its memory at its peaks (heap, Buffers outside it). */
+  agentMemoryPeaksMiB: MemoryPeaks;
 }
 
 /** One phase: the writers for `seconds`, then until the replicas hold the last batch. */
@@ -142,6 +144,7 @@ export async function churnPhase(
     hostCpuPerGB: round(m.cpuSeconds[1]! / gb, 1),
     azuriteCpuPerGB: round(m.cpuSeconds[2]! / gb, 1),
     agentPeakRssMiB: round(Math.max(m.peakRssMiB[0]!, rssMiBOf(worker.pid).now), 1),
+    agentMemoryPeaksMiB: reply.memory,
   };
 }
 
@@ -201,7 +204,9 @@ export async function benchChurn(o: ChurnBenchOptions) {
       const after = await rawOf(p, "after");
       const raw = (before + after) / 2;
       rows.push({ ...r, rawMBps: round(raw, 1), rawBeforeMBps: round(before, 1), rawAfterMBps: round(after, 1), ratio: round(r.appliedMBps / raw, 2) });
-      o.log(`  applied ${r.appliedMBps} MB/s = ${round(r.appliedMBps / raw, 2)}× raw; agent peak RSS ${r.agentPeakRssMiB} MiB`);
+      o.log(
+        `  applied ${r.appliedMBps} MB/s = ${round(r.appliedMBps / raw, 2)}× raw; agent peak RSS ${r.agentPeakRssMiB} MiB (${JSON.stringify(r.agentMemoryPeaksMiB)})`,
+      );
     }
     const agentPeakRssMiB = Math.max(...rows.map((r) => r.agentPeakRssMiB), rssMiBOf(worker.pid).peak);
     const result = {
