@@ -37,6 +37,9 @@ import { downloadBlob, readWatermark, writeBatches } from "./replica";
 import { LeaseKeeper } from "./lease";
 import { ApplyLimits, DEFAULT_APPLY_LIMITS } from "./limits";
 
+/** Download buffers are at least a default batch (4 MiB) and its header, so that one fits every later batch. */
+const SPARE_BYTES = 4 * 1024 * 1024 + 64 * 1024;
+
 /** Health issue the cache sweep raises when a disk's cached batches wait too long; a run that moves the disk clears it. */
 export const STALLED = "ReplicationStalled";
 
@@ -227,6 +230,11 @@ class ApplyRun {
   private listing = new Map<number, ListedBatch>();
   /** Downloads started ahead of the batch being written, with the bytes each counts against the prefetch budget. */
   private readonly prefetched = new Map<number, { bytes: Promise<Buffer>; budget: number; done: boolean }>();
+  /** Download buffers of batches already written, for the next downloads; and the buffer each download went into. */
+  private readonly spare: Buffer[] = [];
+  private readonly downloaded = new Map<number, Buffer>();
+  /** The highest seq handed to the write loop: downloads run ahead from past it, never again for it. */
+  private taken = 0;
   private prefetchedBytes = 0;
   private readonly deletes: Promise<void>[] = [];
   private applied = 0;
@@ -333,7 +341,15 @@ class ApplyRun {
   }
 
   private download(seq: number): Promise<Buffer> {
-    const p = downloadBlob(this.cache, batchBlobName(this.diskId, seq));
+    const listed = this.listing.get(seq)?.bytes;
+    // A listed batch lands in a buffer of an applied one (see release); an announced one not yet listed, in its own.
+    let into: Buffer | undefined;
+    if (listed !== undefined) {
+      into = this.spare.pop();
+      if (!into || into.length < listed) into = Buffer.allocUnsafe(Math.max(listed, SPARE_BYTES));
+    }
+    if (into) this.downloaded.set(seq, into);
+    const p = downloadBlob(this.cache, batchBlobName(this.diskId, seq), into);
     // Held for later: a failure is seen by whoever awaits it, never as an unhandled rejection.
     p.catch(() => undefined);
     return p;
@@ -346,7 +362,9 @@ class ApplyRun {
    */
   private prefetchAhead(): void {
     const announced = this.announced();
-    for (let seq = this.watermark + 1; ; seq++) {
+    // Not from the watermark: a batch taken (being verified or written) is no longer in `prefetched`, and must not be
+    // downloaded again (a second copy would also hold a prefetch slot for good).
+    for (let seq = Math.max(this.watermark, this.taken) + 1; ; seq++) {
       if (this.prefetched.size >= this.limits.prefetchBatches || this.prefetchedBytes >= this.limits.prefetchBytes) return;
       const listed = this.listing.get(seq);
       if (!listed && seq > announced) return;
@@ -364,6 +382,7 @@ class ApplyRun {
   }
 
   private async fetch(seq: number): Promise<Buffer> {
+    this.taken = Math.max(this.taken, seq);
     const p = this.prefetched.get(seq);
     if (!p) return this.download(seq);
     this.prefetched.delete(seq);
@@ -595,6 +614,7 @@ class ApplyRun {
       // Only the group's last batch can carry a tag or end initial replication or a resync.
       await this.finishBatch(group[group.length - 1]!.header);
       for (const b of group) this.deleteLater(b.header.seq);
+      this.release(group);
       if (Date.now() - this.recordedAt >= this.limits.progressEveryMs) {
         await this.recordProgress();
         if (await this.disabling()) return "disabled";
@@ -629,6 +649,15 @@ class ApplyRun {
       bytes += next.payload.length;
     }
     return group;
+  }
+
+  /** The group is written (every page write has finished): its download buffers serve the next downloads. */
+  private release(group: Batch[]): void {
+    for (const b of group) {
+      const whole = this.downloaded.get(b.header.seq);
+      this.downloaded.delete(b.header.seq);
+      if (whole && this.spare.length < this.limits.prefetchBatches + this.limits.groupBatches) this.spare.push(whole);
+    }
   }
 
   /** Another processor owns the disk now (or nobody, if our lease lapsed): re-announce so the work is picked up either way. */

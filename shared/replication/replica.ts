@@ -69,14 +69,30 @@ function splitWrites(writes: { offset: number; data: Buffer }[], chunk: number):
   return out;
 }
 
-/** One GET of the whole blob; a body shorter than announced is a failed download (retried), never a batch to verify. */
-export async function downloadBlob(cache: ContainerClient, name: string): Promise<Buffer> {
+/**
+ * One GET of the whole blob; a body shorter than announced is a failed download (retried), never a batch to verify.
+ * `into`, when given and large enough, receives the bytes (the result is a view of it): a caller that reuses its
+ * buffers spares the process a large allocation per batch, which is what drives its garbage collections.
+ */
+export async function downloadBlob(cache: ContainerClient, name: string, into?: Buffer): Promise<Buffer> {
   const r = await cache.getBlobClient(name).download(0);
   const body = r.readableStreamBody;
   if (!body) throw new Error(`download of ${name} returned no body`);
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(chunk as Buffer);
-  const bytes = Buffer.concat(chunks);
+  let bytes: Buffer;
+  if (into && r.contentLength !== undefined && r.contentLength <= into.length) {
+    let at = 0;
+    for await (const chunk of body) {
+      const c = chunk as Buffer;
+      if (at + c.length > r.contentLength) throw new Error(`download of ${name} is longer than its ${r.contentLength} bytes`);
+      c.copy(into, at);
+      at += c.length;
+    }
+    bytes = into.subarray(0, at);
+  } else {
+    const chunks: Buffer[] = [];
+    for await (const chunk of body) chunks.push(chunk as Buffer);
+    bytes = Buffer.concat(chunks);
+  }
   if (r.contentLength !== undefined && bytes.length !== r.contentLength) {
     throw new Error(`download of ${name} ended after ${bytes.length} of ${r.contentLength} bytes`);
   }
