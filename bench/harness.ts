@@ -3,7 +3,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
-import { cpus, tmpdir, totalmem } from "node:os";
+import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import type { BlobServiceClient } from "@azure/storage-blob";
 import { Agent } from "../agent";
@@ -61,6 +61,8 @@ export function machine() {
     memoryGiB: round(totalmem() / 2 ** 30, 1),
     node: process.version,
     platform: process.platform,
+    /** 1, 5 and 15 minute load averages when the results were written: other work on the machine shows here. */
+    loadAverage: loadavg().map((l) => round(l, 1)),
   };
 }
 

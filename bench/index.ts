@@ -8,8 +8,9 @@ import { benchInitial } from "./initial";
 import { benchChurn } from "./churn";
 import { benchRpo } from "./rpo";
 import { benchScaleOut } from "./scale-out";
+import { benchCapacity } from "./capacity";
 
-export const BENCHMARKS = ["replication", "recovery-points", "failover", "nbd", "reprotect", "initial", "churn", "rpo", "scale-out"] as const;
+export const BENCHMARKS = ["replication", "recovery-points", "failover", "nbd", "reprotect", "initial", "churn", "rpo", "scale-out", "capacity"] as const;
 export type BenchmarkName = (typeof BENCHMARKS)[number];
 
 export async function runBenchmark(name: string, options: { seconds?: number; log?: (line: string) => void } = {}): Promise<unknown> {
@@ -96,6 +97,9 @@ export async function runBenchmark(name: string, options: { seconds?: number; lo
         ...(process.env.BENCH_APPLY_MAX_BATCHES ? { maxBatchesPerRun: Number(process.env.BENCH_APPLY_MAX_BATCHES) } : {}),
         log,
       });
+    case "capacity":
+      // A model from the latest churn and scale-out results: 16, 100 and 1,000 VMs at 1 MB/s each (BENCH_VM_MBPS).
+      return benchCapacity({ vmCounts: [16, 100, 1000], churnPerVmMBps: Number(process.env.BENCH_VM_MBPS ?? 1), disksPerVm: 2, log });
     default:
       throw new Error(`unknown benchmark '${name}': one of ${BENCHMARKS.join(", ")}`);
   }
