@@ -197,8 +197,9 @@ async function applyOnce(deps: ApplyDeps, message: BatchMessage, announced: () =
     throw e;
   }
   const keeper = new LeaseKeeper(lease, limits.leaseSeconds);
+  const run = new ApplyRun(deps, limits, log, message, direction, replica, cache, lease.leaseId, keeper, announced);
   try {
-    const outcome = await new ApplyRun(deps, limits, log, message, direction, replica, cache, lease.leaseId, keeper, announced).run();
+    const outcome = await run.run();
     // One line per leased run that wrote: which batches this holder applied (the one writer of the replica meanwhile).
     if (outcome.appliedFrom !== undefined)
       log(`${itemId}/${diskId}: applied batches ${outcome.appliedFrom}-${outcome.watermark} under lease, stopped: ${outcome.stop}`);
@@ -206,6 +207,9 @@ async function applyOnce(deps: ApplyDeps, message: BatchMessage, announced: () =
   } finally {
     keeper.stop();
     await lease.releaseLease().catch(() => undefined);
+    // A run that used up its budget hands the disk on only now that the lease is free: announced while it was still
+    // held, the next taker found it leased and waited out the busy delay.
+    if (run.handOffAt !== undefined) await announceBatch(deps.storage, { v: 1, itemId, diskId, seq: run.handOffAt });
   }
 }
 
@@ -225,6 +229,8 @@ class ApplyRun {
   private item!: ReplicatedItem;
   private disk!: DiskRecord;
   private watermark = 0;
+  /** Budget used up: the seq to announce once the lease is released (see applyOnce). */
+  handOffAt: number | undefined;
   /** The first seq this run wrote. */
   private firstApplied: number | undefined;
   private listing = new Map<number, ListedBatch>();
@@ -497,7 +503,7 @@ class ApplyRun {
       const seq = through + 1;
       if (this.overBudget()) {
         await settle();
-        await announceBatch(this.deps.storage, { v: 1, itemId: this.itemId, diskId: this.diskId, seq });
+        this.handOffAt = seq;
         return { stop: "bound" };
       }
       if (!(await this.has(seq))) {
@@ -574,8 +580,8 @@ class ApplyRun {
       const seq = this.watermark + 1;
       if (this.keeper.lost) return this.fencedOut(seq, "the lease could not be renewed");
       if (this.overBudget()) {
-        // The rest is for a fresh invocation, announced now rather than waiting for the sweep.
-        await announceBatch(this.deps.storage, { v: 1, itemId: this.itemId, diskId: this.diskId, seq });
+        // The rest is for a fresh invocation, announced once the lease is released rather than left to the sweep.
+        this.handOffAt = seq;
         return "bound";
       }
       let batch = first?.header.seq === seq ? first : undefined;
