@@ -1,8 +1,11 @@
 // What every benchmark shares: a local stack in child processes (Azurite, the Functions host), stats, and results files.
 import { setTimeout as sleep } from "node:timers/promises";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { cpus, tmpdir, totalmem } from "node:os";
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
+import type { BlobServiceClient } from "@azure/storage-blob";
 import { Agent } from "../agent";
 import { startAzurite, type LocalStorage } from "../local/azurite";
 import { ApiClient, type ApiResponse } from "../shared/contract/client";
@@ -34,7 +37,10 @@ export interface BenchStack {
 export async function startBenchStack(env: NodeJS.ProcessEnv = {}): Promise<BenchStack> {
   const dir = mkdtempSync(join(tmpdir(), "site-recovery-bench-"));
   const storage = await startAzurite({ location: join(dir, "azurite"), silent: true });
-  const host = await startHostProcess({ AzureWebJobsStorage: storage.control, CACHE_STORAGE: storage.cache, ...env });
+  const host = await startHostProcess(
+    { AzureWebJobsStorage: storage.control, CACHE_STORAGE: storage.cache, ...env },
+    { nodeArgs: nodeArgsFrom("BENCH_HOST_NODE_ARGS") },
+  );
   return {
     url: host.url,
     storage,
@@ -55,6 +61,8 @@ export function machine() {
     memoryGiB: round(totalmem() / 2 ** 30, 1),
     node: process.version,
     platform: process.platform,
+    /** 1, 5 and 15 minute load averages when the results were written: other work on the machine shows here. */
+    loadAverage: loadavg().map((l) => round(l, 1)),
   };
 }
 
@@ -166,4 +174,168 @@ export async function startBenchGroup(
     await sleep(100);
   }
   return items;
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc. */
+export function cpuSecondsOf(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** A process's resident set: now, and its peak since it started (VmHWM). */
+export function rssMiBOf(pid: number): { now: number; peak: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN);
+  return { now: round(kb("VmRSS") / 1024, 1), peak: round(kb("VmHWM") / 1024, 1) };
+}
+
+/** CPU of other processes over an interval: `stop()` gives each one's CPU seconds and its peak RSS sampled meanwhile. */
+export class PidMeter {
+  private readonly cpu0: number[];
+  private readonly t0 = performance.now();
+  private readonly peak: number[];
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly pids: number[]) {
+    this.cpu0 = pids.map(cpuSecondsOf);
+    this.peak = pids.map((p) => rssMiBOf(p).now);
+    this.timer = setInterval(() => this.sample(), 100);
+  }
+
+  private sample(): void {
+    this.pids.forEach((p, i) => {
+      try {
+        this.peak[i] = Math.max(this.peak[i]!, rssMiBOf(p).now);
+      } catch {
+        // the process ended
+      }
+    });
+  }
+
+  stop(): { seconds: number; cpuSeconds: number[]; peakRssMiB: number[] } {
+    this.sample();
+    clearInterval(this.timer);
+    return {
+      seconds: (performance.now() - this.t0) / 1000,
+      cpuSeconds: this.pids.map((p, i) => round(cpuSecondsOf(p) - this.cpu0[i]!, 2)),
+      peakRssMiB: this.peak.map((v) => round(v, 1)),
+    };
+  }
+}
+
+/** Node flags from an environment variable (e.g. BENCH_AGENT_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof"). */
+export function nodeArgsFrom(variable: string): string[] {
+  return process.env[variable]?.split(" ").filter(Boolean) ?? [];
+}
+
+export interface CliAgent {
+  child: ChildProcess;
+  pid: number;
+  output(): string;
+  /** SIGTERM and wait: a graceful stop (a --cpu-prof profile is written then). */
+  stop(): Promise<void>;
+}
+
+/** `site-recovery agent` in a process of its own on image files (scanned disks, or NBD with `extra`); BENCH_AGENT_NODE_ARGS go to node. */
+export function spawnCliAgent(stack: BenchStack, token: string, disks: Record<string, string>, stateDir: string, extra: string[] = []): CliAgent {
+  const child = spawn(
+    process.execPath,
+    [
+      ...nodeArgsFrom("BENCH_AGENT_NODE_ARGS"),
+      join(ROOT, "dist", "cli", "main.js"),
+      "--url",
+      stack.url,
+      "agent",
+      "--token",
+      token,
+      ...Object.entries(disks).flatMap(([id, path]) => ["--disk", `${id}=${path}`]),
+      "--state-dir",
+      stateDir,
+      ...extra,
+    ],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let out = "";
+  const keep = (d: Buffer) => (out = (out + d.toString()).slice(-20_000));
+  child.stdout!.on("data", keep);
+  child.stderr!.on("data", keep);
+  const exited = new Promise<void>((r) => child.once("exit", () => r()));
+  return {
+    child,
+    pid: child.pid!,
+    output: () => out,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+/** Polls the item until `done(view)` holds; the view's last state when it times out is in the error. */
+export async function waitForItem(stack: BenchStack, itemId: string, done: (view: any) => boolean, timeoutMs: number, everyMs = 200): Promise<any> {
+  const deadline = Date.now() + timeoutMs;
+  let view: any;
+  for (;;) {
+    view = (await api(stack, "GET", `replicated-items/${itemId}`)).body;
+    if (done(view)) return view;
+    if (Date.now() > deadline) throw new Error(`timed out: item ${itemId} is ${JSON.stringify(view).slice(0, 500)}`);
+    await sleep(everyMs);
+  }
+}
+
+/** A file of `mib` MiB of random bytes (4 MiB at a time, never all in memory). */
+export function writeRandomImage(path: string, mib: number): void {
+  const fd = openSync(path, "w");
+  try {
+    for (let at = 0; at < mib; at += 4) writeSync(fd, randomBytes(Math.min(4, mib - at) * 1024 * 1024));
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export interface RawPattern {
+  /** Bytes per uploadPages. */
+  writeBytes: number;
+  /** Random offsets (aligned to writeBytes) or consecutive ones. */
+  random: boolean;
+  /** uploadPages in flight at once, per blob. */
+  concurrency: number;
+  blobs: number;
+}
+
+/**
+ * The storage's own limit for a pattern: `bytes` of uploadPages straight to page blobs of `blobBytes` in the same
+ * account, no pipeline in between. Returns MB/s.
+ */
+export async function rawPageWrites(service: BlobServiceClient, bytes: number, blobBytes: number, p: RawPattern): Promise<number> {
+  const container = service.getContainerClient(`bench-raw-${Math.random().toString(36).slice(2, 8)}`);
+  await container.createIfNotExists();
+  const data = randomBytes(p.writeBytes * 16);
+  const slots = Math.floor(blobBytes / p.writeBytes);
+  const perBlob = Math.ceil(bytes / p.blobs / p.writeBytes);
+  const blobs = await Promise.all(
+    Array.from({ length: p.blobs }, async (_, i) => {
+      const b = container.getPageBlobClient(`raw-${i}.vhd`);
+      await b.create(blobBytes);
+      return b;
+    }),
+  );
+  const t0 = performance.now();
+  await Promise.all(
+    blobs.map(async (b) => {
+      let next = 0;
+      const worker = async () => {
+        while (next < perBlob) {
+          const k = next++;
+          const slot = p.random ? Math.floor(Math.random() * slots) : k % slots;
+          const from = (k % 15) * p.writeBytes;
+          await b.uploadPages(data.subarray(from, from + p.writeBytes), slot * p.writeBytes, p.writeBytes);
+        }
+      };
+      await Promise.all(Array.from({ length: p.concurrency }, worker));
+    }),
+  );
+  const s = (performance.now() - t0) / 1000;
+  await container.delete();
+  return (perBlob * p.blobs * p.writeBytes) / 1e6 / s;
 }

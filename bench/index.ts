@@ -4,8 +4,13 @@ import { benchRecoveryPoints } from "./recovery-points";
 import { benchFailover } from "./failover";
 import { benchNbd } from "./nbd";
 import { benchReprotect } from "./reprotect";
+import { benchInitial } from "./initial";
+import { benchChurn } from "./churn";
+import { benchRpo } from "./rpo";
+import { benchScaleOut } from "./scale-out";
+import { benchCapacity } from "./capacity";
 
-export const BENCHMARKS = ["replication", "recovery-points", "failover", "nbd", "reprotect"] as const;
+export const BENCHMARKS = ["replication", "recovery-points", "failover", "nbd", "reprotect", "initial", "churn", "rpo", "scale-out", "capacity"] as const;
 export type BenchmarkName = (typeof BENCHMARKS)[number];
 
 export async function runBenchmark(name: string, options: { seconds?: number; log?: (line: string) => void } = {}): Promise<unknown> {
@@ -55,6 +60,46 @@ export async function runBenchmark(name: string, options: { seconds?: number; lo
     case "reprotect":
       // Two 1 GiB disks (BENCH_DISK_MIB for another size), 1% of their blocks changed after the failover.
       return benchReprotect({ diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024), disks: 2, changedFraction: 0.01, log });
+    case "initial":
+      // A 1 GiB random image (BENCH_DISK_MIB) through the CLI agent against raw page writes; 16 GiB sparse with 256 MiB used vs 256 MiB dense.
+      return benchInitial({
+        diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024),
+        sparseSizeMiB: Number(process.env.BENCH_SPARSE_MIB ?? 16384),
+        sparseUsedMiB: 256,
+        log,
+      });
+    case "churn":
+      // Two 1 GiB tracked disks, the agent in its own process: maximum sequential 1 MiB and random 64 KiB churn vs raw.
+      return benchChurn({ seconds: options.seconds ?? 30, disks: 2, diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024), maxBacklogMiB: 64, log });
+    case "rpo":
+      // A group of two VMs × two 512 MiB disks, random 64 KiB, group points every 10 s: maximum, then 70% of it, then 150%.
+      return benchRpo({
+        disks: 2,
+        diskSizeMiB: 512,
+        writeKiB: 64,
+        crashFrequencySeconds: 10,
+        maxSeconds: options.seconds ?? 30,
+        loadSeconds: Math.max(options.seconds ?? 0, 120),
+        overSeconds: 90,
+        loadFraction: 0.7,
+        overFraction: 1.5,
+        log,
+      });
+    case "scale-out":
+      // 4 VMs × 2 disks × 16 batches of 4 MiB (512 MiB) already cached, drained by 1, 2 and 3 host processes;
+      // BENCH_APPLY_MAX_BATCHES sets APPLY_MAX_BATCHES_PER_RUN (hand-overs between hosts).
+      return benchScaleOut({
+        hostCounts: [1, 2, 3],
+        vms: 4,
+        disksPerVm: 2,
+        batchesPerDisk: Number(process.env.BENCH_BATCHES ?? 16),
+        batchMiB: 4,
+        ...(process.env.BENCH_APPLY_MAX_BATCHES ? { maxBatchesPerRun: Number(process.env.BENCH_APPLY_MAX_BATCHES) } : {}),
+        log,
+      });
+    case "capacity":
+      // A model from the latest churn and scale-out results: 16, 100 and 1,000 VMs at 1 MB/s each (BENCH_VM_MBPS).
+      return benchCapacity({ vmCounts: [16, 100, 1000], churnPerVmMBps: Number(process.env.BENCH_VM_MBPS ?? 1), disksPerVm: 2, log });
     default:
       throw new Error(`unknown benchmark '${name}': one of ${BENCHMARKS.join(", ")}`);
   }

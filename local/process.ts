@@ -34,9 +34,12 @@ export interface HostProcess {
  * Starts `site-recovery start` with `AzureWebJobsStorage` (and the rest) from `env`, so no Azurite of its own,
  * and resolves once its HTTP functions answer.
  */
-export async function startHostProcess(env: NodeJS.ProcessEnv, opts: { port?: number; timeoutMs?: number } = {}): Promise<HostProcess> {
+export async function startHostProcess(
+  env: NodeJS.ProcessEnv,
+  opts: { port?: number; timeoutMs?: number; /** Flags for node itself (e.g. --cpu-prof, which NODE_OPTIONS refuses). */ nodeArgs?: string[] } = {},
+): Promise<HostProcess> {
   const port = opts.port ?? (await freePort());
-  const child = spawn(process.execPath, [CLI, "start"], {
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), CLI, "start"], {
     env: { ...process.env, ...env, FUNCTIONS_HTTP_PORT: String(port) },
     stdio: ["ignore", "pipe", "pipe"],
   });

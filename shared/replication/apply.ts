@@ -32,9 +32,12 @@ import { type ItemStore } from "../storage/item-store";
 import type { Config } from "../config/settings";
 import { type Direction } from "../storage/names";
 import { queueMessageText } from "../storage/names";
-import { downloadBlob, readWatermark, writeBatch } from "./replica";
+import { downloadBlob, readWatermark, writeBatches } from "./replica";
 import { LeaseKeeper } from "./lease";
 import { ApplyLimits, DEFAULT_APPLY_LIMITS } from "./limits";
+
+/** Download buffers are at least a default batch (4 MiB) and its header, so that one fits every later batch. */
+const SPARE_BYTES = 4 * 1024 * 1024 + 64 * 1024;
 
 /** Health issue the cache sweep raises when a disk's cached batches wait too long; a run that moves the disk clears it. */
 export const STALLED = "ReplicationStalled";
@@ -136,7 +139,7 @@ export async function applyBatches(deps: ApplyDeps, message: BatchMessage): Prom
     for (;;) {
       slot.again = false;
       // The highest batch announced so far: a run for it applies everything contiguous below it too.
-      outcome = await applyOnce(deps, { ...message, seq: slot.seq });
+      outcome = await applyOnce(deps, { ...message, seq: slot.seq }, () => slot.seq);
       applied += outcome.applied;
       if (!slot.again || outcome.result === "busy" || FINAL_STOPS.has(outcome.stop)) break;
     }
@@ -152,7 +155,8 @@ export async function applyBatches(deps: ApplyDeps, message: BatchMessage): Prom
   return { ...outcome, applied };
 }
 
-async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyOutcome> {
+/** `announced()`: the highest seq announced for the disk so far (messages that joined the run raise it). */
+async function applyOnce(deps: ApplyDeps, message: BatchMessage, announced: () => number): Promise<ApplyOutcome> {
   const limits = { ...DEFAULT_APPLY_LIMITS, maxBatchesPerRun: deps.config.apply?.maxBatchesPerRun ?? DEFAULT_APPLY_LIMITS.maxBatchesPerRun, ...deps.limits };
   const log = deps.log ?? (() => undefined);
   const { itemId, diskId } = message;
@@ -192,8 +196,9 @@ async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyO
     throw e;
   }
   const keeper = new LeaseKeeper(lease, limits.leaseSeconds);
+  const run = new ApplyRun(deps, limits, log, message, direction, replica, cache, lease.leaseId, keeper, announced);
   try {
-    const outcome = await new ApplyRun(deps, limits, log, message, direction, replica, cache, lease.leaseId, keeper).run();
+    const outcome = await run.run();
     // One line per leased run that wrote: which batches this holder applied (the one writer of the replica meanwhile).
     if (outcome.appliedFrom !== undefined)
       log(`${itemId}/${diskId}: applied batches ${outcome.appliedFrom}-${outcome.watermark} under lease, stopped: ${outcome.stop}`);
@@ -201,6 +206,9 @@ async function applyOnce(deps: ApplyDeps, message: BatchMessage): Promise<ApplyO
   } finally {
     keeper.stop();
     await lease.releaseLease().catch(() => undefined);
+    // A run that used up its budget hands the disk on only now that the lease is free: announced while it was still
+    // held, the next taker found it leased and waited out the busy delay.
+    if (run.handOffAt !== undefined) await announceBatch(deps.storage, { v: 1, itemId, diskId, seq: run.handOffAt });
   }
 }
 
@@ -220,10 +228,18 @@ class ApplyRun {
   private item!: ReplicatedItem;
   private disk!: DiskRecord;
   private watermark = 0;
+  /** Budget used up: the seq to announce once the lease is released (see applyOnce). */
+  handOffAt: number | undefined;
   /** The first seq this run wrote. */
   private firstApplied: number | undefined;
   private listing = new Map<number, ListedBatch>();
-  private readonly prefetched = new Map<number, Promise<Buffer>>();
+  /** Downloads started ahead of the batch being written, with the bytes each counts against the prefetch budget. */
+  private readonly prefetched = new Map<number, { bytes: Promise<Buffer>; budget: number; done: boolean }>();
+  /** Download buffers of batches already written, for the next downloads; and the buffer each download went into. */
+  private readonly spare: Buffer[] = [];
+  private readonly downloaded = new Map<number, Buffer>();
+  /** The highest seq handed to the write loop: downloads run ahead from past it, never again for it. */
+  private taken = 0;
   private prefetchedBytes = 0;
   private readonly deletes: Promise<void>[] = [];
   private applied = 0;
@@ -246,6 +262,7 @@ class ApplyRun {
     private readonly cache: ContainerPort,
     private readonly leaseId: string,
     private readonly keeper: LeaseKeeper,
+    private readonly announced: () => number = () => message.seq,
   ) {
     this.itemId = message.itemId;
     this.diskId = message.diskId;
@@ -329,30 +346,59 @@ class ApplyRun {
   }
 
   private download(seq: number): Promise<Buffer> {
-    const p = downloadBlob(this.cache, batchBlobName(this.diskId, seq));
+    const listed = this.listing.get(seq)?.bytes;
+    // A listed batch lands in a buffer of an applied one (see release); an announced one not yet listed, in its own.
+    let into: Buffer | undefined;
+    if (listed !== undefined) {
+      into = this.spare.pop();
+      if (!into || into.length < listed) into = Buffer.allocUnsafe(Math.max(listed, SPARE_BYTES));
+    }
+    if (into) this.downloaded.set(seq, into);
+    const p = downloadBlob(this.cache, batchBlobName(this.diskId, seq), into);
     // Held for later: a failure is seen by whoever awaits it, never as an unhandled rejection.
     p.catch(() => undefined);
     return p;
   }
 
-  /** Starts downloads of the batches after the watermark, within the prefetch budget. */
+  /**
+   * Starts downloads of the batches after the watermark, within the prefetch budget: those listed, and those announced
+   * since the listing (an agent announces a batch only once it is in the cache), so that downloads run ahead of an
+   * agent still uploading without a listing per batch. Nothing is applied without being listed first (see has).
+   */
   private prefetchAhead(): void {
-    for (let seq = this.watermark + 1; ; seq++) {
+    const announced = this.announced();
+    // Not from the watermark: a batch taken (being verified or written) is no longer in `prefetched`, and must not be
+    // downloaded again (a second copy would also hold a prefetch slot for good).
+    for (let seq = Math.max(this.watermark, this.taken) + 1; ; seq++) {
       if (this.prefetched.size >= this.limits.prefetchBatches || this.prefetchedBytes >= this.limits.prefetchBytes) return;
       const listed = this.listing.get(seq);
-      if (!listed) return;
+      if (!listed && seq > announced) return;
       if (this.prefetched.has(seq)) continue;
-      this.prefetched.set(seq, this.download(seq));
-      this.prefetchedBytes += listed.bytes;
+      // An announced batch not listed yet counts as a full one.
+      const budget = listed?.bytes ?? this.limits.prefetchBytes / this.limits.prefetchBatches;
+      const entry = { bytes: this.download(seq), budget, done: false };
+      entry.bytes.then(
+        () => (entry.done = true),
+        () => undefined,
+      );
+      this.prefetched.set(seq, entry);
+      this.prefetchedBytes += budget;
     }
   }
 
-  private fetch(seq: number): Promise<Buffer> {
+  private async fetch(seq: number): Promise<Buffer> {
+    this.taken = Math.max(this.taken, seq);
     const p = this.prefetched.get(seq);
     if (!p) return this.download(seq);
     this.prefetched.delete(seq);
-    this.prefetchedBytes -= this.listing.get(seq)?.bytes ?? 0;
-    return p;
+    this.prefetchedBytes -= p.budget;
+    try {
+      return await p.bytes;
+    } catch (e) {
+      // Started before the batch was listed: a 404 then says nothing about it now.
+      if (!isNotFound(e)) throw e;
+      return this.download(seq);
+    }
   }
 
   /**
@@ -456,7 +502,7 @@ class ApplyRun {
       const seq = through + 1;
       if (this.overBudget()) {
         await settle();
-        await announceBatch(this.deps.storage, { v: 1, itemId: this.itemId, diskId: this.diskId, seq });
+        this.handOffAt = seq;
         return { stop: "bound" };
       }
       if (!(await this.has(seq))) {
@@ -523,8 +569,9 @@ class ApplyRun {
   // ---------------------------------------------------------------------------------------------
   // Applying
 
-  private overBudget(): boolean {
-    return this.applied >= this.limits.maxBatchesPerRun || Date.now() - this.startedAt >= this.limits.maxRunMs;
+  /** The run's budget is used up (counting `pending` batches about to be applied). */
+  private overBudget(pending = 0): boolean {
+    return this.applied + pending >= this.limits.maxBatchesPerRun || Date.now() - this.startedAt >= this.limits.maxRunMs;
   }
 
   private async applyContiguous(first: Batch | undefined): Promise<ApplyStop> {
@@ -532,8 +579,8 @@ class ApplyRun {
       const seq = this.watermark + 1;
       if (this.keeper.lost) return this.fencedOut(seq, "the lease could not be renewed");
       if (this.overBudget()) {
-        // The rest is for a fresh invocation, announced now rather than waiting for the sweep.
-        await announceBatch(this.deps.storage, { v: 1, itemId: this.itemId, diskId: this.diskId, seq });
+        // The rest is for a fresh invocation, announced once the lease is released rather than left to the sweep.
+        this.handOffAt = seq;
         return "bound";
       }
       let batch = first?.header.seq === seq ? first : undefined;
@@ -549,27 +596,72 @@ class ApplyRun {
           return "corrupt";
         }
       }
+      const group = await this.groupAfter(batch);
       this.prefetchAhead();
+      const last = group[group.length - 1]!.header.seq;
       try {
-        await writeBatch(this.replica, batch, { leaseId: this.leaseId, watermark: this.watermark }, this.limits);
-        // Only now, with every page of the batch written, does the watermark move (crash safety).
-        await this.replica.updateSequenceNumber("update", seq, { conditions: { leaseId: this.leaseId } });
+        await writeBatches(this.replica, group, { leaseId: this.leaseId, watermark: this.watermark }, this.limits);
+        // Only now, with every page of the group written, does the watermark move (crash safety).
+        await this.replica.updateSequenceNumber("update", last, { conditions: { leaseId: this.leaseId } });
       } catch (e) {
         if (isFenced(e)) return this.fencedOut(seq, (e as Error).message);
         throw e;
       }
-      if (!this.disk.initialComplete) this.shipped.set(seq, this.listing.get(seq)?.bytes ?? batch.payload.length);
-      this.watermark = seq;
-      this.firstApplied ??= seq;
-      this.applied++;
-      this.appliedBytes += batch.header.payloadLength;
-      this.maxWriteMs = Math.max(this.maxWriteMs ?? 0, batch.header.lastWriteMs);
-      await this.finishBatch(batch.header);
-      this.deleteLater(seq);
+      for (const b of group) {
+        const h = b.header;
+        if (!this.disk.initialComplete) this.shipped.set(h.seq, this.listing.get(h.seq)?.bytes ?? b.payload.length);
+        this.firstApplied ??= h.seq;
+        this.applied++;
+        this.appliedBytes += h.payloadLength;
+        this.maxWriteMs = Math.max(this.maxWriteMs ?? 0, h.lastWriteMs);
+      }
+      this.watermark = last;
+      // Only the group's last batch can carry a tag or end initial replication or a resync.
+      await this.finishBatch(group[group.length - 1]!.header);
+      for (const b of group) this.deleteLater(b.header.seq);
+      this.release(group);
       if (Date.now() - this.recordedAt >= this.limits.progressEveryMs) {
         await this.recordProgress();
         if (await this.disabling()) return "disabled";
       }
+    }
+  }
+
+  /**
+   * `first` and the batches after it that are listed and already downloaded, while each one before is plain (no tag,
+   * not the end of initial replication or of a resync) and within the group bounds: written as one step. A batch that
+   * fails to fetch here just ends the group; the loop meets it again on its own.
+   */
+  private async groupAfter(first: Batch): Promise<Batch[]> {
+    const group = [first];
+    let bytes = first.payload.length;
+    const plain = (h: BatchHeader) => !h.tag && !h.initialComplete && !h.resyncComplete;
+    for (;;) {
+      const prev = group[group.length - 1]!.header;
+      const seq = prev.seq + 1;
+      if (!plain(prev) || group.length >= this.limits.groupBatches || this.overBudget(group.length)) break;
+      const listed = this.listing.get(seq);
+      if (!listed || !this.prefetched.get(seq)?.done || bytes + listed.bytes > this.limits.groupBytes) break;
+      let next: Batch;
+      try {
+        next = await this.fetchBatch(seq);
+      } catch {
+        break;
+      }
+      // Another resync's batch starts a group of its own (the loop downloads it again).
+      if ((next.header.resyncId ?? "") !== (first.header.resyncId ?? "")) break;
+      group.push(next);
+      bytes += next.payload.length;
+    }
+    return group;
+  }
+
+  /** The group is written (every page write has finished): its download buffers serve the next downloads. */
+  private release(group: Batch[]): void {
+    for (const b of group) {
+      const whole = this.downloaded.get(b.header.seq);
+      this.downloaded.delete(b.header.seq);
+      if (whole && this.spare.length < this.limits.prefetchBatches + this.limits.groupBatches) this.spare.push(whole);
     }
   }
 

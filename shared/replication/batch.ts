@@ -253,3 +253,49 @@ export function pageWrites(batch: Batch): { offset: number; data: Buffer }[] {
   flush();
   return out;
 }
+
+/**
+ * The page writes that apply consecutive batches at once, as if each were applied in turn: where extents overlap, the
+ * later batch's bytes win; neighbouring pieces smaller than `mergeUpTo` are joined into one write (fewer requests for
+ * small scattered writes). One batch gives exactly pageWrites(batch).
+ */
+export function mergedPageWrites(batches: Batch[], mergeUpTo = MAX_PAGE_WRITE): { offset: number; data: Buffer }[] {
+  if (batches.length === 1) return pageWrites(batches[0]!);
+  let segments: { offset: number; data: Buffer }[] = [];
+  for (const b of batches) segments = overlay(segments, pageWrites(b));
+  const out: { offset: number; data: Buffer }[] = [];
+  let run: { offset: number; parts: Buffer[]; length: number } | undefined;
+  const flush = () => {
+    if (run) out.push({ offset: run.offset, data: run.parts.length === 1 ? run.parts[0]! : Buffer.concat(run.parts, run.length) });
+    run = undefined;
+  };
+  for (const s of segments) {
+    if (run && run.offset + run.length === s.offset && run.length + s.data.length <= Math.min(mergeUpTo, MAX_PAGE_WRITE)) {
+      run.parts.push(s.data);
+      run.length += s.data.length;
+    } else {
+      flush();
+      run = { offset: s.offset, parts: [s.data], length: s.data.length };
+    }
+  }
+  flush();
+  return out;
+}
+
+/** `top` laid over `base` (each sorted by offset and disjoint): top whole, and what it leaves of base; sorted, disjoint. */
+function overlay(base: { offset: number; data: Buffer }[], top: { offset: number; data: Buffer }[]): { offset: number; data: Buffer }[] {
+  const out = [...top];
+  let j = 0;
+  for (const s of base) {
+    const end = s.offset + s.data.length;
+    while (j < top.length && top[j]!.offset + top[j]!.data.length <= s.offset) j++;
+    let at = s.offset;
+    for (let k = j; k < top.length && top[k]!.offset < end; k++) {
+      const t = top[k]!;
+      if (t.offset > at) out.push({ offset: at, data: s.data.subarray(at - s.offset, t.offset - s.offset) });
+      at = Math.max(at, t.offset + t.data.length);
+    }
+    if (at < end) out.push({ offset: at, data: s.data.subarray(at - s.offset) });
+  }
+  return out.sort((a, b) => a.offset - b.offset);
+}

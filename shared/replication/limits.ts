@@ -24,6 +24,13 @@ export interface ApplyLimits {
    * concurrent ~225).
    */
   writeChunkBytes: number;
+  /**
+   * Consecutive batches already downloaded are written as one fenced step, up to this many payload bytes (and
+   * `groupBatches` batches): one watermark update for all, their small neighbouring writes joined, more writes in flight.
+   * A tagged batch (or one that ends initial replication or a resync) always ends its group.
+   */
+  groupBytes: number;
+  groupBatches: number;
   /** How often a long run records its progress on the disk record (table writes cost). */
   progressEveryMs: number;
 }
@@ -37,5 +44,7 @@ export const DEFAULT_APPLY_LIMITS: ApplyLimits = {
   prefetchBatches: 4,
   writeConcurrency: 8,
   writeChunkBytes: MiB,
+  groupBytes: 8 * MiB,
+  groupBatches: 16,
   progressEveryMs: 5_000,
 };

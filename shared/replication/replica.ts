@@ -1,6 +1,6 @@
 // The replica page blob and the cache blobs as apply touches them: the watermark read, a batch's pages written with the watermark in one fenced step, a batch downloaded whole.
 import type { ContainerPort, PageBlobPort } from "../storage/ports";
-import { MAX_PAGE_WRITE, pageWrites, type Batch } from "./batch";
+import { MAX_PAGE_WRITE, mergedPageWrites, type Batch } from "./batch";
 import { isNotFound } from "../contract/errors";
 import { ApplyLimits, DEFAULT_APPLY_LIMITS } from "./limits";
 
@@ -26,7 +26,22 @@ export async function writeBatch(
   fence: { leaseId: string; watermark: number },
   tuning: Pick<ApplyLimits, "writeConcurrency" | "writeChunkBytes"> = DEFAULT_APPLY_LIMITS,
 ): Promise<void> {
-  const writes = splitWrites(pageWrites(batch), Math.min(tuning.writeChunkBytes, MAX_PAGE_WRITE));
+  return writeBatches(replica, [batch], fence, tuning);
+}
+
+/**
+ * Writes consecutive batches as one (see mergedPageWrites: the later batch wins where they overlap), every write fenced
+ * by the watermark before the first of them. Killed half-way, the replica holds that watermark plus some of their
+ * extents; applying them again from the first gives exactly the state after the last.
+ */
+export async function writeBatches(
+  replica: PageBlobPort,
+  batches: Batch[],
+  fence: { leaseId: string; watermark: number },
+  tuning: Pick<ApplyLimits, "writeConcurrency" | "writeChunkBytes"> = DEFAULT_APPLY_LIMITS,
+): Promise<void> {
+  const chunk = Math.min(tuning.writeChunkBytes, MAX_PAGE_WRITE);
+  const writes = splitWrites(mergedPageWrites(batches, chunk), chunk);
   const concurrency = tuning.writeConcurrency;
   const conditions = { leaseId: fence.leaseId, ifSequenceNumberEqualTo: fence.watermark };
   let next = 0;
@@ -54,14 +69,30 @@ function splitWrites(writes: { offset: number; data: Buffer }[], chunk: number):
   return out;
 }
 
-/** One GET of the whole blob; a body shorter than announced is a failed download (retried), never a batch to verify. */
-export async function downloadBlob(cache: ContainerPort, name: string): Promise<Buffer> {
+/**
+ * One GET of the whole blob; a body shorter than announced is a failed download (retried), never a batch to verify.
+ * `into`, when given and large enough, receives the bytes (the result is a view of it): a caller that reuses its
+ * buffers spares the process a large allocation per batch, which is what drives its garbage collections.
+ */
+export async function downloadBlob(cache: ContainerPort, name: string, into?: Buffer): Promise<Buffer> {
   const r = await cache.getBlobClient(name).download(0);
   const body = r.readableStreamBody;
   if (!body) throw new Error(`download of ${name} returned no body`);
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(chunk as Buffer);
-  const bytes = Buffer.concat(chunks);
+  let bytes: Buffer;
+  if (into && r.contentLength !== undefined && r.contentLength <= into.length) {
+    let at = 0;
+    for await (const chunk of body) {
+      const c = chunk as Buffer;
+      if (at + c.length > r.contentLength) throw new Error(`download of ${name} is longer than its ${r.contentLength} bytes`);
+      c.copy(into, at);
+      at += c.length;
+    }
+    bytes = into.subarray(0, at);
+  } else {
+    const chunks: Buffer[] = [];
+    for await (const chunk of body) chunks.push(chunk as Buffer);
+    bytes = Buffer.concat(chunks);
+  }
   if (r.contentLength !== undefined && bytes.length !== r.contentLength) {
     throw new Error(`download of ${name} ended after ${bytes.length} of ${r.contentLength} bytes`);
   }

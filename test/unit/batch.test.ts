@@ -7,6 +7,7 @@ import {
   decodeBatch,
   encodeBatch,
   MAX_PAGE_WRITE,
+  mergedPageWrites,
   pageWrites,
   seqOfBlobName,
   type Batch,
@@ -204,6 +205,44 @@ test("page writes of random batches always cover them exactly within Azure's lim
     }
     assertWritesCover(batchOf(extents));
   }
+});
+
+test("consecutive batches written as one end as if applied one after the other: the later wins, small neighbours are joined", () => {
+  const next = rng(5);
+  const disk = 8 * MiB;
+  for (let round = 0; round < 40; round++) {
+    const batches: Batch[] = [];
+    for (let b = 0; b < 1 + Math.floor(next() * 5); b++) {
+      // Sorted, disjoint extents of 512 B to 256 KiB, often touching those of other batches.
+      const extents: { offset: number; length: number }[] = [];
+      let at = Math.floor(next() * 64) * 512;
+      while (extents.length < 1 + Math.floor(next() * 40)) {
+        const length = (1 + Math.floor(next() * 512)) * 512;
+        if (at + length > disk) break;
+        extents.push({ offset: at, length });
+        at += length + Math.floor(next() * 3) * Math.floor(next() * 256) * 512;
+      }
+      const payload = randomBytes(
+        next,
+        extents.reduce((n, e) => n + e.length, 0),
+      );
+      batches.push(decodeBatch(encodeBatch({ ...header, seq: b + 1, extents }, payload)));
+    }
+    const applied = Buffer.alloc(disk);
+    const written = Buffer.alloc(disk);
+    for (const b of batches) for (const w of pageWrites(b)) w.data.copy(applied, w.offset);
+    const writes = mergedPageWrites(batches, 256 * KiB);
+    for (const w of writes) {
+      assert.ok(w.data.length <= MAX_PAGE_WRITE && w.offset % 512 === 0 && w.data.length % 512 === 0);
+      w.data.copy(written, w.offset);
+    }
+    for (let i = 1; i < writes.length; i++) assert.ok(writes[i].offset >= writes[i - 1].offset + writes[i - 1].data.length, "in order, disjoint");
+    assert.ok(written.equals(applied), `round ${round}: the merged writes equal the batches applied in turn`);
+    const separate = batches.reduce((n, b) => n + pageWrites(b).length, 0);
+    assert.ok(writes.length <= separate, `${writes.length} merged writes, ${separate} separate`);
+  }
+  const one = batchOf([{ offset: 0, length: 9 * MiB }]);
+  assert.deepEqual(mergedPageWrites([one]), pageWrites(one), "one batch: its own page writes");
 });
 
 test("blob names sort in sequence order and give their sequence number back", () => {
