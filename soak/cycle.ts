@@ -26,7 +26,7 @@ async function failoverDisksEqualModel(ctx: SoakContext, v: SoakVm, out: Failove
   for (const d of out.disks) {
     const all = await container
       .getPageBlobClient(d.blob.replace(/^failover\//, ""))
-      .downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(60_000) });
+      .downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(120_000) });
     if (all.length !== ctx.diskBytes + 512) ctx.diverge(`${what}: ${d.blob} is ${all.length} bytes, expected the disk and a 512-byte footer`);
     const disk = all.subarray(0, ctx.diskBytes);
     const model = v.models.get(d.diskId)!.current();

@@ -25,6 +25,11 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** A timer that does not keep the process alive once it has lost its race. */
 const bound = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 const GROUP = "soak-tier";
+/**
+ * The soak's own reads of a replica, snapshot or failover disk. Late in a long run Azurite re-serialises its blob
+ * metadata (every snapshot's page ranges) every 5 s, and on a loaded machine a 16 MiB read then takes tens of seconds.
+ */
+const READ_BOUND_MS = 120_000;
 /** A scanned disk's point holds the disk as it was at one instant of its quiet round, up to this long before the tag's time. */
 const SCAN_SLACK_MS = 15_000;
 
@@ -226,7 +231,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   };
 
   // The VMs.
-  const policy = { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 10, appConsistentFrequencyMinutes: 0 };
+  // Tags every 20 s: at 10 s a 30-minute run kept ~575 snapshots (600k page ranges) in Azurite's metadata, which it
+  // re-serialises every 5 s — the emulator, not the product, then stalled for tens of seconds at a time.
+  const policy = { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 20, appConsistentFrequencyMinutes: 0 };
   const layout: { name: string; capture: Capture; group?: string; ip: string; spoolMaxMb?: number }[] = [
     { name: "soak-app-1", capture: "library", group: GROUP, ip: "10.4.0.4" },
     { name: "soak-app-2", capture: "library", group: GROUP, ip: "10.4.0.5" },
@@ -323,7 +330,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           await replicaOf(byId.get(itemId)!, diskId)
         )
           .withSnapshot(snapshot)
-          .downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(30_000) });
+          .downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(READ_BOUND_MS) });
       } catch (e) {
         if ((e as { statusCode?: number }).statusCode === 404) return undefined; // pruned meanwhile
         throw e;
@@ -544,7 +551,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
             const blob = cache.getBlockBlobClient(batchBlobName(d, seq));
             let data: Buffer;
             try {
-              data = await blob.downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) });
+              data = await blob.downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(READ_BOUND_MS) });
               await blob.delete();
             } catch {
               continue; // applied and removed meanwhile
@@ -683,7 +690,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
             const blob = await replicaOf(v, d);
             let nextNote = Date.now() + 10_000;
             for (;;) {
-              const bytes = await blob.downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(30_000) });
+              const bytes = await blob.downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(READ_BOUND_MS) });
               if (bytes.equals(model)) break;
               if (Date.now() > nextNote) {
                 nextNote = Date.now() + 10_000;
@@ -746,7 +753,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         for (const d of out.disks) {
           const bytes = await failover
             .getPageBlobClient(d.blob.replace(/^failover\//, ""))
-            .downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) });
+            .downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(READ_BOUND_MS) });
           if (bytes.length !== diskBytes + 512) diverge(`failover disk ${d.blob}: ${bytes.length} bytes, expected the disk and a 512-byte footer`);
           checkAt(v, d.diskId, out.recoveryPoint.time, bytes.subarray(0, diskBytes), `failover disk ${d.blob} (point ${out.recoveryPoint.id})`);
         }
@@ -835,7 +842,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       const v = byId.get(out.itemId)!;
       for (const d of out.disks) {
         const bytes = (
-          await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) })
+          await failover
+            .getPageBlobClient(d.blob.replace(/^failover\//, ""))
+            .downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(READ_BOUND_MS) })
         ).subarray(0, diskBytes);
         const model = v.models.get(d.diskId)!.current();
         if (!bytes.equals(model))

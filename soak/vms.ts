@@ -232,13 +232,15 @@ export class SoakVm {
   async stallInPrepare(ms: number, waitMs: number): Promise<{ stoppedAt: number; resumedAt: number } | undefined> {
     const child = this.proc;
     if (this.spec.capture !== "library" || !child || !this.alive) return undefined;
+    let onExit: () => void = () => undefined;
     const held = new Promise<boolean>((r) => {
       this.prepareHeld = () => r(true);
       setTimeout(() => r(false), waitMs).unref();
-      child.once("exit", () => r(false));
+      child.once("exit", (onExit = () => r(false)));
     });
     child.send({ type: "arm-stall" });
     const got = await held;
+    child.off("exit", onExit);
     this.prepareHeld = undefined;
     if (!got || !this.alive) {
       if (this.alive) child.send({ type: "disarm-stall" });
@@ -323,7 +325,11 @@ export class SoakVm {
       if (!this.alive) return;
       const paused = new Promise<void>((r) => this.pauseWaiters.push(r));
       this.proc!.send({ type: "pause" });
-      await Promise.race([paused, new Promise<void>((r) => this.proc!.once("exit", () => r()))]);
+      // The exit listener goes with the pause: a long run pauses a live agent many times.
+      const child = this.proc!;
+      let onExit: () => void = () => undefined;
+      await Promise.race([paused, new Promise<void>((r) => child.once("exit", (onExit = () => r())))]);
+      child.off("exit", onExit);
       return;
     }
     if (this.inFlight > 0) await new Promise<void>((r) => this.idle.push(r));
