@@ -22,6 +22,8 @@ export interface AzuriteOptions {
   silent?: boolean;
   /** How long to wait for all three services to accept connections. Default 60 s (slow, loaded machines). */
   startTimeoutMs?: number;
+  /** The cache account's key (default CACHE_KEY): restarting with another one is a key rotation (the chaos soak's). */
+  cacheKey?: string;
 }
 
 export interface AzurePorts {
@@ -157,7 +159,7 @@ async function launch(opts: AzuriteOptions, ports: AzurePorts, location: string 
     ...(opts.silent ? ["--silent"] : []),
   ];
   const child = spawn(process.execPath, ["-e", WATCHDOG, "--", script, ...flags], {
-    env: { ...process.env, AZURITE_ACCOUNTS: `${DEV_ACCOUNT}:${DEV_KEY};${CACHE_ACCOUNT}:${CACHE_KEY}` },
+    env: { ...process.env, AZURITE_ACCOUNTS: `${DEV_ACCOUNT}:${DEV_KEY};${CACHE_ACCOUNT}:${opts.cacheKey ?? CACHE_KEY}` },
     stdio: ["pipe", "pipe", "pipe"],
   });
   let tail = "";
@@ -211,7 +213,7 @@ async function launch(opts: AzuriteOptions, ports: AzurePorts, location: string 
 
   return {
     control: azuriteConnectionString(DEV_ACCOUNT, DEV_KEY, ports),
-    cache: azuriteConnectionString(CACHE_ACCOUNT, CACHE_KEY, ports),
+    cache: azuriteConnectionString(CACHE_ACCOUNT, opts.cacheKey ?? CACHE_KEY, ports),
     ports,
     pid: child.pid ?? -1,
     stop,

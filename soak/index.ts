@@ -1,13 +1,14 @@
 // The chaos soak: a local stack in real processes, four protected VMs under a seeded workload kept in a byte model, seeded faults, and an oracle that stops at the first divergence.
-// Over 500 lines: the run's scheduler, its faults and its oracle share one stack and one history; the model, the VMs
-// and the writer process are modules of their own.
+// Over 500 lines: the run's scheduler, the faults that restart or stop the stack itself (hosts, Azurite, its keys) and its
+// oracle share one stack and one history; the model, the VMs, the writer process, the faults that reach into the
+// product's protocols (faults.ts) and the DR cycle (cycle.ts) are modules of their own.
 import { mkdirSync, mkdtempSync, rmSync, appendFileSync, writeFileSync, createWriteStream } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startAzurite, type LocalStorage } from "../local/azurite";
 import { freePort, startHostProcess, type HostProcess } from "../local/process";
-import { loadConfig } from "../shared/config/settings";
-import { Storage, blobService, queueService } from "../shared/storage/clients";
+import { loadConfig, type Config } from "../shared/config/settings";
+import { Storage, queueService } from "../shared/storage/clients";
 import { REPLICATION_QUEUE } from "../shared/storage/names";
 import { cacheContainerName, replicaBlobName } from "../shared/protection/items";
 import { batchBlobName, seqOfBlobName } from "../shared/replication/batch";
@@ -15,12 +16,20 @@ import { rng } from "../test/support/batches";
 import { percentile, round, table } from "../bench/harness";
 import { firstDifference } from "./model";
 import { SoakVm, type Capture } from "./vms";
+import { Divergence, FINISHED, type Answer, type ApiPoint, type FailoverAnswer, type FaultRecord, type SoakContext } from "./context";
+import { agentCacheSas, batchCorrupt, groupStall, spoolOverflow, trySas } from "./faults";
+import { reprotectCycle } from "./cycle";
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** A timer that does not keep the process alive once it has lost its race. */
 const bound = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 const GROUP = "soak-tier";
+/**
+ * The soak's own reads of a replica, snapshot or failover disk. Late in a long run Azurite re-serialises its blob
+ * metadata (every snapshot's page ranges) every 5 s, and on a loaded machine a 16 MiB read then takes tens of seconds.
+ */
+const READ_BOUND_MS = 120_000;
 /** A scanned disk's point holds the disk as it was at one instant of its quiet round, up to this long before the tag's time. */
 const SCAN_SLACK_MS = 15_000;
 
@@ -35,6 +44,10 @@ export const FAULT_KINDS = [
   "lease-break",
   "nbd-vanish",
   "batch-late",
+  "sas-expired-early",
+  "batch-corrupt",
+  "group-stall",
+  "spool-overflow",
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -58,16 +71,18 @@ export interface SoakOptions {
   /** A convergence check every this-many faults (default 5; 0: only the final one); a test failover every this-many (default 3). */
   convergenceEvery?: number;
   testFailoverEvery?: number;
+  /** Once per run, a planned failover, re-protect and failback of the NBD VM (default: runs of 5 minutes or more). */
+  reprotectCycle?: boolean;
   log?: (line: string) => void;
 }
 
-export interface FaultRecord {
-  n: number;
-  kind: FaultKind | "test-failover" | "convergence" | "planned-failover";
-  at: string;
-  detail: string;
-  endedAt?: number;
-  recoveredAt?: number;
+export type { FaultRecord } from "./context";
+
+/** Per fault kind: injected, seen to take effect in the product, and verified (bytes checked after it). */
+export interface FaultOutcome {
+  injected: number;
+  took: number;
+  verified: number;
 }
 
 export interface SoakReport {
@@ -86,40 +101,8 @@ export interface SoakReport {
   rpoSeconds: { p50: number; p90: number; p99: number; max: number };
   lagSeconds: { p50: number; p90: number; p99: number; max: number };
   recoverySeconds: Record<string, { count: number; p50: number; max: number }>;
+  outcomes: Record<string, FaultOutcome>;
   history: FaultRecord[];
-}
-
-class Divergence extends Error {}
-
-/** The fields of the API's answers that the soak reads (each answer has some of them). */
-interface Answer {
-  id: string;
-  state?: string;
-  rpoSeconds?: number;
-  disks?: { lagSeconds?: number }[];
-  agentRegistration: { token: string };
-  error?: unknown;
-}
-
-interface FailoverVm {
-  itemId: string;
-  recoveryPoint: { id: string; time: string };
-  disks: { diskId: string; blob: string }[];
-}
-
-interface FailoverAnswer {
-  runtimeStatus?: string;
-  customStatus?: unknown;
-  output?: { vms: FailoverVm[] };
-}
-
-const FINISHED = ["Completed", "Failed", "Terminated"];
-
-interface ApiPoint {
-  id: string;
-  time: string;
-  scope: "vm" | "group";
-  disks: { itemId?: string; diskId: string; snapshot: string }[];
 }
 
 export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
@@ -193,8 +176,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     SWEEP_STALL_SECONDS: "3",
     SEAL_SCHEDULE: "*/3 * * * * *",
   };
-  const config = loadConfig(env);
-  const store = new Storage(config);
+  // A key rotation (sas-expired-early) changes the cache account's key: the soak's own clients follow it.
+  let cacheKey: string | undefined;
+  let config: Config = loadConfig(env);
+  let store = new Storage(config);
   const hostCount = opts.hosts ?? 2;
   const ports = await Promise.all(Array.from({ length: hostCount }, () => freePort()));
   const hosts: (HostProcess | undefined)[] = [];
@@ -246,11 +231,14 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
   };
 
   // The VMs.
-  const policy = { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 10, appConsistentFrequencyMinutes: 0 };
-  const layout: { name: string; capture: Capture; group?: string; ip: string }[] = [
+  // Tags every 20 s: at 10 s a 30-minute run kept ~575 snapshots (600k page ranges) in Azurite's metadata, which it
+  // re-serialises every 5 s — the emulator, not the product, then stalled for tens of seconds at a time.
+  const policy = { recoveryPointRetentionHours: 24, crashConsistentFrequencySeconds: 20, appConsistentFrequencyMinutes: 0 };
+  const layout: { name: string; capture: Capture; group?: string; ip: string; spoolMaxMb?: number }[] = [
     { name: "soak-app-1", capture: "library", group: GROUP, ip: "10.4.0.4" },
     { name: "soak-app-2", capture: "library", group: GROUP, ip: "10.4.0.5" },
-    { name: "soak-nbd", capture: "nbd", ip: "10.4.0.6" },
+    // A small spool: a burst while storage does not answer overflows it (spool-overflow).
+    { name: "soak-nbd", capture: "nbd", ip: "10.4.0.6", spoolMaxMb: 4 },
     { name: "soak-scan", capture: "scan", ip: "10.4.0.7" },
   ];
   const vms: SoakVm[] = [];
@@ -304,6 +292,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           bytesPerSecond: opts.bytesPerSecond ?? 64 * 1024,
           log,
           onChild: (c) => children.add(c),
+          ...(l.spoolMaxMb ? { spoolMaxMb: l.spoolMaxMb } : {}),
         }),
       );
     }
@@ -322,17 +311,26 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     log("every VM Protected");
 
     const byId = new Map(vms.map((v) => [v.itemId, v]));
-    const replicas = await store.replicas();
+    /** A VM's replica, in the account of the direction it replicates now, through clients of the current keys. */
+    const replicaOf = async (v: SoakVm, diskId: string) => (await store.replicas(v.direction)).getPageBlobClient(replicaBlobName(v.itemId, diskId));
+    const cacheOf = (v: SoakVm) => store.cache(v.direction).getContainerClient(cacheContainerName(v.itemId));
+    /** Bytes checked after a fault (a point cut after it, or a convergence check) make it verified. */
+    const markVerified = (itemIds: string[], after: number) => {
+      for (const f of history)
+        if (f.verifiedAt === undefined && f.endedAt !== undefined && f.endedAt < after && f.items?.some((i) => itemIds.includes(i))) f.verifiedAt = Date.now();
+    };
     const seen = new Set<string>();
+    const abortedTags: SoakContext["abortedTags"] = new Map();
     /** What each item's newest point time is, for the recovery times. */
     const newestPoint = new Map<string, number>();
 
     const snapshotBytes = async (itemId: string, diskId: string, snapshot: string): Promise<Buffer | undefined> => {
       try {
-        return await replicas
-          .getPageBlobClient(replicaBlobName(itemId, diskId))
+        return await (
+          await replicaOf(byId.get(itemId)!, diskId)
+        )
           .withSnapshot(snapshot)
-          .downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(30_000) });
+          .downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(READ_BOUND_MS) });
       } catch (e) {
         if ((e as { statusCode?: number }).statusCode === 404) return undefined; // pruned meanwhile
         throw e;
@@ -355,6 +353,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           const members = p.scope === "group" ? vms.filter((v) => v.spec.group === GROUP) : [owner];
           for (const v of members) newestPoint.set(v.itemId, Math.max(newestPoint.get(v.itemId) ?? 0, t));
           if (seen.has(p.id)) continue;
+          const given = abortedTags.get(p.id);
+          if (given === "aborted" || (given && p.scope === "group"))
+            diverge(`${p.scope} point ${p.id} of ${owner.spec.name} was sealed from a group tag that was ${given}`);
           // A group point is listed by every member, each with its own disks: verify it whole, once.
           const disks = p.scope === "group" ? await pointDisks(p) : p.disks.map((d) => ({ ...d, itemId: owner.itemId }));
           if (!disks) continue;
@@ -369,6 +370,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           if (verified > 0) {
             pointsVerified++;
             pointDisksVerified += verified;
+            markVerified([...new Set(disks.map((d) => d.itemId))], t);
           }
         }
       }
@@ -469,6 +471,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           storage = await startAzurite({
             location: join(dir, "azurite"),
             silent: true,
+            ...(cacheKey ? { cacheKey } : {}),
             blobPort: storage.ports.blob,
             queuePort: storage.ports.queue,
             tablePort: storage.ports.table,
@@ -501,7 +504,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           while (Date.now() < deadline) {
             for (const v of vms) {
               for (const d of v.spec.diskIds) {
-                const blob = replicas.getPageBlobClient(replicaBlobName(v.itemId, d));
+                const blob = await replicaOf(v, d);
                 if ((await blob.getProperties()).leaseState === "leased") {
                   // The run may let its lease go between the look and the break: then there is nothing to break yet.
                   const broken = await blob
@@ -523,9 +526,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           // A batch that arrives after later ones (an upload retried, a slow path): it is taken out of the cache above
           // the watermark and put back a few seconds later. The disk must wait at the gap, never apply past it.
           // The apply keeps up and prefetches what it lists, so the batch taken is a new one, the moment it appears.
-          const v = pick(vms);
+          const v = pick(vms.filter((x) => x.direction === "forward"));
           const d = pick(v.spec.diskIds);
-          const cache = blobService(config.storage.cache).getContainerClient(cacheContainerName(v.itemId));
+          const cache = cacheOf(v);
+          const replica = await replicaOf(v, d);
           const listed = async () => {
             const seqs: number[] = [];
             for await (const b of cache.listBlobsFlat({ prefix: `${d}/` })) {
@@ -534,7 +538,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
             }
             return seqs;
           };
-          const seen = Math.max((await replicas.getPageBlobClient(replicaBlobName(v.itemId, d)).getProperties()).blobSequenceNumber ?? 0, ...(await listed()));
+          const seen = Math.max((await replica.getProperties()).blobSequenceNumber ?? 0, ...(await listed()));
           const until = Date.now() + 10_000;
           while (Date.now() < until) {
             const seqs = (await listed()).filter((s) => s > seen);
@@ -542,12 +546,12 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
               await sleep(10);
               continue;
             }
-            const watermark = (await replicas.getPageBlobClient(replicaBlobName(v.itemId, d)).getProperties()).blobSequenceNumber ?? 0;
+            const watermark = (await replica.getProperties()).blobSequenceNumber ?? 0;
             const seq = Math.min(...seqs);
             const blob = cache.getBlockBlobClient(batchBlobName(d, seq));
             let data: Buffer;
             try {
-              data = await blob.downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) });
+              data = await blob.downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(READ_BOUND_MS) });
               await blob.delete();
             } catch {
               continue; // applied and removed meanwhile
@@ -555,7 +559,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
             const ms = between(4000, 10_000);
             const r = record(kind, `${v.spec.name}/${d} batch ${seq} (watermark ${watermark}) held back for ${Math.round(ms)} ms while later batches arrive`);
             await sleep(ms);
-            const after = (await replicas.getPageBlobClient(replicaBlobName(v.itemId, d)).getProperties()).blobSequenceNumber ?? 0;
+            const after = (await replica.getProperties()).blobSequenceNumber ?? 0;
             await blob.upload(data, data.length);
             log(`  put back; the watermark is ${after}`);
             return r;
@@ -566,7 +570,88 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           const v = vms.find((x) => x.spec.capture === "nbd")!;
           return record(kind, await v.nbdVanish());
         }
+        case "sas-expired-early":
+          return rotateCacheKey(next);
+        case "batch-corrupt":
+          return batchCorrupt(ctx, { next, pick, between });
+        case "group-stall":
+          return groupStall(ctx, { next, pick, between });
+        case "spool-overflow":
+          return spoolOverflow(ctx, { stop: () => process.kill(storage.pid, "SIGSTOP"), resume: () => process.kill(storage.pid, "SIGCONT") });
       }
+    };
+
+    /**
+     * A SAS that stops working before its expiry: the cache account's key is rotated (the way an operator answers a
+     * leaked key), so every SAS signed with the old one is refused at once. The instances are stopped first (none may
+     * sign with the old key), Azurite comes back knowing only the new key, and for a few seconds the agents can neither
+     * upload nor renew; then the instances start with the new key and each agent must renew its SAS at a check-in and
+     * ship everything it spooled meanwhile.
+     */
+    const rotateCacheKey = async (next: () => number): Promise<FaultRecord> => {
+      const key = Buffer.from(Array.from({ length: 64 }, () => Math.floor(next() * 256))).toString("base64");
+      const held = vms.map((v) => ({ v, sas: agentCacheSas(v) }));
+      const down = Math.round(3000 + next() * 3000);
+      const r = record(
+        "sas-expired-early",
+        `the cache account's key rotated: the agents' cache SAS (signed with the old key) stop working before their expiry; every instance down ${down} ms`,
+      );
+      r.items = vms.filter((v) => v.direction === "forward").map((v) => v.itemId);
+      for (let i = 0; i < hostCount; i++) await hosts[i]!.kill();
+      await storage.stop();
+      storage = await startAzurite({
+        location: join(dir, "azurite"),
+        silent: true,
+        blobPort: storage.ports.blob,
+        queuePort: storage.ports.queue,
+        tablePort: storage.ports.table,
+        cacheKey: key,
+      });
+      azuritePid = storage.pid;
+      cacheKey = key;
+      env.CACHE_STORAGE = storage.cache;
+      config = loadConfig(env);
+      store = new Storage(config);
+      // The SAS the agents hold are refused now, long before they expire.
+      const refused: string[] = [];
+      for (const { v, sas } of held) {
+        if (!sas || v.direction !== "forward") continue;
+        const status = await trySas(sas.containerUrl);
+        if (status !== 403) diverge(`${v.spec.name}'s cache SAS signed with the old key answered ${status} after the key rotation, not 403`);
+        refused.push(`${v.spec.name} (${Math.round((Date.parse(sas.expiresOn) - Date.now()) / 3600_000)} h before its expiry)`);
+      }
+      await sleep(Math.max(0, down - (Date.now() - Date.parse(r.at))));
+      for (let i = 0; i < hostCount; i++) await startHost(i);
+      // Every agent renews: the SAS it saves at its next check-in works.
+      const deadline = Date.now() + 60_000;
+      const renewed = new Set<string>();
+      while (Date.now() < deadline && renewed.size < held.filter((h) => h.sas && h.v.direction === "forward").length) {
+        for (const { v, sas } of held) {
+          if (!sas || renewed.has(v.spec.name) || v.direction !== "forward") continue;
+          const now = agentCacheSas(v);
+          if (now && now.containerUrl !== sas.containerUrl && (await trySas(now.containerUrl)) === 201) renewed.add(v.spec.name);
+        }
+        await sleep(500);
+      }
+      r.effect = `refused with 403: ${refused.join(", ")}; renewed at a check-in: ${[...renewed].join(", ") || "none"}`;
+      log(`  ${r.effect}`);
+      if (renewed.size === 0) r.effect = undefined;
+      return r;
+    };
+
+    const ctx: SoakContext = {
+      vms,
+      log,
+      api,
+      diverge,
+      record,
+      replica: replicaOf,
+      cache: cacheOf,
+      failoverDisks: (direction) => store.failover(direction),
+      diskBytes,
+      failoverTimeoutMs,
+      abortedTags,
+      convergence: () => convergence(),
     };
 
     const workloadPaused = async <T>(f: () => Promise<T>): Promise<T> => {
@@ -602,10 +687,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           }
           for (const d of v.spec.diskIds) {
             const model = Buffer.from(v.models.get(d)!.current());
-            const blob = replicas.getPageBlobClient(replicaBlobName(v.itemId, d));
+            const blob = await replicaOf(v, d);
             let nextNote = Date.now() + 10_000;
             for (;;) {
-              const bytes = await blob.downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(30_000) });
+              const bytes = await blob.downloadToBuffer(0, diskBytes, { abortSignal: AbortSignal.timeout(READ_BOUND_MS) });
               if (bytes.equals(model)) break;
               if (Date.now() > nextNote) {
                 nextNote = Date.now() + 10_000;
@@ -623,6 +708,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
               await sleep(1000);
             }
           }
+          markVerified([v.itemId], Date.parse(r.at));
         }
         r.endedAt = Date.now();
         r.detail += `: converged in ${((r.endedAt - Date.parse(r.at)) / 1000).toFixed(1)} s`;
@@ -634,7 +720,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     /** A test failover to a random point, every failover disk compared with the model at its point, then cleanup. */
     const testFailover = async () => {
       const group = next() < 0.4;
-      const target = group ? undefined : pick(vms);
+      // A member of the group fails over only with the whole group (409 GroupMemberAlone): a lone VM is one outside it.
+      const target = group ? undefined : pick(vms.filter((v) => v.spec.group === undefined && v.direction === "forward"));
       let recoveryPoint = "latest-processed";
       if (target && next() < 0.5) {
         const pts = (await api<ApiPoint[]>("GET", `replicated-items/${target.itemId}/recovery-points`)).body ?? [];
@@ -666,7 +753,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
         for (const d of out.disks) {
           const bytes = await failover
             .getPageBlobClient(d.blob.replace(/^failover\//, ""))
-            .downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) });
+            .downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(READ_BOUND_MS) });
           if (bytes.length !== diskBytes + 512) diverge(`failover disk ${d.blob}: ${bytes.length} bytes, expected the disk and a 512-byte footer`);
           checkAt(v, d.diskId, out.recoveryPoint.time, bytes.subarray(0, diskBytes), `failover disk ${d.blob} (point ${out.recoveryPoint.id})`);
         }
@@ -686,11 +773,41 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const quietEndMs = opts.quietEndMs ?? 15_000;
     const failoverEvery = opts.testFailoverEvery ?? 3;
     const convergenceEvery = opts.convergenceEvery ?? 5;
+    // Kinds are drawn from a shuffled bag (every enabled kind once, then again), and faults go on past the time until
+    // the first bag is empty: every run, however short or slow, injects every enabled kind.
+    const bag: FaultKind[] = [];
+    let rounds = 0;
+    const draw = (): FaultKind => {
+      if (bag.length === 0) {
+        rounds++;
+        bag.push(...enabled);
+        for (let i = bag.length - 1; i > 0; i--) {
+          const j = Math.floor(next() * (i + 1));
+          [bag[i], bag[j]] = [bag[j]!, bag[i]!];
+        }
+      }
+      return bag.pop()!;
+    };
+    // The DR cycle runs once, a third of the way in, in runs long enough for it and the faults.
+    const cycleAt = Date.now() + (opts.minutes * 60_000) / 3;
+    let cycled = !(opts.reprotectCycle ?? opts.minutes >= 5);
     let cycle = 0;
-    while (Date.now() < endAt - quietEndMs) {
+    while (Date.now() < endAt - quietEndMs || rounds === 0 || (rounds === 1 && bag.length > 0)) {
       checkBackground();
+      if (!cycled && Date.now() >= cycleAt) {
+        cycled = true;
+        const c = await reprotectCycle(
+          ctx,
+          vms.find((v) => v.spec.capture === "nbd")!,
+          layout.find((l) => l.capture === "nbd")!.ip,
+        );
+        c.endedAt = Date.now();
+        failoversVerified += 2; // the planned failover and the failback, each disk equal to the model (or it diverged)
+        await sleep(between(3000, 8000));
+        continue;
+      }
       cycle++;
-      const kind = pick(enabled);
+      const kind = draw();
       const f = await inject(kind);
       f.endedAt = Date.now();
       await sleep(between(3000, 8000));
@@ -700,7 +817,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     }
     // The end: a quiet while, a last convergence check, every sealed point verified, then a planned failover of the group.
     log(`faults over (${cycle} cycles); quiet until the end`);
-    await sleep(Math.max(5000, endAt - Date.now()));
+    await sleep(Math.max(5000, Math.min(quietEndMs, endAt - Date.now())));
     await convergence();
     await verifyPoints();
     checkBackground();
@@ -725,7 +842,9 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
       const v = byId.get(out.itemId)!;
       for (const d of out.disks) {
         const bytes = (
-          await failover.getPageBlobClient(d.blob.replace(/^failover\//, "")).downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(30_000) })
+          await failover
+            .getPageBlobClient(d.blob.replace(/^failover\//, ""))
+            .downloadToBuffer(0, undefined, { abortSignal: AbortSignal.timeout(READ_BOUND_MS) })
         ).subarray(0, diskBytes);
         const model = v.models.get(d.diskId)!.current();
         if (!bytes.equals(model))
@@ -767,6 +886,14 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     const xs = history.filter((f) => f.kind === kind && f.recoveredAt !== undefined).map((f) => (f.recoveredAt! - f.endedAt!) / 1000);
     if (xs.length) recoverySeconds[kind] = { count: xs.length, p50: round(percentile(xs, 50), 1), max: round(Math.max(...xs), 1) };
   }
+  const outcomes: Record<string, FaultOutcome> = {};
+  for (const f of history) {
+    if (!f.items) continue;
+    const o = (outcomes[f.kind] ??= { injected: 0, took: 0, verified: 0 });
+    o.injected++;
+    if (f.effect) o.took++;
+    if (f.effect && f.verifiedAt !== undefined) o.verified++;
+  }
   const report: SoakReport = {
     ok,
     seed,
@@ -783,6 +910,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     rpoSeconds: stats(rpo),
     lagSeconds: stats(lag),
     recoverySeconds,
+    outcomes,
     history,
   };
   writeFileSync(join(dir, "report.json"), JSON.stringify(report, null, 2));
@@ -814,6 +942,13 @@ export function formatReport(r: SoakReport): string {
       ],
     ),
   );
+  if (Object.keys(r.outcomes).length > 0)
+    lines.push(
+      table(
+        ["fault", "injected", "took effect", "verified after"],
+        Object.entries(r.outcomes).map(([k, o]) => [k, o.injected, o.took, o.verified]),
+      ),
+    );
   if (!r.ok) {
     lines.push(`DIVERGENCE — reproduce with: npm run soak -- --minutes ${r.minutes} --seed ${r.seed}`);
     for (const d of r.divergences) lines.push(`  ${d}`);

@@ -31,6 +31,8 @@ export interface VmSpec {
   log: (line: string) => void;
   /** Told of every process started for this VM (the soak kills them all on its way out). */
   onChild?: (child: ChildProcess) => void;
+  /** The agent's spool bound (`--spool-max-mb`, NBD and scanned VMs); the agent's default when not given. */
+  spoolMaxMb?: number;
 }
 
 /** Reads `length` bytes of an image file at `offset`. */
@@ -45,13 +47,30 @@ function readImage(path: string, offset: number, length: number): Buffer {
   }
 }
 
+/** The last lines an agent printed, kept to see what a fault did (a refused SAS, a full spool, an aborted tag). */
+const KEPT_LINES = 4000;
+
 export class SoakVm {
   readonly models = new Map<string, DiskModel>();
   readonly images: Record<string, string> = {};
-  readonly stateDir: string;
+  /** Each re-protect runs a new agent (a new registration) with a state directory of its own. */
+  stateDir: string;
   readonly sock: string;
+  /** Which way the item replicates now (a re-protect turns it around). */
+  direction: "forward" | "reverse" = "forward";
   proc: ChildProcess | undefined;
   starts = 0;
+  /** The registration token of the next start: the item's at first, a re-protect's after one. */
+  private token: string;
+  private unregistered = true;
+  private incarnation = 0;
+  private writersStarted = false;
+  private lines: string[] = [];
+  private linesDropped = 0;
+  private partial = "";
+  private prepareHeld: (() => void) | undefined;
+  /** Boosts the NBD writer's rate (a burst of writes, e.g. while uploads are blocked). */
+  boost = 1;
   refused = 0;
   failures: string[] = [];
   private paused = false;
@@ -67,6 +86,7 @@ export class SoakVm {
 
   constructor(readonly spec: VmSpec) {
     this.stateDir = join(spec.dir, `${spec.name}-state`);
+    this.token = spec.token;
     this.sock = join(spec.dir, `${spec.name}.sock`);
     this.next = rng(spec.seed);
     for (const d of spec.diskIds) {
@@ -89,13 +109,14 @@ export class SoakVm {
 
   /** Starts (or restarts, from its state directory) the agent; the writers start with the first start. */
   async start(): Promise<void> {
-    const first = this.starts === 0;
     this.starts++;
+    const register = this.unregistered;
+    this.unregistered = false;
     const s = this.spec;
     if (s.capture === "library") {
       const config: WriterConfig = {
         url: s.url,
-        ...(first ? { token: s.token } : {}),
+        ...(register ? { token: this.token } : {}),
         stateDir: this.stateDir,
         images: this.images,
         seed: s.seed * 1000 + this.starts,
@@ -126,17 +147,19 @@ export class SoakVm {
       "--url",
       s.url,
       "agent",
-      ...(first ? ["--token", s.token] : []),
+      ...(register ? ["--token", this.token] : []),
       ...s.diskIds.flatMap((d) => ["--disk", `${d}=${this.images[d]}`]),
       "--state-dir",
       this.stateDir,
+      ...(s.spoolMaxMb ? ["--spool-max-mb", String(s.spoolMaxMb)] : []),
     ];
     if (s.capture === "nbd") args.push("--nbd", this.sock);
     else args.push("--scan-interval", "1");
     const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.attach(child);
     if (s.capture === "nbd") {
-      const deadline = Date.now() + 60_000;
+      // A re-protect's agent registers once the replicas are seeded: that may take minutes on a loaded machine.
+      const deadline = Date.now() + (register && this.incarnation > 0 ? 600_000 : 60_000);
       for (;;) {
         if (!this.alive) throw new Error(`${s.name}: the agent exited (${child.exitCode ?? child.signalCode})`);
         if (existsSync(this.sock)) {
@@ -151,7 +174,8 @@ export class SoakVm {
         await sleep(100);
       }
     }
-    if (first) for (const d of s.diskIds) this.writerLoops.push(s.capture === "nbd" ? this.nbdWriter(d) : this.scanWriter(d));
+    if (!this.writersStarted) for (const d of s.diskIds) this.writerLoops.push(s.capture === "nbd" ? this.nbdWriter(d) : this.scanWriter(d));
+    this.writersStarted = true;
   }
 
   /** A write issued and not yet acknowledged, on any disk. */
@@ -162,9 +186,29 @@ export class SoakVm {
   private attach(child: ChildProcess): void {
     this.proc = child;
     this.spec.onChild?.(child);
-    child.stdout!.on("data", (b: Buffer) => this.logStream.write(b));
-    child.stderr!.on("data", (b: Buffer) => this.logStream.write(b));
+    const keep = (b: Buffer) => {
+      this.logStream.write(b);
+      const parts = (this.partial + b.toString("utf8")).split("\n");
+      this.partial = parts.pop()!;
+      this.lines.push(...parts);
+      if (this.lines.length > KEPT_LINES) {
+        const n = this.lines.length - KEPT_LINES / 2;
+        this.lines.splice(0, n);
+        this.linesDropped += n;
+      }
+    };
+    child.stdout!.on("data", keep);
+    child.stderr!.on("data", keep);
     child.once("exit", (code, signal) => this.logStream.write(`--- agent exited (${signal ?? code})\n`));
+  }
+
+  /** A mark in the agent's output: `linesSince(mark)` are the lines it printed after. */
+  logMark(): number {
+    return this.linesDropped + this.lines.length;
+  }
+
+  linesSince(mark: number): string[] {
+    return this.lines.slice(Math.max(0, mark - this.linesDropped));
   }
 
   private onWriterMessage(m: WriterMessage): void {
@@ -177,6 +221,64 @@ export class SoakVm {
       this.failures.push(`${m.disk}: ${m.message}`);
       this.models.get(m.disk)!.drop();
     } else if (m.type === "paused") for (const f of this.pauseWaiters.splice(0)) f();
+    else if (m.type === "prepare-held") this.prepareHeld?.();
+  }
+
+  /**
+   * A group member stalled in prepare (library VMs): the agent's next group prepare is held in its hook, and the whole
+   * agent process is stopped (SIGSTOP) for `ms` there, then let go. Resolves with what happened, or undefined when no
+   * prepare came within `waitMs` (no group tag reached this agent).
+   */
+  async stallInPrepare(ms: number, waitMs: number): Promise<{ stoppedAt: number; resumedAt: number } | undefined> {
+    const child = this.proc;
+    if (this.spec.capture !== "library" || !child || !this.alive) return undefined;
+    let onExit: () => void = () => undefined;
+    const held = new Promise<boolean>((r) => {
+      this.prepareHeld = () => r(true);
+      setTimeout(() => r(false), waitMs).unref();
+      child.once("exit", (onExit = () => r(false)));
+    });
+    child.send({ type: "arm-stall" });
+    const got = await held;
+    child.off("exit", onExit);
+    this.prepareHeld = undefined;
+    if (!got || !this.alive) {
+      if (this.alive) child.send({ type: "disarm-stall" });
+      return undefined;
+    }
+    const stoppedAt = Date.now();
+    child.kill("SIGSTOP");
+    try {
+      await sleep(ms);
+    } finally {
+      if (this.alive) child.kill("SIGCONT");
+    }
+    const resumedAt = Date.now();
+    if (this.alive) child.send({ type: "stall-over" });
+    return { stoppedAt, resumedAt };
+  }
+
+  /**
+   * After a re-protect: the VM that now runs replicates through a new agent (registered with the re-protect's token,
+   * a state directory of its own). The images already hold the failover disks' bytes (the caller wrote them).
+   */
+  async reincarnate(token: string, direction: "forward" | "reverse"): Promise<void> {
+    this.incarnation++;
+    this.token = token;
+    this.unregistered = true;
+    this.direction = direction;
+    this.stateDir = join(this.spec.dir, `${this.spec.name}-state-${this.incarnation}`);
+    await this.start();
+  }
+
+  /** Writes the bytes of a failover disk (its footer stripped) into the image: the VM now runs on that disk. */
+  adoptImage(diskId: string, bytes: Buffer): void {
+    const fd = openSync(this.images[diskId]!, "r+");
+    try {
+      writeSync(fd, bytes, 0, bytes.length, 0);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   /** SIGKILL, as a crashed VM agent; the write in flight is then whatever its image shows. */
@@ -223,7 +325,11 @@ export class SoakVm {
       if (!this.alive) return;
       const paused = new Promise<void>((r) => this.pauseWaiters.push(r));
       this.proc!.send({ type: "pause" });
-      await Promise.race([paused, new Promise<void>((r) => this.proc!.once("exit", () => r()))]);
+      // The exit listener goes with the pause: a long run pauses a live agent many times.
+      const child = this.proc!;
+      let onExit: () => void = () => undefined;
+      await Promise.race([paused, new Promise<void>((r) => child.once("exit", (onExit = () => r())))]);
+      child.off("exit", onExit);
       return;
     }
     if (this.inFlight > 0) await new Promise<void>((r) => this.idle.push(r));
@@ -261,13 +367,15 @@ export class SoakVm {
     while (!this.stopped) {
       await this.waitWhilePaused();
       if (this.stopped) break;
-      const client = await this.nbdClient(diskId);
-      if (!client) {
-        await sleep(200);
-        continue;
-      }
+      // Counted before the first await: a pause that finds nothing in flight must mean no write starts after it.
       this.inFlight++;
+      let client: RawNbdClient | undefined;
       try {
+        client = await this.nbdClient(diskId);
+        if (!client || this.paused) {
+          if (!client) await sleep(200);
+          continue;
+        }
         if (model.pending) {
           const w = model.pending;
           client.request(0, w.offset, w.length);
@@ -288,9 +396,9 @@ export class SoakVm {
           this.refused++;
           await sleep(500);
         } else model.ack(wallNow());
-        await sleep(Math.max(1, (length / this.spec.bytesPerSecond) * 1000));
+        await sleep(Math.max(1, (length / (this.spec.bytesPerSecond * this.boost)) * 1000));
       } catch {
-        client.destroy();
+        client?.destroy();
         this.nbdClients.delete(diskId);
         await sleep(200);
       } finally {

@@ -23,12 +23,23 @@ export type WriterMessage =
   | { type: "ack"; disk: string; at: number }
   | { type: "refused"; disk: string }
   | { type: "paused" }
+  /** The agent is in a group prepare, held in its hook until `stall-over` (the soak stops the process meanwhile). */
+  | { type: "prepare-held" }
   | { type: "failed"; disk: string; message: string };
 
-export type WriterCommand = { type: "pause" } | { type: "go" } | { type: "stop" };
+export type WriterCommand =
+  | { type: "pause" }
+  | { type: "go" }
+  | { type: "stop" }
+  /** The next group prepare is held (and reported) until `stall-over`. */
+  | { type: "arm-stall" }
+  | { type: "disarm-stall" }
+  | { type: "stall-over" };
 
 async function main(config: WriterConfig): Promise<void> {
   const send = (m: WriterMessage) => process.send!(m);
+  let stallArmed = false;
+  let stallOver: (() => void) | undefined;
   const agent = await Agent.start({
     url: config.url,
     ...(config.token ? { token: config.token } : {}),
@@ -41,6 +52,14 @@ async function main(config: WriterConfig): Promise<void> {
     groupPort: 0,
     groupHost: "127.0.0.1",
     ...(config.groupHoldBoundMs ? { groupHoldBoundMs: config.groupHoldBoundMs } : {}),
+    // The agent's hook before it holds its writes for a group tag: a member stalled in prepare when the soak asks.
+    groupBeforeHold: async () => {
+      if (!stallArmed) return;
+      stallArmed = false;
+      const over = new Promise<void>((r) => (stallOver = r));
+      send({ type: "prepare-held" });
+      await over;
+    },
     log: (line) => console.log(line),
   });
   let paused: Promise<void> | undefined;
@@ -53,6 +72,11 @@ async function main(config: WriterConfig): Promise<void> {
       paused ??= new Promise((r) => (resume = r));
       if (inFlight > 0) await new Promise<void>((r) => idle.push(r));
       send({ type: "paused" });
+    } else if (c.type === "arm-stall") stallArmed = true;
+    else if (c.type === "disarm-stall") stallArmed = false;
+    else if (c.type === "stall-over") {
+      stallOver?.();
+      stallOver = undefined;
     } else if (c.type === "go") {
       paused = undefined;
       resume();

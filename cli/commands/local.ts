@@ -46,11 +46,26 @@ export function drillCommands(program: Command): void {
     .option("--disk-mib <n>", "size of each of the 8 disks, MiB", positiveInt("--disk-mib", 1024), 16)
     .option("--hosts <n>", "Function App instances (host processes)", positiveInt("--hosts", 3), 2)
     .option("--keep", "keep the stack's data and logs after a clean run too")
-    .action(async (o: { minutes: number; seed?: number; diskMib: number; hosts: number; keep?: boolean }) => {
-      const { runSoak, formatReport } = await import("../../soak");
+    .option("--faults <kinds>", "only these fault kinds, comma-separated (default: every kind)", (v) => v.split(",").filter(Boolean))
+    .action(async (o: { minutes: number; seed?: number; diskMib: number; hosts: number; keep?: boolean; faults?: string[] }) => {
+      const { runSoak, formatReport, FAULT_KINDS } = await import("../../soak");
+      const unknown = (o.faults ?? []).filter((k) => !(FAULT_KINDS as readonly string[]).includes(k));
+      if (unknown.length > 0) {
+        console.error(`unknown fault kind(s) ${unknown.join(", ")}; the kinds are ${FAULT_KINDS.join(", ")}`);
+        process.exit(2);
+      }
+      const faults = o.faults as (typeof FAULT_KINDS)[number][] | undefined;
       const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31);
       console.log(`soak: seed ${seed}, ${o.minutes} min (reproduce: npm run soak -- --minutes ${o.minutes} --seed ${seed})`);
-      const report = await runSoak({ minutes: o.minutes, seed, diskMiB: o.diskMib, hosts: o.hosts, keep: o.keep ?? false, log: (l) => console.log(l) });
+      const report = await runSoak({
+        minutes: o.minutes,
+        seed,
+        diskMiB: o.diskMib,
+        hosts: o.hosts,
+        keep: o.keep ?? false,
+        ...(faults ? { faults } : {}),
+        log: (l) => console.log(l),
+      });
       console.log(formatReport(report));
       // The storage clients keep sockets alive; the soak is over.
       process.exit(report.ok ? 0 : 1);
