@@ -12,9 +12,11 @@ export interface HistorySample {
   /** What waits in the cache, all disks. */
   backlogBytes: number;
   backlogBatches: number;
+  /** What waits in the agent's spool, all disks, as its last heartbeat said (absent in samples older than the field). */
+  spoolBytes?: number;
   /** Payload bytes applied so far, all disks (a counter). */
   appliedBytes: number;
-  /** Bytes the source wrote per second since the previous sample: applied plus backlog growth (null for the first). */
+  /** Bytes the source wrote per second since the previous sample: applied plus cache and spool growth (null for the first). */
   churnBytesPerSecond: number | null;
 }
 

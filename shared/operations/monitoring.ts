@@ -26,8 +26,23 @@ export interface MonitoringDeps {
 const REPLICATING: ReadonlySet<ItemState> = new Set(["InitialReplication", "Protected", "ResyncRequired", "TestFailover"]);
 /** States past initial replication, in which the RPO is held to its threshold. */
 const PROTECTED: ReadonlySet<ItemState> = new Set(["Protected", "ResyncRequired", "TestFailover"]);
-/** Backlog growing across this many consecutive samples: the pipeline does not keep up with the churn. */
+/**
+ * The backlog (cache and agent spool) over this many samples: grown across the window with at most one dip between
+ * them, the pipeline does not keep up with the churn. One dip (a burst applied, a spool flushed) neither hides a
+ * sustained overload nor clears its alert.
+ */
 export const CHURN_WINDOW_SAMPLES = 4;
+
+/** What waits to be applied: in the cache, and still in the agent's spool. */
+const waiting = (s: HistorySample) => s.backlogBytes + (s.spoolBytes ?? 0);
+
+/** The window's backlog ends above where it began, and rose at every step but at most one. */
+export function churnBeyondCapacity(window: HistorySample[]): boolean {
+  if (window.length < CHURN_WINDOW_SAMPLES) return false;
+  const w = window.map(waiting);
+  const rises = w.filter((b, k) => k > 0 && b > w[k - 1]!).length;
+  return w[w.length - 1]! > w[0]! && rises >= w.length - 2;
+}
 /** A failed job stays alerted until a later job of its type on the item succeeds, or for this long. */
 export const JOB_FAILED_ALERT_MS = 24 * 3_600_000;
 
@@ -95,15 +110,18 @@ export class Monitoring {
     if (last && now.getTime() - Date.parse(last.time) < everyMs) return undefined;
     const perDisk = Object.values(status.disks);
     const backlogBytes = perDisk.reduce((n, d) => n + d.pendingBytes, 0);
+    const spoolBytes = status.agent?.spoolBytes ?? 0;
     const appliedBytes = disks.reduce((n, d) => n + (d.appliedBytes ?? 0), 0);
     const dt = last ? (now.getTime() - Date.parse(last.time)) / 1000 : 0;
-    const churn = last && dt > 0 ? Math.max(0, (appliedBytes - last.appliedBytes + backlogBytes - last.backlogBytes) / dt) : null;
+    const grown = last ? backlogBytes + spoolBytes - waiting(last) : 0;
+    const churn = last && dt > 0 ? Math.max(0, (appliedBytes - last.appliedBytes + grown) / dt) : null;
     return {
       time: now.toISOString(),
       rpoSeconds,
       lagSeconds: Math.max(0, ...perDisk.map((d) => d.lagSeconds)),
       backlogBytes,
       backlogBatches: perDisk.reduce((n, d) => n + d.pendingBatches, 0),
+      spoolBytes,
       appliedBytes,
       churnBytesPerSecond: churn === null ? null : Math.round(churn),
     };
@@ -148,11 +166,12 @@ export class Monitoring {
     }
 
     const window = samples.slice(-CHURN_WINDOW_SAMPLES);
-    if (window.length === CHURN_WINDOW_SAMPLES && window.every((s, k) => k === 0 || s.backlogBytes > window[k - 1]!.backlogBytes)) {
+    if (churnBeyondCapacity(window)) {
       const last = window[window.length - 1]!;
+      const mib = (n: number) => (n / 1048576).toFixed(1);
       add(
         "ChurnBeyondCapacity",
-        `the cache backlog grew in each of the last ${CHURN_WINDOW_SAMPLES} samples to ${(last.backlogBytes / 1048576).toFixed(1)} MiB (lag ${Math.round(last.lagSeconds)} s): writes arrive faster than they are applied`,
+        `the backlog grew over the last ${CHURN_WINDOW_SAMPLES} samples to ${mib(waiting(last))} MiB (${mib(last.backlogBytes)} MiB in the cache, ${mib(last.spoolBytes ?? 0)} MiB in the agent's spool; lag ${Math.round(last.lagSeconds)} s): writes arrive faster than they are applied`,
       );
     }
 

@@ -23,8 +23,8 @@ export interface DiskReplicationStatus {
 
 export interface ReplicationStatus {
   disks: Record<string, DiskReplicationStatus>;
-  /** The agent's last heartbeat, or null when it never wrote a valid one. */
-  agent: { time: string; agentVersion: string; health: Heartbeat["health"] } | null;
+  /** The agent's last heartbeat, or null when it never wrote a valid one; `spoolBytes`: what waits in its spool, all disks. */
+  agent: { time: string; agentVersion: string; health: Heartbeat["health"]; spoolBytes: number } | null;
 }
 
 /** Batch metadata the agent sets on upload (source ms of the batch's first and last write); blob times are the fallback. */
@@ -72,7 +72,14 @@ export async function readReplicationStatus(
   ]);
   const status: ReplicationStatus = {
     disks: {},
-    agent: heartbeat ? { time: heartbeat.time, agentVersion: heartbeat.agentVersion, health: heartbeat.health } : null,
+    agent: heartbeat
+      ? {
+          time: heartbeat.time,
+          agentVersion: heartbeat.agentVersion,
+          health: heartbeat.health,
+          spoolBytes: Object.values(heartbeat.disks).reduce((n, d) => n + d.spoolBytes, 0),
+        }
+      : null,
   };
   for (const p of perDisk) {
     status.disks[p.disk.id] = {

@@ -236,8 +236,54 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
         for (let s = 1; s <= 6; s++) await cache.deleteBlob(batchBlobName("os", s));
         advance(61_000);
       },
-      /backlog grew in each of the last 4 samples/,
+      /backlog grew over the last 4 samples to 0\.8 MiB \(0\.8 MiB in the cache, 0\.0 MiB in the agent's spool/,
     );
+  });
+
+  test("what waits in the agent's spool counts as backlog, and one dip neither hides an overload nor clears its alert", async () => {
+    const id = await enable("al-spool");
+    const MiB = 1048576;
+    const beat = async (spoolMiB: number) => {
+      const disk = { nextSeq: 9, spoolBatches: spoolMiB, spoolBytes: spoolMiB * MiB, mode: "journal", dirtyBytes: 0 };
+      const text = JSON.stringify({
+        agentVersion: "test",
+        time: now().toISOString(),
+        disks: { os: { ...disk, initialReplication: { doneBytes: 0, totalBytes: MiB, complete: false } } },
+        health: { status: "Healthy", issues: [] },
+      });
+      await stack.services.storage.cacheBlobs
+        .getContainerClient(cacheContainerName(id))
+        .getBlockBlobClient(HEARTBEAT_BLOB)
+        .upload(text, Buffer.byteLength(text));
+      advance(61_000);
+      await pass();
+    };
+    // Nothing reaches the cache (the agent cannot upload fast enough): the spool grows.
+    for (const mib of [1, 2, 3, 4]) await beat(mib);
+    const history = (await stack.api("GET", `replicated-items/${id}/history`)).body;
+    assert.deepEqual(
+      history.samples.slice(-4).map((x: { spoolBytes: number; backlogBytes: number }) => [x.backlogBytes, x.spoolBytes / MiB]),
+      [
+        [0, 1],
+        [0, 2],
+        [0, 3],
+        [0, 4],
+      ],
+    );
+    const [raised, ...more] = await alertsOf(id, "ChurnBeyondCapacity");
+    assert.equal(more.length, 0);
+    assert.equal(raised?.clearedAt, null);
+    assert.match(raised!.message, /grew over the last 4 samples to 4\.0 MiB \(0\.0 MiB in the cache, 4\.0 MiB in the agent's spool/);
+    await beat(3); // one dip: [2, 3, 4, 3] still grew across the window
+    assert.deepEqual(
+      (await alertsOf(id, "ChurnBeyondCapacity")).map((a) => [a.id, a.clearedAt]),
+      [[raised!.id, null]],
+      "still the same open alert",
+    );
+    await beat(2); // [3, 4, 3, 2]: draining
+    const [after] = await alertsOf(id, "ChurnBeyondCapacity");
+    assert.equal(after?.id, raised!.id);
+    assert.notEqual(after?.clearedAt, null, "cleared once the backlog drains");
   });
 
   test("a poison message is a Warning until the item's issue is resolved", async () => {
