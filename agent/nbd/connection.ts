@@ -24,6 +24,7 @@ const CLOSE_GRACE_MS = 2000;
 
 export class NbdConnection {
   private readonly reader: ByteReader;
+  private readonly socket: Socket;
   private closing = false;
   private inFlight = 0;
   private bytesInFlight = 0;
@@ -32,13 +33,14 @@ export class NbdConnection {
   /** Resolves once the connection is closed and every request it accepted has been answered (or its client is gone). */
   readonly done: Promise<void>;
 
+  /** `accepted`: a socket from a server made with `pauseOnConnect` (see ByteReader.adopt); `socket` is what replaces it. */
   constructor(
-    private readonly socket: Socket,
+    accepted: Socket,
     private readonly byName: ReadonlyMap<string, NbdExport>,
     private readonly opts: ConnectionOptions,
     private readonly peer: string,
   ) {
-    this.reader = new ByteReader(socket);
+    ({ socket: this.socket, reader: this.reader } = ByteReader.adopt(accepted));
     this.done = this.run();
   }
 
@@ -48,6 +50,11 @@ export class NbdConnection {
     this.reader.abort(new ConnectionClosedError("the server is stopping"));
     this.wake();
     return this.done;
+  }
+
+  /** TCP: replies go out at once (no Nagle delay). */
+  setNoDelay(): void {
+    this.socket.setNoDelay(true);
   }
 
   private log(line: string): void {
