@@ -3,7 +3,7 @@ import type { Socket } from "node:net";
 import { ByteReader, ConnectionClosedError } from "./byte-reader";
 import { nbdErrorOf, type NbdExport } from "./disk-export";
 import { negotiate, type BlockSizes } from "./handshake";
-import type { PayloadPool } from "./payload-pool";
+import type { ByteBudget, PayloadPool } from "./payload-pool";
 import { Cmd, CmdFlag, decodeRequest, encodeSimpleReply, NbdErr, ProtocolViolation, REQUEST_BYTES, REQUEST_MAGIC, type Request } from "./protocol";
 import { describe } from "../retry";
 
@@ -16,6 +16,8 @@ export interface ConnectionOptions {
   maxBytesInFlight: number;
   /** Where WRITE payloads are gathered (shared by the server's connections). */
   payloads?: PayloadPool;
+  /** Payload bytes held at once by all the server's connections. */
+  budget?: ByteBudget;
   log: (line: string) => void;
 }
 
@@ -128,8 +130,12 @@ export class NbdConnection {
             throw new ProtocolViolation(`WRITE of ${req.length} bytes (at most ${maxPayloadBytes})`);
           }
           // Read whole before anything is applied: a client that vanishes mid-payload leaves no trace on the disk.
+          await this.opts.budget?.acquire(req.length);
           const pooled = this.opts.payloads?.take(req.length);
-          const data = await this.reader.read(req.length, pooled);
+          const data = await this.reader.read(req.length, pooled).catch((e: unknown) => {
+            this.opts.budget?.release(req.length);
+            throw e;
+          });
           // Given back once the request is answered: nothing holds a payload after its write resolves.
           const giveBack = pooled && data.buffer === pooled.buffer ? () => this.opts.payloads!.give(pooled) : undefined;
           if (pooled && !giveBack) this.opts.payloads!.give(pooled);
@@ -140,11 +146,15 @@ export class NbdConnection {
             break;
           }
           giveBack?.();
+          this.opts.budget?.release(req.length);
           break;
         }
         case Cmd.READ:
           if ((req.flags & ~CmdFlag.FUA) !== 0 || req.length > maxPayloadBytes || past) fail(NbdErr.EINVAL);
-          else this.start(req, req.length, () => exp.read(req.offset, req.length));
+          else {
+            await this.opts.budget?.acquire(req.length);
+            this.start(req, req.length, () => exp.read(req.offset, req.length));
+          }
           break;
         case Cmd.FLUSH:
           if ((req.flags & ~CmdFlag.FUA) !== 0 || req.offset !== 0 || req.length !== 0) fail(NbdErr.EINVAL);
@@ -195,6 +205,8 @@ export class NbdConnection {
       })
       .finally(() => {
         done?.();
+        // Only READ and WRITE pass payload bytes here, the ones they acquired.
+        if (bytes > 0) this.opts.budget?.release(bytes);
         this.inFlight--;
         this.bytesInFlight -= bytes;
         this.wake();

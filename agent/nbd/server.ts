@@ -2,7 +2,7 @@
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import { connect, createServer, isIP, type Server, type Socket } from "node:net";
 import { NbdConnection } from "./connection";
-import { PayloadPool } from "./payload-pool";
+import { ByteBudget, PayloadPool } from "./payload-pool";
 import type { NbdExport } from "./disk-export";
 
 export const DEFAULT_MAX_PAYLOAD_BYTES = 32 * 1024 * 1024;
@@ -26,6 +26,8 @@ export class NbdServer {
   private readonly connections = new Set<NbdConnection>();
   /** WRITE payload buffers kept for reuse across connections (idle ones up to this many bytes). */
   private readonly payloads = new PayloadPool(16 * 1024 * 1024);
+  /** Payload bytes all connections hold at once (a single larger request still goes through on its own). */
+  private readonly budget = new ByteBudget(16 * 1024 * 1024);
   private closing: Promise<void> | undefined;
   private socketIno = 0;
   private tcpAddress: { host: string; port: number } | undefined;
@@ -96,6 +98,7 @@ export class NbdServer {
         maxInFlight: 64,
         maxBytesInFlight: 64 * 1024 * 1024,
         payloads: this.payloads,
+        budget: this.budget,
         log: this.opts.log ?? (() => {}),
       },
       `#${++this.peers} ${how}`,
