@@ -75,7 +75,7 @@ export class DirtyLog {
   private readonly gens: Set<number>;
   /** The spare file's descriptor once it is ready; whether one is being made. */
   private spare: number | undefined;
-  private preparing = false;
+  private preparing: Promise<void> | undefined;
   private closed = false;
 
   private constructor(
@@ -175,9 +175,8 @@ export class DirtyLog {
   /** Makes the spare file ready in the background (a rotation that finds none creates its file itself). */
   private prepareSpare(): void {
     if (this.preparing || this.spare !== undefined || this.closed) return;
-    this.preparing = true;
     const path = join(this.dir, SPARE_NAME);
-    void (async () => {
+    this.preparing = (async () => {
       let fd: number | undefined;
       try {
         fd = await openAsync(path, "w");
@@ -187,7 +186,7 @@ export class DirtyLog {
         if (fd !== undefined) close(fd, () => undefined);
         fd = undefined;
       }
-      this.preparing = false;
+      this.preparing = undefined;
       if (fd === undefined) return;
       if (this.closed) {
         close(fd, () => undefined);
@@ -246,12 +245,14 @@ export class DirtyLog {
     else closeSync(fd);
   }
 
-  close(): void {
+  /** Closes the files; resolves once a spare being made meanwhile is closed too (nothing is written in the directory after). */
+  async close(): Promise<void> {
     this.closed = true;
     for (const fd of this.retired.values()) this.closeFd(fd);
     this.retired.clear();
     this.closeFd(this.fd);
     if (this.spare !== undefined) closeSync(this.spare);
     this.spare = undefined;
+    await this.preparing;
   }
 }
