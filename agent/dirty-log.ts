@@ -1,7 +1,8 @@
 // The per-disk write-ahead log of dirty ranges: a range is appended before the image is written, so that a restarted agent knows what to ship again.
-import { close, closeSync, fdatasync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
+import { close, closeSync, existsSync, fdatasync, open, openSync, readdirSync, readFileSync, renameSync, write, writeSync } from "node:fs";
 import { unlink } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { crc32c } from "@node-rs/crc32";
 import type { Range } from "./ranges";
 
@@ -37,6 +38,16 @@ const ZEROS = Buffer.alloc(PREFILL_BYTES);
 
 const LOG_NAME = /^dirty\.(\d+)\.log$/;
 const logName = (gen: number) => `dirty.${gen}.log`;
+/**
+ * The next generation's file, made ready off the event loop (created, zero-filled and fdatasynced) so that a rotation —
+ * under the disk's write lock, on the event loop — only renames it: creating and filling a file there could wait behind
+ * an ext4 journal commit, holding every write back, and the first sync of a fresh file would itself need one.
+ */
+const SPARE_NAME = "dirty-next.log";
+
+const openAsync = promisify(open);
+const writeAsync = promisify(write);
+const fdatasyncAsync = promisify(fdatasync);
 
 function writeAll(fd: number, data: Buffer, position: number): void {
   for (let done = 0; done < data.length;) done += writeSync(fd, data, done, data.length - done, position + done);
@@ -62,6 +73,10 @@ export class DirtyLog {
   private prefilled = 0;
   private readonly record = Buffer.alloc(DIRTY_RECORD_BYTES);
   private readonly gens: Set<number>;
+  /** The spare file's descriptor once it is ready; whether one is being made. */
+  private spare: number | undefined;
+  private preparing: Promise<void> | undefined;
+  private closed = false;
 
   private constructor(
     private readonly dir: string,
@@ -70,6 +85,7 @@ export class DirtyLog {
   ) {
     this.fd = this.create(gen);
     this.gens = new Set([...existing, gen]);
+    this.prepareSpare();
   }
 
   /** Opens the log in `dir`: the ranges of every generation left by a previous run, and a fresh generation to append to. */
@@ -79,6 +95,14 @@ export class DirtyLog {
       .filter((m): m is RegExpExecArray => m !== null)
       .map((m) => Number(m[1]))
       .sort((a, b) => a - b);
+    // A spare holding records was a generation whose rename a power cut undid (a sync of its records does not commit
+    // the rename): it is the newest generation.
+    const spare = join(dir, SPARE_NAME);
+    if (existsSync(spare) && parseDirtyLog(readFileSync(spare)).length > 0) {
+      const gen = (gens[gens.length - 1] ?? 0) + 1;
+      renameSync(spare, join(dir, logName(gen)));
+      gens.push(gen);
+    }
     const replayed = gens.flatMap((g) => parseDirtyLog(readFileSync(join(dir, logName(g)))));
     return { log: new DirtyLog(dir, (gens[gens.length - 1] ?? 0) + 1, gens), replayed, replayedGens: gens };
   }
@@ -126,10 +150,50 @@ export class DirtyLog {
     const ended = this.gen;
     this.retired.set(ended, this.fd);
     this.gen++;
-    this.fd = this.create(this.gen);
+    this.fd = this.takeSpare(this.gen) ?? this.create(this.gen);
     this.gens.add(this.gen);
     this.records = 0;
+    this.prepareSpare();
     return ended;
+  }
+
+  /** The spare file as generation `gen`, if it is ready. */
+  private takeSpare(gen: number): number | undefined {
+    const fd = this.spare;
+    if (fd === undefined) return undefined;
+    this.spare = undefined;
+    try {
+      renameSync(join(this.dir, SPARE_NAME), join(this.dir, logName(gen)));
+    } catch {
+      closeSync(fd);
+      return undefined;
+    }
+    this.prefilled = PREFILL_BYTES;
+    return fd;
+  }
+
+  /** Makes the spare file ready in the background (a rotation that finds none creates its file itself). */
+  private prepareSpare(): void {
+    if (this.preparing || this.spare !== undefined || this.closed) return;
+    const path = join(this.dir, SPARE_NAME);
+    this.preparing = (async () => {
+      let fd: number | undefined;
+      try {
+        fd = await openAsync(path, "w");
+        for (let done = 0; done < PREFILL_BYTES;) done += (await writeAsync(fd, ZEROS, done, PREFILL_BYTES - done, done)).bytesWritten;
+        await fdatasyncAsync(fd);
+      } catch {
+        if (fd !== undefined) close(fd, () => undefined);
+        fd = undefined;
+      }
+      this.preparing = undefined;
+      if (fd === undefined) return;
+      if (this.closed) {
+        close(fd, () => undefined);
+        return;
+      }
+      this.spare = fd;
+    })();
   }
 
   /** Removes the files of generations ≤ `gen`. */
@@ -181,9 +245,14 @@ export class DirtyLog {
     else closeSync(fd);
   }
 
-  close(): void {
+  /** Closes the files; resolves once a spare being made meanwhile is closed too (nothing is written in the directory after). */
+  async close(): Promise<void> {
+    this.closed = true;
     for (const fd of this.retired.values()) this.closeFd(fd);
     this.retired.clear();
     this.closeFd(this.fd);
+    if (this.spare !== undefined) closeSync(this.spare);
+    this.spare = undefined;
+    await this.preparing;
   }
 }

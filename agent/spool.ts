@@ -6,6 +6,14 @@ import { statePaths } from "./state";
 
 const BATCH_FILE = /^(\d+)\.batch$/;
 
+/**
+ * Files of shipped batches a disk keeps (outside the spool's bound) for its next batches to overwrite: their blocks stay
+ * allocated, so writing a batch into one takes no block allocation and its fdatasync, when the size is unchanged (bulk
+ * batches are all the bound), no journal commit. On ext4 that halves the cost of spooling a batch, and a fresh file's
+ * write could wait behind other files' journal commits.
+ */
+const RECYCLED_FILES = 8;
+
 export interface SpoolStats {
   batches: number;
   bytes: number;
@@ -16,7 +24,8 @@ export interface SpoolStats {
  * bound decided under a disk's lock holds when the files land.
  */
 export class Spool {
-  private readonly perDisk = new Map<string, { batches: Map<number, number>; reserved: number }>();
+  private readonly perDisk = new Map<string, { batches: Map<number, number>; reserved: number; free: { path: string; size: number }[] }>();
+  private freeNames = 0;
   private total = 0;
   private waiters: { below: number; resolve: () => void }[] = [];
   /** The sync round being formed (it starts when the one before it ends), and the end of the last round started. */
@@ -33,7 +42,7 @@ export class Spool {
   private disk(diskId: string) {
     let d = this.perDisk.get(diskId);
     if (!d) {
-      d = { batches: new Map(), reserved: 0 };
+      d = { batches: new Map(), reserved: 0, free: [] };
       this.perDisk.set(diskId, d);
     }
     return d;
@@ -44,8 +53,9 @@ export class Spool {
   }
 
   /**
-   * Opens a disk's spool: temp files of an interrupted write and batches at or above `nextSeq` (sealed but never
-   * committed: their ranges are still in the dirty log and will be sealed again) are removed. Returns the seqs left.
+   * Opens a disk's spool: temp and recycled files (a write into one may have been interrupted) and batches at or above
+   * `nextSeq` (sealed but never committed: their ranges are still in the dirty log and will be sealed again) are
+   * removed. Returns the seqs left.
    */
   async open(diskId: string, nextSeq: number): Promise<number[]> {
     const dir = statePaths(this.stateDir).spool(diskId);
@@ -83,27 +93,34 @@ export class Spool {
   }
 
   /**
-   * Writes a batch durably (temp file, fdatasync, rename); its reservation becomes its size. `parts` are written one
-   * after the other (a header and a payload need not be copied into one buffer); the caller keeps them unchanged until
-   * this resolves (a failed attempt is retried from them). Syncs are group-committed: files written while a round of
-   * syncs runs are synced together in the next round, so a burst of batches costs a few journal commits, not one each.
+   * Writes a batch durably (into a recycled file or a temp file, fdatasync, rename); its reservation becomes its size.
+   * `parts` are written one after the other (a header and a payload need not be copied into one buffer); the caller
+   * keeps them unchanged until this resolves (a failed attempt is retried from them). Syncs are group-committed: files
+   * written while a round of syncs runs are synced together in the next round, so a burst of batches costs a few
+   * journal commits, not one each.
    */
   async put(diskId: string, seq: number, parts: readonly Buffer[], reserved: number): Promise<void> {
     const path = this.path(diskId, seq);
-    const tmp = `${path}.tmp`;
-    const fh = await open(tmp, "w");
-    let size = 0;
+    const d = this.disk(diskId);
+    const recycled = d.free.pop();
+    const tmp = recycled?.path ?? `${path}.tmp`;
+    const fh = await open(tmp, recycled ? "r+" : "w");
+    const size = parts.reduce((n, p) => n + p.length, 0);
     try {
+      // One writev for all the parts (one trip to the threadpool); a short write is finished part by part.
+      let done = (await fh.writev(parts, 0)).bytesWritten;
+      let at = 0;
       for (const p of parts) {
-        for (let done = 0; done < p.length;) done += (await fh.write(p, done, p.length - done)).bytesWritten;
-        size += p.length;
+        const end = at + p.length;
+        while (done < end) done += (await fh.write(p, done - at, end - done, done)).bytesWritten;
+        at = end;
       }
+      if (recycled && recycled.size > size) await fh.truncate(size);
       await this.syncTogether(fh);
     } finally {
       await fh.close();
     }
     await rename(tmp, path);
-    const d = this.disk(diskId);
     d.reserved -= reserved;
     this.total += size - reserved;
     d.batches.set(seq, size);
@@ -152,10 +169,16 @@ export class Spool {
     }
   }
 
+  /** Removes a shipped batch (its file is kept for a later batch to overwrite while the disk keeps fewer than RECYCLED_FILES). */
   async remove(diskId: string, seq: number): Promise<void> {
-    await unlink(this.path(diskId, seq)).catch((e: NodeJS.ErrnoException) => (e.code === "ENOENT" ? undefined : Promise.reject(e)));
     const d = this.disk(diskId);
+    const path = this.path(diskId, seq);
     const size = d.batches.get(seq);
+    const gone = (e: NodeJS.ErrnoException) => (e.code === "ENOENT" ? false : Promise.reject(e));
+    if (size !== undefined && d.free.length < RECYCLED_FILES) {
+      const free = join(statePaths(this.stateDir).spool(diskId), `${++this.freeNames}.free`);
+      if (await rename(path, free).then(() => true, gone)) d.free.push({ path: free, size });
+    } else await unlink(path).catch(gone);
     if (size !== undefined) {
       d.batches.delete(seq);
       this.total -= size;

@@ -569,7 +569,7 @@ export class TrackedDisk extends ReplicatedDisk {
     await this.fh.datasync().catch(() => undefined);
     // A client's sync still running uses both files.
     await Promise.allSettled([this.queuedSync, this.runningSync]);
-    this.log.close();
+    await this.log.close();
     await this.fh.close();
   }
 }

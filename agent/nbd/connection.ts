@@ -3,7 +3,7 @@ import type { Socket } from "node:net";
 import { ByteReader, ConnectionClosedError } from "./byte-reader";
 import { nbdErrorOf, type NbdExport } from "./disk-export";
 import { negotiate, type BlockSizes } from "./handshake";
-import type { PayloadPool } from "./payload-pool";
+import type { ByteBudget, PayloadPool } from "./payload-pool";
 import { Cmd, CmdFlag, decodeRequest, encodeSimpleReply, NbdErr, ProtocolViolation, REQUEST_BYTES, REQUEST_MAGIC, type Request } from "./protocol";
 import { describe } from "../retry";
 
@@ -16,6 +16,8 @@ export interface ConnectionOptions {
   maxBytesInFlight: number;
   /** Where WRITE payloads are gathered (shared by the server's connections). */
   payloads?: PayloadPool;
+  /** Payload bytes held at once by all the server's connections. */
+  budget?: ByteBudget;
   log: (line: string) => void;
 }
 
@@ -24,6 +26,7 @@ const CLOSE_GRACE_MS = 2000;
 
 export class NbdConnection {
   private readonly reader: ByteReader;
+  private readonly socket: Socket;
   private closing = false;
   private inFlight = 0;
   private bytesInFlight = 0;
@@ -32,13 +35,14 @@ export class NbdConnection {
   /** Resolves once the connection is closed and every request it accepted has been answered (or its client is gone). */
   readonly done: Promise<void>;
 
+  /** `accepted`: a socket from a server made with `pauseOnConnect` (see ByteReader.adopt); `socket` is what replaces it. */
   constructor(
-    private readonly socket: Socket,
+    accepted: Socket,
     private readonly byName: ReadonlyMap<string, NbdExport>,
     private readonly opts: ConnectionOptions,
     private readonly peer: string,
   ) {
-    this.reader = new ByteReader(socket);
+    ({ socket: this.socket, reader: this.reader } = ByteReader.adopt(accepted));
     this.done = this.run();
   }
 
@@ -48,6 +52,11 @@ export class NbdConnection {
     this.reader.abort(new ConnectionClosedError("the server is stopping"));
     this.wake();
     return this.done;
+  }
+
+  /** TCP: replies go out at once (no Nagle delay). */
+  setNoDelay(): void {
+    this.socket.setNoDelay(true);
   }
 
   private log(line: string): void {
@@ -121,8 +130,12 @@ export class NbdConnection {
             throw new ProtocolViolation(`WRITE of ${req.length} bytes (at most ${maxPayloadBytes})`);
           }
           // Read whole before anything is applied: a client that vanishes mid-payload leaves no trace on the disk.
+          await this.opts.budget?.acquire(req.length);
           const pooled = this.opts.payloads?.take(req.length);
-          const data = await this.reader.read(req.length, pooled);
+          const data = await this.reader.read(req.length, pooled).catch((e: unknown) => {
+            this.opts.budget?.release(req.length);
+            throw e;
+          });
           // Given back once the request is answered: nothing holds a payload after its write resolves.
           const giveBack = pooled && data.buffer === pooled.buffer ? () => this.opts.payloads!.give(pooled) : undefined;
           if (pooled && !giveBack) this.opts.payloads!.give(pooled);
@@ -133,11 +146,15 @@ export class NbdConnection {
             break;
           }
           giveBack?.();
+          this.opts.budget?.release(req.length);
           break;
         }
         case Cmd.READ:
           if ((req.flags & ~CmdFlag.FUA) !== 0 || req.length > maxPayloadBytes || past) fail(NbdErr.EINVAL);
-          else this.start(req, req.length, () => exp.read(req.offset, req.length));
+          else {
+            await this.opts.budget?.acquire(req.length);
+            this.start(req, req.length, () => exp.read(req.offset, req.length));
+          }
           break;
         case Cmd.FLUSH:
           if ((req.flags & ~CmdFlag.FUA) !== 0 || req.offset !== 0 || req.length !== 0) fail(NbdErr.EINVAL);
@@ -188,6 +205,8 @@ export class NbdConnection {
       })
       .finally(() => {
         done?.();
+        // Only READ and WRITE pass payload bytes here, the ones they acquired.
+        if (bytes > 0) this.opts.budget?.release(bytes);
         this.inFlight--;
         this.bytesInFlight -= bytes;
         this.wake();

@@ -30,3 +30,28 @@ export class PayloadPool {
     this.retained += b.length;
   }
 }
+
+/**
+ * Payload bytes held at once by all of a server's connections (WRITE payloads being read and applied, READ replies
+ * until they are sent): the server's memory does not grow with the number of connections (nbdcopy opens four, each
+ * with up to 64 requests of 256 KiB in flight).
+ */
+export class ByteBudget {
+  private used = 0;
+  private waiters: (() => void)[] = [];
+
+  constructor(readonly maxBytes: number) {}
+
+  /** Resolves once `n` more bytes may be held; at once when none are, so that a request of any size goes through. */
+  async acquire(n: number): Promise<void> {
+    while (this.used > 0 && this.used + n > this.maxBytes) await new Promise<void>((r) => this.waiters.push(r));
+    this.used += n;
+  }
+
+  release(n: number): void {
+    this.used -= n;
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+}

@@ -2,7 +2,7 @@
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import { connect, createServer, isIP, type Server, type Socket } from "node:net";
 import { NbdConnection } from "./connection";
-import { PayloadPool } from "./payload-pool";
+import { ByteBudget, PayloadPool } from "./payload-pool";
 import type { NbdExport } from "./disk-export";
 
 export const DEFAULT_MAX_PAYLOAD_BYTES = 32 * 1024 * 1024;
@@ -26,7 +26,8 @@ export class NbdServer {
   private readonly connections = new Set<NbdConnection>();
   /** WRITE payload buffers kept for reuse across connections (idle ones up to this many bytes). */
   private readonly payloads = new PayloadPool(16 * 1024 * 1024);
-  private readonly sockets = new Set<Socket>();
+  /** Payload bytes all connections hold at once (a single larger request still goes through on its own). */
+  private readonly budget = new ByteBudget(16 * 1024 * 1024);
   private closing: Promise<void> | undefined;
   private socketIno = 0;
   private tcpAddress: { host: string; port: number } | undefined;
@@ -43,14 +44,12 @@ export class NbdServer {
     const byName = new Map(opts.exports.map((e) => [e.name, e]));
     if (byName.size !== opts.exports.length) throw new Error("two NBD exports with the same name");
     await clearStaleSocket(opts.socketPath);
-    const unix = createServer();
-    const tcp = opts.tcp ? createServer() : undefined;
+    // Paused: a connection's socket is re-wrapped to read into the server's buffers before anything is read (ByteReader.adopt).
+    const unix = createServer({ pauseOnConnect: true });
+    const tcp = opts.tcp ? createServer({ pauseOnConnect: true }) : undefined;
     const server = new NbdServer(opts, byName, unix, tcp);
     unix.on("connection", (s) => server.accept(s, "unix"));
-    tcp?.on("connection", (s) => {
-      s.setNoDelay(true);
-      server.accept(s, `tcp ${s.remoteAddress}:${s.remotePort}`);
-    });
+    tcp?.on("connection", (s) => server.accept(s, `tcp ${s.remoteAddress}:${s.remotePort}`, true));
     // The socket is created 0600 (umask for the synchronous bind), so no other user can ever connect to it.
     const umask = process.umask(0o177);
     try {
@@ -86,7 +85,7 @@ export class NbdServer {
     return this.connections.size;
   }
 
-  private accept(socket: Socket, how: string): void {
+  private accept(socket: Socket, how: string, noDelay = false): void {
     if (this.closing) {
       socket.destroy();
       return;
@@ -99,16 +98,14 @@ export class NbdServer {
         maxInFlight: 64,
         maxBytesInFlight: 64 * 1024 * 1024,
         payloads: this.payloads,
+        budget: this.budget,
         log: this.opts.log ?? (() => {}),
       },
       `#${++this.peers} ${how}`,
     );
+    if (noDelay) conn.setNoDelay();
     this.connections.add(conn);
-    this.sockets.add(socket);
-    void conn.done.finally(() => {
-      this.connections.delete(conn);
-      this.sockets.delete(socket);
-    });
+    void conn.done.finally(() => this.connections.delete(conn));
   }
 
   /** Stops listening, lets every connection finish what it accepted and closes it, removes the socket file. */

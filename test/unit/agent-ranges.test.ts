@@ -1,7 +1,7 @@
 // The agent's dirty range set, its coalescing into extents, job prefixes, the bitmap of bitmap mode, and the dirty log's records.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { alignOut, RangeSet, takePrefix } from "../../agent/ranges";
@@ -177,7 +177,7 @@ test("the dirty log replays its records and stops at a torn tail", () => {
   assert.deepEqual(parseDirtyLog(Buffer.concat([buf, Buffer.alloc(64 * KiB)])), want, "the zero-filled space ahead of the records ends the log");
 });
 
-test("a dirty log reopened after a crash yields exactly its records, past any number of zero-filled chunks", () => {
+test("a dirty log reopened after a crash yields exactly its records, past any number of zero-filled chunks", async () => {
   const dir = mkdtempSync(join(tmpdir(), "dirty-log-"));
   try {
     const { log } = DirtyLog.open(dir);
@@ -189,11 +189,44 @@ test("a dirty log reopened after a crash yields exactly its records, past any nu
     }
     const ended = log.rotate();
     log.append(7 * 512, 512);
-    log.close();
+    await log.close();
     const again = DirtyLog.open(dir);
     assert.deepEqual(again.replayed, [...want, { start: 3584, end: 4096 }]);
     assert.deepEqual(again.replayedGens, [ended, ended + 1]);
-    again.log.close();
+    await again.log.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a generation file made ready ahead is used by the next rotation, and one whose rename a power cut undid is replayed as the newest generation", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "dirty-log-"));
+  try {
+    const { log } = DirtyLog.open(dir);
+    // The spare is created, zero-filled and synced in the background.
+    for (let i = 0; i < 200 && !existsSync(join(dir, "dirty-next.log")); i++) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 1000));
+    const spare = statSync(join(dir, "dirty-next.log")).ino;
+    log.append(0, 512);
+    const ended = log.rotate();
+    log.append(4096, 512);
+    assert.equal(statSync(join(dir, `dirty.${ended + 1}.log`)).ino, spare, "the rotation renamed the spare");
+    assert.deepEqual(
+      readdirSync(dir)
+        .filter((n) => n.startsWith("dirty."))
+        .sort(),
+      [`dirty.${ended}.log`, `dirty.${ended + 1}.log`],
+    );
+    await log.close();
+    // The state a power cut can leave: the spare renamed to a generation, and the rename lost, while its records were synced.
+    renameSync(join(dir, `dirty.${ended + 1}.log`), join(dir, "dirty-next.log"));
+    const again = DirtyLog.open(dir);
+    assert.deepEqual(again.replayed, [
+      { start: 0, end: 512 },
+      { start: 4096, end: 4608 },
+    ]);
+    assert.deepEqual(again.replayedGens, [ended, ended + 1]);
+    await again.log.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
