@@ -26,23 +26,17 @@ export interface MonitoringDeps {
 const REPLICATING: ReadonlySet<ItemState> = new Set(["InitialReplication", "Protected", "ResyncRequired", "TestFailover"]);
 /** States past initial replication, in which the RPO is held to its threshold. */
 const PROTECTED: ReadonlySet<ItemState> = new Set(["Protected", "ResyncRequired", "TestFailover"]);
-/**
- * The backlog (cache and agent spool) over this many samples: grown across the window with at most one dip between
- * them, the pipeline does not keep up with the churn. One dip (a burst applied, a spool flushed) neither hides a
- * sustained overload nor clears its alert.
- */
+/** The backlog (cache and agent spool) growing across this many consecutive samples: the pipeline does not keep up with the churn. */
 export const CHURN_WINDOW_SAMPLES = 4;
 
 /** What waits to be applied: in the cache, and still in the agent's spool. */
 const waiting = (s: HistorySample) => s.backlogBytes + (s.spoolBytes ?? 0);
 
-/** The window's backlog ends above where it began, and rose at every step but at most one. */
+/** The backlog rose at every step of the window. */
 export function churnBeyondCapacity(window: HistorySample[]): boolean {
-  if (window.length < CHURN_WINDOW_SAMPLES) return false;
-  const w = window.map(waiting);
-  const rises = w.filter((b, k) => k > 0 && b > w[k - 1]!).length;
-  return w[w.length - 1]! > w[0]! && rises >= w.length - 2;
+  return window.length >= CHURN_WINDOW_SAMPLES && window.every((s, k) => k === 0 || waiting(s) > waiting(window[k - 1]!));
 }
+
 /** A failed job stays alerted until a later job of its type on the item succeeds, or for this long. */
 export const JOB_FAILED_ALERT_MS = 24 * 3_600_000;
 
@@ -171,7 +165,7 @@ export class Monitoring {
       const mib = (n: number) => (n / 1048576).toFixed(1);
       add(
         "ChurnBeyondCapacity",
-        `the backlog grew over the last ${CHURN_WINDOW_SAMPLES} samples to ${mib(waiting(last))} MiB (${mib(last.backlogBytes)} MiB in the cache, ${mib(last.spoolBytes ?? 0)} MiB in the agent's spool; lag ${Math.round(last.lagSeconds)} s): writes arrive faster than they are applied`,
+        `the backlog grew in each of the last ${CHURN_WINDOW_SAMPLES} samples to ${mib(waiting(last))} MiB (${mib(last.backlogBytes)} MiB in the cache, ${mib(last.spoolBytes ?? 0)} MiB in the agent's spool; lag ${Math.round(last.lagSeconds)} s): writes arrive faster than they are applied`,
       );
     }
 
