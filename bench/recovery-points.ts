@@ -1,4 +1,5 @@
 // `npm run bench -- recovery-points`: a replication group of two VMs under churn, crash-consistent group tags at the
+import type { PointView } from "../shared/contract/views";
 import { setTimeout as sleep } from "node:timers/promises";
 // policy's frequency through the TCP barrier: achieved cadence, seal lag (tag time → point sealed), the barrier's write hold.
 import { mkdtempSync, rmSync } from "node:fs";
@@ -20,13 +21,6 @@ export interface RecoveryPointsBenchOptions {
   /** The barrier's hold bound (ms). */
   holdBoundMs: number;
   log: (line: string) => void;
-}
-
-interface PointView {
-  id: string;
-  time: string;
-  scope: "vm" | "group";
-  sealedAt: string;
 }
 
 /** Paced writers, two per disk, until `end`. */

@@ -1,6 +1,7 @@
 // `npm run bench -- rpo`: a replication group of two VMs (group points every 10 s) first at the pipeline's maximum
 // (measured here, in this run), then at 70% of it — seal lag (tag → point sealed), the barrier's write hold, aborted
 // tags — then above the maximum: the backlog and the ChurnBeyondCapacity alert must show it.
+import type { PointView } from "../shared/contract/views";
 import { mkdtempSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -23,13 +24,6 @@ export interface RpoBenchOptions {
   loadFraction: number;
   overFraction: number;
   log: (line: string) => void;
-}
-
-interface PointView {
-  id: string;
-  time: string;
-  scope: "vm" | "group";
-  sealedAt: string;
 }
 
 export async function benchRpo(o: RpoBenchOptions) {
