@@ -145,6 +145,8 @@ export abstract class ReplicatedDisk {
   private resyncSweep: ResyncSweep | undefined;
   private readonly idleWaiters: (() => void)[] = [];
   private scanChunk: Buffer | undefined;
+  /** Payload buffers of batches no longer in the spool pipeline, reused by the next seals (at most pipelineDepth are kept). */
+  private readonly freePayloads: Buffer[] = [];
 
   constructor(
     protected readonly ctx: DiskContext,
@@ -334,6 +336,24 @@ export abstract class ReplicatedDisk {
 
   protected spoolLowWater(): number {
     return Math.floor(this.ctx.spool.maxBytes * this.ctx.tuning.spoolLowWater);
+  }
+
+  /**
+   * A buffer for a batch's payload of `bytes` (a free one when there is one) and the `release` that hands it back once
+   * the batch is durable in the spool (SealedBatch.release): a steady load allocates no new buffers, so it leaves V8's
+   * collector nothing to chase (fresh 4 MiB buffers per batch made collections a tenth of the agent's time).
+   */
+  protected payloadBuffer(bytes: number): { payload: Buffer; release: () => void } {
+    const size = this.ctx.tuning.maxBatchBytes;
+    let buffer = this.freePayloads.pop();
+    if (!buffer || buffer.length < bytes) buffer = Buffer.allocUnsafe(Math.max(bytes, size));
+    const kept = buffer;
+    return {
+      payload: buffer.subarray(0, bytes),
+      release: () => {
+        if (kept.length === size && this.freePayloads.length < this.ctx.tuning.pipelineDepth) this.freePayloads.push(kept);
+      },
+    };
   }
 
   /**

@@ -249,13 +249,13 @@ export class ScannedDisk extends ReplicatedDisk {
       await this.pipelineRoom();
       const taken = extra?.take(this.budget());
       if (!taken) return { committed: this.settled(), taken: false };
-      const payload = Buffer.allocUnsafe(taken.ranges.bytes);
+      const { payload, release } = this.payloadBuffer(taken.ranges.bytes);
       const updates = this.staged;
       this.staged = new Map();
       let at = 0;
       for (const r of taken.ranges) {
         const len = r.end - r.start;
-        (await this.readUnlocked(r.start, len)).copy(payload, at);
+        await this.readUnlocked(r.start, len, payload.subarray(at, at + len));
         forEachBlock(r.start, len, (s, e) => {
           if (s % FINGERPRINT_BLOCK === 0 && (e - s === FINGERPRINT_BLOCK || e === this.sizeBytes)) {
             updates.set(s / FINGERPRINT_BLOCK, crc32c(payload.subarray(at + s - r.start, at + e - r.start)));
@@ -265,7 +265,7 @@ export class ScannedDisk extends ReplicatedDisk {
       }
       const now = Date.now();
       const committed = this.emit(
-        { extents: taken.ranges.toExtents(), payload, flags: taken.flags, firstWriteMs: now, lastWriteMs: now },
+        { extents: taken.ranges.toExtents(), payload, flags: taken.flags, firstWriteMs: now, lastWriteMs: now, release },
         taken.onCommit,
         async () => {
           for (const [i, c] of updates) this.fp[i] = c;

@@ -53,8 +53,6 @@ export class TrackedDisk extends ReplicatedDisk {
   private lastWriteMs = 0;
   private sealTimer: NodeJS.Timeout | undefined;
   private sizeSeal: Promise<SealResult> | undefined;
-  /** Payload buffers of batches no longer in the spool pipeline, reused by the next seals (at most pipelineDepth + 1 exist). */
-  private readonly freePayloads: Buffer[] = [];
   /** syncWrites: the sync in progress, and the one queued behind it (shared by every caller meanwhile). */
   private runningSync: Promise<void> | undefined;
   private queuedSync: Promise<void> | undefined;
@@ -527,14 +525,10 @@ export class TrackedDisk extends ReplicatedDisk {
 
   /**
    * The current bytes of `ranges`, read synchronously: the caller holds the write lock, and page-cache reads take
-   * microseconds. Read into a reused payload buffer (handed back by the batch's `release` once it is durable in the
-   * spool): a steady write load allocates no new buffers, so it leaves V8's collector nothing to chase.
+   * microseconds, into a reused payload buffer (see payloadBuffer).
    */
   private readRanges(ranges: RangeSet): { payload: Buffer; release: () => void } {
-    const want = Math.max(ranges.bytes, this.ctx.tuning.maxBatchBytes);
-    let buffer = this.freePayloads.pop();
-    if (!buffer || buffer.length < ranges.bytes) buffer = Buffer.allocUnsafe(want);
-    const payload = buffer.subarray(0, ranges.bytes);
+    const { payload, release } = this.payloadBuffer(ranges.bytes);
     let at = 0;
     for (const r of ranges) {
       const len = r.end - r.start;
@@ -549,13 +543,7 @@ export class TrackedDisk extends ReplicatedDisk {
       }
       at += len;
     }
-    const kept = buffer;
-    return {
-      payload,
-      release: () => {
-        if (kept.length === want && this.freePayloads.length < this.ctx.tuning.pipelineDepth) this.freePayloads.push(kept);
-      },
-    };
+    return { payload, release };
   }
 
   override async close(): Promise<void> {

@@ -56,7 +56,12 @@ export async function runBenchmark(name: string, options: { seconds?: number; lo
       });
     case "nbd":
       // The agent's NBD front end beside nbdkit on a 1 GiB image (BENCH_DISK_MIB for another size), replication running.
-      return benchNbd({ diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024), randomWrites: Number(process.env.BENCH_WRITES ?? 2000), log });
+      return benchNbd({
+        diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024),
+        randomWrites: Number(process.env.BENCH_WRITES ?? 2000),
+        rounds: Number(process.env.BENCH_ROUNDS ?? 3),
+        log,
+      });
     case "reprotect":
       // Two 1 GiB disks (BENCH_DISK_MIB for another size), 1% of their blocks changed after the failover.
       return benchReprotect({ diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024), disks: 2, changedFraction: 0.01, log });

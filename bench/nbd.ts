@@ -1,7 +1,7 @@
 // `npm run bench -- nbd`: the agent's NBD front end against nbdkit's file plugin on the same storage in the same run — bulk copy, 1 MiB writes, random 4 KiB and 64 KiB FUA writes — with replication running.
 import { setTimeout as sleep } from "node:timers/promises";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { QemuIo } from "../cli/qemu-io";
@@ -13,6 +13,8 @@ export interface NbdBenchOptions {
   diskSizeMiB: number;
   /** Writes per random FUA phase. */
   randomWrites: number;
+  /** Every phase is run this many times on both servers, the order of the two alternating (BENCH_ROUNDS); ratios are medians. */
+  rounds: number;
   log: (line: string) => void;
 }
 
@@ -25,6 +27,7 @@ interface Target {
 
 interface PhaseResult {
   phase: string;
+  round: number;
   target: Target["name"];
   seconds: number;
   MBps: number;
@@ -45,7 +48,7 @@ function peakRssMiB(pid: number): number {
   return m ? round(Number(m[1]) / 1024, 1) : NaN;
 }
 
-async function measure(target: Target, phase: string, bytes: number, work: () => Promise<number[] | void>): Promise<PhaseResult> {
+async function measure(target: Target, phase: string, pass: number, bytes: number, work: () => Promise<number[] | void>): Promise<PhaseResult> {
   const cpu0 = cpuSeconds(target.pid);
   const t0 = performance.now();
   const latencies = (await work()) ?? [];
@@ -53,6 +56,7 @@ async function measure(target: Target, phase: string, bytes: number, work: () =>
   const cpu = cpuSeconds(target.pid) - cpu0;
   return {
     phase,
+    round: pass,
     target: target.name,
     seconds: round(seconds, 2),
     MBps: round(bytes / 1e6 / seconds, 1),
@@ -152,6 +156,17 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
       { name: "agent", url: `nbd+unix:///os?socket=${agentSock}`, pid: agent.pid! },
     ];
     const results: PhaseResult[] = [];
+    const spoolDir = join(stack.dir, "agent-state", "spool", "os");
+    const caughtUp = () =>
+      waitFor(
+        "the agent's spool to empty and the replica to catch up",
+        async () => {
+          if (existsSync(spoolDir) && readdirSync(spoolDir).some((f) => f.endsWith(".batch"))) return false;
+          const view = (await api(stack, "GET", `replicated-items/${item.id}`)).body;
+          return view?.state === "Protected" && (view?.disks?.every((d: { pendingBatches?: number }) => (d.pendingBatches ?? 0) === 0) ?? false);
+        },
+        600_000,
+      );
     const phases: { name: string; bytes: number; work: (t: Target) => Promise<number[] | void> }[] = [
       { name: `nbdcopy ${o.diskSizeMiB} MiB image`, bytes: diskBytes, work: async (t) => run("nbdcopy", [source, t.url]) },
       {
@@ -162,13 +177,20 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
       { name: "random 4 KiB FUA writes", bytes: o.randomWrites * 4096, work: (t) => randomFua(t.url, diskBytes, 4096, o.randomWrites) },
       { name: "random 64 KiB FUA writes", bytes: (o.randomWrites / 2) * 65536, work: (t) => randomFua(t.url, diskBytes, 65536, o.randomWrites / 2) },
     ];
-    for (const phase of phases) {
-      for (const t of targets) {
-        const r = await measure(t, phase.name, phase.bytes, () => phase.work(t));
-        results.push(r);
-        o.log(
-          `${phase.name.padEnd(28)} ${t.name.padEnd(7)} ${r.MBps} MB/s${r.latencyP99ms !== undefined ? `, p50 ${r.latencyP50ms} ms, p99 ${r.latencyP99ms} ms` : ""}, server CPU ${r.serverCpuPercent}%`,
-        );
+    // On a noisy machine one pair says little: each round runs every phase on both servers, the one going first
+    // alternating, so that neither always meets the other's leftover writeback or the agent's replication backlog.
+    for (let pass = 1; pass <= o.rounds; pass++) {
+      for (const phase of phases) {
+        for (const t of pass % 2 === 1 ? targets : [...targets].reverse()) {
+          // Each measurement starts with the agent's backlog shipped and applied (its own writes then replicate while it
+          // runs): a backlog carried over would push the next phase's writes past the spool into bitmap mode.
+          await caughtUp();
+          const r = await measure(t, phase.name, pass, phase.bytes, () => phase.work(t));
+          results.push(r);
+          o.log(
+            `${o.rounds > 1 ? `round ${pass} ` : ""}${phase.name.padEnd(28)} ${t.name.padEnd(7)} ${r.MBps} MB/s${r.latencyP99ms !== undefined ? `, p50 ${r.latencyP50ms} ms, p99 ${r.latencyP99ms} ms` : ""}, server CPU ${r.serverCpuPercent}%`,
+          );
+        }
       }
     }
     const agentPeakRssMiB = peakRssMiB(agent.pid!);
@@ -182,15 +204,20 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
       600_000,
     ).catch(() => o.log("note: the replica had not caught up within 10 minutes"));
 
-    const ratio = (phase: string, field: "MBps" | "latencyP99ms") => {
-      const a = results.find((r) => r.phase === phase && r.target === "agent")![field]!;
-      const k = results.find((r) => r.phase === phase && r.target === "nbdkit")![field]!;
-      return round(a / k, 2);
+    // A ratio per round (agent ÷ nbdkit in the same round), and their median.
+    const ratios = (phase: string, field: "MBps" | "latencyP99ms") => {
+      const of = (pass: number, target: Target["name"]) => results.find((r) => r.phase === phase && r.round === pass && r.target === target)![field]!;
+      return Array.from({ length: o.rounds }, (_, i) => round(of(i + 1, "agent") / of(i + 1, "nbdkit"), 2));
     };
+    const median = (xs: number[]) => round(percentile(xs, 50), 2);
+    const ratio = (phase: string, field: "MBps" | "latencyP99ms") => median(ratios(phase, field));
+    const agentFua4KiBP99 = results.filter((r) => r.phase === phases[2]!.name && r.target === "agent").map((r) => r.latencyP99ms!);
     const summary = {
       copyRatio: ratio(phases[0]!.name, "MBps"),
       writes1MiBRatio: ratio(phases[1]!.name, "MBps"),
-      fua4KiBP99ms: results.find((r) => r.phase === phases[2]!.name && r.target === "agent")!.latencyP99ms!,
+      writes1MiBRatioPerRound: ratios(phases[1]!.name, "MBps"),
+      fua4KiBP99ms: median(agentFua4KiBP99),
+      fua4KiBP99msPerRound: agentFua4KiBP99,
       fua4KiBP99Ratio: ratio(phases[2]!.name, "latencyP99ms"),
       agentPeakRssMiB,
       targets: { writes1MiBRatioAtLeast: 0.5, fua4KiBP99msAtMost: 5 },
@@ -199,7 +226,7 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
       benchmark: "nbd",
       at: new Date().toISOString(),
       machine: machine(),
-      options: { diskSizeMiB: o.diskSizeMiB, randomWrites: o.randomWrites },
+      options: { diskSizeMiB: o.diskSizeMiB, randomWrites: o.randomWrites, rounds: o.rounds },
       results,
       summary,
     };
@@ -207,12 +234,12 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
     o.log(
       "\n" +
         table(
-          ["workload", "server", "MB/s", "IOPS", "p50 ms", "p99 ms", "server CPU %"],
-          results.map((r) => [r.phase, r.target, r.MBps, r.iops ?? "", r.latencyP50ms ?? "", r.latencyP99ms ?? "", r.serverCpuPercent]),
+          ["round", "workload", "server", "MB/s", "IOPS", "p50 ms", "p99 ms", "server CPU %"],
+          results.map((r) => [r.round, r.phase, r.target, r.MBps, r.iops ?? "", r.latencyP50ms ?? "", r.latencyP99ms ?? "", r.serverCpuPercent]),
         ),
     );
     o.log(
-      `\nagent ÷ nbdkit: copy ${summary.copyRatio}×, 1 MiB writes ${summary.writes1MiBRatio}× (target ≥ 0.5), 4 KiB FUA p99 ${summary.fua4KiBP99ms} ms (target ≤ 5 ms; ${summary.fua4KiBP99Ratio}× nbdkit's); agent peak RSS ${agentPeakRssMiB} MiB\n${file}`,
+      `\nagent ÷ nbdkit${o.rounds > 1 ? ` (medians of ${o.rounds} rounds; 1 MiB writes per round ${summary.writes1MiBRatioPerRound.join(", ")})` : ""}: copy ${summary.copyRatio}×, 1 MiB writes ${summary.writes1MiBRatio}× (target ≥ 0.5), 4 KiB FUA p99 ${summary.fua4KiBP99ms} ms (target ≤ 5 ms; ${summary.fua4KiBP99Ratio}× nbdkit's); agent peak RSS ${agentPeakRssMiB} MiB\n${file}`,
     );
     return out;
   } finally {
