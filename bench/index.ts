@@ -60,6 +60,7 @@ export async function runBenchmark(name: string, options: { seconds?: number; lo
         diskSizeMiB: Number(process.env.BENCH_DISK_MIB ?? 1024),
         randomWrites: Number(process.env.BENCH_WRITES ?? 2000),
         rounds: Number(process.env.BENCH_ROUNDS ?? 3),
+        pin: process.env.BENCH_PIN !== "0",
         log,
       });
     case "reprotect":

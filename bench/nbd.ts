@@ -4,6 +4,7 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
+import { cpus } from "node:os";
 import { QemuIo } from "../cli/qemu-io";
 import { api, enableBenchVm, machine, percentile, round, ROOT, startBenchStack, table, writeResults } from "./harness";
 
@@ -13,6 +14,11 @@ export interface NbdBenchOptions {
   diskSizeMiB: number;
   /** Writes per random FUA phase. */
   randomWrites: number;
+  /**
+   * The VM's side (agent, nbdkit, the clients) on CPU 0 and the storage's side (Azurite, the Functions host) on CPU 1
+   * (BENCH_PIN=0: unpinned). See benchNbd.
+   */
+  pin: boolean;
   /** Every phase is run this many times on both servers, the order of the two alternating (BENCH_ROUNDS); ratios are medians. */
   rounds: number;
   log: (line: string) => void;
@@ -67,6 +73,11 @@ async function measure(target: Target, phase: string, pass: number, bytes: numbe
   };
 }
 
+/** Every thread of `pid` on `cpu` alone. */
+function taskset(pid: number, cpu: number): void {
+  run("taskset", ["-a", "-p", "-c", String(cpu), String(pid)]);
+}
+
 function run(cmd: string, args: string[]): void {
   const r = spawnSync(cmd, args, { encoding: "utf8" });
   if (r.error) throw new Error(`${cmd}: ${r.error.message} (apt-get install qemu-utils libnbd-bin nbdkit)`);
@@ -100,6 +111,15 @@ async function waitFor(what: string, check: () => boolean | Promise<boolean>, ti
 
 export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
   const stack = await startBenchStack();
+  // In Azure the storage and the Function App do not run on the VM's cores; here all share two. Unpinned, the agent's
+  // run also pays for Azurite ingesting its batches and the host applying them, while nbdkit's runs on an idle machine.
+  // Pinned, both servers (and their clients) get the same one core, and replication's storage side runs beside them.
+  const pinned = o.pin && cpus().length >= 2;
+  if (pinned) {
+    for (const pid of [stack.storage.pid, stack.host.child.pid!]) taskset(pid, 1);
+    // Children started from here on (the agent, nbdkit, qemu-img, qemu-io, nbdcopy) inherit it.
+    taskset(process.pid, 0);
+  }
   const diskBytes = o.diskSizeMiB * MiB;
   const children: ChildProcess[] = [];
   try {
@@ -226,7 +246,7 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
       benchmark: "nbd",
       at: new Date().toISOString(),
       machine: machine(),
-      options: { diskSizeMiB: o.diskSizeMiB, randomWrites: o.randomWrites, rounds: o.rounds },
+      options: { diskSizeMiB: o.diskSizeMiB, randomWrites: o.randomWrites, rounds: o.rounds, pinned },
       results,
       summary,
     };
