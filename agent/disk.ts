@@ -5,6 +5,7 @@ import { mkdir, open } from "node:fs/promises";
 import { crc32c } from "@node-rs/crc32";
 import { encodeBatchHeader, type BatchFlags, type BatchTag, type Extent } from "../shared/replication/batch";
 import { MAX_MANIFEST_RANGE, RESYNC_BLOCK_BYTES, type ManifestResponse, type ResyncCommand } from "../shared/protection/agent-protocol";
+import { DataMap } from "./data-map";
 import { readJsonFile, writeFileAtomic } from "./files";
 import { Mutex, Signal } from "./gate";
 import type { Health } from "./health";
@@ -86,6 +87,9 @@ interface Sweep {
   cursor: number;
   found: RangeSet;
   scannedTo: number;
+  /** Where the image held data when the sweep began (see findUsed). */
+  map?: DataMap | undefined;
+  mapped?: boolean;
 }
 
 interface ResyncSweep extends Sweep {
@@ -374,7 +378,18 @@ export abstract class ReplicatedDisk {
       sw.scannedTo = end;
       return;
     }
+    if (!sw.mapped) {
+      sw.mapped = true;
+      sw.map = await DataMap.of(this.state.source.path, (why) => this.ctx.log(`disk ${this.id}: ${why}`));
+    }
     while (sw.found.bytes < target && sw.scannedTo < windowEnd) {
+      // A hole reads as zeros, which the fresh replica holds: skipped unread (a hole written since is in the dirty set).
+      const data = Math.min(this.sizeBytes, sw.map?.nextData(sw.scannedTo) ?? sw.scannedTo);
+      const holeEnd = data === this.sizeBytes ? data : Math.floor(data / RESYNC_BLOCK_BYTES) * RESYNC_BLOCK_BYTES;
+      if (holeEnd > sw.scannedTo) {
+        sw.scannedTo = holeEnd;
+        continue;
+      }
       const len = Math.min(READ_CHUNK, windowEnd - sw.scannedTo);
       const buf = await this.readUnlocked(sw.scannedTo, len, this.scanBuffer());
       forEachBlock(sw.scannedTo, len, (start, end) => {

@@ -5,6 +5,7 @@ import { decodeBatch } from "../shared/replication/batch";
 import { RESYNC_BLOCK_BYTES } from "../shared/protection/agent-protocol";
 import type { BatchTag } from "../shared/replication/batch";
 import { forEachBlock, loadDiskState, ReplicatedDisk, ZERO_BLOCK, type DiskContext, type DiskSpec, type ExtraRequest, type SealResult } from "./disk";
+import { DataMap } from "./data-map";
 import { QuietProbe, type Look } from "./quiet";
 import { RangeSet, takePrefix } from "./ranges";
 import { statePaths, type DiskState } from "./state";
@@ -24,6 +25,9 @@ interface Pass {
   cursor: number;
   found: RangeSet;
   scannedTo: number;
+  /** Where the image held data when the pass began (undefined: read everything); a hole filled since is seen next pass. */
+  map?: DataMap | undefined;
+  mapped?: boolean;
 }
 
 /**
@@ -33,6 +37,7 @@ interface Pass {
 export class ScannedDisk extends ReplicatedDisk {
   private pass: Pass | undefined;
   private passes = 0;
+  private mapRefusalSaid = false;
   private readonly passWaiters: { pass: number; resolve: () => void }[] = [];
   /** Fingerprint changes learnt outside a batch (resync blocks found equal), persisted with the next commit. */
   private staged = new Map<number, number>();
@@ -162,6 +167,10 @@ export class ScannedDisk extends ReplicatedDisk {
 
   private async scanStep(): Promise<void> {
     const pass = (this.pass ??= this.startPass());
+    if (!pass.mapped) {
+      pass.mapped = true;
+      pass.map = await DataMap.of(this.state.source.path, (why) => this.noMap(why));
+    }
     const budget = this.budget();
     if (pass.found.bytes < budget && pass.scannedTo < this.sizeBytes) {
       await this.compareWindow(pass, budget);
@@ -208,6 +217,12 @@ export class ScannedDisk extends ReplicatedDisk {
     if (pass.cursor >= this.sizeBytes) await this.endPass(pass, result.committed);
   }
 
+  private noMap(why: string): void {
+    if (this.mapRefusalSaid) return;
+    this.mapRefusalSaid = true;
+    this.ctx.log(`disk ${this.id}: ${why}`);
+  }
+
   private passDone(s: DiskState): void {
     s.scan!.passes++;
     s.scan!.baseline = true;
@@ -227,6 +242,17 @@ export class ScannedDisk extends ReplicatedDisk {
     const end = Math.min(this.sizeBytes, pass.scannedTo + SCAN_WINDOW);
     while (pass.scannedTo < end && pass.found.bytes < budget && !this.closed) {
       const from = pass.scannedTo;
+      const data = Math.min(this.sizeBytes, pass.map?.nextData(from) ?? from);
+      const holeEnd = data === this.sizeBytes ? data : Math.floor(data / FINGERPRINT_BLOCK) * FINGERPRINT_BLOCK;
+      if (holeEnd > from) {
+        // Whole blocks of a hole read as zeros: a block changed if its fingerprint is not that of zeros. Nothing is read,
+        // and the sweep may run past the window (a hole costs nothing to pass).
+        for (let b = from; b < holeEnd; b += FINGERPRINT_BLOCK) {
+          if (!pass.baseline || this.fp[b / FINGERPRINT_BLOCK] !== ZERO_CRC) pass.found.add(b, Math.min(b + FINGERPRINT_BLOCK, this.sizeBytes));
+        }
+        pass.scannedTo = holeEnd;
+        continue;
+      }
       const len = Math.min(READ_CHUNK, end - from);
       const buf = await this.readUnlocked(from, len, this.scanBuffer());
       for (let off = 0; off < len; off += FINGERPRINT_BLOCK) {
