@@ -572,7 +572,6 @@ class ApplyRun {
   // ---------------------------------------------------------------------------------------------
   // Applying
 
-  /** The run's budget is used up (counting `pending` batches about to be applied). */
   /**
    * After a run applied something and found no next batch: waits up to `lingerMs` for batch `seq` to be announced to
    * this process (a message joined the run), then looks in the cache once more (its message may have gone to another
@@ -584,6 +583,7 @@ class ApplyRun {
     return !this.keeper.lost && (await this.has(seq));
   }
 
+  /** The run's budget is used up (counting `pending` batches about to be applied). */
   private overBudget(pending = 0): boolean {
     return this.applied + pending >= this.limits.maxBatchesPerRun || Date.now() - this.startedAt >= this.limits.maxRunMs;
   }
