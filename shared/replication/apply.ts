@@ -3,7 +3,6 @@
 // is one state machine — list, prefetch, verify, write, fence, record, re-announce — whose steps share its fields.
 import type { ContainerPort, PageBlobPort, StoragePort } from "../storage/ports";
 import { randomUUID } from "node:crypto";
-import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
 import {
   batchBlobName,
@@ -142,8 +141,6 @@ export async function applyBatches(deps: ApplyDeps, message: BatchMessage): Prom
       // The highest batch announced so far: a run for it applies everything contiguous below it too.
       outcome = await applyOnce(deps, { ...message, seq: slot.seq }, () => slot.seq);
       applied += outcome.applied;
-      // Messages that joined for batches this run applied (it lingers for them) need nothing more.
-      if (slot.again && outcome.watermark !== undefined && slot.seq <= outcome.watermark) slot.again = false;
       if (!slot.again || outcome.result === "busy" || FINAL_STOPS.has(outcome.stop)) break;
     }
   } finally {
@@ -572,17 +569,6 @@ class ApplyRun {
   // ---------------------------------------------------------------------------------------------
   // Applying
 
-  /**
-   * After a run applied something and found no next batch: waits up to `lingerMs` for batch `seq` to be announced to
-   * this process (a message joined the run), then looks in the cache once more (its message may have gone to another
-   * processor, which finds the lease held and re-announces it for later: a no-op once this run applied it).
-   */
-  private async lingerFor(seq: number): Promise<boolean> {
-    const until = Date.now() + this.limits.lingerMs;
-    while (this.announced() < seq && Date.now() < until && !this.keeper.lost) await sleep(10);
-    return !this.keeper.lost && (await this.has(seq));
-  }
-
   /** The run's budget is used up (counting `pending` batches about to be applied). */
   private overBudget(pending = 0): boolean {
     return this.applied + pending >= this.limits.maxBatchesPerRun || Date.now() - this.startedAt >= this.limits.maxRunMs;
@@ -599,11 +585,7 @@ class ApplyRun {
       }
       let batch = first?.header.seq === seq ? first : undefined;
       if (!batch) {
-        if (!(await this.has(seq))) {
-          if ([...this.listing.keys()].some((s) => s > seq)) return "gap";
-          if (this.applied > 0 && this.limits.lingerMs > 0 && (await this.lingerFor(seq))) continue;
-          return "caughtUp";
-        }
+        if (!(await this.has(seq))) return [...this.listing.keys()].some((s) => s > seq) ? "gap" : "caughtUp";
         this.prefetchAhead();
         try {
           batch = await this.fetchBatch(seq);

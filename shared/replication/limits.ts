@@ -33,12 +33,6 @@ export interface ApplyLimits {
   groupBatches: number;
   /** How often a long run records its progress on the disk record (table writes cost). */
   progressEveryMs: number;
-  /**
-   * A run that applied something and finds no next batch waits this long for one to be announced before it ends: an
-   * agent shipping a stream of batches then feeds one run, instead of paying a run's fixed cost (item and disk reads,
-   * lease, watermark reads, listing: about ten requests) for every batch or two.
-   */
-  lingerMs: number;
 }
 
 export const DEFAULT_APPLY_LIMITS: ApplyLimits = {
@@ -53,5 +47,4 @@ export const DEFAULT_APPLY_LIMITS: ApplyLimits = {
   groupBytes: 8 * MiB,
   groupBatches: 16,
   progressEveryMs: 5_000,
-  lingerMs: 250,
 };

@@ -4,7 +4,6 @@ import assert from "node:assert/strict";
 import type { LeasePort } from "../../shared/storage/ports";
 import { QueueClient } from "@azure/storage-queue";
 import { startTestStack, type TestStack } from "../support/stack";
-import { until } from "../support/children";
 import { DiskModel, encodeWrites, KiB, MiB, randomBytes, randomWrites, rng, type BatchSpec, type Write } from "../support/batches";
 import { applyBatches, type ApplyDeps, type ApplyOutcome } from "../../shared/replication/apply";
 import { readWatermark, writeBatch } from "../../shared/replication/replica";
@@ -184,31 +183,6 @@ describe("applying batches", () => {
     assert.equal(disk.lastAppliedSeq, 20);
     assert.ok(disk.lastAppliedAt && Date.now() - Date.parse(disk.lastAppliedAt) < 60_000);
     assert.ok(disk.lastAppliedWriteMs && disk.lastAppliedWriteMs > Date.now() - 60_000);
-    await vm.disable();
-  });
-
-  test("a batch announced while a run lingers after catching up joins that run: one lease, one run for the stream", async () => {
-    const vm = await Vm.enable(stack, "linger-1");
-    const next = rng(13);
-    await vm.shipRandom(next, 1, 1);
-    // A long linger here, so that the proof does not depend on this machine's speed (the default is 250 ms).
-    const limits = { lingerMs: 3_000 };
-    const first = vm.apply(1, "os", { limits });
-    await until("batch 1 applied", async () => (await vm.watermark()) === 1);
-    await vm.shipRandom(next, 2, 1);
-    const second = await vm.apply(2, "os", { limits });
-    assert.equal(second.result, "joined", "the run for batch 1 was still open");
-    const out = await first;
-    assert.deepEqual([out.result, out.applied, out.watermark, out.stop], ["ran", 2, 2, "caughtUp"]);
-    await vm.assertReplicaEqualsSource();
-    // A batch whose message went to another processor (none joins this run): the run finds it in the cache at the end.
-    await vm.shipRandom(next, 3, 1);
-    const third = vm.apply(3, "os", { limits: { lingerMs: 1_500 } });
-    await until("batch 3 applied", async () => (await vm.watermark()) === 3);
-    await vm.shipRandom(next, 4, 1);
-    const out3 = await third;
-    assert.deepEqual([out3.applied, out3.watermark], [2, 4]);
-    await vm.assertReplicaEqualsSource();
     await vm.disable();
   });
 
