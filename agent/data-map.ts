@@ -61,11 +61,6 @@ export class DataMap {
     }
   }
 
-  /** Built from known extents (tests). */
-  static from(ranges: Range[]): DataMap {
-    return new DataMap([...ranges].sort((a, b) => a.start - b.start));
-  }
-
   /** The first offset ≥ `offset` that may hold data (`offset` itself inside an extent; Infinity when only holes follow). */
   nextData(offset: number): number {
     let lo = 0;
@@ -79,5 +74,14 @@ export class DataMap {
     const r = this.ranges[lo];
     if (!r) return Infinity;
     return Math.max(offset, r.start);
+  }
+
+  /**
+   * Where the run of whole `block`-sized blocks of holes starting at `offset` (block-aligned) ends, bounded by `size`:
+   * `offset` itself when its block may hold data. Those blocks read as zeros and need not be read.
+   */
+  holeEnd(offset: number, block: number, size: number): number {
+    const data = Math.min(size, this.nextData(offset));
+    return data === size ? size : Math.max(offset, Math.floor(data / block) * block);
   }
 }

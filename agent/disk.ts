@@ -149,6 +149,7 @@ export abstract class ReplicatedDisk {
   private resyncSweep: ResyncSweep | undefined;
   private readonly idleWaiters: (() => void)[] = [];
   private scanChunk: Buffer | undefined;
+  private noMapSaid = false;
   /** Payload buffers of batches no longer in the spool pipeline, reused by the next seals (at most pipelineDepth are kept). */
   private readonly freePayloads: Buffer[] = [];
 
@@ -360,6 +361,15 @@ export abstract class ReplicatedDisk {
     };
   }
 
+  /** Where the source image holds data (undefined: read everything; the reason is logged once per disk). */
+  protected dataMap(): Promise<DataMap | undefined> {
+    return DataMap.of(this.state.source.path, (why) => {
+      if (this.noMapSaid) return;
+      this.noMapSaid = true;
+      this.ctx.log(`disk ${this.id}: ${why}`);
+    });
+  }
+
   /**
    * The one buffer the disk's jobs read through when they look at the disk chunk by chunk (one job runs at a time, and
    * each is done with a chunk before it reads the next): a sweep of the whole disk allocates nothing per chunk.
@@ -380,12 +390,11 @@ export abstract class ReplicatedDisk {
     }
     if (!sw.mapped) {
       sw.mapped = true;
-      sw.map = await DataMap.of(this.state.source.path, (why) => this.ctx.log(`disk ${this.id}: ${why}`));
+      sw.map = await this.dataMap();
     }
     while (sw.found.bytes < target && sw.scannedTo < windowEnd) {
       // A hole reads as zeros, which the fresh replica holds: skipped unread (a hole written since is in the dirty set).
-      const data = Math.min(this.sizeBytes, sw.map?.nextData(sw.scannedTo) ?? sw.scannedTo);
-      const holeEnd = data === this.sizeBytes ? data : Math.floor(data / RESYNC_BLOCK_BYTES) * RESYNC_BLOCK_BYTES;
+      const holeEnd = sw.map?.holeEnd(sw.scannedTo, RESYNC_BLOCK_BYTES, this.sizeBytes) ?? sw.scannedTo;
       if (holeEnd > sw.scannedTo) {
         sw.scannedTo = holeEnd;
         continue;

@@ -5,7 +5,7 @@ import { decodeBatch } from "../shared/replication/batch";
 import { RESYNC_BLOCK_BYTES } from "../shared/protection/agent-protocol";
 import type { BatchTag } from "../shared/replication/batch";
 import { forEachBlock, loadDiskState, ReplicatedDisk, ZERO_BLOCK, type DiskContext, type DiskSpec, type ExtraRequest, type SealResult } from "./disk";
-import { DataMap } from "./data-map";
+import type { DataMap } from "./data-map";
 import { QuietProbe, type Look } from "./quiet";
 import { RangeSet, takePrefix } from "./ranges";
 import { statePaths, type DiskState } from "./state";
@@ -37,7 +37,6 @@ interface Pass {
 export class ScannedDisk extends ReplicatedDisk {
   private pass: Pass | undefined;
   private passes = 0;
-  private mapRefusalSaid = false;
   private readonly passWaiters: { pass: number; resolve: () => void }[] = [];
   /** Fingerprint changes learnt outside a batch (resync blocks found equal), persisted with the next commit. */
   private staged = new Map<number, number>();
@@ -169,7 +168,7 @@ export class ScannedDisk extends ReplicatedDisk {
     const pass = (this.pass ??= this.startPass());
     if (!pass.mapped) {
       pass.mapped = true;
-      pass.map = await DataMap.of(this.state.source.path, (why) => this.noMap(why));
+      pass.map = await this.dataMap();
     }
     const budget = this.budget();
     if (pass.found.bytes < budget && pass.scannedTo < this.sizeBytes) {
@@ -217,12 +216,6 @@ export class ScannedDisk extends ReplicatedDisk {
     if (pass.cursor >= this.sizeBytes) await this.endPass(pass, result.committed);
   }
 
-  private noMap(why: string): void {
-    if (this.mapRefusalSaid) return;
-    this.mapRefusalSaid = true;
-    this.ctx.log(`disk ${this.id}: ${why}`);
-  }
-
   private passDone(s: DiskState): void {
     s.scan!.passes++;
     s.scan!.baseline = true;
@@ -242,8 +235,7 @@ export class ScannedDisk extends ReplicatedDisk {
     const end = Math.min(this.sizeBytes, pass.scannedTo + SCAN_WINDOW);
     while (pass.scannedTo < end && pass.found.bytes < budget && !this.closed) {
       const from = pass.scannedTo;
-      const data = Math.min(this.sizeBytes, pass.map?.nextData(from) ?? from);
-      const holeEnd = data === this.sizeBytes ? data : Math.floor(data / FINGERPRINT_BLOCK) * FINGERPRINT_BLOCK;
+      const holeEnd = pass.map?.holeEnd(from, FINGERPRINT_BLOCK, this.sizeBytes) ?? from;
       if (holeEnd > from) {
         // Whole blocks of a hole read as zeros: a block changed if its fingerprint is not that of zeros. Nothing is read,
         // and the sweep may run past the window (a hole costs nothing to pass).

@@ -1,7 +1,7 @@
 // Initial replication of a sparse image through the CLI agent reads where the image holds data, not its holes: the replica equals the image, and the agent read far less than the disk.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DataMap } from "../../agent/data-map";
@@ -56,9 +56,13 @@ describe("initial replication of a sparse image", () => {
     for (const [at] of PIECES) assert.equal(map.nextData(at * MiB), at * MiB, `data at ${at} MiB`);
     assert.equal(map.nextData(1 * MiB), Math.floor((37.53125 * MiB) / 4096) * 4096, "the hole after the first piece ends where the second begins");
     assert.equal(map.nextData(210 * MiB), (DISK_MIB - 1) * MiB);
+    // In whole 64 KiB blocks: the hole ends at the block holding the second piece's first byte; a block of data ends none.
+    const block = 64 * 1024;
+    assert.equal(map.holeEnd(1 * MiB, block, DISK_MIB * MiB), 37.5 * MiB);
+    assert.equal(map.holeEnd(203 * MiB, block, DISK_MIB * MiB), (DISK_MIB - 1) * MiB);
+    assert.equal(map.holeEnd(200 * MiB, block, DISK_MIB * MiB), 200 * MiB, "a block with data is no hole");
     const dense = join(dir, "dense.img");
-    closeSync(openSync(dense, "w"));
-    writeSync(openSync(dense, "r+"), Buffer.alloc(MiB, 1));
+    writeFileSync(dense, Buffer.alloc(MiB, 1));
     assert.equal(await DataMap.of(dense), undefined, "a file without holes has no map (nothing to skip)");
   });
 
