@@ -215,14 +215,7 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
     }
     const agentPeakRssMiB = peakRssMiB(agent.pid!);
     // Replication kept up: the replica reaches the image once the writes stop.
-    await waitFor(
-      "the replica to catch up",
-      async () => {
-        const view = (await api(stack, "GET", `replicated-items/${item.id}`)).body;
-        return view?.disks?.every((d: { pendingBatches?: number }) => (d.pendingBatches ?? 0) === 0) ?? false;
-      },
-      600_000,
-    ).catch(() => o.log("note: the replica had not caught up within 10 minutes"));
+    await caughtUp().catch(() => o.log("note: the replica had not caught up within 10 minutes"));
 
     // A ratio per round (agent ÷ nbdkit in the same round), and their median.
     const ratios = (phase: string, field: "MBps" | "latencyP99ms") => {
