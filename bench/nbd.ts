@@ -84,6 +84,20 @@ function run(cmd: string, args: string[]): void {
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr}`);
 }
 
+/**
+ * A client run while the benchmark's event loop keeps going: blocked for seconds (spawnSync), it would miss the local
+ * host closing the idle keep-alive connection of its last API call, and the next call on it would fail ("fetch failed").
+ */
+function runClient(cmd: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.once("error", (e) => reject(new Error(`${cmd}: ${e.message} (apt-get install qemu-utils libnbd-bin nbdkit)`)));
+    child.once("exit", (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(" ")}: exit ${code}: ${stderr}`))));
+  });
+}
+
 /** Random FUA writes of `size` bytes at aligned random offsets, one at a time (queue depth 1): their latencies in ms. */
 async function randomFua(url: string, diskBytes: number, size: number, count: number): Promise<number[]> {
   const io = QemuIo.open(url, { cache: "writeback" });
@@ -188,11 +202,11 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
         600_000,
       );
     const phases: { name: string; bytes: number; work: (t: Target) => Promise<number[] | void> }[] = [
-      { name: `nbdcopy ${o.diskSizeMiB} MiB image`, bytes: diskBytes, work: async (t) => run("nbdcopy", [source, t.url]) },
+      { name: `nbdcopy ${o.diskSizeMiB} MiB image`, bytes: diskBytes, work: (t) => runClient("nbdcopy", [source, t.url]) },
       {
         name: "1 MiB writes, 8 in flight",
         bytes: diskBytes,
-        work: async (t) => run("qemu-img", ["bench", "-w", "-t", "none", "-f", "raw", "-s", "1M", "-c", String(o.diskSizeMiB), "-d", "8", t.url]),
+        work: (t) => runClient("qemu-img", ["bench", "-w", "-t", "none", "-f", "raw", "-s", "1M", "-c", String(o.diskSizeMiB), "-d", "8", t.url]),
       },
       { name: "random 4 KiB FUA writes", bytes: o.randomWrites * 4096, work: (t) => randomFua(t.url, diskBytes, 4096, o.randomWrites) },
       { name: "random 64 KiB FUA writes", bytes: (o.randomWrites / 2) * 65536, work: (t) => randomFua(t.url, diskBytes, 65536, o.randomWrites / 2) },
