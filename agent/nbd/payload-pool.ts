@@ -23,6 +23,18 @@ export class PayloadPool {
   }
 
   give(b: Buffer): void {
+    if (b.length > this.maxRetainedBytes) return;
+    // Room is made by dropping idle buffers of other sizes: when the clients' request size changes (nbdcopy's 256 KiB
+    // requests, then 1 MiB ones), the old size's buffers would otherwise fill the retention for good, and every
+    // request of the new size would allocate a buffer of its own.
+    for (const [size, list] of this.idle) {
+      if (this.retained + b.length <= this.maxRetainedBytes) break;
+      if (size === b.length) continue;
+      while (list.length > 0 && this.retained + b.length > this.maxRetainedBytes) {
+        list.pop();
+        this.retained -= size;
+      }
+    }
     if (this.retained + b.length > this.maxRetainedBytes) return;
     let list = this.idle.get(b.length);
     if (!list) this.idle.set(b.length, (list = []));
