@@ -108,7 +108,14 @@ export class Spool {
     const size = parts.reduce((n, p) => n + p.length, 0);
     const recycled = this.takeFree(d.free, size);
     const tmp = recycled?.path ?? `${path}.tmp`;
-    const fh = await open(tmp, recycled ? "r+" : "w");
+    // A failed attempt leaves no file behind (a kept file it was writing into is no longer counted): the retry starts
+    // afresh, and a full disk gets the space back.
+    const discard = (e: unknown) =>
+      unlink(tmp).then(
+        () => Promise.reject(e),
+        () => Promise.reject(e),
+      );
+    const fh = await open(tmp, recycled ? "r+" : "w").catch(discard);
     try {
       // One writev for all the parts (one trip to the threadpool); a short write is finished part by part.
       let done = (await fh.writev(parts, 0)).bytesWritten;
@@ -120,10 +127,12 @@ export class Spool {
       }
       if (recycled && recycled.size > size) await fh.truncate(size);
       await this.syncTogether(fh);
-    } finally {
-      await fh.close();
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      return discard(e);
     }
-    await rename(tmp, path);
+    await fh.close().catch(discard);
+    await rename(tmp, path).catch(discard);
     d.reserved -= reserved;
     this.total += size - reserved;
     d.batches.set(seq, size);

@@ -1,7 +1,7 @@
 // The spool on its own (temp files only): shipped batches' files are kept and overwritten by later batches while the spool's files stay within its bound.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { Spool } from "../../agent/spool";
@@ -67,6 +67,40 @@ test("shipped batches' files are overwritten by later batches, and the spool's f
     const reopened = new Spool(stateDir, max);
     assert.deepEqual(await reopened.open("os", 16), [15]);
     assert.deepEqual([...files(stateDir, "os").keys()], [basename(spool.path("os", 15))]);
+  } finally {
+    rmSync(stateDir, { recursive: true, force: true });
+  }
+});
+
+test("a write into the spool that fails leaves no file behind, and the retry lands the batch", async () => {
+  const stateDir = mkdtempSync(join(tmpdir(), "spool-"));
+  try {
+    const spool = new Spool(stateDir, 64 * KiB);
+    await spool.open("os", 1);
+    // As a disk does: the bytes are reserved once at the seal, then the write is attempted until it lands.
+    const reserve = (seq: number) => (spool.reserve("os", 8 * KiB), seq);
+    const attempt = (seq: number) => spool.put("os", seq, [Buffer.alloc(8 * KiB, seq)], 8 * KiB);
+    const put = (seq: number) => attempt(reserve(seq));
+    await put(1);
+    await spool.remove("os", 1);
+    assert.deepEqual(
+      [...files(stateDir, "os").keys()].map((n) => n.endsWith(".free")),
+      [true],
+    );
+    // Something in the way of batch 2's file (the final rename fails), and a fresh file for it (.tmp) cannot be made either.
+    mkdirSync(join(spool.path("os", 2), "in-the-way"), { recursive: true });
+    mkdirSync(join(`${spool.path("os", 2)}.tmp`, "in-the-way"), { recursive: true });
+    reserve(2);
+    await assert.rejects(attempt(2));
+    // The kept file it was written into is gone, not left uncounted; the second attempt could not create its file.
+    assert.deepEqual([...files(stateDir, "os").keys()].sort(), [basename(spool.path("os", 2)), `${basename(spool.path("os", 2))}.tmp`].sort());
+    await assert.rejects(attempt(2));
+    rmSync(spool.path("os", 2), { recursive: true });
+    rmSync(`${spool.path("os", 2)}.tmp`, { recursive: true });
+    await attempt(2);
+    assert.deepEqual(readFileSync(spool.path("os", 2)), Buffer.alloc(8 * KiB, 2));
+    assert.equal(spool.usedBytes, 8 * KiB);
+    assert.deepEqual([...files(stateDir, "os").keys()], [basename(spool.path("os", 2))]);
   } finally {
     rmSync(stateDir, { recursive: true, force: true });
   }
