@@ -13,7 +13,10 @@ const BATCH_FILE = /^(\d+)\.batch$/;
  * no journal commit at its fdatasync when the size is unchanged (bulk batches are all the bound), and no fresh page
  * cache. A fresh file's pages are what costs: measured on the 2-core benchmark machine with Azurite writing on the
  * other core, 4 MiB batches into new files cost 1.6–2.0 CPU s per GiB, into kept files 0.18 (see the README).
+ * The count is bounded too (the bound in default 4 MiB batches, at least eight): small batches (a trickle of 4 KiB
+ * writes) must not leave hundreds of thousands of tiny files for a restart to remove.
  */
+const KEPT_FILE_BYTES = 4 * 1024 * 1024;
 
 export interface SpoolStats {
   batches: number;
@@ -28,8 +31,10 @@ export class Spool {
   private readonly perDisk = new Map<string, { batches: Map<number, number>; reserved: number; free: { path: string; size: number }[] }>();
   private freeNames = 0;
   private total = 0;
-  /** Bytes of kept files (see above). */
+  /** Bytes and number of kept files (see above), and how many may be kept. */
   private freeBytes = 0;
+  private freeCount = 0;
+  private readonly maxFreeCount: number;
   private waiters: { below: number; resolve: () => void }[] = [];
   /** The sync round being formed (it starts when the one before it ends), and the end of the last round started. */
   private forming: { members: Promise<void>[]; go: Promise<void> } | undefined;
@@ -40,7 +45,9 @@ export class Spool {
   constructor(
     private readonly stateDir: string,
     readonly maxBytes: number,
-  ) {}
+  ) {
+    this.maxFreeCount = Math.max(8, Math.ceil(maxBytes / KEPT_FILE_BYTES));
+  }
 
   private disk(diskId: string) {
     let d = this.perDisk.get(diskId);
@@ -150,6 +157,7 @@ export class Spool {
     if (best < 0) return undefined;
     const [taken] = free.splice(best, 1);
     this.freeBytes -= taken!.size;
+    this.freeCount--;
     return taken;
   }
 
@@ -202,12 +210,16 @@ export class Spool {
     const path = this.path(diskId, seq);
     const size = d.batches.get(seq);
     const gone = (e: NodeJS.ErrnoException) => (e.code === "ENOENT" ? false : Promise.reject(e));
-    if (size !== undefined && this.total + this.freeBytes <= this.maxBytes) {
+    if (size !== undefined && this.total + this.freeBytes <= this.maxBytes && this.freeCount < this.maxFreeCount) {
       const free = join(statePaths(this.stateDir).spool(diskId), `${++this.freeNames}.free`);
-      // Counted before the rename, so that removals running meanwhile see the bound as it will be.
+      // Counted before the rename, so that removals running meanwhile see the bounds as they will be.
       this.freeBytes += size;
+      this.freeCount++;
       if (await rename(path, free).then(() => true, gone)) d.free.push({ path: free, size });
-      else this.freeBytes -= size;
+      else {
+        this.freeBytes -= size;
+        this.freeCount--;
+      }
     } else await unlink(path).catch(gone);
     if (size !== undefined) {
       d.batches.delete(seq);

@@ -105,3 +105,21 @@ test("a write into the spool that fails leaves no file behind, and the retry lan
     rmSync(stateDir, { recursive: true, force: true });
   }
 });
+
+test("small batches do not pile up kept files: their number is bounded too (the bound in 4 MiB batches, at least eight)", async () => {
+  const stateDir = mkdtempSync(join(tmpdir(), "spool-"));
+  try {
+    const spool = new Spool(stateDir, 64 * KiB);
+    await spool.open("os", 1);
+    for (let seq = 1; seq <= 20; seq++) {
+      spool.reserve("os", KiB);
+      await spool.put("os", seq, [Buffer.alloc(KiB, seq)], KiB);
+    }
+    for (let seq = 1; seq <= 20; seq++) await spool.remove("os", seq);
+    const kept = files(stateDir, "os");
+    assert.equal(kept.size, 8, `files: ${[...kept.keys()].join(" ")}`);
+    assert.ok([...kept.keys()].every((n) => n.endsWith(".free")));
+  } finally {
+    rmSync(stateDir, { recursive: true, force: true });
+  }
+});
