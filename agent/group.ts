@@ -38,7 +38,7 @@ class Channel {
   private readonly waiters: ((m: Message | undefined) => void)[] = [];
   private readonly queue: Message[] = [];
   private closed = false;
-  onMessage?: (m: Message) => void;
+  private onMessage?: (m: Message) => void;
 
   constructor(readonly socket: Socket) {
     socket.setNoDelay(true);
@@ -68,6 +68,15 @@ class Channel {
     };
     socket.on("close", end);
     socket.on("error", end);
+  }
+
+  /**
+   * From now on every message goes to `handler`, starting with those already received and not taken by `next`: the
+   * first message after a handshake can arrive in the same read as the handshake's reply, before the handler is set.
+   */
+  listen(handler: (m: Message) => void): void {
+    this.onMessage = handler;
+    for (const m of this.queue.splice(0)) handler(m);
   }
 
   send(m: Message): void {
@@ -287,7 +296,7 @@ export class GroupMember {
       throw new Error("the group coordinator did not prove it knows the group secret");
     }
     this.ch = ch;
-    ch.onMessage = (m) => void this.handle(m);
+    ch.listen((m) => void this.handle(m));
     ch.socket.on("close", () => {
       // A lost coordinator must not leave writes held.
       if (this.holding) this.letGo(this.holding.tagId);

@@ -2,6 +2,8 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import { createServer, type AddressInfo } from "node:net";
 import { GroupCoordinator, GroupMember, type BarrierParticipant } from "../../agent/group";
 
 /** Timers fire late on a loaded machine: a hold may overrun its bound by this much (still short of the 300 ms stalls below). */
@@ -113,5 +115,40 @@ test("an agent without the group secret cannot join", async () => {
     assert.deepEqual(g.coordinator.memberIds(), []);
   } finally {
     await g.close();
+  }
+});
+
+test("a tag's first message arriving with the coordinator's welcome (one TCP read) is answered, not lost", async () => {
+  // The coordinator's side by hand, so that the welcome and the first "ready" reach the member in one write: a
+  // coordinator that starts a tag the moment a member has joined does exactly that on a loaded machine.
+  const secret = "s3cret";
+  const got: string[] = [];
+  const server = createServer((socket) => {
+    let buffer = "";
+    socket.setEncoding("utf8");
+    socket.on("data", (chunk: string) => {
+      buffer += chunk;
+      for (let nl; (nl = buffer.indexOf("\n")) >= 0;) {
+        const m = JSON.parse(buffer.slice(0, nl)) as { type: string; itemId: string; nonce: string };
+        buffer = buffer.slice(nl + 1);
+        got.push(m.type);
+        if (m.type !== "hello") continue;
+        const mac = createHmac("sha256", secret).update(["welcome", m.itemId, m.nonce].join("|")).digest("hex");
+        socket.write(`${JSON.stringify({ type: "welcome", mac })}\n${JSON.stringify({ type: "ready", tagId: "t1" })}\n`);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as AddressInfo).port;
+  const part = new Recorder();
+  const member = new GroupMember({ itemId: "item-1", secret, host: "127.0.0.1", port, participant: part });
+  try {
+    await member.connect();
+    for (let i = 0; i < 100 && !got.includes("readied"); i++) await sleep(10);
+    assert.deepEqual(got, ["hello", "readied"]);
+    assert.equal(part.readies, 1);
+  } finally {
+    member.close();
+    server.close();
   }
 });
