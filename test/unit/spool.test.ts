@@ -17,12 +17,21 @@ function files(stateDir: string, diskId: string): Map<string, number> {
 
 const sum = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
 
-test("shipped batches' files are overwritten by later batches, and the spool's files never exceed its bound", async () => {
+/** A spool of `maxBytes` in a state directory of its own (removed afterwards), opened for disk "os". */
+async function withSpool(maxBytes: number, run: (spool: Spool, stateDir: string) => Promise<void>): Promise<void> {
   const stateDir = mkdtempSync(join(tmpdir(), "spool-"));
   try {
-    const max = 64 * KiB;
-    const spool = new Spool(stateDir, max);
+    const spool = new Spool(stateDir, maxBytes);
     await spool.open("os", 1);
+    await run(spool, stateDir);
+  } finally {
+    rmSync(stateDir, { recursive: true, force: true });
+  }
+}
+
+test("shipped batches' files are overwritten by later batches, and the spool's files never exceed its bound", async () => {
+  const max = 64 * KiB;
+  await withSpool(max, async (spool, stateDir) => {
     const put = async (seq: number, size: number) => {
       const payload = Buffer.alloc(size, seq);
       spool.reserve("os", size);
@@ -67,16 +76,11 @@ test("shipped batches' files are overwritten by later batches, and the spool's f
     const reopened = new Spool(stateDir, max);
     assert.deepEqual(await reopened.open("os", 16), [15]);
     assert.deepEqual([...files(stateDir, "os").keys()], [basename(spool.path("os", 15))]);
-  } finally {
-    rmSync(stateDir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("a write into the spool that fails leaves no file behind, and the retry lands the batch", async () => {
-  const stateDir = mkdtempSync(join(tmpdir(), "spool-"));
-  try {
-    const spool = new Spool(stateDir, 64 * KiB);
-    await spool.open("os", 1);
+  await withSpool(64 * KiB, async (spool, stateDir) => {
     // As a disk does: the bytes are reserved once at the seal, then the write is attempted until it lands.
     const reserve = (seq: number) => (spool.reserve("os", 8 * KiB), seq);
     const attempt = (seq: number) => spool.put("os", seq, [Buffer.alloc(8 * KiB, seq)], 8 * KiB);
@@ -101,16 +105,11 @@ test("a write into the spool that fails leaves no file behind, and the retry lan
     assert.deepEqual(readFileSync(spool.path("os", 2)), Buffer.alloc(8 * KiB, 2));
     assert.equal(spool.usedBytes, 8 * KiB);
     assert.deepEqual([...files(stateDir, "os").keys()], [basename(spool.path("os", 2))]);
-  } finally {
-    rmSync(stateDir, { recursive: true, force: true });
-  }
+  });
 });
 
 test("small batches do not pile up kept files: their number is bounded too (the bound in 4 MiB batches, at least eight)", async () => {
-  const stateDir = mkdtempSync(join(tmpdir(), "spool-"));
-  try {
-    const spool = new Spool(stateDir, 64 * KiB);
-    await spool.open("os", 1);
+  await withSpool(64 * KiB, async (spool, stateDir) => {
     for (let seq = 1; seq <= 20; seq++) {
       spool.reserve("os", KiB);
       await spool.put("os", seq, [Buffer.alloc(KiB, seq)], KiB);
@@ -119,7 +118,5 @@ test("small batches do not pile up kept files: their number is bounded too (the 
     const kept = files(stateDir, "os");
     assert.equal(kept.size, 8, `files: ${[...kept.keys()].join(" ")}`);
     assert.ok([...kept.keys()].every((n) => n.endsWith(".free")));
-  } finally {
-    rmSync(stateDir, { recursive: true, force: true });
-  }
+  });
 });
