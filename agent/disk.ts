@@ -87,9 +87,8 @@ interface Sweep {
   cursor: number;
   found: RangeSet;
   scannedTo: number;
-  /** Where the image held data when the sweep began (see findUsed). */
-  map?: DataMap | undefined;
-  mapped?: boolean;
+  /** Where the image held data when the sweep began (see findUsed); asked for once per sweep. */
+  map?: Promise<DataMap | undefined>;
 }
 
 interface ResyncSweep extends Sweep {
@@ -388,13 +387,10 @@ export abstract class ReplicatedDisk {
       sw.scannedTo = end;
       return;
     }
-    if (!sw.mapped) {
-      sw.mapped = true;
-      sw.map = await this.dataMap();
-    }
+    const map = await (sw.map ??= this.dataMap());
     while (sw.found.bytes < target && sw.scannedTo < windowEnd) {
       // A hole reads as zeros, which the fresh replica holds: skipped unread (a hole written since is in the dirty set).
-      const holeEnd = sw.map?.holeEnd(sw.scannedTo, RESYNC_BLOCK_BYTES, this.sizeBytes) ?? sw.scannedTo;
+      const holeEnd = map?.holeEnd(sw.scannedTo, RESYNC_BLOCK_BYTES, this.sizeBytes) ?? sw.scannedTo;
       if (holeEnd > sw.scannedTo) {
         sw.scannedTo = holeEnd;
         continue;

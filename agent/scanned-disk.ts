@@ -25,9 +25,11 @@ interface Pass {
   cursor: number;
   found: RangeSet;
   scannedTo: number;
-  /** Where the image held data when the pass began (undefined: read everything); a hole filled since is seen next pass. */
-  map?: DataMap | undefined;
-  mapped?: boolean;
+  /**
+   * Where the image held data when the pass began (resolving to undefined: read everything), asked for once per pass; a
+   * hole filled since is seen next pass.
+   */
+  map?: Promise<DataMap | undefined>;
 }
 
 /**
@@ -166,10 +168,6 @@ export class ScannedDisk extends ReplicatedDisk {
 
   private async scanStep(): Promise<void> {
     const pass = (this.pass ??= this.startPass());
-    if (!pass.mapped) {
-      pass.mapped = true;
-      pass.map = await this.dataMap();
-    }
     const budget = this.budget();
     if (pass.found.bytes < budget && pass.scannedTo < this.sizeBytes) {
       await this.compareWindow(pass, budget);
@@ -232,10 +230,11 @@ export class ScannedDisk extends ReplicatedDisk {
 
   /** Reads ahead from `scannedTo` and collects blocks whose checksum differs from their fingerprint (all of them without a baseline). */
   private async compareWindow(pass: Pass, budget: number): Promise<void> {
+    const map = await (pass.map ??= this.dataMap());
     const end = Math.min(this.sizeBytes, pass.scannedTo + SCAN_WINDOW);
     while (pass.scannedTo < end && pass.found.bytes < budget && !this.closed) {
       const from = pass.scannedTo;
-      const holeEnd = pass.map?.holeEnd(from, FINGERPRINT_BLOCK, this.sizeBytes) ?? from;
+      const holeEnd = map?.holeEnd(from, FINGERPRINT_BLOCK, this.sizeBytes) ?? from;
       if (holeEnd > from) {
         // Whole blocks of a hole read as zeros: a block changed if its fingerprint is not that of zeros. Nothing is read,
         // and the sweep may run past the window (a hole costs nothing to pass).

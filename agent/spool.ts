@@ -204,7 +204,7 @@ export class Spool {
     }
   }
 
-  /** Removes a shipped batch (its file is kept for a later batch to overwrite while the spool's files stay within its bound). */
+  /** Removes a shipped batch (its file is kept for a later batch to overwrite while the kept files stay within their bounds, above). */
   async remove(diskId: string, seq: number): Promise<void> {
     const d = this.disk(diskId);
     const path = this.path(diskId, seq);
