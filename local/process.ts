@@ -6,6 +6,14 @@ import { resolve } from "node:path";
 
 const CLI = resolve(__dirname, "..", "cli", "main.js");
 
+/**
+ * V8 flags the host runs with: here, in `npm start` (package.json) and in the Function App (infra/app/api.bicep,
+ * languageWorkers__node__arguments). Apply streams every batch through fresh socket-read buffers; V8 counts those
+ * bytes against its old-generation limit, which starts small for a heap of 30 MB, so it marked and compacted the whole
+ * heap every 100-200 ms: about half of apply's CPU (README, "Where the time goes"). A larger initial limit ends it.
+ */
+export const HOST_NODE_ARGS = ["--initial-heap-size=128"];
+
 export async function freePort(): Promise<number> {
   return new Promise((resolveP, reject) => {
     const s = createServer();
@@ -36,10 +44,10 @@ export interface HostProcess {
  */
 export async function startHostProcess(
   env: NodeJS.ProcessEnv,
-  opts: { port?: number; timeoutMs?: number; /** Flags for node itself (e.g. --cpu-prof, which NODE_OPTIONS refuses). */ nodeArgs?: string[] } = {},
+  opts: { port?: number; timeoutMs?: number; /** Flags for node itself besides HOST_NODE_ARGS (e.g. --cpu-prof, which NODE_OPTIONS refuses). */ nodeArgs?: string[] } = {},
 ): Promise<HostProcess> {
   const port = opts.port ?? (await freePort());
-  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), CLI, "start"], {
+  const child = spawn(process.execPath, [...HOST_NODE_ARGS, ...(opts.nodeArgs ?? []), CLI, "start"], {
     env: { ...process.env, ...env, FUNCTIONS_HTTP_PORT: String(port) },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -45,6 +45,9 @@ var appSettings = {
   REPLICA_STORAGE_RESOURCE_ID: replicaStorageId
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // Node flags for the worker (the same as the local host's, local/process.ts HOST_NODE_ARGS): apply's download
+  // buffers otherwise start a full garbage collection every 100-200 ms.
+  languageWorkers__node__arguments: '--initial-heap-size=128'
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {

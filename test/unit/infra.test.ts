@@ -11,6 +11,7 @@ import { FAILOVER_CONTAINER } from "../../shared/storage/names";
 import { REPLICAS_CONTAINER } from "../../shared/storage/names";
 import { REPLICATION_POISON_QUEUE } from "../../shared/storage/names";
 import { REPLICATION_QUEUE } from "../../shared/storage/names";
+import { HOST_NODE_ARGS } from "../../local/process";
 
 const ROOT = resolve(__dirname, "..", "..", "..");
 const read = (path: string) => readFileSync(join(ROOT, path), "utf8");
@@ -116,7 +117,8 @@ test("every app setting the schema cannot do without is set by the Bicep: droppi
     assert.ok(required.includes(k), `${k} is required and set`);
   }
   // And nothing the Bicep sets is unknown to the app (a typo would be silently ignored).
-  const platform = new Set(["APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]);
+  // Settings the platform reads (Application Insights; the Functions host, for the Node worker's flags).
+  const platform = new Set(["APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "languageWorkers__node__arguments"]);
   for (const k of settings.keys()) assert.ok(SETTING_NAMES.includes(k) || platform.has(k), `${k} is a setting the app reads`);
 });
 
@@ -228,4 +230,11 @@ test("host.json and the Bicep agree: Node 20, the task hub setting, base64 queue
   for (const k of settings.keys())
     assert.doesNotMatch(k, /^AzureFunctionsJobHost__|^FUNCTIONS_WORKER_RUNTIME$|^FUNCTIONS_EXTENSION_VERSION$|^WEBSITE_NODE_DEFAULT_VERSION$/);
   assert.match(host.functionTimeout, /^\d{2}:\d{2}:\d{2}$/, "a bounded timeout (Flex allows unbounded; site-recovery keeps one)");
+});
+
+test("the host's Node flags are the same locally (npm start, the host process) and in the Function App's worker arguments", () => {
+  const flags = HOST_NODE_ARGS.join(" ");
+  assert.equal(settings.get("languageWorkers__node__arguments"), `'${flags}'`);
+  const pkg = JSON.parse(read("package.json")) as { scripts: { start: string } };
+  assert.equal(pkg.scripts.start, `node ${flags} dist/cli/main.js start`);
 });
