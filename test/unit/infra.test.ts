@@ -232,9 +232,11 @@ test("host.json and the Bicep agree: Node 20, the task hub setting, base64 queue
   assert.match(host.functionTimeout, /^\d{2}:\d{2}:\d{2}$/, "a bounded timeout (Flex allows unbounded; site-recovery keeps one)");
 });
 
-test("the host's Node flags are the same locally (npm start, the host process) and in the Function App's worker arguments", () => {
+test("the host's Node flags are the same locally (npm start, the host process, func start) and in the Function App's worker arguments", () => {
   const flags = HOST_NODE_ARGS.join(" ");
   assert.equal(settings.get("languageWorkers__node__arguments"), `'${flags}'`);
+  const sample = JSON.parse(read("local.settings.sample.json")) as { Values: Record<string, string> };
+  assert.equal(sample.Values.languageWorkers__node__arguments, flags);
   const pkg = JSON.parse(read("package.json")) as { scripts: { start: string } };
   assert.equal(pkg.scripts.start, `node ${flags} dist/cli/main.js start`);
 });
