@@ -44,7 +44,11 @@ export interface HostProcess {
  */
 export async function startHostProcess(
   env: NodeJS.ProcessEnv,
-  opts: { port?: number; timeoutMs?: number; /** Flags for node itself besides HOST_NODE_ARGS (e.g. --cpu-prof, which NODE_OPTIONS refuses). */ nodeArgs?: string[] } = {},
+  opts: {
+    port?: number;
+    timeoutMs?: number;
+    /** Flags for node itself besides HOST_NODE_ARGS (e.g. --cpu-prof, which NODE_OPTIONS refuses). */ nodeArgs?: string[];
+  } = {},
 ): Promise<HostProcess> {
   const port = opts.port ?? (await freePort());
   const child = spawn(process.execPath, [...HOST_NODE_ARGS, ...(opts.nodeArgs ?? []), CLI, "start"], {
