@@ -9,7 +9,7 @@ import type { BlobServiceClient } from "@azure/storage-blob";
 import { Agent } from "../agent";
 import { startAzurite, type LocalStorage } from "../local/azurite";
 import { ApiClient, type ApiResponse } from "../shared/contract/client";
-import { startHostProcess, type HostProcess } from "../local/process";
+import { HOST_NODE_ARGS, startHostProcess, type HostProcess } from "../local/process";
 
 export const ROOT = resolve(__dirname, "..", "..");
 export const RESULTS_DIR = join(ROOT, "bench", "results");
@@ -66,10 +66,14 @@ export function machine() {
   };
 }
 
-/** Writes `<name>-<time>.json` and `<name>-latest.json` under bench/results. */
-export function writeResults(name: string, result: unknown): string {
+/**
+ * Writes `<name>-<time>.json` and `<name>-latest.json` under bench/results, with the node flags of the agents run in
+ * processes of their own (BENCH_AGENT_NODE_ARGS) and of the host processes (HOST_NODE_ARGS, then BENCH_HOST_NODE_ARGS).
+ */
+export function writeResults(name: string, result: object): string {
   mkdirSync(RESULTS_DIR, { recursive: true });
-  const body = JSON.stringify(result, null, 2);
+  const nodeArgs = { agent: nodeArgsFrom("BENCH_AGENT_NODE_ARGS"), host: [...HOST_NODE_ARGS, ...nodeArgsFrom("BENCH_HOST_NODE_ARGS")] };
+  const body = JSON.stringify({ ...result, nodeArgs }, null, 2);
   const stamped = join(RESULTS_DIR, `${name}-${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
   writeFileSync(stamped, body);
   writeFileSync(join(RESULTS_DIR, `${name}-latest.json`), body);

@@ -7,10 +7,11 @@ import { resolve } from "node:path";
 const CLI = resolve(__dirname, "..", "cli", "main.js");
 
 /**
- * V8 flags the host runs with: here, in `npm start` (package.json) and in the Function App (infra/app/api.bicep,
- * languageWorkers__node__arguments). Apply streams every batch through fresh socket-read buffers; V8 counts those
- * bytes against its old-generation limit, which starts small for a heap of 30 MB, so it marked and compacted the whole
- * heap every 100-200 ms: about half of apply's CPU (README, "Where the time goes"). A larger initial limit ends it.
+ * V8 flags the host runs with: here, in `npm start` (package.json), under `func start` (local.settings.sample.json)
+ * and in the Function App (infra/app/api.bicep, languageWorkers__node__arguments). Apply streams every batch through
+ * fresh socket-read buffers; V8 counts those bytes against its old-generation limit, which it sizes from a live heap
+ * of 30 MB, so it marked and compacted the whole heap every 100-200 ms: a third to a half of apply's CPU (README,
+ * "The apply host's collections"). A larger initial limit ends it.
  */
 export const HOST_NODE_ARGS = ["--initial-heap-size=128"];
 
