@@ -9,6 +9,7 @@ import { DirtyLog } from "./dirty-log";
 import { ReplicatedDisk, loadDiskState, type DiskContext, type DiskSpec, type ExtraRequest, type SealedBatch, type SealResult } from "./disk";
 import { removeIfExists, writeFileAtomic } from "./files";
 import { WriteGate } from "./gate";
+import { WriteStaging, type StagedWrite } from "./write-staging";
 import { alignOut, RangeSet } from "./ranges";
 import { statePaths, type DiskState } from "./state";
 import { SECTOR, type BatchTag } from "../shared/replication/batch";
@@ -56,6 +57,8 @@ export class TrackedDisk extends ReplicatedDisk {
   /** syncWrites: the sync in progress, and the one queued behind it (shared by every caller meanwhile). */
   private runningSync: Promise<void> | undefined;
   private queuedSync: Promise<void> | undefined;
+  /** Journal mode: the open batch's writes, from which its seal takes the payload (see WriteStaging). */
+  private readonly staging: WriteStaging;
 
   private constructor(
     ctx: DiskContext,
@@ -64,6 +67,7 @@ export class TrackedDisk extends ReplicatedDisk {
     private readonly log: DirtyLog,
   ) {
     super(ctx, state);
+    this.staging = new WriteStaging(ctx.tuning.maxBatchBytes, (bytes) => this.payloadBuffer(bytes));
   }
 
   /** Opens the image (created sparse at the disk's size if missing) and recovers what a previous run left: dirty log, bitmap, spool. */
@@ -99,6 +103,8 @@ export class TrackedDisk extends ReplicatedDisk {
       // Left over from a drain that finished (its last batch is committed): nothing in it is unshipped.
       await removeIfExists(paths.bitmap(spec.id));
       for (const r of replayed) disk.dirty.add(r.start, r.end);
+      // Replayed ranges were never staged: the first seal reads them from the image.
+      if (replayed.length > 0) disk.staging.giveUp();
       if (replayed.length > 0) disk.firstWriteMs = disk.lastWriteMs = Date.now();
     }
     if (replayed.length > 0) ctx.log(`disk ${spec.id}: ${replayed.length} dirty range(s) recovered from the write-ahead log`);
@@ -179,11 +185,16 @@ export class TrackedDisk extends ReplicatedDisk {
       this.gate.leaveShared();
       await this.sealForSize();
     }
+    let staged: StagedWrite | undefined;
+    let landed = false;
     try {
       this.track(start, end);
+      if (!this.bitmap) staged = this.staging.stage(offset, data);
       let done = 0;
       while (done < data.length) done += (await this.fh.write(data, done, data.length - done, offset + done)).bytesWritten;
+      landed = true;
     } finally {
+      this.staging.landed(staged, landed);
       this.gate.leaveShared();
     }
     if (this.bitmap ? this.log.length >= FOLD_RECORDS : this.dirty.bytes >= max) void this.sealForSize();
@@ -431,7 +442,8 @@ export class TrackedDisk extends ReplicatedDisk {
       const gen = this.log.length > 0 ? this.log.rotate() : this.log.generation - 1;
       const batch: SealedBatch = {
         extents: ranges.toExtents(),
-        ...this.readRanges(ranges),
+        // A job's extra ranges were not written through the disk: only a batch of writes alone comes from staging.
+        ...((taken ? (this.staging.reset(), undefined) : this.staging.seal(ranges)) ?? this.readRanges(ranges)),
         flags: taken?.flags ?? {},
         firstWriteMs: wrote ? this.firstWriteMs : now,
         lastWriteMs: wrote ? this.lastWriteMs : now,
@@ -478,6 +490,8 @@ export class TrackedDisk extends ReplicatedDisk {
     this.bitmap = bitmap;
     this.overflowPeak = bitmap.dirtyBytes;
     this.dirty = new RangeSet();
+    // Bitmap mode seals what the image holds; journal mode resumes with nothing dirty and nothing staged.
+    this.staging.reset();
     const mib = (n: number) => `${Math.round(n / 1024 / 1024)} MiB`;
     const reason = `spool full (${mib(spool.usedBytes)} of ${mib(spool.maxBytes)}): tracking dirty blocks, write order lost until they are shipped`;
     return {
@@ -559,5 +573,6 @@ export class TrackedDisk extends ReplicatedDisk {
     await Promise.allSettled([this.queuedSync, this.runningSync]);
     await this.log.close();
     await this.fh.close();
+    this.staging.close();
   }
 }

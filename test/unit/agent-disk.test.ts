@@ -199,3 +199,46 @@ test("a full spool switches the disk to bitmap mode, which survives a restart an
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("every batch holds the image's bytes at its seal, whether its payload came from staged writes or from the image: ascending, random with overwrites, concurrent and overlapping, unaligned", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "agent-disk-"));
+  try {
+    const state = join(dir, "state");
+    const image = join(dir, "os.img");
+    const { disk } = await open(state, image, 64 * MiB, { maxBatchBytes: 256 * KiB, sealIntervalMs: 3_600_000 });
+    let seed = 1;
+    const rounds: [string, () => Promise<unknown>][] = [
+      // One stream moving forward: each batch's staging buffer is its payload.
+      [
+        "ascending",
+        async () => {
+          for (let i = 0; i < 40; i++) await disk.write(i * 16 * KiB, bytes(seed++, 16 * KiB));
+        },
+      ],
+      // Random 4 KiB blocks, some written several times in one batch: composed, the last write winning.
+      [
+        "random",
+        async () => {
+          for (let i = 0; i < 300; i++) await disk.write(((i * 7919) % 96) * 4 * KiB, bytes(seed++, 4 * KiB));
+        },
+      ],
+      // Writes in flight together, disjoint and overlapping (the image decides which overlapping one wins).
+      ["concurrent", () => Promise.all(Array.from({ length: 64 }, (_, i) => disk.write(((i * 13) % 40) * 8 * KiB, bytes(seed++, 12 * KiB))))],
+      // Not sector-aligned: the batch also holds the image's bytes around them.
+      [
+        "unaligned",
+        async () => {
+          for (let i = 0; i < 30; i++) await disk.write(2 * MiB + i * 10_001, bytes(seed++, 3_000 + i));
+        },
+      ],
+    ];
+    for (const [name, round] of rounds) {
+      await round();
+      await disk.flush();
+      assert.ok(replay(await spooled(state), 4 * MiB).equals(readFileSync(image)), `after the ${name} writes, the batches hold the image's bytes`);
+    }
+    await disk.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
