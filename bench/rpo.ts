@@ -92,7 +92,7 @@ export async function benchRpo(o: RpoBenchOptions) {
     // 3. Above the maximum: what an operator sees.
     const overMBps = maxMBps * o.overFraction;
     o.log(`overload: ${round(overMBps, 1)} MB/s (${o.overFraction} of the maximum) for ${o.overSeconds} s…`);
-    const samples: { t: number; backlogMiB: number; lagSeconds: number | null; churnAlert: boolean }[] = [];
+    const samples: { t: number; backlogMiB: number; lagSeconds: number | null; replicationLagSeconds: number | null; churnAlert: boolean }[] = [];
     const overStart = performance.now();
     let sampling = true;
     const sampler = (async () => {
@@ -104,6 +104,8 @@ export async function benchRpo(o: RpoBenchOptions) {
           t: round((performance.now() - overStart) / 1000, 1),
           backlogMiB: round(backlog / 2 ** 20, 1),
           lagSeconds: view?.rpoSeconds ?? null,
+          // The age of the oldest write not yet applied (what ChurnBeyondCapacity holds on while it grows).
+          replicationLagSeconds: view?.lagSeconds ?? null,
           churnAlert: alerts.some((a) => a.itemId === items[0]!.id && a.code === "ChurnBeyondCapacity" && !a.clearedAt),
         });
         await sleep(5000);
@@ -159,8 +161,8 @@ export async function benchRpo(o: RpoBenchOptions) {
     );
     o.log(
       table(
-        ["overload t s", "backlog MiB", "RPO s", "ChurnBeyondCapacity"],
-        samples.map((s) => [s.t, s.backlogMiB, s.lagSeconds ?? "-", s.churnAlert ? "raised" : "-"]),
+        ["overload t s", "backlog MiB", "RPO s", "lag s", "ChurnBeyondCapacity"],
+        samples.map((s) => [s.t, s.backlogMiB, s.lagSeconds ?? "-", s.replicationLagSeconds ?? "-", s.churnAlert ? "raised" : "-"]),
       ),
     );
     o.log(`results: ${file}`);

@@ -26,7 +26,7 @@ export interface MonitoringDeps {
 const REPLICATING: ReadonlySet<ItemState> = new Set(["InitialReplication", "Protected", "ResyncRequired", "TestFailover"]);
 /** States past initial replication, in which the RPO is held to its threshold. */
 const PROTECTED: ReadonlySet<ItemState> = new Set(["Protected", "ResyncRequired", "TestFailover"]);
-/** The backlog (cache and agent spool) growing across this many consecutive samples: the pipeline does not keep up with the churn. */
+/** The backlog (cache and agent spool) growing across this many consecutive samples: the pipeline does not keep up with the churn (and see churnAlertStands). */
 export const CHURN_WINDOW_SAMPLES = 4;
 
 /** What waits to be applied: in the cache, and still in the agent's spool. */
@@ -35,6 +35,33 @@ const waiting = (s: HistorySample) => s.backlogBytes + (s.spoolBytes ?? 0);
 /** The backlog rose at every step of the window. */
 export function churnBeyondCapacity(window: HistorySample[]): boolean {
   return window.length >= CHURN_WINDOW_SAMPLES && window.every((s, k) => k === 0 || waiting(s) > waiting(window[k - 1]!));
+}
+
+/**
+ * Over the window the lag (age of the oldest write not yet applied) rose by at least a quarter of the time the window
+ * spans, with something still waiting: writes keep arriving faster than they are applied even where the backlog holds
+ * level (writers throttled by a full spool). A lag that only wobbles, or falls, does not count.
+ */
+export function lagClimbing(window: HistorySample[]): boolean {
+  if (window.length < CHURN_WINDOW_SAMPLES) return false;
+  const first = window[0]!;
+  const last = window[window.length - 1]!;
+  const spanSeconds = (Date.parse(last.time) - Date.parse(first.time)) / 1000;
+  return waiting(last) > 0 && last.lagSeconds - first.lagSeconds >= spanSeconds / 4;
+}
+
+/**
+ * Whether ChurnBeyondCapacity stands after the last sample, replayed over the history: raised when the backlog grew at
+ * every step of a window, held while the lag climbs (lagClimbing), cleared otherwise — so that a throttled overload,
+ * whose backlog stops growing while its lag keeps growing, does not clear it.
+ */
+export function churnAlertStands(samples: HistorySample[]): boolean {
+  let stands = false;
+  for (let end = CHURN_WINDOW_SAMPLES; end <= samples.length; end++) {
+    const window = samples.slice(end - CHURN_WINDOW_SAMPLES, end);
+    stands = churnBeyondCapacity(window) || (stands && lagClimbing(window));
+  }
+  return stands;
 }
 
 /** A failed job stays alerted until a later job of its type on the item succeeds, or for this long. */
@@ -160,12 +187,16 @@ export class Monitoring {
     }
 
     const window = samples.slice(-CHURN_WINDOW_SAMPLES);
-    if (churnBeyondCapacity(window)) {
+    if (churnAlertStands(samples)) {
+      const first = window[0]!;
       const last = window[window.length - 1]!;
       const mib = (n: number) => (n / 1048576).toFixed(1);
+      const where = `${mib(last.backlogBytes)} MiB in the cache, ${mib(last.spoolBytes ?? 0)} MiB in the agent's spool`;
       add(
         "ChurnBeyondCapacity",
-        `the backlog grew in each of the last ${CHURN_WINDOW_SAMPLES} samples to ${mib(waiting(last))} MiB (${mib(last.backlogBytes)} MiB in the cache, ${mib(last.spoolBytes ?? 0)} MiB in the agent's spool; lag ${Math.round(last.lagSeconds)} s): writes arrive faster than they are applied`,
+        churnBeyondCapacity(window)
+          ? `the backlog grew in each of the last ${CHURN_WINDOW_SAMPLES} samples to ${mib(waiting(last))} MiB (${where}; lag ${Math.round(last.lagSeconds)} s): writes arrive faster than they are applied`
+          : `the lag grew from ${Math.round(first.lagSeconds)} to ${Math.round(last.lagSeconds)} s over the last ${CHURN_WINDOW_SAMPLES} samples with ${mib(waiting(last))} MiB waiting (${where}): writes still arrive faster than they are applied`,
       );
     }
 

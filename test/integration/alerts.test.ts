@@ -201,7 +201,7 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
     });
   });
 
-  test("a cache backlog growing sample after sample (churn beyond what the pipeline applies) is a Warning until it stops growing", async () => {
+  test("a cache backlog growing sample after sample (churn beyond what the pipeline applies) is a Warning, held while the lag still climbs with the backlog level, cleared once it is applied", async () => {
     const id = await enable("al-churn");
     const cache = stack.services.storage.cacheBlobs.getContainerClient(cacheContainerName(id));
     let seq = 0;
@@ -233,7 +233,21 @@ describe("alerts (controlled clock, webhook started by the test)", () => {
       "ChurnBeyondCapacity",
       "Warning",
       async () => {
-        for (let s = 1; s <= 6; s++) await cache.deleteBlob(batchBlobName("os", s));
+        // Throttled writers: the backlog holds level, nothing is applied, the oldest write waits longer every sample.
+        for (let k = 0; k < 2; k++) {
+          advance(61_000);
+          await pass();
+        }
+        const held = await alertsOf(id, "ChurnBeyondCapacity");
+        assert.equal(held.length, 1);
+        assert.equal(held[0]!.clearedAt, null, "held while the lag climbs, though the backlog stopped growing");
+        const level = (await stack.api("GET", `replicated-items/${id}/history`)).body.samples.slice(-3);
+        assert.deepEqual(
+          level.map((x: { backlogBytes: number }) => x.backlogBytes),
+          [12, 12, 12].map((n) => n * 64 * 1024),
+        );
+        // Applied: nothing waits.
+        for (let s = 1; s <= 12; s++) await cache.deleteBlob(batchBlobName("os", s));
         advance(61_000);
       },
       /backlog grew in each of the last 4 samples to 0\.8 MiB \(0\.8 MiB in the cache, 0\.0 MiB in the agent's spool/,
