@@ -435,6 +435,8 @@ export class TrackedDisk extends ReplicatedDisk {
       if (!this.dirty.isEmpty && spool.usedBytes + this.dirty.bytes > spool.maxBytes) return this.overflow(now);
       const taken = extra?.take(Math.max(0, tuning.maxBatchBytes - this.dirty.bytes));
       if (this.dirty.isEmpty && !taken && !tag) return { kind: "none" };
+      // A job's extra ranges were not written through the disk: only a batch of writes alone comes from staging.
+      if (taken) this.staging.giveUp();
       const ranges = this.dirty;
       const wrote = !ranges.isEmpty;
       this.dirty = new RangeSet();
@@ -442,8 +444,7 @@ export class TrackedDisk extends ReplicatedDisk {
       const gen = this.log.length > 0 ? this.log.rotate() : this.log.generation - 1;
       const batch: SealedBatch = {
         extents: ranges.toExtents(),
-        // A job's extra ranges were not written through the disk: only a batch of writes alone comes from staging.
-        ...((taken ? (this.staging.reset(), undefined) : this.staging.seal(ranges)) ?? this.readRanges(ranges)),
+        ...(this.staging.seal(ranges) ?? this.readRanges(ranges)),
         flags: taken?.flags ?? {},
         firstWriteMs: wrote ? this.firstWriteMs : now,
         lastWriteMs: wrote ? this.lastWriteMs : now,

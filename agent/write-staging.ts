@@ -2,15 +2,12 @@
 import { SECTOR } from "../shared/replication/batch";
 import type { RangeSet } from "./ranges";
 
-interface Entry {
-  start: number;
-  end: number;
-  /** Where the write's bytes are in the staging buffer. */
-  at: number;
+/** A staged write: its range, and where its bytes are in the staging buffer. */
+export interface StagedWrite {
+  readonly start: number;
+  readonly end: number;
+  readonly at: number;
 }
-
-/** A write staged and not yet in the image (see landed). */
-export type StagedWrite = { start: number; end: number };
 
 /**
  * Every write admitted into a tracked disk's open batch is copied here in the order of admission, and a seal builds the
@@ -28,10 +25,11 @@ export type StagedWrite = { start: number; end: number };
 export class WriteStaging {
   private buf: { payload: Buffer; release: () => void } | undefined;
   private used = 0;
-  private entries: Entry[] = [];
+  private entries: StagedWrite[] = [];
   private valid = true;
   /** Every entry starts at or after the end of the one before it: the entries in order are the payload. */
   private ascending = true;
+  /** Staged writes not yet in the image. */
   private readonly inFlight = new Set<StagedWrite>();
 
   constructor(
@@ -47,8 +45,7 @@ export class WriteStaging {
   stage(offset: number, data: Uint8Array): StagedWrite | undefined {
     if (!this.valid) return undefined;
     const end = offset + data.length;
-    let overlaps = false;
-    for (const w of this.inFlight) if (w.start < end && offset < w.end) overlaps = true;
+    const overlaps = [...this.inFlight].some((w) => w.start < end && offset < w.end);
     if (offset % SECTOR !== 0 || data.length % SECTOR !== 0 || this.used + data.length > this.capacity || overlaps) {
       this.giveUp();
       return undefined;
@@ -57,9 +54,9 @@ export class WriteStaging {
     this.buf.payload.set(data, this.used);
     const last = this.entries[this.entries.length - 1];
     if (last && offset < last.end) this.ascending = false;
-    this.entries.push({ start: offset, end, at: this.used });
+    const staged: StagedWrite = { start: offset, end, at: this.used };
+    this.entries.push(staged);
     this.used += data.length;
-    const staged = { start: offset, end };
     this.inFlight.add(staged);
     return staged;
   }
