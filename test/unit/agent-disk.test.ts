@@ -1,7 +1,7 @@
 // A tracked disk on its own (temp files only, no storage: the shipper stays paused): dirty-log replay after the agent dies, and the spool bound.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -237,6 +237,49 @@ test("every batch holds the image's bytes at its seal, whether its payload came 
       await disk.flush();
       assert.ok(replay(await spooled(state), 4 * MiB).equals(readFileSync(image)), `after the ${name} writes, the batches hold the image's bytes`);
     }
+    await disk.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a batch of aligned writes carries the bytes written through the disk (staged), a batch with an unaligned write the image's: the image changed behind the agent's back before each seal tells them apart", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "agent-disk-"));
+  try {
+    const state = join(dir, "state");
+    const image = join(dir, "os.img");
+    const { disk } = await open(state, image, 64 * MiB, { maxBatchBytes: 256 * KiB, sealIntervalMs: 3_600_000 });
+    /** Overwrites [offset, offset + length) of the image file directly, as no write through the agent would. */
+    const tamper = (offset: number, length: number) => {
+      const fd = openSync(image, "r+");
+      writeSync(fd, Buffer.alloc(length, 0xee), 0, length, offset);
+      closeSync(fd);
+    };
+    const lastBatch = async () => (await spooled(state)).at(-1)!;
+
+    // Ascending: the staging buffer is the payload.
+    const ascending = bytes(7, 64 * KiB);
+    for (let i = 0; i < 4; i++) await disk.write(i * 16 * KiB, ascending.subarray(i * 16 * KiB, (i + 1) * 16 * KiB));
+    tamper(0, 64 * KiB);
+    await disk.flush();
+    assert.ok((await lastBatch()).payload.equals(ascending), "ascending writes: the written bytes, not the image's");
+
+    // Out of order, one block twice: composed from the copies, the later write winning.
+    const [a, b, c] = [bytes(8, 8 * KiB), bytes(9, 8 * KiB), bytes(10, 8 * KiB)];
+    await disk.write(1 * MiB + 8 * KiB, a);
+    await disk.write(1 * MiB, b);
+    await disk.write(1 * MiB + 8 * KiB, c);
+    tamper(1 * MiB, 16 * KiB);
+    await disk.flush();
+    assert.ok((await lastBatch()).payload.equals(Buffer.concat([b, c])), "composed writes: the written bytes, the later one winning");
+
+    // An unaligned write: the batch is read from the image, which is what it holds now.
+    await disk.write(2 * MiB + 100, bytes(11, 1000));
+    tamper(2 * MiB, 4 * KiB);
+    await disk.flush();
+    const unaligned = await lastBatch();
+    assert.deepEqual(unaligned.header.extents, [{ offset: 2 * MiB, length: 1536 }]);
+    assert.ok(unaligned.payload.equals(Buffer.alloc(1536, 0xee)), "staging gave up: the seal read the image");
     await disk.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
