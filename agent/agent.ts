@@ -8,6 +8,7 @@ import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import { AGENT_WARNINGS, type CheckinResponse, type Heartbeat, type RegistrationResponse } from "../shared/protection/agent-protocol";
 import type { BatchTag, TagKind } from "../shared/replication/batch";
+import { BatchBuffers } from "./batch-buffers";
 import { ControlPlane, ControlPlaneError } from "./control-plane";
 import { DEFAULT_TUNING, type DiskContext, type DiskSpec, type DiskTuning, type ReplicatedDisk } from "./disk";
 import { lockStateDir, readJsonFile, writeFileAtomic } from "./files";
@@ -67,7 +68,7 @@ export interface AgentOptions {
   spoolMaxBytes?: number;
   maxBatchBytes?: number;
   sealIntervalMs?: number;
-  /** Batches uploading at once (default 4). */
+  /** Batches uploading at once (default DEFAULT_UPLOAD_CONCURRENCY). */
   uploadConcurrency?: number;
   /** Default 5 s; the heartbeat is also written soon after a change. */
   heartbeatIntervalMs?: number;
@@ -112,6 +113,8 @@ export interface AgentOptions {
 
 export const DEFAULT_STATE_DIR = ".site-recovery-agent";
 export const DEFAULT_SPOOL_MAX_BYTES = 1024 * 1024 * 1024;
+/** Uploads in flight: each holds its batch in memory (three keep the cache busy on the churn benchmark; two did not). */
+export const DEFAULT_UPLOAD_CONCURRENCY = 3;
 
 const hashToken = (t: string) => createHash("sha256").update(t, "utf8").digest("hex");
 
@@ -195,7 +198,14 @@ export class Agent {
       let agent: Agent | undefined;
       const health = new Health(() => agent?.heartbeatSignal.notify());
       const shipper = new Shipper(
-        { itemId: state.itemId, spool, health, concurrency: opts.uploadConcurrency ?? 4, onCredentialsRefused: () => agent?.checkinSignal.notify(), log },
+        {
+          itemId: state.itemId,
+          spool,
+          health,
+          concurrency: opts.uploadConcurrency ?? DEFAULT_UPLOAD_CONCURRENCY,
+          onCredentialsRefused: () => agent?.checkinSignal.notify(),
+          log,
+        },
         { containerUrl: state.cache.containerUrl, queueUrl: state.queue.url },
       );
       agent = new Agent(state, { ...opts, stateDir }, control, spool, shipper, health, unlock, log);
@@ -320,6 +330,7 @@ export class Agent {
       itemId: this.state.itemId,
       stateDir: this.opts.stateDir,
       spool: this.spool,
+      buffers: new BatchBuffers(tuning.maxBatchBytes, tuning.pipelineDepth),
       shipper: this.shipper,
       health: this.health,
       tuning,

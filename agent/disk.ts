@@ -5,6 +5,7 @@ import { mkdir, open } from "node:fs/promises";
 import { crc32c } from "@node-rs/crc32";
 import { encodeBatchHeader, type BatchFlags, type BatchTag, type Extent } from "../shared/replication/batch";
 import { MAX_MANIFEST_RANGE, RESYNC_BLOCK_BYTES, type ManifestResponse, type ResyncCommand } from "../shared/protection/agent-protocol";
+import type { BatchBuffers } from "./batch-buffers";
 import { DataMap } from "./data-map";
 import { readJsonFile, writeFileAtomic } from "./files";
 import { Mutex, Signal } from "./gate";
@@ -20,19 +21,21 @@ export interface DiskTuning {
   maxBatchBytes: number;
   /** ...or this long after its first write (default 1 s). */
   sealIntervalMs: number;
-  /** Batches being written to the spool at once (memory: this many batches). */
+  /** Batches being written to the spool at once, over all of the agent's disks (memory: this many batches). */
   pipelineDepth: number;
   /** Initial copy, resync and bitmap drain only ship while the spool holds at most this fraction of its bound. */
   spoolLowWater: number;
 }
 
-export const DEFAULT_TUNING: DiskTuning = { maxBatchBytes: 4 * 1024 * 1024, sealIntervalMs: 1000, pipelineDepth: 4, spoolLowWater: 0.5 };
+export const DEFAULT_TUNING: DiskTuning = { maxBatchBytes: 4 * 1024 * 1024, sealIntervalMs: 1000, pipelineDepth: 2, spoolLowWater: 0.5 };
 
 /** What a disk needs from its agent. */
 export interface DiskContext {
   itemId: string;
   stateDir: string;
   spool: Spool;
+  /** Payload buffers and the spool pipeline, shared by the agent's disks. */
+  buffers: BatchBuffers;
   shipper: Shipper;
   health: Health;
   tuning: DiskTuning;
@@ -142,15 +145,12 @@ export abstract class ReplicatedDisk {
   private afterTail: Promise<void> = Promise.resolve();
   private currentWrite: Promise<void> = Promise.resolve();
   private queuedWrite: Promise<void> | undefined;
-  private readonly durable = new Set<Promise<void>>();
   private loop: Promise<void> | undefined;
   private initialSweep: Sweep | undefined;
   private resyncSweep: ResyncSweep | undefined;
   private readonly idleWaiters: (() => void)[] = [];
   private scanChunk: Buffer | undefined;
   private noMapSaid = false;
-  /** Payload buffers of batches no longer in the spool pipeline, reused by the next seals (at most pipelineDepth are kept). */
-  private readonly freePayloads: Buffer[] = [];
 
   constructor(
     protected readonly ctx: DiskContext,
@@ -205,11 +205,8 @@ export abstract class ReplicatedDisk {
     const durable = this.retrying("SpoolWriteFailed", `writing batch ${seq} of disk ${this.id} to the spool`, () =>
       this.ctx.spool.put(this.id, seq, [header, batch.payload], size),
     );
-    this.durable.add(durable);
-    void durable.then(() => {
-      this.durable.delete(durable);
-      batch.release?.();
-    });
+    this.ctx.buffers.track(durable);
+    void durable.then(() => batch.release?.());
     let committed!: Promise<void>;
     const step = this.chain(async () => {
       await durable;
@@ -249,9 +246,9 @@ export abstract class ReplicatedDisk {
     return this.commitTail.then(() => this.afterTail);
   }
 
-  /** Waits until fewer than `pipelineDepth` batches are being written to the spool. */
-  protected async pipelineRoom(): Promise<void> {
-    while (this.durable.size >= this.ctx.tuning.pipelineDepth) await Promise.race(this.durable);
+  /** Waits until fewer than `pipelineDepth` batches (of any of the agent's disks) are being written to the spool. */
+  protected pipelineRoom(): Promise<void> {
+    return this.ctx.buffers.room();
   }
 
   /**
@@ -296,6 +293,8 @@ export abstract class ReplicatedDisk {
     for (let attempt = 0; !this.closed;) {
       const job = this.nextJob();
       if (!job) {
+        // Nothing left to sweep: the chunk buffer is not kept (4 MiB per disk) until a job needs one again.
+        if (this.state.initial.complete && !this.state.resync) this.scanChunk = undefined;
         this.notifyIdle();
         await this.wake.wait(1000);
         continue;
@@ -343,21 +342,11 @@ export abstract class ReplicatedDisk {
   }
 
   /**
-   * A buffer for a batch's payload of `bytes` (a free one when there is one) and the `release` that hands it back once
-   * the batch is durable in the spool (SealedBatch.release): a steady load allocates no new buffers, so it leaves V8's
-   * collector nothing to chase (fresh 4 MiB buffers per batch made collections a tenth of the agent's time).
+   * A buffer for a batch's payload of `bytes` and the `release` that hands it back once the batch is durable in the
+   * spool (SealedBatch.release); the agent's disks share them (BatchBuffers).
    */
   protected payloadBuffer(bytes: number): { payload: Buffer; release: () => void } {
-    const size = this.ctx.tuning.maxBatchBytes;
-    let buffer = this.freePayloads.pop();
-    if (!buffer || buffer.length < bytes) buffer = Buffer.allocUnsafe(Math.max(bytes, size));
-    const kept = buffer;
-    return {
-      payload: buffer.subarray(0, bytes),
-      release: () => {
-        if (kept.length === size && this.freePayloads.length < this.ctx.tuning.pipelineDepth) this.freePayloads.push(kept);
-      },
-    };
+    return this.ctx.buffers.take(bytes);
   }
 
   /** Where the source image holds data (undefined: read everything; the reason is logged once per disk). */

@@ -143,8 +143,8 @@ export class Shipper {
     for (let attempt = 0; !this.stopping.signal.aborted; attempt++) {
       try {
         const data = await spool.readInto(diskId, seq, slot.buffer);
-        // A batch larger than the slot's buffer was read into one of its own: the slot keeps the larger one.
-        if (data.length > slot.buffer.length) slot.buffer = data;
+        // A batch larger than the slot's buffer was read into one of its own (with room to spare): the slot keeps it.
+        if (data.length > slot.buffer.length) slot.buffer = Buffer.from(data.buffer, data.byteOffset, data.buffer.byteLength - data.byteOffset);
         const times = writeTimes(data);
         await this.container.getBlockBlobClient(batchBlobName(diskId, seq)).upload(data, data.length, {
           metadata: { firstwritems: String(times.first), lastwritems: String(times.last) },

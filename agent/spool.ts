@@ -17,6 +17,8 @@ const BATCH_FILE = /^(\d+)\.batch$/;
  * writes) must not leave hundreds of thousands of tiny files for a restart to remove.
  */
 const KEPT_FILE_BYTES = 4 * 1024 * 1024;
+/** What readInto adds to a buffer it allocates: more than the header of any batch of a few thousand extents. */
+const READ_HEADROOM = 64 * 1024;
 
 export interface SpoolStats {
   batches: number;
@@ -191,7 +193,9 @@ export class Spool {
     const fh = await open(this.path(diskId, seq), "r");
     try {
       const { size } = await fh.stat();
-      const buf = size <= into.length ? into.subarray(0, size) : Buffer.allocUnsafe(size);
+      // Room to spare when it does not fit, so that a reader keeping the larger buffer need not grow it for every batch
+      // whose header is a little longer (a dropped 4 MiB buffer waits for the collector).
+      const buf = size <= into.length ? into.subarray(0, size) : Buffer.allocUnsafe(size + READ_HEADROOM).subarray(0, size);
       let done = 0;
       while (done < size) {
         const { bytesRead } = await fh.read(buf, done, size - done, done);

@@ -1,5 +1,8 @@
 // The VM of `npm run bench -- churn`: an agent on tracked disks and the program writing through it, in a process of
-// their own so that the benchmark reads the agent's CPU and memory alone (the writers hold 16 writes of payload).
+// their own so that the benchmark reads the agent's CPU and memory alone (the writers' data is 1 MiB and one write).
+import { useAgentHeapSettings } from "../agent/heap";
+// Before the agent's modules load, as the `site-recovery agent` command does (cli/early.ts).
+useAgentHeapSettings();
 import { Agent } from "../agent";
 import { lastSeqs, runWorkload, type Workload } from "./workload";
 

@@ -6,7 +6,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writ
 import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import type { BlobServiceClient } from "@azure/storage-blob";
-import { Agent } from "../agent";
+import { Agent, AGENT_V8_FLAGS } from "../agent";
 import { startAzurite, type LocalStorage } from "../local/azurite";
 import { ApiClient, type ApiResponse } from "../shared/contract/client";
 import { HOST_NODE_ARGS, startHostProcess, type HostProcess } from "../local/process";
@@ -72,7 +72,13 @@ export function machine() {
  */
 export function writeResults(name: string, result: object): string {
   mkdirSync(RESULTS_DIR, { recursive: true });
-  const nodeArgs = { agent: nodeArgsFrom("BENCH_AGENT_NODE_ARGS"), host: [...HOST_NODE_ARGS, ...nodeArgsFrom("BENCH_HOST_NODE_ARGS")] };
+  const nodeArgs = {
+    agent: nodeArgsFrom("BENCH_AGENT_NODE_ARGS"),
+    // Set at start by agent processes (agent/heap.ts): the CLI agent (nbd, initial) and churn's agent process; agents
+    // that run inside the benchmark's own process (replication, rpo, reprotect) run without them.
+    agentV8Flags: [...AGENT_V8_FLAGS],
+    host: [...HOST_NODE_ARGS, ...nodeArgsFrom("BENCH_HOST_NODE_ARGS")],
+  };
   const body = JSON.stringify({ ...result, nodeArgs }, null, 2);
   const stamped = join(RESULTS_DIR, `${name}-${new Date().toISOString().replace(/[:.]/g, "-")}.json`);
   writeFileSync(stamped, body);

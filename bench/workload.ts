@@ -22,7 +22,10 @@ export async function runWorkload(agent: Agent, diskSizeMiB: number, w: Workload
   const writeBytes = w.writeKiB * 1024;
   // The last MiB is left alone (a lag marker may live there).
   const slots = Math.floor((diskSizeMiB * MiB - MiB) / writeBytes);
-  const payload = randomBytes(writeBytes * 16);
+  // The program's data: writes are views into 1 MiB (and a write) of random bytes at random 4 KiB offsets (in the agent's process in
+  // the churn benchmark, so kept small: it counts in the agent's resident memory there).
+  const spread = MiB;
+  const payload = randomBytes(writeBytes + spread);
   const t0 = performance.now();
   const end = t0 + w.seconds * 1000;
   let written = 0;
@@ -41,7 +44,7 @@ export async function runWorkload(agent: Agent, diskSizeMiB: number, w: Workload
       }
       if (performance.now() >= end) break;
       const offset = (w.sequential ? cursor++ % slots : Math.floor(Math.random() * slots)) * writeBytes;
-      const from = Math.floor(Math.random() * 15) * writeBytes;
+      const from = Math.floor(Math.random() * (spread / 4096 + 1)) * 4096;
       await disk.write(offset, payload.subarray(from, from + writeBytes));
       mine += writeBytes;
       written += writeBytes;

@@ -1,5 +1,7 @@
 // The `site-recovery` command: runs the local stack and talks to the HTTP API of a local or deployed app. One module per
 // group of commands under commands/, their shared options in options.ts, their output in format.ts.
+// First: the agent's heap settings, before the rest loads.
+import "./early";
 import { Command, CommanderError, Option } from "commander";
 import { ApiCallError } from "../shared/contract/client";
 import { agentCommand } from "./commands/agent";

@@ -1,6 +1,6 @@
 // `site-recovery agent`: runs the agent on a VM — registers with a token once, then scans the given disks (or serves them over NBD and tracks every write) and ships their changes until stopped.
 import { Command, InvalidArgumentError, Option } from "commander";
-import { Agent, DEFAULT_STATE_DIR, type AgentOptions } from "../../agent";
+import { Agent, DEFAULT_STATE_DIR, DEFAULT_UPLOAD_CONCURRENCY, type AgentOptions } from "../../agent";
 import { isLoopback, parseTcpAddress } from "../../agent/nbd/server";
 import type { Heartbeat } from "../../shared/protection/agent-protocol";
 import { EXIT } from "../options";
@@ -135,7 +135,7 @@ export function agentCommand(program: Command): Command {
       positiveInt("--spool-max-mb"),
       1024,
     )
-    .option("--upload-concurrency <n>", "batches uploading at once", positiveInt("--upload-concurrency"), 4)
+    .option("--upload-concurrency <n>", "batches uploading at once (each holds one in memory)", positiveInt("--upload-concurrency"), DEFAULT_UPLOAD_CONCURRENCY)
     .option(
       "--pre-freeze <command>",
       'app-consistent tags: quiesce the workload before each one, e.g. "fsfreeze -f /data" (split on whitespace, run without a shell; ' +

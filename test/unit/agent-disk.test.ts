@@ -6,6 +6,7 @@ import { readdir, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodeBatch, type Batch } from "../../shared/replication/batch";
+import { BatchBuffers } from "../../agent/batch-buffers";
 import { DEFAULT_TUNING, type DiskContext, type DiskTuning } from "../../agent/disk";
 import { Health } from "../../agent/health";
 import { Shipper } from "../../agent/shipper";
@@ -28,6 +29,7 @@ function bytes(seed: number, n: number): Buffer {
 
 /** What a disk needs from its agent, with a shipper that never ships (paused): batches stay in the spool. */
 function context(stateDir: string, spoolMaxBytes: number, tuning: Partial<DiskTuning>): DiskContext {
+  const t = { ...DEFAULT_TUNING, ...tuning };
   const spool = new Spool(stateDir, spoolMaxBytes);
   const health = new Health();
   const shipper = new Shipper(
@@ -39,9 +41,10 @@ function context(stateDir: string, spoolMaxBytes: number, tuning: Partial<DiskTu
     itemId: "item-1",
     stateDir,
     spool,
+    buffers: new BatchBuffers(t.maxBatchBytes, t.pipelineDepth),
     shipper,
     health,
-    tuning: { ...DEFAULT_TUNING, ...tuning },
+    tuning: t,
     log: () => {},
     manifest: () => Promise.reject(new Error("no control plane here")),
     changed: () => {},
