@@ -50,7 +50,7 @@ export class BatchBuffers {
     while (this.writing.size >= this.depth) await Promise.race(this.writing);
   }
 
-  /** Buffers kept idle for reuse (for tests and status). */
+  /** Buffers kept idle for reuse. */
   get idle(): number {
     return this.free.length;
   }
