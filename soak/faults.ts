@@ -77,15 +77,16 @@ export async function batchCorrupt(ctx: SoakContext, c: Choices): Promise<FaultR
         ctx.log(`  ${r.effect}`);
         return r;
       }
-      if ((await watermarkOf(ctx, v, d)) >= seq && !disk?.resync) {
-        // Read before the damage (the apply prefetches), or applied damaged: the oracle's byte checks tell which.
-        ctx.log(`  batch ${seq} was applied without a halt: from a copy read before the damage, or the oracle will find the flipped byte`);
-        return r;
-      }
+      if ((await watermarkOf(ctx, v, d)) >= seq && !disk?.resync) break;
       await sleep(250);
     }
-    ctx.log("  no halt seen within 30 s");
-    return r;
+    if ((await watermarkOf(ctx, v, d)) < seq) {
+      ctx.log("  no halt seen within 30 s");
+      return r;
+    }
+    // Read before the damage (the apply prefetches, and the watermark had not moved yet), or applied damaged: the
+    // oracle's byte checks tell which. Either way this injection took no effect: the next batch is tried.
+    ctx.log(`  batch ${seq} was applied without a halt: from a copy read before the damage, or the oracle will find the flipped byte`);
   }
   return ctx.record("batch-corrupt", `${v.spec.name}/${d}: no batch caught before its apply within 30 s (${tooLate} too late)`);
 }
