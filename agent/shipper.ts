@@ -1,16 +1,12 @@
 // Ships spooled batches: upload to the item's cache container, announce on the queue, then drop from the spool; retries forever.
-import { AnonymousCredential, ContainerClient } from "@azure/storage-blob";
-import { AnonymousCredential as QueueAnonymousCredential, QueueClient } from "@azure/storage-queue";
+import { CacheClient, type CacheEndpoints } from "./cache-client";
 import { batchBlobName, batchWriteTimes, type BatchMessage } from "../shared/replication/batch";
 import { HEARTBEAT_BLOB } from "../shared/protection/agent-protocol";
 import type { Health } from "./health";
 import { backoffMs, classify, describe, sleep } from "./retry";
 import type { Spool } from "./spool";
 
-export interface Endpoints {
-  containerUrl: string;
-  queueUrl: string;
-}
+export type Endpoints = CacheEndpoints;
 
 export interface ShipperOptions {
   itemId: string;
@@ -23,8 +19,8 @@ export interface ShipperOptions {
   log: (line: string) => void;
 }
 
-// Our own backoff decides retries; each SDK call makes one attempt, bounded in time so a hung connection is retried.
-const clientOptions = { retryOptions: { maxTries: 1, tryTimeoutInMs: 120_000 } };
+// Our own backoff decides retries; each request is one attempt, bounded in time so that a hung connection is retried.
+const REQUEST_TIMEOUT_MS = 120_000;
 
 /** Base64 of the JSON message, as the Functions queue trigger expects. */
 export function encodeBatchMessage(m: BatchMessage): string {
@@ -32,8 +28,7 @@ export function encodeBatchMessage(m: BatchMessage): string {
 }
 
 export class Shipper {
-  private container!: ContainerClient;
-  private queue!: QueueClient;
+  private readonly cache: CacheClient;
   /** Per disk: seqs committed and not yet acknowledged (waiting or in flight), ascending. */
   private readonly outstanding = new Map<string, number[]>();
   private readonly inFlight = new Set<string>();
@@ -53,13 +48,12 @@ export class Shipper {
     private readonly opts: ShipperOptions,
     endpoints: Endpoints,
   ) {
-    this.setEndpoints(endpoints);
+    this.cache = new CacheClient(endpoints, { connections: opts.concurrency + 1, timeoutMs: REQUEST_TIMEOUT_MS });
   }
 
   /** New SAS URLs (a check-in renewed them): uploads from now on use them. */
   setEndpoints(e: Endpoints): void {
-    this.container = new ContainerClient(e.containerUrl, new AnonymousCredential(), clientOptions);
-    this.queue = new QueueClient(e.queueUrl, new QueueAnonymousCredential(), clientOptions);
+    this.cache.setEndpoints(e);
   }
 
   /** A batch is committed to the spool: ship it. */
@@ -146,12 +140,12 @@ export class Shipper {
         // A batch larger than the slot's buffer was read into one of its own (with room to spare): the slot keeps it.
         if (data.length > slot.buffer.length) slot.buffer = Buffer.from(data.buffer, data.byteOffset, data.buffer.byteLength - data.byteOffset);
         const times = writeTimes(data);
-        await this.container.getBlockBlobClient(batchBlobName(diskId, seq)).upload(data, data.length, {
+        await this.cache.putBlob(batchBlobName(diskId, seq), data, {
+          contentType: "application/octet-stream",
           metadata: { firstwritems: String(times.first), lastwritems: String(times.last) },
-          blobHTTPHeaders: { blobContentType: "application/octet-stream" },
-          abortSignal: this.stopping.signal,
+          signal: this.stopping.signal,
         });
-        await this.queue.sendMessage(encodeBatchMessage({ v: 1, itemId, diskId, seq }), { abortSignal: this.stopping.signal });
+        await this.cache.sendMessage(encodeBatchMessage({ v: 1, itemId, diskId, seq }), this.stopping.signal);
         await spool.remove(diskId, seq);
         this.acknowledged(diskId, seq, data.length);
         return;
@@ -196,10 +190,7 @@ export class Shipper {
   /** Writes the heartbeat blob; false (and nothing thrown) when the cache cannot be reached. */
   async uploadHeartbeat(body: string): Promise<boolean> {
     try {
-      await this.container.getBlockBlobClient(HEARTBEAT_BLOB).upload(body, Buffer.byteLength(body), {
-        blobHTTPHeaders: { blobContentType: "application/json" },
-        abortSignal: this.stopping.signal,
-      });
+      await this.cache.putBlob(HEARTBEAT_BLOB, body, { contentType: "application/json", signal: this.stopping.signal });
       return true;
     } catch {
       return false;
@@ -214,6 +205,7 @@ export class Shipper {
     await Promise.race([all, timer]);
     this.stopping.abort();
     await all;
+    this.cache.close();
   }
 }
 

@@ -1,0 +1,166 @@
+// The agent's storage client (plain REST over SAS URLs) against Azurite: what it writes is what the service side reads,
+// and storage's refusals reach the shipper's retry rules as the status codes they are.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer, type Server } from "node:http";
+import { randomBytes } from "node:crypto";
+import type { AddressInfo } from "node:net";
+import { BlobServiceClient } from "@azure/storage-blob";
+import { QueueServiceClient } from "@azure/storage-queue";
+import { CacheClient, StorageRequestError } from "../../agent/cache-client";
+import { classify, describe } from "../../agent/retry";
+import { parseConnectionString } from "../../shared/config/settings";
+import { AgentSas } from "../../shared/storage/sas";
+import { startTestStorage, type LocalStorage } from "../support/storage";
+
+let storage: LocalStorage;
+let blobs: BlobServiceClient;
+let queues: QueueServiceClient;
+let sas: AgentSas;
+const HOUR = 3600_000;
+
+before(async () => {
+  storage = await startTestStorage();
+  blobs = BlobServiceClient.fromConnectionString(storage.cache);
+  queues = QueueServiceClient.fromConnectionString(storage.control);
+  const unused = () => Promise.reject(new Error("keyed accounts need no delegation key"));
+  sas = new AgentSas({
+    cache: parseConnectionString(storage.cache),
+    control: parseConnectionString(storage.control),
+    cacheBlobKey: unused,
+    controlQueueKey: unused,
+    now: () => new Date(),
+  });
+});
+after(async () => {
+  await storage?.stop();
+});
+
+/** A container and a queue, and the endpoints an agent gets for them (SAS as the check-in signs them). */
+async function endpoints(name: string, validForMs = HOUR) {
+  const container = blobs.getContainerClient(name);
+  await container.create();
+  const queue = queues.getQueueClient(name);
+  await queue.create();
+  const from = new Date(Date.now() - 60_000);
+  const until = new Date(Date.now() + validForMs);
+  const c = await sas.cacheContainer(name, from, until);
+  const q = await sas.queue(name, from, until);
+  return { container, queue, urls: { containerUrl: `${container.url}?${c.sas}`, queueUrl: `${queue.url}?${q.sas}` } };
+}
+
+async function refusal(p: Promise<unknown>): Promise<StorageRequestError> {
+  const e = await p.then(
+    () => undefined,
+    (x: unknown) => x,
+  );
+  assert.ok(e instanceof StorageRequestError, `expected a refusal, got ${e === undefined ? "success" : describe(e)}`);
+  return e;
+}
+
+test("a batch blob and its message: bytes, metadata and content type as the service side reads them", async () => {
+  const { container, queue, urls } = await endpoints("cache-rest-1");
+  const client = new CacheClient(urls, { connections: 2, timeoutMs: 30_000 });
+  try {
+    const data = randomBytes(4 * 1024 * 1024 + 123);
+    await client.putBlob("os/0000000001.batch", data, { contentType: "application/octet-stream", metadata: { firstwritems: "17", lastwritems: "42" } });
+    // Overwritten in place (a batch uploaded again after a lost answer).
+    const again = randomBytes(1000);
+    await client.putBlob("data 0/0000000002.batch", again, { contentType: "application/octet-stream" });
+    await client.putBlob("data 0/0000000002.batch", data, { contentType: "application/octet-stream" });
+    await client.putBlob("agent.json", JSON.stringify({ ok: "é" }), { contentType: "application/json" });
+    const text = Buffer.from(JSON.stringify({ v: 1, itemId: "i", diskId: "os", seq: 1 })).toString("base64");
+    await client.sendMessage(text);
+
+    const b1 = container.getBlobClient("os/0000000001.batch");
+    assert.ok((await b1.downloadToBuffer()).equals(data));
+    const props = await b1.getProperties();
+    assert.equal(props.contentType, "application/octet-stream");
+    assert.deepEqual(props.metadata, { firstwritems: "17", lastwritems: "42" });
+    assert.equal(props.blobType, "BlockBlob");
+    assert.ok((await container.getBlobClient("data 0/0000000002.batch").downloadToBuffer()).equals(data));
+    assert.equal((await container.getBlobClient("agent.json").downloadToBuffer()).toString("utf8"), JSON.stringify({ ok: "é" }));
+    const got = await queue.receiveMessages();
+    assert.deepEqual(
+      got.receivedMessageItems.map((m) => m.messageText),
+      [text],
+    );
+  } finally {
+    client.close();
+  }
+});
+
+test("refusals carry storage's status and code: a SAS for another container is 'credentials', a deleted container 'gone'", async () => {
+  const a = await endpoints("cache-rest-2a");
+  const b = await endpoints("cache-rest-2b");
+  // The container's URL with another container's SAS: storage refuses the signature.
+  const wrong = new CacheClient(
+    { containerUrl: `${a.container.url}?${new URL(b.urls.containerUrl).search.slice(1)}`, queueUrl: a.urls.queueUrl },
+    { connections: 1, timeoutMs: 30_000 },
+  );
+  const right = new CacheClient(a.urls, { connections: 1, timeoutMs: 30_000 });
+  try {
+    const e403 = await refusal(wrong.putBlob("os/1.batch", Buffer.alloc(512), { contentType: "application/octet-stream" }));
+    assert.equal(e403.statusCode, 403);
+    assert.equal(classify(e403), "credentials");
+    assert.ok(!e403.message.includes("sig="), `the SAS stays out of messages: ${e403.message}`);
+
+    await a.container.delete();
+    const e404 = await refusal(right.putBlob("os/1.batch", Buffer.alloc(512), { contentType: "application/octet-stream" }));
+    assert.equal(e404.statusCode, 404);
+    assert.equal(e404.code, "ContainerNotFound");
+    assert.equal(classify(e404), "gone");
+    assert.match(describe(e404), /^404 ContainerNotFound: /);
+
+    await a.queue.delete();
+    const q404 = await refusal(right.sendMessage("eA=="));
+    assert.equal(q404.statusCode, 404);
+    assert.equal(classify(q404), "gone");
+  } finally {
+    wrong.close();
+    right.close();
+  }
+});
+
+test("an expired SAS is refused with 403, and new endpoints (a renewed SAS) are used from the next request on", async () => {
+  const expired = await endpoints("cache-rest-3", -1000);
+  const client = new CacheClient(expired.urls, { connections: 1, timeoutMs: 30_000 });
+  try {
+    const e = await refusal(client.putBlob("os/1.batch", Buffer.alloc(512, 7), { contentType: "application/octet-stream" }));
+    assert.equal(e.statusCode, 403);
+    assert.equal(classify(e), "credentials");
+    const from = new Date(Date.now() - 60_000);
+    const until = new Date(Date.now() + HOUR);
+    client.setEndpoints({
+      containerUrl: `${expired.container.url}?${(await sas.cacheContainer("cache-rest-3", from, until)).sas}`,
+      queueUrl: `${expired.queue.url}?${(await sas.queue("cache-rest-3", from, until)).sas}`,
+    });
+    await client.putBlob("os/1.batch", Buffer.alloc(512, 7), { contentType: "application/octet-stream" });
+    assert.ok((await expired.container.getBlobClient("os/1.batch").downloadToBuffer()).equals(Buffer.alloc(512, 7)));
+  } finally {
+    client.close();
+  }
+});
+
+test("a server that never answers: the request fails after its timeout; an abort ends it at once", async () => {
+  const hung: Server = createServer(() => undefined);
+  await new Promise<void>((r) => hung.listen(0, "127.0.0.1", r));
+  const port = (hung.address() as AddressInfo).port;
+  const client = new CacheClient(
+    { containerUrl: `http://127.0.0.1:${port}/acct/c?sv=x`, queueUrl: `http://127.0.0.1:${port}/acct/q?sv=x` },
+    { connections: 1, timeoutMs: 300 },
+  );
+  try {
+    const t0 = Date.now();
+    await assert.rejects(client.putBlob("os/1.batch", Buffer.alloc(100), { contentType: "application/octet-stream" }), /no answer within 0.3 s/);
+    assert.ok(Date.now() - t0 < 10_000);
+    const stop = new AbortController();
+    const pending = client.sendMessage("eA==", stop.signal);
+    setTimeout(() => stop.abort(), 50);
+    await assert.rejects(pending, (e: Error) => e.name === "AbortError");
+  } finally {
+    client.close();
+    hung.closeAllConnections();
+    await new Promise((r) => hung.close(r));
+  }
+});
