@@ -43,6 +43,14 @@ export interface PutBlobOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * A body sent piece by piece: `send` resolves once its piece has left the process (its buffer may be refilled then), and
+ * rejects if the request failed meanwhile. Called again from the start if the request is retried.
+ */
+export type ChunkedBody = (send: (piece: Buffer) => Promise<void>) => Promise<void>;
+
+type Body = Buffer | string | { length: number; write: ChunkedBody };
+
 interface Target {
   /** scheme://host:port/path, no query. */
   base: string;
@@ -76,12 +84,21 @@ export class CacheClient {
   }
 
   /** Put Blob (a block blob, whole): `name` may hold '/' (a virtual directory). */
-  async putBlob(name: string, body: Buffer | string, o: PutBlobOptions): Promise<void> {
+  putBlob(name: string, body: Buffer | string, o: PutBlobOptions): Promise<void> {
+    return this.put(name, body, o);
+  }
+
+  /** Put Blob of `length` bytes that `write` sends piece by piece (a batch streamed from its spool file through one buffer). */
+  putBlobChunked(name: string, length: number, write: ChunkedBody, o: PutBlobOptions): Promise<void> {
+    return this.put(name, { length, write }, o);
+  }
+
+  private async put(name: string, body: Body, o: PutBlobOptions): Promise<void> {
     const path = name.split("/").map(encodeURIComponent).join("/");
     const headers: Record<string, string | number> = {
       "x-ms-blob-type": "BlockBlob",
       "content-type": o.contentType,
-      "content-length": Buffer.byteLength(body),
+      "content-length": typeof body === "string" ? Buffer.byteLength(body) : body.length,
     };
     for (const [k, v] of Object.entries(o.metadata ?? {})) headers[`x-ms-meta-${k}`] = v;
     await this.request("PUT", `${this.container.base}/${path}?${this.container.sas}`, headers, body, 201, o.signal);
@@ -104,7 +121,7 @@ export class CacheClient {
     method: string,
     url: string,
     headers: Record<string, string | number>,
-    body: Buffer | string,
+    body: Body,
     expected: number,
     signal: AbortSignal | undefined,
   ): Promise<void> {
@@ -117,47 +134,62 @@ export class CacheClient {
     }
   }
 
-  private once(
+  /** One request; settles only once its body is no longer being sent (a chunked body's buffer is then free). */
+  private async once(
     method: string,
     url: string,
     headers: Record<string, string | number>,
-    body: Buffer | string,
+    body: Body,
     expected: number,
     signal: AbortSignal | undefined,
   ): Promise<void> {
     const secure = url.startsWith("https:");
-    return new Promise<void>((resolve, reject) => {
-      const req = (secure ? https : http).request(
-        url,
-        {
-          method,
-          agent: secure ? this.agents.https : this.agents.http,
-          headers: { ...headers, "x-ms-version": STORAGE_API_VERSION, "x-ms-date": new Date().toUTCString() },
-          ...(signal ? { signal } : {}),
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (d: Buffer) => {
-            // Only an error's body is read, and only its first few KiB (the code and message are at the start).
-            if (res.statusCode !== expected && chunks.length < 4) chunks.push(d);
-          });
-          res.on("error", reject);
-          res.on("end", () => {
-            if (res.statusCode === expected) return resolve();
-            const text = Buffer.concat(chunks).toString("utf8");
-            const code = String(res.headers["x-ms-error-code"] ?? /<Code>([^<]*)<\/Code>/.exec(text)?.[1] ?? res.statusCode);
-            const message = /<Message>([^<]*)<\/Message>/.exec(text)?.[1]?.split("\n")[0] ?? res.statusMessage ?? "";
-            reject(new StorageRequestError(res.statusCode ?? 0, code, `${method} ${redact(url)}: ${res.statusCode} ${message}`.trim()));
-          });
-        },
-      );
-      req.setTimeout(this.opts.timeoutMs, () => req.destroy(new Error(`no answer within ${this.opts.timeoutMs / 1000} s`)));
+    const req = (secure ? https : http).request(url, {
+      method,
+      agent: secure ? this.agents.https : this.agents.http,
+      headers: { ...headers, "x-ms-version": STORAGE_API_VERSION, "x-ms-date": new Date().toUTCString() },
+      ...(signal ? { signal } : {}),
+    });
+    let ended = false;
+    const answered = new Promise<void>((resolve, reject) => {
+      req.on("response", (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (d: Buffer) => {
+          // Only an error's body is read, and only its first few KiB (the code and message are at the start).
+          if (res.statusCode !== expected && chunks.length < 4) chunks.push(d);
+        });
+        res.on("error", reject);
+        res.on("end", () => {
+          if (res.statusCode === expected) return resolve();
+          const text = Buffer.concat(chunks).toString("utf8");
+          const code = String(res.headers["x-ms-error-code"] ?? /<Code>([^<]*)<\/Code>/.exec(text)?.[1] ?? res.statusCode);
+          const message = /<Message>([^<]*)<\/Message>/.exec(text)?.[1]?.split("\n")[0] ?? res.statusMessage ?? "";
+          reject(new StorageRequestError(res.statusCode ?? 0, code, `${method} ${redact(url)}: ${res.statusCode} ${message}`.trim()));
+        });
+      });
       req.on("error", (e: NodeJS.ErrnoException) => {
         if (req.reusedSocket && (e.code === "ECONNRESET" || e.code === "EPIPE")) reject(new StaleConnectionError(e.message));
         else reject(e);
       });
-      req.end(body);
-    });
+    }).finally(() => (ended = true));
+    req.setTimeout(this.opts.timeoutMs, () => req.destroy(new Error(`no answer within ${this.opts.timeoutMs / 1000} s`)));
+    if (typeof body === "string" || Buffer.isBuffer(body)) req.end(body);
+    else {
+      // A piece is sent once the one before it has left the process; the request failing (or storage answering before
+      // the body is whole) stops the sending.
+      const send = (piece: Buffer) =>
+        Promise.race([
+          new Promise<void>((resolve, reject) => req.write(piece, (e) => (e ? reject(e) : resolve()))),
+          answered.then(() => Promise.reject(new Error("answered before the body was sent"))),
+        ]);
+      try {
+        await body.write(send);
+        req.end();
+      } catch (e) {
+        if (!ended) req.destroy(e as Error);
+      }
+    }
+    await answered;
   }
 }
 

@@ -12,7 +12,7 @@ export interface ShipperOptions {
   itemId: string;
   spool: Spool;
   health: Health;
-  /** Uploads in flight at once (memory: this many batches). */
+  /** Uploads in flight at once (memory: this many chunks of UPLOAD_CHUNK_BYTES). */
   concurrency: number;
   /** The SAS was refused: renew it (a check-in) before the next attempt. */
   onCredentialsRefused: () => void;
@@ -21,6 +21,8 @@ export interface ShipperOptions {
 
 // Our own backoff decides retries; each request is one attempt, bounded in time so that a hung connection is retried.
 const REQUEST_TIMEOUT_MS = 120_000;
+/** What an upload holds in memory: its batch is read from the spool file and sent this much at a time. */
+export const UPLOAD_CHUNK_BYTES = 1024 * 1024;
 
 /** Base64 of the JSON message, as the Functions queue trigger expects. */
 export function encodeBatchMessage(m: BatchMessage): string {
@@ -38,8 +40,8 @@ export class Shipper {
   private paused = false;
   private nextDisk = 0;
   private failures = 0;
-  /** Read buffers of finished uploads, reused by the next ones: steady shipping allocates no buffer per batch. */
-  private readonly freeBuffers: { buffer: Buffer }[] = [];
+  /** Chunks of finished uploads, reused by the next ones: steady shipping allocates no buffer per batch. */
+  private readonly freeChunks: Buffer[] = [];
   /** Batches acknowledged by the cache since start. */
   shipped = 0;
   shippedBytes = 0;
@@ -124,30 +126,22 @@ export class Shipper {
   }
 
   private async ship(diskId: string, seq: number): Promise<void> {
-    const slot = this.freeBuffers.pop() ?? { buffer: Buffer.alloc(0) };
+    const chunk = this.freeChunks.pop() ?? Buffer.allocUnsafe(UPLOAD_CHUNK_BYTES);
     try {
-      await this.shipFrom(slot, diskId, seq);
+      await this.shipFrom(chunk, diskId, seq);
     } finally {
-      if (this.freeBuffers.length < this.opts.concurrency) this.freeBuffers.push(slot);
+      if (this.freeChunks.length < this.opts.concurrency) this.freeChunks.push(chunk);
     }
   }
 
-  private async shipFrom(slot: { buffer: Buffer }, diskId: string, seq: number): Promise<void> {
+  private async shipFrom(chunk: Buffer, diskId: string, seq: number): Promise<void> {
     const { spool, health, itemId } = this.opts;
     for (let attempt = 0; !this.stopping.signal.aborted; attempt++) {
       try {
-        const data = await spool.readInto(diskId, seq, slot.buffer);
-        // A batch larger than the slot's buffer was read into one of its own (with room to spare): the slot keeps it.
-        if (data.length > slot.buffer.length) slot.buffer = Buffer.from(data.buffer, data.byteOffset, data.buffer.byteLength - data.byteOffset);
-        const times = writeTimes(data);
-        await this.cache.putBlob(batchBlobName(diskId, seq), data, {
-          contentType: "application/octet-stream",
-          metadata: { firstwritems: String(times.first), lastwritems: String(times.last) },
-          signal: this.stopping.signal,
-        });
+        const size = await this.upload(chunk, diskId, seq);
         await this.cache.sendMessage(encodeBatchMessage({ v: 1, itemId, diskId, seq }), this.stopping.signal);
         await spool.remove(diskId, seq);
-        this.acknowledged(diskId, seq, data.length);
+        this.acknowledged(diskId, seq, size);
         return;
       } catch (e) {
         if (this.stopping.signal.aborted) return;
@@ -159,6 +153,52 @@ export class Shipper {
         if (attempt === 0 || attempt % 10 === 0) this.opts.log(`upload of ${diskId} batch ${seq} failed (attempt ${attempt + 1}): ${describe(e)}`);
         await sleep(backoffMs(attempt, 500, kind === "gone" ? 60_000 : 30_000), this.stopping.signal);
       }
+    }
+  }
+
+  /**
+   * Streams the batch from its spool file to the cache through `chunk`, one piece at a time (memory per upload is the
+   * chunk, not the batch); resolves with its size. The blob's metadata carries the write times from its header.
+   */
+  private async upload(chunk: Buffer, diskId: string, seq: number): Promise<number> {
+    const { size, file } = await this.opts.spool.openBatch(diskId, seq);
+    try {
+      const readAt = async (into: Buffer, position: number): Promise<Buffer> => {
+        const n = Math.min(into.length, size - position);
+        for (let done = 0; done < n;) {
+          const { bytesRead } = await file.read(into, done, n - done, position + done);
+          if (bytesRead === 0) throw new Error(`spool file of batch ${seq} of disk ${diskId} shrank while being read`);
+          done += bytesRead;
+        }
+        return into.subarray(0, n);
+      };
+      // The header (its times go into the blob's metadata, before the body): it fits the first piece but for a batch
+      // of a great many extents.
+      let first: Buffer | undefined = await readAt(chunk, 0);
+      const headerLength = first.length >= 12 ? first.readUInt32LE(8) : 0;
+      const header = headerLength > first.length && headerLength <= size ? await readAt(Buffer.allocUnsafe(headerLength), 0) : first;
+      const times = writeTimes(header);
+      await this.cache.putBlobChunked(
+        batchBlobName(diskId, seq),
+        size,
+        async (send) => {
+          for (let at = 0; at < size;) {
+            // The first piece is in the chunk already, unless an earlier try of this request sent more.
+            const piece = first ?? (await readAt(chunk, at));
+            first = undefined;
+            await send(piece);
+            at += piece.length;
+          }
+        },
+        {
+          contentType: "application/octet-stream",
+          metadata: { firstwritems: String(times.first), lastwritems: String(times.last) },
+          signal: this.stopping.signal,
+        },
+      );
+      return size;
+    } finally {
+      await file.close();
     }
   }
 

@@ -17,8 +17,6 @@ const BATCH_FILE = /^(\d+)\.batch$/;
  * writes) must not leave hundreds of thousands of tiny files for a restart to remove.
  */
 const KEPT_FILE_BYTES = 4 * 1024 * 1024;
-/** What readInto adds to a buffer it allocates: more than the header of any batch of a few thousand extents. */
-const READ_HEADROOM = 64 * 1024;
 
 export interface SpoolStats {
   batches: number;
@@ -185,26 +183,14 @@ export class Spool {
     return readFile(this.path(diskId, seq));
   }
 
-  /**
-   * Reads a batch into `into` when it fits (the returned buffer is then a view of it), else into a new buffer: a
-   * reader that reuses its buffer allocates nothing per batch.
-   */
-  async readInto(diskId: string, seq: number, into: Buffer): Promise<Buffer> {
-    const fh = await open(this.path(diskId, seq), "r");
+  /** A batch's file, open for reading, and its size (the caller closes it). */
+  async openBatch(diskId: string, seq: number): Promise<{ size: number; file: FileHandle }> {
+    const file = await open(this.path(diskId, seq), "r");
     try {
-      const { size } = await fh.stat();
-      // Room to spare when it does not fit, so that a reader keeping the larger buffer need not grow it for every batch
-      // whose header is a little longer (a dropped 4 MiB buffer waits for the collector).
-      const buf = size <= into.length ? into.subarray(0, size) : Buffer.allocUnsafe(size + READ_HEADROOM).subarray(0, size);
-      let done = 0;
-      while (done < size) {
-        const { bytesRead } = await fh.read(buf, done, size - done, done);
-        if (bytesRead === 0) throw new Error(`spool file of batch ${seq} of disk ${diskId} shrank while being read`);
-        done += bytesRead;
-      }
-      return buf;
-    } finally {
-      await fh.close();
+      return { size: (await file.stat()).size, file };
+    } catch (e) {
+      await file.close().catch(() => undefined);
+      throw e;
     }
   }
 

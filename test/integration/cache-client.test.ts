@@ -90,6 +90,51 @@ test("a batch blob and its message: bytes, metadata and content type as the serv
   }
 });
 
+test("a blob streamed through one reused buffer arrives whole; a body that fails midway leaves no blob", async () => {
+  const { container, urls } = await endpoints("cache-rest-chunks");
+  const client = new CacheClient(urls, { connections: 1, timeoutMs: 30_000 });
+  try {
+    const data = randomBytes(3 * 1024 * 1024 + 777);
+    const buffer = Buffer.alloc(256 * 1024);
+    let pieces = 0;
+    await client.putBlobChunked(
+      "os/0000000003.batch",
+      data.length,
+      async (send) => {
+        for (let at = 0; at < data.length; at += buffer.length) {
+          // The same buffer every time: a piece must be gone before the next overwrites it.
+          const n = data.copy(buffer, 0, at, Math.min(at + buffer.length, data.length));
+          await send(buffer.subarray(0, n));
+          pieces++;
+        }
+      },
+      { contentType: "application/octet-stream", metadata: { firstwritems: "5" } },
+    );
+    assert.equal(pieces, 13);
+    const blob = container.getBlobClient("os/0000000003.batch");
+    assert.ok((await blob.downloadToBuffer()).equals(data));
+    assert.deepEqual((await blob.getProperties()).metadata, { firstwritems: "5" });
+
+    // The spool file cannot be read halfway through: the request is cut off, and storage keeps nothing of it.
+    const broken = client.putBlobChunked(
+      "os/0000000004.batch",
+      data.length,
+      async (send) => {
+        await send(data.subarray(0, 1024 * 1024));
+        throw new Error("spool read failed");
+      },
+      { contentType: "application/octet-stream" },
+    );
+    await assert.rejects(broken, /spool read failed/);
+    assert.equal(await container.getBlobClient("os/0000000004.batch").exists(), false);
+    // The client goes on working after the cut.
+    await client.putBlob("os/0000000005.batch", Buffer.alloc(10, 1), { contentType: "application/octet-stream" });
+    assert.ok((await container.getBlobClient("os/0000000005.batch").downloadToBuffer()).equals(Buffer.alloc(10, 1)));
+  } finally {
+    client.close();
+  }
+});
+
 test("refusals carry storage's status and code: a SAS for another container is 'credentials', a deleted container 'gone'", async () => {
   const a = await endpoints("cache-rest-2a");
   const b = await endpoints("cache-rest-2b");
