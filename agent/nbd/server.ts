@@ -6,6 +6,12 @@ import { ByteBudget, PayloadPool } from "./payload-pool";
 import type { NbdExport } from "./disk-export";
 
 export const DEFAULT_MAX_PAYLOAD_BYTES = 32 * 1024 * 1024;
+/**
+ * Payload bytes held by all connections at once, and kept idle for reuse: 8 MiB is eight 1 MiB writes in flight (what
+ * `qemu-img bench -d 8` and a kernel client's queue send), or 32 of nbdcopy's 256 KiB. Writes are applied one core's
+ * worth at a time whatever the depth; each MiB more is a MiB of the agent's memory.
+ */
+const PAYLOAD_BUDGET_BYTES = 8 * 1024 * 1024;
 
 export interface NbdServerOptions {
   socketPath: string;
@@ -24,10 +30,10 @@ export interface NbdAddress {
 
 export class NbdServer {
   private readonly connections = new Set<NbdConnection>();
-  /** WRITE payload buffers kept for reuse across connections (idle ones up to this many bytes). */
-  private readonly payloads = new PayloadPool(16 * 1024 * 1024);
+  /** WRITE payload buffers kept for reuse across connections (idle ones up to the budget: a steady load allocates none). */
+  private readonly payloads = new PayloadPool(PAYLOAD_BUDGET_BYTES);
   /** Payload bytes all connections hold at once (a single larger request still goes through on its own). */
-  private readonly budget = new ByteBudget(16 * 1024 * 1024);
+  private readonly budget = new ByteBudget(PAYLOAD_BUDGET_BYTES);
   private closing: Promise<void> | undefined;
   private socketIno = 0;
   private tcpAddress: { host: string; port: number } | undefined;
