@@ -33,7 +33,7 @@ export interface CacheEndpoints {
 export interface CacheClientOptions {
   /** Connections kept open to each endpoint: the uploads that run at once, plus one for messages and heartbeats. */
   connections: number;
-  /** A request that has not finished within this long fails (a hung connection is then retried by the caller). */
+  /** A request whose connection sends and receives nothing for this long fails (the caller then retries it). */
   timeoutMs: number;
 }
 
@@ -172,7 +172,8 @@ export class CacheClient {
         else reject(e);
       });
     }).finally(() => (ended = true));
-    req.setTimeout(this.opts.timeoutMs, () => req.destroy(new Error(`no answer within ${this.opts.timeoutMs / 1000} s`)));
+    // An idle connection for this long (nothing sent or received) is taken as hung.
+    req.setTimeout(this.opts.timeoutMs, () => req.destroy(new Error(`no progress within ${this.opts.timeoutMs / 1000} s`)));
     if (typeof body === "string" || Buffer.isBuffer(body)) req.end(body);
     else {
       // A piece is sent once the one before it has left the process; the request failing (or storage answering before
@@ -186,7 +187,8 @@ export class CacheClient {
         await body.write(send);
         req.end();
       } catch (e) {
-        if (!ended) req.destroy(e as Error);
+        // Cut off: the request fails with this error, or (storage answered already) its connection is not reused.
+        req.destroy(ended ? undefined : (e as Error));
       }
     }
     await answered;

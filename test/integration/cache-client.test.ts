@@ -187,6 +187,61 @@ test("an expired SAS is refused with 403, and new endpoints (a renewed SAS) are 
   }
 });
 
+test("storage refusing a streamed upload before its body is whole: the refusal, the sending stopped, the client still usable", async () => {
+  let requests = 0;
+  const refusing: Server = createServer((req, res) => {
+    requests++;
+    if (req.url?.includes("/q/messages")) {
+      req.resume();
+      req.on("end", () => res.writeHead(201).end());
+      return;
+    }
+    // At once, on the headers: as storage refuses a signature without reading the body.
+    res.writeHead(403, { "x-ms-error-code": "AuthenticationFailed", "content-type": "application/xml" });
+    res.end('<?xml version="1.0"?><Error><Code>AuthenticationFailed</Code><Message>Signature did not match.\nRequestId:x</Message></Error>');
+  });
+  await new Promise<void>((r) => refusing.listen(0, "127.0.0.1", r));
+  const port = (refusing.address() as AddressInfo).port;
+  const client = new CacheClient(
+    { containerUrl: `http://127.0.0.1:${port}/acct/c?sig=secret`, queueUrl: `http://127.0.0.1:${port}/acct/q?sig=secret` },
+    { connections: 1, timeoutMs: 30_000 },
+  );
+  try {
+    const piece = Buffer.alloc(1024 * 1024, 3);
+    const total = 64;
+    let sent = 0;
+    let bodyDone: Promise<void> | undefined;
+    const e = await refusal(
+      client.putBlobChunked(
+        "os/1.batch",
+        total * piece.length,
+        (send) =>
+          (bodyDone = (async () => {
+            for (let i = 0; i < total; i++) {
+              await send(piece);
+              sent++;
+            }
+          })()),
+        { contentType: "application/octet-stream" },
+      ),
+    );
+    assert.equal(e.statusCode, 403);
+    assert.equal(e.code, "AuthenticationFailed");
+    assert.equal(classify(e), "credentials");
+    assert.match(e.message, /: 403 Signature did not match\.$/);
+    assert.ok(!e.message.includes("secret"), e.message);
+    // The body had stopped (its last send failed) before the request settled: nothing writes the buffer afterwards.
+    await assert.rejects(bodyDone!);
+    assert.ok(sent < total, `${sent} of ${total} pieces sent`);
+    await client.sendMessage("eA==");
+    assert.equal(requests, 2);
+  } finally {
+    client.close();
+    refusing.closeAllConnections();
+    await new Promise((r) => refusing.close(r));
+  }
+});
+
 test("a server that never answers: the request fails after its timeout; an abort ends it at once", async () => {
   const hung: Server = createServer(() => undefined);
   await new Promise<void>((r) => hung.listen(0, "127.0.0.1", r));
@@ -197,7 +252,7 @@ test("a server that never answers: the request fails after its timeout; an abort
   );
   try {
     const t0 = Date.now();
-    await assert.rejects(client.putBlob("os/1.batch", Buffer.alloc(100), { contentType: "application/octet-stream" }), /no answer within 0.3 s/);
+    await assert.rejects(client.putBlob("os/1.batch", Buffer.alloc(100), { contentType: "application/octet-stream" }), /no progress within 0.3 s/);
     assert.ok(Date.now() - t0 < 10_000);
     const stop = new AbortController();
     const pending = client.sendMessage("eA==", stop.signal);
