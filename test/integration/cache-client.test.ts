@@ -12,6 +12,13 @@ import { classify, describe } from "../../agent/retry";
 import { parseConnectionString } from "../../shared/config/settings";
 import { AgentSas } from "../../shared/storage/sas";
 import { startTestStorage, type LocalStorage } from "../support/storage";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Health } from "../../agent/health";
+import { Shipper, UPLOAD_CHUNK_BYTES } from "../../agent/shipper";
+import { Spool } from "../../agent/spool";
+import { batchBlobName, decodeBatch, encodeBatchHeader } from "../../shared/replication/batch";
 
 let storage: LocalStorage;
 let blobs: BlobServiceClient;
@@ -262,5 +269,42 @@ test("a server that never answers: the request fails after its timeout; an abort
     client.close();
     hung.closeAllConnections();
     await new Promise((r) => hung.close(r));
+  }
+});
+
+test("the shipper streams a batch whose header alone is larger than its upload chunk: the blob is the spool file, its times in the metadata", async () => {
+  const { container, queue, urls } = await endpoints("cache-rest-shipper");
+  const dir = await mkdtemp(join(tmpdir(), "shipper-stream-"));
+  const spool = new Spool(dir, 1024 * 1024 * 1024);
+  const shipper = new Shipper({ itemId: "item-s", spool, health: new Health(), concurrency: 2, onCredentialsRefused: () => {}, log: () => {} }, urls);
+  try {
+    await spool.open("os", 1);
+    // 12 bytes per extent in the header: 100,000 extents of one sector make a header of more than a chunk.
+    const extents = Array.from({ length: 100_000 }, (_, i) => ({ offset: i * 1024, length: 512 }));
+    const payload = randomBytes(extents.length * 512);
+    const header = encodeBatchHeader(
+      { itemId: "item-s", diskId: "os", seq: 1, extents, firstWriteMs: 1_700_000_000_123, lastWriteMs: 1_700_000_000_456 },
+      payload,
+    );
+    assert.ok(header.length > UPLOAD_CHUNK_BYTES, `header ${header.length} bytes`);
+    await spool.put("os", 1, [header, payload], header.length + payload.length);
+    const file = await readFile(spool.path("os", 1));
+    shipper.add("os", 1);
+    await shipper.waitShipped("os", 1);
+
+    const blob = container.getBlobClient(batchBlobName("os", 1));
+    const got = await blob.downloadToBuffer();
+    assert.ok(got.equals(file), "the blob equals the spool file");
+    assert.equal(decodeBatch(got).header.extents.length, extents.length);
+    assert.deepEqual((await blob.getProperties()).metadata, { firstwritems: "1700000000123", lastwritems: "1700000000456" });
+    const messages = await queue.receiveMessages();
+    assert.deepEqual(
+      messages.receivedMessageItems.map((m) => JSON.parse(Buffer.from(m.messageText, "base64").toString())),
+      [{ v: 1, itemId: "item-s", diskId: "os", seq: 1 }],
+    );
+    assert.equal(spool.stats("os").batches, 0, "shipped: gone from the spool");
+  } finally {
+    await shipper.stop(1000);
+    await rm(dir, { recursive: true, force: true });
   }
 });
