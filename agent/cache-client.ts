@@ -172,6 +172,9 @@ export class CacheClient {
         else reject(e);
       });
     }).finally(() => (ended = true));
+    // Awaited below (and raced by a chunked body's sends), but a chunked body may first wait for its data while the
+    // request already failed (a refused connection): that must not count as an unhandled rejection.
+    answered.catch(() => undefined);
     // An idle connection for this long (nothing sent or received) is taken as hung.
     req.setTimeout(this.opts.timeoutMs, () => req.destroy(new Error(`no progress within ${this.opts.timeoutMs / 1000} s`)));
     if (typeof body === "string" || Buffer.isBuffer(body)) req.end(body);

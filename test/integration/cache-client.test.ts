@@ -249,6 +249,39 @@ test("storage refusing a streamed upload before its body is whole: the refusal, 
   }
 });
 
+test("a refused connection while a streamed body still waits for its first piece: the request fails with the refusal, nothing unhandled", async () => {
+  // A port with nothing listening: the connection is refused at once.
+  const closed: Server = createServer();
+  await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
+  const port = (closed.address() as AddressInfo).port;
+  await new Promise((r) => closed.close(r));
+  const unhandled: unknown[] = [];
+  const onUnhandled = (e: unknown) => unhandled.push(e);
+  process.on("unhandledRejection", onUnhandled);
+  const client = new CacheClient(
+    { containerUrl: `http://127.0.0.1:${port}/acct/c?sv=x`, queueUrl: `http://127.0.0.1:${port}/acct/q?sv=x` },
+    { connections: 1, timeoutMs: 30_000 },
+  );
+  try {
+    const upload = client.putBlobChunked(
+      "os/1.batch",
+      1024,
+      async (send) => {
+        // As a retried upload reads its first piece from the spool file again before sending it.
+        await new Promise((r) => setTimeout(r, 200));
+        await send(Buffer.alloc(1024));
+      },
+      { contentType: "application/octet-stream" },
+    );
+    await assert.rejects(upload, (e: NodeJS.ErrnoException) => e.code === "ECONNREFUSED");
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(unhandled, []);
+  } finally {
+    process.off("unhandledRejection", onUnhandled);
+    client.close();
+  }
+});
+
 test("a server that never answers: the request fails after its timeout; an abort ends it at once", async () => {
   const hung: Server = createServer(() => undefined);
   await new Promise<void>((r) => hung.listen(0, "127.0.0.1", r));
