@@ -1,5 +1,5 @@
 // The layering check (`npm run lint`): which folder may import which. The pipeline's layers are
-//   agent/ (on the VM) → shared/replication/batch + shared/protection/agent-protocol only;
+//   agent/ (on the VM) → shared/replication/batch + shared/protection/agent-protocol only, and no Azure SDK;
 //   shared/ (the decisions, by stage) → no functions/, local/, cli/, bench/, test/; no Azure SDK import outside the
 //     adapters (shared/storage/, shared/fabric/) but the SDK *types* of the clients a stage is handed;
 //   functions/ (wiring) → shared/ and functions/ (its composition root and the host-facing glue), nothing else;
@@ -14,6 +14,13 @@ module.exports = {
       comment: "The agent runs on the protected VM: it shares only the batch format and the agent protocol with the control plane.",
       from: { path: "^agent/" },
       to: { path: "^(shared|functions|local|cli|bench|test)/", pathNot: "^shared/(replication/batch|protection/agent-protocol)\\.ts$" },
+    },
+    {
+      name: "agent-no-azure-sdk",
+      severity: "error",
+      comment: "The agent's two storage calls are plain REST over SAS URLs (agent/cache-client.ts): the SDKs were a fifth of its memory.",
+      from: { path: "^agent/" },
+      to: { path: "@azure/" },
     },
     {
       name: "shared-below-hosts",
