@@ -51,6 +51,16 @@ export type ChunkedBody = (send: (piece: Buffer) => Promise<void>) => Promise<vo
 
 type Body = Buffer | string | { length: number; write: ChunkedBody };
 
+/** One request: what is sent, and the status that means it worked. */
+interface Call {
+  method: string;
+  url: string;
+  headers: Record<string, string | number>;
+  body: Body;
+  expected: number;
+  signal: AbortSignal | undefined;
+}
+
 interface Target {
   /** scheme://host:port/path, no query. */
   base: string;
@@ -101,14 +111,14 @@ export class CacheClient {
       "content-length": typeof body === "string" ? Buffer.byteLength(body) : body.length,
     };
     for (const [k, v] of Object.entries(o.metadata ?? {})) headers[`x-ms-meta-${k}`] = v;
-    await this.request("PUT", `${this.container.base}/${path}?${this.container.sas}`, headers, body, 201, o.signal);
+    await this.request({ method: "PUT", url: `${this.container.base}/${path}?${this.container.sas}`, headers, body, expected: 201, signal: o.signal });
   }
 
   /** Put Message: `text` is the message as stored (the caller encodes it; base64 needs no XML escaping). */
   async sendMessage(text: string, signal?: AbortSignal): Promise<void> {
     const body = `<?xml version="1.0" encoding="utf-8"?><QueueMessage><MessageText>${escapeXml(text)}</MessageText></QueueMessage>`;
     const headers = { "content-type": "application/xml", "content-length": Buffer.byteLength(body) };
-    await this.request("POST", `${this.queue.base}/messages?${this.queue.sas}`, headers, body, 201, signal);
+    await this.request({ method: "POST", url: `${this.queue.base}/messages?${this.queue.sas}`, headers, body, expected: 201, signal });
   }
 
   /** Closes the kept connections. */
@@ -117,32 +127,18 @@ export class CacheClient {
     this.agents.https.destroy();
   }
 
-  private async request(
-    method: string,
-    url: string,
-    headers: Record<string, string | number>,
-    body: Body,
-    expected: number,
-    signal: AbortSignal | undefined,
-  ): Promise<void> {
+  private async request(call: Call): Promise<void> {
     try {
-      return await this.once(method, url, headers, body, expected, signal);
+      return await this.once(call);
     } catch (e) {
       // A kept connection the server closed while it was idle fails as soon as it is used: once more on a new one.
       if (!(e instanceof StaleConnectionError)) throw e;
-      return this.once(method, url, headers, body, expected, signal);
+      return this.once(call);
     }
   }
 
   /** One request; settles only once its body is no longer being sent (a chunked body's buffer is then free). */
-  private async once(
-    method: string,
-    url: string,
-    headers: Record<string, string | number>,
-    body: Body,
-    expected: number,
-    signal: AbortSignal | undefined,
-  ): Promise<void> {
+  private async once({ method, url, headers, body, expected, signal }: Call): Promise<void> {
     const secure = url.startsWith("https:");
     const req = (secure ? https : http).request(url, {
       method,
