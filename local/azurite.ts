@@ -137,7 +137,23 @@ process.stdin.resume();
 require(azurite);
 `;
 
+/** Whether `port` can be listened on now (nothing else holds it). */
+function isFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.unref();
+    server.once("error", () => resolve(false));
+    server.listen(port, HOST, () => server.close(() => resolve(true)));
+  });
+}
+
 async function launch(opts: AzuriteOptions, ports: AzurePorts, location: string | undefined): Promise<LocalStorage> {
+  // A port held by another process would answer the readiness check below while Azurite itself fails to listen on it
+  // and exits: the stack would then start against whatever holds the port. Checked before Azurite starts.
+  const held = [];
+  for (const p of [ports.blob, ports.queue, ports.table]) if (!(await isFree(p))) held.push(p);
+  if (held.length > 0)
+    throw new AzuriteStartError(`Azurite cannot listen on port(s) ${held.join(", ")} of ${ports.blob}/${ports.queue}/${ports.table}: EADDRINUSE`, true);
   const script = require.resolve("azurite/dist/src/azurite.js");
   const flags = [
     "--skipApiVersionCheck",

@@ -3,7 +3,7 @@ import { resolve } from "node:path";
 import { createServices } from "../functions/compose";
 import { functionTable } from "../functions/table";
 import { describeStorageAuth, loadConfig, SettingsError, timerSchedules, zodProblems, type Config } from "../shared/config/settings";
-import { startAzurite, type LocalStorage } from "./azurite";
+import { AzuriteStartError, startAzurite, type LocalStorage } from "./azurite";
 import { LocalFunctionsHost } from "./host";
 import { z } from "zod";
 
@@ -28,6 +28,11 @@ export class StorageUnreachableError extends Error {
     super(`storage cannot be reached:\n${problems.map((p) => `  ${p.setting}: ${p.endpoint} — ${p.reason}`).join("\n")}\n${hint}`);
     this.name = "StorageUnreachableError";
   }
+}
+
+/** A port the stack listens on is taken (another `site-recovery start`, `func start` or Azurite): which, and the fix. */
+export class PortInUseError extends Error {
+  override readonly name = "PortInUseError";
 }
 
 const PROBE_TIMEOUT_MS = 3000;
@@ -101,7 +106,20 @@ export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log:
   if (!env.AzureWebJobsStorage?.trim()) {
     const location = resolve(PACKAGE_ROOT, ".local", "azurite");
     log(`Starting Azurite (data in ${location}) on ports ${s.AZURITE_BLOB_PORT}/${s.AZURITE_QUEUE_PORT}/${s.AZURITE_TABLE_PORT}…`);
-    storage = await startAzurite({ location, blobPort: s.AZURITE_BLOB_PORT, queuePort: s.AZURITE_QUEUE_PORT, tablePort: s.AZURITE_TABLE_PORT, silent: true });
+    storage = await startAzurite({
+      location,
+      blobPort: s.AZURITE_BLOB_PORT,
+      queuePort: s.AZURITE_QUEUE_PORT,
+      tablePort: s.AZURITE_TABLE_PORT,
+      silent: true,
+    }).catch((e: unknown) => {
+      if (!(e instanceof AzuriteStartError && e.addressInUse)) throw e;
+      throw new PortInUseError(
+        `Azurite's ports ${s.AZURITE_BLOB_PORT}/${s.AZURITE_QUEUE_PORT}/${s.AZURITE_TABLE_PORT} are already in use: is another Azurite or ` +
+          "`site-recovery start` running? Stop it, set AZURITE_BLOB_PORT, AZURITE_QUEUE_PORT and AZURITE_TABLE_PORT to free ports, " +
+          "or set AzureWebJobsStorage to the running emulator's connection string.",
+      );
+    });
     env.AzureWebJobsStorage = storage.control;
     if (!env.CACHE_STORAGE?.trim()) env.CACHE_STORAGE = storage.cache;
   } else {
@@ -124,7 +142,13 @@ export async function startLocalStack(env: NodeJS.ProcessEnv = process.env, log:
         ...(s.FUNCTIONS_KEY ? { functionKey: s.FUNCTIONS_KEY } : {}),
       },
     );
-    const { port } = await host.start();
+    const { port } = await host.start().catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== "EADDRINUSE") throw e;
+      throw new PortInUseError(
+        `port ${s.FUNCTIONS_HTTP_PORT} is already in use: is another \`site-recovery start\` or \`func start\` running? ` +
+          "Stop it, or set FUNCTIONS_HTTP_PORT to a free port.",
+      );
+    });
     const url = `http://localhost:${port}`;
     log(host.describe(url));
     log(s.FUNCTIONS_KEY ? "Function key required (x-functions-key header or ?code=)." : "No FUNCTIONS_KEY set: HTTP functions accept anonymous calls.");
@@ -149,8 +173,8 @@ export async function runLocalStack(): Promise<void> {
   try {
     stack = await startLocalStack();
   } catch (e) {
-    // Bad settings and storage that does not answer end the start with what to fix (a supervisor may restart it).
-    if (e instanceof SettingsError || e instanceof StorageUnreachableError) {
+    // Bad settings, storage that does not answer and a port taken end the start with what to fix (a supervisor may restart it).
+    if (e instanceof SettingsError || e instanceof StorageUnreachableError || e instanceof PortInUseError) {
       console.error(e.message);
       process.exit(1);
     }
