@@ -6,8 +6,6 @@ import type { Health } from "./health";
 import { backoffMs, classify, describe, sleep } from "./retry";
 import type { Spool } from "./spool";
 
-export type Endpoints = CacheEndpoints;
-
 export interface ShipperOptions {
   itemId: string;
   spool: Spool;
@@ -48,13 +46,13 @@ export class Shipper {
 
   constructor(
     private readonly opts: ShipperOptions,
-    endpoints: Endpoints,
+    endpoints: CacheEndpoints,
   ) {
     this.cache = new CacheClient(endpoints, { connections: opts.concurrency + 1, timeoutMs: REQUEST_TIMEOUT_MS });
   }
 
   /** New SAS URLs (a check-in renewed them): uploads from now on use them. */
-  setEndpoints(e: Endpoints): void {
+  setEndpoints(e: CacheEndpoints): void {
     this.cache.setEndpoints(e);
   }
 

@@ -150,7 +150,7 @@ function isFree(port: number): Promise<boolean> {
 async function launch(opts: AzuriteOptions, ports: AzurePorts, location: string | undefined): Promise<LocalStorage> {
   // A port held by another process would answer the readiness check below while Azurite itself fails to listen on it
   // and exits: the stack would then start against whatever holds the port. Checked before Azurite starts.
-  const held = [];
+  const held: number[] = [];
   for (const p of [ports.blob, ports.queue, ports.table]) if (!(await isFree(p))) held.push(p);
   if (held.length > 0)
     throw new AzuriteStartError(`Azurite cannot listen on port(s) ${held.join(", ")} of ${ports.blob}/${ports.queue}/${ports.table}: EADDRINUSE`, true);

@@ -2,23 +2,24 @@
 // and storage's refusals reach the shipper's retry rules as the status codes they are.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer, type Server } from "node:http";
+import { createServer, type RequestListener } from "node:http";
 import { randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { BlobServiceClient } from "@azure/storage-blob";
 import { QueueServiceClient } from "@azure/storage-queue";
 import { CacheClient, StorageRequestError } from "../../agent/cache-client";
-import { classify, describe } from "../../agent/retry";
-import { parseConnectionString } from "../../shared/config/settings";
-import { AgentSas } from "../../shared/storage/sas";
-import { startTestStorage, type LocalStorage } from "../support/storage";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { Health } from "../../agent/health";
+import { classify, describe } from "../../agent/retry";
 import { Shipper, UPLOAD_CHUNK_BYTES } from "../../agent/shipper";
 import { Spool } from "../../agent/spool";
+import { freePort } from "../../local/process";
+import { parseConnectionString } from "../../shared/config/settings";
 import { batchBlobName, decodeBatch, encodeBatchHeader } from "../../shared/replication/batch";
+import { AgentSas } from "../../shared/storage/sas";
+import { startTestStorage, type LocalStorage } from "../support/storage";
 
 let storage: LocalStorage;
 let blobs: BlobServiceClient;
@@ -54,6 +55,27 @@ async function endpoints(name: string, validForMs = HOUR) {
   const c = await sas.cacheContainer(name, from, until);
   const q = await sas.queue(name, from, until);
   return { container, queue, urls: { containerUrl: `${container.url}?${c.sas}`, queueUrl: `${queue.url}?${q.sas}` } };
+}
+
+/** A client of endpoints on `port` of this machine (with `sas` as their query). */
+function clientOn(port: number, timeoutMs: number, sas = "sv=x"): CacheClient {
+  return new CacheClient(
+    { containerUrl: `http://127.0.0.1:${port}/acct/c?${sas}`, queueUrl: `http://127.0.0.1:${port}/acct/q?${sas}` },
+    { connections: 1, timeoutMs },
+  );
+}
+
+/** An HTTP server on a free port standing in for storage; `close` also cuts the connections it still holds. */
+async function standIn(handler: RequestListener): Promise<{ port: number; close: () => Promise<void> }> {
+  const server = createServer(handler);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
 }
 
 async function refusal(p: Promise<unknown>): Promise<StorageRequestError> {
@@ -196,7 +218,7 @@ test("an expired SAS is refused with 403, and new endpoints (a renewed SAS) are 
 
 test("storage refusing a streamed upload before its body is whole: the refusal, the sending stopped, the client still usable", async () => {
   let requests = 0;
-  const refusing: Server = createServer((req, res) => {
+  const refusing = await standIn((req, res) => {
     requests++;
     if (req.url?.includes("/q/messages")) {
       req.resume();
@@ -207,12 +229,7 @@ test("storage refusing a streamed upload before its body is whole: the refusal, 
     res.writeHead(403, { "x-ms-error-code": "AuthenticationFailed", "content-type": "application/xml" });
     res.end('<?xml version="1.0"?><Error><Code>AuthenticationFailed</Code><Message>Signature did not match.\nRequestId:x</Message></Error>');
   });
-  await new Promise<void>((r) => refusing.listen(0, "127.0.0.1", r));
-  const port = (refusing.address() as AddressInfo).port;
-  const client = new CacheClient(
-    { containerUrl: `http://127.0.0.1:${port}/acct/c?sig=secret`, queueUrl: `http://127.0.0.1:${port}/acct/q?sig=secret` },
-    { connections: 1, timeoutMs: 30_000 },
-  );
+  const client = clientOn(refusing.port, 30_000, "sig=secret");
   try {
     const piece = Buffer.alloc(1024 * 1024, 3);
     const total = 64;
@@ -244,24 +261,17 @@ test("storage refusing a streamed upload before its body is whole: the refusal, 
     assert.equal(requests, 2);
   } finally {
     client.close();
-    refusing.closeAllConnections();
-    await new Promise((r) => refusing.close(r));
+    await refusing.close();
   }
 });
 
 test("a refused connection while a streamed body still waits for its first piece: the request fails with the refusal, nothing unhandled", async () => {
   // A port with nothing listening: the connection is refused at once.
-  const closed: Server = createServer();
-  await new Promise<void>((r) => closed.listen(0, "127.0.0.1", r));
-  const port = (closed.address() as AddressInfo).port;
-  await new Promise((r) => closed.close(r));
+  const port = await freePort();
   const unhandled: unknown[] = [];
   const onUnhandled = (e: unknown) => unhandled.push(e);
   process.on("unhandledRejection", onUnhandled);
-  const client = new CacheClient(
-    { containerUrl: `http://127.0.0.1:${port}/acct/c?sv=x`, queueUrl: `http://127.0.0.1:${port}/acct/q?sv=x` },
-    { connections: 1, timeoutMs: 30_000 },
-  );
+  const client = clientOn(port, 30_000);
   try {
     const upload = client.putBlobChunked(
       "os/1.batch",
@@ -283,13 +293,8 @@ test("a refused connection while a streamed body still waits for its first piece
 });
 
 test("a server that never answers: the request fails after its timeout; an abort ends it at once", async () => {
-  const hung: Server = createServer(() => undefined);
-  await new Promise<void>((r) => hung.listen(0, "127.0.0.1", r));
-  const port = (hung.address() as AddressInfo).port;
-  const client = new CacheClient(
-    { containerUrl: `http://127.0.0.1:${port}/acct/c?sv=x`, queueUrl: `http://127.0.0.1:${port}/acct/q?sv=x` },
-    { connections: 1, timeoutMs: 300 },
-  );
+  const hung = await standIn(() => undefined);
+  const client = clientOn(hung.port, 300);
   try {
     const t0 = Date.now();
     await assert.rejects(client.putBlob("os/1.batch", Buffer.alloc(100), { contentType: "application/octet-stream" }), /no progress within 0.3 s/);
@@ -300,8 +305,7 @@ test("a server that never answers: the request fails after its timeout; an abort
     await assert.rejects(pending, (e: Error) => e.name === "AbortError");
   } finally {
     client.close();
-    hung.closeAllConnections();
-    await new Promise((r) => hung.close(r));
+    await hung.close();
   }
 });
 

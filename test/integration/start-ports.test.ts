@@ -5,8 +5,6 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createServer, type Server } from "node:net";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startTestStorage } from "../support/storage";
 
@@ -56,8 +54,8 @@ test("start with Azurite's ports taken: exit 1, the three ports and their settin
   const blob = await holdPort();
   const queue = await holdPort();
   const table = await holdPort();
-  // The embedded Azurite keeps its data under the package's .local/; the ports are what is under test.
-  const dir = mkdtempSync(join(tmpdir(), "start-ports-"));
+  // The ports are checked before Azurite starts, so the emulator never runs here (its data folder is the package's
+  // .local/azurite, ignored by git).
   try {
     const r = await runStart({
       AzureWebJobsStorage: "",
@@ -65,7 +63,6 @@ test("start with Azurite's ports taken: exit 1, the three ports and their settin
       AZURITE_QUEUE_PORT: String(queue.port),
       AZURITE_TABLE_PORT: String(table.port),
       FUNCTIONS_HTTP_PORT: "0",
-      TMPDIR: dir,
     });
     assert.equal(r.code, 1, `exit ${r.code}\n${r.out}\n${r.err}`);
     assert.match(r.err, new RegExp(`Azurite's ports ${blob.port}/${queue.port}/${table.port} are already in use`));
@@ -73,6 +70,5 @@ test("start with Azurite's ports taken: exit 1, the three ports and their settin
     assert.doesNotMatch(r.err, /\n\s+at /, "no stack trace");
   } finally {
     for (const h of [blob, queue, table]) h.server.close();
-    rmSync(dir, { recursive: true, force: true });
   }
 });
