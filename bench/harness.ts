@@ -349,3 +349,51 @@ export async function rawPageWrites(service: BlobServiceClient, bytes: number, b
   await container.delete();
   return (perBlob * p.blobs * p.writeBytes) / 1e6 / s;
 }
+
+export interface ThreePass {
+  putBlobMBps: number;
+  getBlobMBps: number;
+  putPageMBps: number;
+  /** 1 / (1/put + 1/get + 1/page): the storage's time per byte for the three passes added up. */
+  ceilingMBps: number;
+}
+
+/**
+ * The three passes every replicated byte makes through storage, each measured alone with `concurrency` 4 MiB requests
+ * in flight: Put Blob into the cache account (as the agent uploads a batch), Get Blob of those blobs (apply's download),
+ * Put Page into a page blob of the replica account (apply's write). Storage busy with one pass is not free for another,
+ * so while each pass keeps it busy, the three together carry at most `ceilingMBps`. Where the passes cost the same, that
+ * is a third of the page writes at the same concurrency; on Azurite a Put Blob costs more than a page write (it writes
+ * the blob, then reads it back to compute its MD5: BlockBlobHandler.upload), so the ceiling is lower than that third.
+ */
+export async function threePassCeiling(cache: BlobServiceClient, replica: BlobServiceClient, bytes: number, concurrency: number): Promise<ThreePass> {
+  const MiB4 = 4 * 1024 * 1024;
+  const n = Math.max(concurrency, Math.ceil(bytes / MiB4));
+  const data = randomBytes(MiB4 * 16);
+  const piece = (i: number) => data.subarray((i % 15) * MiB4, (i % 15) * MiB4 + MiB4);
+  const rate = async (op: (i: number, slot: number) => Promise<unknown>) => {
+    let next = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: concurrency }, async (_, slot) => {
+        while (next < n) await op(next++, slot);
+      }),
+    );
+    return (n * MiB4) / 1e6 / ((performance.now() - t0) / 1000);
+  };
+  const container = cache.getContainerClient(`bench-passes-${Math.random().toString(36).slice(2, 8)}`);
+  await container.createIfNotExists();
+  try {
+    const putBlobMBps = await rate((i) => container.getBlockBlobClient(`batch-${i}`).upload(piece(i), MiB4));
+    const into = Array.from({ length: concurrency }, () => Buffer.allocUnsafe(MiB4));
+    const getBlobMBps = await rate((i, slot) => container.getBlockBlobClient(`batch-${i}`).downloadToBuffer(into[slot]!, 0, MiB4));
+    const putPageMBps = await rawPageWrites(replica, n * MiB4, n * MiB4, { writeBytes: MiB4, random: false, concurrency, blobs: 1 });
+    return { putBlobMBps, getBlobMBps, putPageMBps, ceilingMBps: 1 / (1 / putBlobMBps + 1 / getBlobMBps + 1 / putPageMBps) };
+  } finally {
+    await container.delete();
+  }
+}
+
+export function describeThreePass(p: ThreePass): string {
+  return `Put Blob ${round(p.putBlobMBps, 1)}, Get Blob ${round(p.getBlobMBps, 1)}, Put Page ${round(p.putPageMBps, 1)} MB/s → three-pass ceiling ${round(p.ceilingMBps, 1)} MB/s`;
+}

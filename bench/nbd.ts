@@ -2,6 +2,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
+import { open, rm, type FileHandle } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { cpus } from "node:os";
@@ -54,12 +55,51 @@ function peakRssMiB(pid: number): number {
   return m ? round(Number(m[1]) / 1024, 1) : NaN;
 }
 
+/**
+ * What a durable copy of every write costs on this storage: `bytes` written as 4 MiB batches into kept files (one per
+ * batch, as the spool's are once it has run: agent/spool.ts), each made durable (fdatasync) before its buffer is used
+ * again, two at a time. The spool's work for a stream of writes alone, without the image, the checksum, the upload or
+ * NBD. MB/s.
+ */
+async function durableBatchWrites(dir: string, bytes: number): Promise<number> {
+  const batch = 4 * MiB;
+  const n = Math.ceil(bytes / batch);
+  const data = [randomBytes(batch), randomBytes(batch)];
+  const path = (i: number) => join(dir, `durable-${i}.bin`);
+  const files: FileHandle[] = [];
+  try {
+    // Untimed: the files are made first, so that the timed writes overwrite blocks that exist, as in a kept file.
+    for (let i = 0; i < n; i++) {
+      const f = await open(path(i), "w+");
+      files.push(f);
+      await f.write(data[0]!, 0, batch, 0);
+      await f.datasync();
+    }
+    let next = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      [0, 1].map(async (w) => {
+        while (next < n) {
+          const f = files[next++]!;
+          await f.write(data[w]!, 0, batch, 0);
+          await f.datasync();
+        }
+      }),
+    );
+    return (n * batch) / 1e6 / ((performance.now() - t0) / 1000);
+  } finally {
+    await Promise.all(files.map((f) => f.close()));
+    await Promise.all(files.map((_, i) => rm(path(i), { force: true })));
+  }
+}
+
 async function measure(target: Target, phase: string, pass: number, bytes: number, work: () => Promise<number[] | void>): Promise<PhaseResult> {
   const cpu0 = cpuSeconds(target.pid);
   const t0 = performance.now();
   const latencies = (await work()) ?? [];
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpuSeconds(target.pid) - cpu0;
+
   return {
     phase,
     round: pass,
@@ -213,7 +253,13 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
     ];
     // On a noisy machine one pair says little: each round runs every phase on both servers, the one going first
     // alternating, so that neither always meets the other's leftover writeback or the agent's replication backlog.
+    const durable: number[] = [];
     for (let pass = 1; pass <= o.rounds; pass++) {
+      // The agent keeps a durable copy of every write in its spool until it is uploaded: the storage's rate for that
+      // work alone, in this round, bounds what the agent can sustain (nbdkit's file plugin writes into the page cache).
+      await caughtUp();
+      durable.push(round(await durableBatchWrites(stack.dir, diskBytes), 1));
+      o.log(`${o.rounds > 1 ? `round ${pass} ` : ""}durable 4 MiB batch writes (the spool's work alone): ${durable[durable.length - 1]} MB/s`);
       for (const phase of phases) {
         for (const t of pass % 2 === 1 ? targets : [...targets].reverse()) {
           // Each measurement starts with the agent's backlog shipped and applied (its own writes then replicate while it
@@ -238,6 +284,8 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
     };
     const median = (xs: number[]) => round(percentile(xs, 50), 2);
     const ratio = (phase: string, field: "MBps" | "latencyP99ms") => median(ratios(phase, field));
+    const nbdkit1MiB = results.filter((r) => r.phase === phases[1]!.name && r.target === "nbdkit").map((r) => r.MBps);
+    const durableToNbdkit1MiB = durable.map((d, i) => round(d / nbdkit1MiB[i]!, 2));
     const agentFua4KiBP99 = results.filter((r) => r.phase === phases[2]!.name && r.target === "agent").map((r) => r.latencyP99ms!);
     const summary = {
       copyRatio: ratio(phases[0]!.name, "MBps"),
@@ -246,6 +294,8 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
       fua4KiBP99ms: median(agentFua4KiBP99),
       fua4KiBP99msPerRound: agentFua4KiBP99,
       fua4KiBP99Ratio: ratio(phases[2]!.name, "latencyP99ms"),
+      durableBatchMBpsPerRound: durable,
+      durableToNbdkit1MiBPerRound: durableToNbdkit1MiB,
       agentPeakRssMiB,
       targets: { writes1MiBRatioAtLeast: 0.5, fua4KiBP99msAtMost: 5 },
     };
@@ -266,7 +316,7 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
         ),
     );
     o.log(
-      `\nagent ÷ nbdkit${o.rounds > 1 ? ` (medians of ${o.rounds} rounds; 1 MiB writes per round ${summary.writes1MiBRatioPerRound.join(", ")})` : ""}: copy ${summary.copyRatio}×, 1 MiB writes ${summary.writes1MiBRatio}× (target ≥ 0.5), 4 KiB FUA p99 ${summary.fua4KiBP99ms} ms (target ≤ 5 ms; ${summary.fua4KiBP99Ratio}× nbdkit's); agent peak RSS ${agentPeakRssMiB} MiB\n${file}`,
+      `\nagent ÷ nbdkit${o.rounds > 1 ? ` (medians of ${o.rounds} rounds; 1 MiB writes per round ${summary.writes1MiBRatioPerRound.join(", ")})` : ""}: copy ${summary.copyRatio}×, 1 MiB writes ${summary.writes1MiBRatio}× (target ≥ 0.5), 4 KiB FUA p99 ${summary.fua4KiBP99ms} ms (target ≤ 5 ms; ${summary.fua4KiBP99Ratio}× nbdkit's); agent peak RSS ${agentPeakRssMiB} MiB\ndurable 4 MiB batch writes (the spool's work alone) per round: ${durable.join(", ")} MB/s = ${durableToNbdkit1MiB.join(", ")}× nbdkit's 1 MiB writes\n${file}`,
     );
     return out;
   } finally {
