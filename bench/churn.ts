@@ -194,11 +194,6 @@ export async function benchChurn(o: ChurnBenchOptions) {
     };
     // Sequential churn is bulk: it is also set against the three passes its bytes make through storage (threePassCeiling).
     const cacheService = blobService(parseConnectionString(stack.storage.cache));
-    const passesOf = async (label: string) => {
-      const v = await threePassCeiling(cacheService, replicaService, 1024 * MiB, 8);
-      o.log(`  three passes, 8 in flight (${label}): ${describeThreePass(v)}`);
-      return v;
-    };
     const rows: (ChurnPhaseResult & {
       rawMBps: number;
       rawBeforeMBps: number;
@@ -209,7 +204,6 @@ export async function benchChurn(o: ChurnBenchOptions) {
     })[] = [];
     for (const p of patterns) {
       const before = await rawOf(p, "before");
-
       o.log(`phase: maximum, ${p.name}, ${o.seconds} s…`);
       const r = await churnPhase(stack, worker, replicaService, blobs, `maximum, ${p.name}`, {
         writeKiB: p.writeKiB,
@@ -234,7 +228,8 @@ export async function benchChurn(o: ChurnBenchOptions) {
     }
     // Last, so that every raw measurement and phase runs as it always did (3 GiB more written beforehand slows the
     // writes that follow).
-    const threePass = await passesOf("after the phases");
+    const threePass = await threePassCeiling(cacheService, replicaService, 1024 * MiB, 8);
+    o.log(`  three passes, 8 in flight (after the phases): ${describeThreePass(threePass)}`);
     for (const r of rows) {
       if (!patterns.find((p) => r.phase.endsWith(p.name))?.sequential) continue;
       r.threePass = threePass;

@@ -99,7 +99,6 @@ async function measure(target: Target, phase: string, pass: number, bytes: numbe
   const latencies = (await work()) ?? [];
   const seconds = (performance.now() - t0) / 1000;
   const cpu = cpuSeconds(target.pid) - cpu0;
-
   return {
     phase,
     round: pass,
@@ -255,8 +254,8 @@ export async function benchNbd(o: NbdBenchOptions): Promise<unknown> {
     // alternating, so that neither always meets the other's leftover writeback or the agent's replication backlog.
     const durable: number[] = [];
     for (let pass = 1; pass <= o.rounds; pass++) {
-      // The agent keeps a durable copy of every write in its spool until it is uploaded: the storage's rate for that
-      // work alone, in this round, bounds what the agent can sustain (nbdkit's file plugin writes into the page cache).
+      // The agent keeps a durable copy of every write in its spool until it is uploaded (nbdkit's file plugin writes
+      // into the page cache): the storage's rate for that work alone, in this round, is what durability would allow.
       await caughtUp();
       durable.push(round(await durableBatchWrites(stack.dir, diskBytes), 1));
       o.log(`${o.rounds > 1 ? `round ${pass} ` : ""}durable 4 MiB batch writes (the spool's work alone): ${durable[durable.length - 1]} MB/s`);
