@@ -69,7 +69,14 @@ function prioritizeStorage(pid: number): void {
   if (STORAGE_NICE === 0) return;
   try {
     // Per thread on Linux: every thread Azurite has now; those it starts later inherit from the thread that starts them.
-    for (const tid of readdirSync(`/proc/${pid}/task`)) setPriority(Number(tid), STORAGE_NICE);
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        setPriority(Number(tid), STORAGE_NICE);
+      } catch (e) {
+        // A thread that ended meanwhile needs no priority.
+        if ((e as { info?: { code?: string } }).info?.code !== "ESRCH") throw e;
+      }
+    }
     storageNice = STORAGE_NICE;
   } catch (e) {
     storageNice = 0;

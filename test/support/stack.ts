@@ -37,6 +37,8 @@ export interface TestStackOptions {
   log?: (line: string) => void;
   /** false: the host polls no queue, so a test delivers messages itself (in any order, twice, or not at all). */
   queues?: boolean;
+  /** false: no timer function runs (sweeps, sealing and monitoring passes write state of their own). */
+  timers?: boolean;
   /** Host names the local host accepts besides loopback names. */
   allowedHosts?: LocalHostOptions["allowedHosts"];
 }
@@ -51,7 +53,9 @@ export async function startTestStack(opts: TestStackOptions = {}): Promise<TestS
   const overrides = { now, alertRetry: { attempts: 4, baseDelayMs: 20 }, log: opts.log ?? (() => {}) };
   const base = createServices(config, overrides);
   const services = opts.fabric ? createServices(config, { ...overrides, fabric: opts.fabric(base.fabric) }) : base;
-  const table = functionTable(() => services, timerSchedules(env)).filter((f) => opts.queues !== false || f.kind !== "queue");
+  const table = functionTable(() => services, timerSchedules(env)).filter(
+    (f) => (opts.queues !== false || f.kind !== "queue") && (opts.timers !== false || f.kind !== "timer"),
+  );
   const host = new LocalFunctionsHost(table, {
     port: 0,
     env,
