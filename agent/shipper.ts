@@ -1,6 +1,6 @@
 // Ships spooled batches: upload to the item's cache container, announce on the queue, then drop from the spool; retries forever.
 import { CacheClient, type CacheEndpoints } from "./cache-client";
-import { batchBlobName, batchWriteTimes, type BatchMessage } from "../shared/replication/batch";
+import { batchBlobName, batchHeaderLength, batchWriteTimes, type BatchMessage } from "../shared/replication/batch";
 import { HEARTBEAT_BLOB } from "../shared/protection/agent-protocol";
 import type { Health } from "./health";
 import { backoffMs, classify, describe, sleep } from "./retry";
@@ -173,7 +173,7 @@ export class Shipper {
       // The header (its times go into the blob's metadata, before the body): it fits the first piece but for a batch
       // of a great many extents.
       let first: Buffer | undefined = await readAt(chunk, 0);
-      const headerLength = first.length >= 12 ? first.readUInt32LE(8) : 0;
+      const headerLength = batchHeaderLength(first) ?? 0;
       const header = headerLength > first.length && headerLength <= size ? await readAt(Buffer.allocUnsafe(headerLength), 0) : first;
       const times = writeTimes(header);
       await this.cache.putBlobChunked(

@@ -160,13 +160,22 @@ export function encodeBatchHeader(h: Omit<BatchHeader, "payloadLength" | "payloa
 }
 
 /**
+ * The length of a batch's header, read from the batch's first bytes (at least the fixed part; the header itself may be
+ * longer than `start`); undefined if `start` does not begin like a batch of this version.
+ */
+export function batchHeaderLength(start: Buffer): number | undefined {
+  if (start.length < FIXED || start.toString("ascii", 0, 4) !== BATCH_MAGIC || start.readUInt16LE(4) !== BATCH_VERSION) return undefined;
+  const headerLength = start.readUInt32LE(8);
+  return headerLength >= FIXED + 4 ? headerLength : undefined;
+}
+
+/**
  * The write times of a batch whose header checksum holds, without checking the payload (the apply side does that);
  * undefined for anything that is not a batch header.
  */
 export function batchWriteTimes(buf: Buffer): { firstWriteMs: number; lastWriteMs: number } | undefined {
-  if (buf.length < FIXED + 4 || buf.toString("ascii", 0, 4) !== BATCH_MAGIC || buf.readUInt16LE(4) !== BATCH_VERSION) return undefined;
-  const headerLength = buf.readUInt32LE(8);
-  if (headerLength < FIXED + 4 || headerLength > buf.length) return undefined;
+  const headerLength = batchHeaderLength(buf);
+  if (headerLength === undefined || headerLength > buf.length) return undefined;
   if (crc32c(buf.subarray(0, headerLength - 4)) !== buf.readUInt32LE(headerLength - 4)) return undefined;
   return { firstWriteMs: buf.readDoubleLE(20), lastWriteMs: buf.readDoubleLE(28) };
 }

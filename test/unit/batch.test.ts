@@ -3,6 +3,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   batchBlobName,
+  batchHeaderLength,
+  batchWriteTimes,
   CorruptBatchError,
   decodeBatch,
   encodeBatch,
@@ -243,6 +245,19 @@ test("consecutive batches written as one end as if applied one after the other: 
   }
   const one = batchOf([{ offset: 0, length: 9 * MiB }]);
   assert.deepEqual(mergedPageWrites([one]), pageWrites(one), "one batch: its own page writes");
+});
+
+test("a batch's first bytes give its header's length, even when the header is longer than they are; the write times need the whole header", () => {
+  const extents = Array.from({ length: 8000 }, (_, i) => ({ offset: i * 1024, length: 512 }));
+  const encoded = encodeBatch({ ...header, extents }, Buffer.alloc(8000 * 512, 7));
+  const headerLength = encoded.length - 8000 * 512;
+  assert.ok(headerLength > 64 * KiB, `a header of ${headerLength} bytes`);
+  assert.equal(batchHeaderLength(encoded.subarray(0, 64)), headerLength);
+  assert.equal(batchHeaderLength(encoded), headerLength);
+  assert.equal(batchWriteTimes(encoded.subarray(0, 64 * KiB)), undefined, "the header is not all there");
+  assert.deepEqual(batchWriteTimes(encoded.subarray(0, headerLength)), { firstWriteMs: header.firstWriteMs, lastWriteMs: header.lastWriteMs });
+  assert.equal(batchHeaderLength(Buffer.from("not a batch at all, but long enough to hold a fixed header part")), undefined);
+  assert.equal(batchHeaderLength(encoded.subarray(0, 10)), undefined, "shorter than the fixed part");
 });
 
 test("blob names sort in sequence order and give their sequence number back", () => {
