@@ -2,9 +2,10 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir } from "node:fs/promises";
-import { createServer, connect } from "node:net";
+import { connect } from "node:net";
 import { resolve as resolvePath } from "node:path";
 import { DEV_ACCOUNT, DEV_KEY } from "../shared/config/settings";
+import { freePort, portIsFree } from "./process";
 
 /** The second account stands in for the source-region cache; its key is fixed so connection strings stay stable across restarts. */
 export const CACHE_ACCOUNT = "sourcecache";
@@ -109,19 +110,6 @@ async function choosePorts(opts: AzuriteOptions): Promise<AzurePorts> {
   return { blob: await pick(opts.blobPort), queue: await pick(opts.queuePort), table: await pick(opts.tablePort) };
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.once("error", reject);
-    server.listen(0, HOST, () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => (port ? resolve(port) : reject(new Error("could not determine a free port"))));
-    });
-  });
-}
-
 /**
  * Runs inside the child before Azurite: when the parent dies in any way (even SIGKILL) the stdin pipe
  * reaches EOF and the child stops itself gracefully, so no orphan keeps the ports or loses acknowledged writes.
@@ -137,21 +125,11 @@ process.stdin.resume();
 require(azurite);
 `;
 
-/** Whether `port` can be listened on now (nothing else holds it). */
-function isFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.unref();
-    server.once("error", () => resolve(false));
-    server.listen(port, HOST, () => server.close(() => resolve(true)));
-  });
-}
-
 async function launch(opts: AzuriteOptions, ports: AzurePorts, location: string | undefined): Promise<LocalStorage> {
   // A port held by another process would answer the readiness check below while Azurite itself fails to listen on it
   // and exits: the stack would then start against whatever holds the port. Checked before Azurite starts.
   const held: number[] = [];
-  for (const p of [ports.blob, ports.queue, ports.table]) if (!(await isFree(p))) held.push(p);
+  for (const p of [ports.blob, ports.queue, ports.table]) if (!(await portIsFree(p))) held.push(p);
   if (held.length > 0)
     throw new AzuriteStartError(`Azurite cannot listen on port(s) ${held.join(", ")} of ${ports.blob}/${ports.queue}/${ports.table}: EADDRINUSE`, true);
   const script = require.resolve("azurite/dist/src/azurite.js");

@@ -15,16 +15,30 @@ const CLI = resolve(__dirname, "..", "cli", "main.js");
  */
 export const HOST_NODE_ARGS = ["--initial-heap-size=128"];
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolveP, reject) => {
+/** Listens on `port` of the loopback address (0: any) and lets go at once: the port it got, or undefined if it could not. */
+function tryListen(port: number): Promise<number | undefined> {
+  return new Promise((resolveP) => {
     const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
+    s.unref();
+    s.once("error", () => resolveP(undefined));
+    s.listen(port, "127.0.0.1", () => {
       const a = s.address();
-      const port = typeof a === "object" && a ? a.port : 0;
-      s.close(() => resolveP(port));
+      const got = typeof a === "object" && a ? a.port : undefined;
+      s.close(() => resolveP(got));
     });
   });
+}
+
+/** A loopback port nothing listens on now (another process may take it before the caller does). */
+export async function freePort(): Promise<number> {
+  const port = await tryListen(0);
+  if (!port) throw new Error("could not find a free port");
+  return port;
+}
+
+/** Whether `port` can be listened on now on the loopback address (nothing else holds it). */
+export async function portIsFree(port: number): Promise<boolean> {
+  return (await tryListen(port)) !== undefined;
 }
 
 export interface HostProcess {
