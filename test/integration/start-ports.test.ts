@@ -7,6 +7,7 @@ import { spawn } from "node:child_process";
 import { createServer, type Server } from "node:net";
 import { join } from "node:path";
 import { startTestStorage } from "../support/storage";
+import { freePort, portIsFree } from "../../local/process";
 
 const CLI = join(__dirname, "..", "..", "cli", "main.js");
 
@@ -47,6 +48,36 @@ test("start with the HTTP port taken: exit 1, the port and FUNCTIONS_HTTP_PORT n
   } finally {
     held.server.close();
     await storage.stop();
+  }
+});
+
+test("start that launched its own Azurite, with the HTTP port taken: exit 1, and the Azurite it started is stopped", async () => {
+  const held = await holdPort();
+  const ports = [await freePort(), await freePort(), await freePort()];
+  try {
+    const r = await runStart({
+      AzureWebJobsStorage: "",
+      AZURITE_BLOB_PORT: String(ports[0]),
+      AZURITE_QUEUE_PORT: String(ports[1]),
+      AZURITE_TABLE_PORT: String(ports[2]),
+      FUNCTIONS_HTTP_PORT: String(held.port),
+    });
+    assert.equal(r.code, 1, `exit ${r.code}\n${r.out}\n${r.err}`);
+    // Azurite was up (the host's port is only tried once storage answers), then the port failed the start.
+    assert.match(r.out, new RegExp(`Starting Azurite .* on ports ${ports.join("/")}`));
+    assert.match(r.err, new RegExp(`port ${held.port} is already in use`));
+    assert.doesNotMatch(r.err, /\n\s+at /, "no stack trace");
+    // Nothing left running: the emulator's ports are free again once the command has exited.
+    const deadline = Date.now() + 10_000;
+    let busy = ports;
+    while (busy.length > 0 && Date.now() < deadline) {
+      const free = await Promise.all(busy.map((p) => portIsFree(p)));
+      busy = busy.filter((_, i) => !free[i]);
+      if (busy.length > 0) await new Promise((res) => setTimeout(res, 100));
+    }
+    assert.deepEqual(busy, [], "Azurite's ports still held after start exited");
+  } finally {
+    held.server.close();
   }
 });
 
